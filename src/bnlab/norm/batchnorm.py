@@ -1,0 +1,93 @@
+"""BatchNorm layers: drop-in replacements for ``torch.nn.BatchNorm1d/2d/3d``.
+
+``BatchNorm`` accepts any rank (N, C, *) and checks only the channel count; ``BatchNorm1d``,
+``BatchNorm2d`` and ``BatchNorm3d`` add PyTorch's rank checks. The math lives in
+``bnlab.norm.functional``; this file only decides *which* statistics to use and *how much* of the
+new batch to fold into the running averages.
+
+Train / eval semantics (identical to torch):
+
+* training: normalize with the batch statistics; if ``track_running_stats``, fold them into the
+  running buffers with weight ``momentum`` (or ``1 / num_batches_tracked`` when momentum is None:
+  the cumulative average over every batch seen so far).
+* eval: normalize with the running buffers; with ``track_running_stats=False`` there are none, so
+  batch statistics are used in eval too.
+
+Deliberate differences from torch (each for a reason given in docs/differences.md):
+``num_batches_tracked`` only advances once the batch has been accepted (torch increments it
+before checking the input, so a rejected batch still counts) and an empty batch does not count
+(it carries no statistics); nonsensical constructor arguments (num_features <= 0, eps <= 0,
+momentum outside [0, 1]) are rejected when the layer is built.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from bnlab.norm.base import NormBase
+from bnlab.norm.functional import batch_norm
+
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+
+class BatchNorm(NormBase):
+    """Batch normalization over every dim but the channel dim 1, for inputs of any rank >= 2.
+
+    Same constructor as ``torch.nn.BatchNorm2d``: ``num_features, eps=1e-5, momentum=0.1,
+    affine=True, track_running_stats=True, device=None, dtype=None, *, bias=True``.
+    """
+
+    def _momentum_for_this_batch(self) -> float:
+        """Weight of the batch about to be folded in (the counter is advanced after success)."""
+        if self.momentum is not None:
+            return self.momentum
+        assert self.num_batches_tracked is not None
+        return 1.0 / float(self.num_batches_tracked + 1)  # cumulative average
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        # Batch statistics in training, and in eval when there are no running buffers.
+        use_batch_stats = self.training or self.running_mean is None
+        # In training the buffers are handed over (to be updated) only when tracking is on;
+        # in eval they are always handed over (to be read).
+        update = self.training and self.track_running_stats
+        hand_over = update or not self.training
+        momentum = self._momentum_for_this_batch() if update else 0.0
+        out = batch_norm(
+            input,
+            self.running_mean if hand_over else None,
+            self.running_var if hand_over else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            momentum,
+            self.eps,
+        )
+        if update and input.numel() > 0:
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked.add_(1)
+        return out
+
+
+class BatchNorm1d(BatchNorm):
+    """BatchNorm for (N, C) or (N, C, L) inputs, as ``torch.nn.BatchNorm1d``."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+
+
+class BatchNorm2d(BatchNorm):
+    """BatchNorm for (N, C, H, W) inputs, as ``torch.nn.BatchNorm2d``."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+
+
+class BatchNorm3d(BatchNorm):
+    """BatchNorm for (N, C, D, H, W) inputs, as ``torch.nn.BatchNorm3d``."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 5:
+            raise ValueError(f"expected 5D input (got {input.dim()}D input)")

@@ -1,0 +1,130 @@
+"""Argument checks shared by the functional core and the modules.
+
+Where PyTorch raises an error for a case, bnlab raises the same exception type with the same
+leading text (so code and tests written against torch keep working), then says how to fix it.
+Where PyTorch is silent or cryptic, bnlab raises a clear error of its own. All checks run before
+anything is computed: an error never leaves a running buffer half-updated.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_batch_norm_args(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: object,
+    eps: float,
+) -> None:
+    """Raise a clear error for any argument batch_norm cannot use; return None otherwise."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
+    if input.dim() < 2:
+        raise ValueError(
+            f"batch_norm expects an input of shape (N, C, *) with at least 2 dims, got shape "
+            f"{_shape(input)}; for a single sample of C features use x.unsqueeze(0) (N=1 only "
+            f"works in eval mode)"
+        )
+    if not input.is_floating_point():
+        raise TypeError(
+            f"batch_norm expects a floating-point input, got {input.dtype}; convert it first, "
+            f"e.g. x.float() (images stored as uint8 are usually scaled with x.float() / 255)"
+        )
+    if training:
+        per_channel = input.shape[0] * math.prod(input.shape[2:])  # values in each channel
+        if per_channel == 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size "
+                f"{input.size()}; a batch of one sample has no batch statistics: use a "
+                f"batch of at least 2, or call .eval() to normalize with the running statistics"
+            )
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if not isinstance(momentum, Real) or isinstance(momentum, bool):
+        raise TypeError(
+            f"batch_norm momentum must be a float, got {momentum!r}; a module's momentum=None "
+            f"(cumulative average) is resolved to 1 / num_batches_tracked by the module"
+        )
+    if not training and (running_mean is None or running_var is None):
+        raise RuntimeError(
+            "running_mean must be defined in evaluation mode: pass running buffers, or "
+            "training=True to normalize with batch statistics"
+        )
+
+    channels = input.shape[1]
+    tensors = {"running_mean": running_mean, "running_var": running_var,
+               "weight": weight, "bias": bias}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.numel() != channels:
+            raise RuntimeError(
+                f"{name} should contain {channels} elements not {t.numel()}: the input of shape "
+                f"{_shape(input)} has {channels} channels on dim 1 but {name} was made for "
+                f"{t.numel()} (check num_features, or the layer's position in the model)"
+            )
+        if t.device != input.device:
+            raise RuntimeError(
+                f"batch_norm: {name} is on {t.device} but the input is on {input.device}; "
+                f"move the module or tensors with .to({str(input.device)!r})"
+            )
+    _check_dtypes(input, tensors)
+
+
+def _check_dtypes(input: Tensor, tensors: dict[str, Tensor | None]) -> None:
+    """Parameters and buffers share the input's dtype; half inputs may also use float32 ones."""
+    present = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if not present:
+        return
+    allowed = {input.dtype}
+    if input.dtype in _HALF_TYPES:
+        allowed.add(torch.float32)
+    dtypes = set(present.values())
+    if len(dtypes) == 1 and dtypes <= allowed:
+        return
+    listing = ", ".join(f"{n}={d}" for n, d in present.items())
+    want = " or all torch.float32" if input.dtype in _HALF_TYPES else ""
+    raise TypeError(
+        f"batch_norm: input is {input.dtype} but {listing}; parameters and running statistics "
+        f"must all be {input.dtype}{want}. Convert the module with .to({input.dtype}) or the "
+        f"input with .to(<module dtype>)"
+    )
+
+
+def check_norm_config(num_features: object, eps: object, momentum: object) -> None:
+    """Reject constructor arguments that can only produce garbage, at construction time."""
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
+        raise ValueError(
+            f"num_features must be a positive int (the C of an (N, C, *) input), got "
+            f"{num_features!r}"
+        )
+    if not isinstance(eps, Real) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(
+            f"eps must be a positive finite float (it keeps 1/sqrt(var + eps) finite), got "
+            f"{eps!r}; the usual value is 1e-5"
+        )
+    if momentum is not None and (
+        not isinstance(momentum, Real) or isinstance(momentum, bool) or not 0 <= momentum <= 1
+    ):
+        raise ValueError(
+            f"momentum must be in [0, 1] or None (cumulative average), got {momentum!r}. "
+            f"bnlab follows PyTorch: momentum is the weight of the NEW batch (default 0.1); "
+            f"a textbook/Keras momentum of 0.9 or 0.99 is 1 - momentum here"
+        )

@@ -1,0 +1,98 @@
+"""Swap the BatchNorm layers of a model between implementations, keeping their state.
+
+``convert(model, to="bnlab")`` replaces every ``torch.nn.BatchNorm1d/2d/3d`` with its bnlab
+twin; ``to="torch"`` does the reverse. Parameters, buffers, dtype, device, train/eval mode and
+``requires_grad`` flags carry over, so the converted model computes the same function.
+
+One table per target, class -> class: a new target (a synchronized or frozen variant) is one
+more row, not more code.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from bnlab.norm.base import NormBase
+from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+__all__ = ["CONVERSIONS", "convert"]
+
+_TORCH_TO_BNLAB: dict[type[nn.Module], type[nn.Module]] = {
+    nn.BatchNorm1d: BatchNorm1d,
+    nn.BatchNorm2d: BatchNorm2d,
+    nn.BatchNorm3d: BatchNorm3d,
+}
+
+# target name -> {source class: target class}
+CONVERSIONS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
+    "bnlab": _TORCH_TO_BNLAB,
+    "torch": {v: k for k, v in _TORCH_TO_BNLAB.items()},
+}
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (_BatchNorm, NormBase))
+
+
+def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """Build `cls` with `old`'s configuration and load `old`'s state into it."""
+    ref = next(iter(old.state_dict().values()), None)  # any tensor gives device and dtype
+    new = cls(
+        old.num_features,
+        eps=old.eps,
+        momentum=old.momentum,
+        affine=old.affine,
+        track_running_stats=old.track_running_stats,
+        device=None if ref is None else ref.device,
+        dtype=None if ref is None else ref.dtype,
+        bias=getattr(old, "bias", None) is not None,
+    )
+    new.load_state_dict(old.state_dict(), strict=True)
+    for (_, p_new), (_, p_old) in zip(
+        new.named_parameters(), old.named_parameters(), strict=True
+    ):
+        p_new.requires_grad_(p_old.requires_grad)
+    return new.train(old.training)
+
+
+def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn.Module:
+    """Return `model` with every BatchNorm layer swapped to the `to` implementation.
+
+    Args:
+        model: any module tree (a single BatchNorm layer works too).
+        to: ``"bnlab"`` or ``"torch"`` (see ``CONVERSIONS``).
+        inplace: modify `model` itself instead of a deep copy.
+
+    Layers already of the target kind are left as they are. A normalization layer with no
+    counterpart (``bnlab.BatchNorm`` of any rank to torch, ``torch.nn.SyncBatchNorm``) is an error
+    that names it, rather than being silently left behind.
+    """
+    if to not in CONVERSIONS:
+        raise ValueError(f"convert: unknown target {to!r}; choose one of {sorted(CONVERSIONS)}")
+    table = CONVERSIONS[to]
+    targets = set(table.values())
+
+    # Check the whole tree first, so an error leaves even an in-place model untouched.
+    for name, module in model.named_modules():
+        if _is_norm(module) and type(module) not in table and type(module) not in targets:
+            where = f" at {name!r}" if name else ""
+            raise TypeError(
+                f"convert(to={to!r}): {type(module).__module__}.{type(module).__qualname__}"
+                f"{where} has no {to} counterpart; convertible classes are "
+                f"{sorted(c.__qualname__ for c in table)}"
+            )
+
+    model = model if inplace else copy.deepcopy(model)
+    if type(model) in table:
+        return _swap(model, table[type(model)])
+    swapped: dict[int, nn.Module] = {}  # a layer shared by two parents stays shared
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) in table:
+                if id(child) not in swapped:
+                    swapped[id(child)] = _swap(child, table[type(child)])
+                setattr(parent, child_name, swapped[id(child)])
+    return model
