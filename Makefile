@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BNLAB  := $(VENV)/bin/bnlab
 STAMP  := $(VENV)/.bnlab-installed
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: setup test test-slow lint demo clean
+.PHONY: setup data reproduce test test-slow lint demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +18,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Fast suite (CPU, a few minutes) plus the linter: what CI runs.
-test: setup
+## Fashion-MNIST: the Debian package where apt exists, else a verified download into the cache.
+data: setup
+	@if [ ! -f $(DEBIAN_DATA) ] && command -v apt-get >/dev/null 2>&1; then \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist) \
+	    || echo "apt-get could not install dataset-fashion-mnist; downloading instead"; \
+	fi
+	$(BNLAB) data fetch
+
+## The main job: the textbook's LeNet comparison (no BN / bnlab BN / torch BN), 10 epochs.
+reproduce: data
+	$(BNLAB) reproduce --epochs 10 --out runs/reproduce
+
+## Fast suite (CPU) plus the linter: what CI runs.
+test: data
 	$(PY) -m ruff check src tests
 	$(PY) -m pytest -q -m "not slow"
 
 ## Everything, including the long property and fault-injection runs.
-test-slow: setup
+test-slow: data
 	$(PY) -m pytest -q
 
 lint: setup
@@ -29,7 +44,7 @@ lint: setup
 
 ## A short demonstration of the layer against torch.nn.
 demo: setup
-	$(VENV)/bin/bnlab demo
+	$(BNLAB) demo
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

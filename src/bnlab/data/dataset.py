@@ -1,0 +1,74 @@
+"""Load a split of a registered dataset into memory, validated: uint8 images, int64 labels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bnlab.data.download import DownloadError
+from bnlab.data.idx import IdxError, read_idx
+from bnlab.data.registry import SPLITS, get_spec
+from bnlab.data.sources import Source, fetch_to_cache, find_source
+
+__all__ = ["Split", "load_split", "locate"]
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    classes: tuple[str, ...]
+    source: Source
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+def locate(name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
+           log: Callable[[str], None] = print) -> Source:
+    """The source the dataset will be read from, downloading into the cache if need be."""
+    spec = get_spec(name)
+    source = find_source(spec, data_dir)
+    if source is not None:
+        return source
+    if not download:
+        raise FileNotFoundError(
+            f"{spec.title} not found (looked in --data-dir, BNLAB_DATA, "
+            f"{', '.join(spec.system_dirs)}, torchvision layouts and the cache); run "
+            f"`bnlab data fetch --dataset {name}` or pass --data-dir"
+        )
+    log(f"{spec.title} not found locally; downloading into the cache")
+    try:
+        return fetch_to_cache(spec, log=log)
+    except DownloadError as e:
+        hint = (" (Debian: `apt-get install dataset-fashion-mnist`)"
+                if name == "fashion-mnist" else "")
+        raise DownloadError(f"{e}{hint}") from e
+
+
+def load_split(name: str = "fashion-mnist", split: str = "train",
+               data_dir: str | os.PathLike[str] | None = None, download: bool = True,
+               log: Callable[[str], None] = print) -> Split:
+    """Read and validate one split; errors name the offending file."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    spec = get_spec(name)
+    source = locate(name, data_dir, download, log)
+    img_path, lbl_path = source.files[f"{split}-images"], source.files[f"{split}-labels"]
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.dim() != 3 or images.dtype != torch.uint8:
+        raise IdxError(f"{img_path}: expected uint8 images (N, H, W), got {images.dtype} "
+                       f"{tuple(images.shape)}")
+    if labels.dim() != 1 or labels.dtype != torch.uint8:
+        raise IdxError(f"{lbl_path}: expected uint8 labels (N,), got {labels.dtype} "
+                       f"{tuple(labels.shape)}")
+    if images.shape[0] != labels.shape[0]:
+        raise IdxError(f"{img_path} holds {images.shape[0]} images but {lbl_path} holds "
+                       f"{labels.shape[0]} labels: the files do not belong together")
+    if labels.numel() and int(labels.max()) >= len(spec.classes):
+        raise IdxError(f"{lbl_path}: label {int(labels.max())} out of range for "
+                       f"{len(spec.classes)} classes")
+    return Split(images, labels.long(), spec.classes, source)

@@ -1,0 +1,66 @@
+"""In-memory batches: the whole split is one uint8 tensor; a batch is one indexing operation.
+
+No per-sample Python and no worker processes: each epoch draws a permutation from a generator
+seeded by (seed, epoch), so epoch e's batches are the same whether or not the run was resumed.
+Scaling follows the textbook's ToTensor (x / 255); mean/std normalization is optional.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["BatchLoader"]
+
+
+class BatchLoader:
+    """Batches of (images (B, 1, H, W) float32, labels (B,) int64) from tensors in memory."""
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, mean: float | None = None,
+                 std: float | None = None, device: torch.device | str = "cpu") -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        if (mean is None) != (std is None) or (std is not None and std <= 0):
+            raise ValueError("normalization needs both mean and a positive std (or neither)")
+        self.images = images.to(device)  # stays uint8: 4x smaller than float
+        self.labels = labels.to(device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.drop_last, self.mean, self.std = drop_last, mean, std
+
+    def __len__(self) -> int:
+        n, b = self.labels.shape[0], self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    @property
+    def num_examples(self) -> int:
+        n = self.labels.shape[0]
+        return len(self) * self.batch_size if self.drop_last else n
+
+    def order(self, epoch: int) -> Tensor:
+        """The example order of `epoch`: a permutation seeded by (seed, epoch), or 0..N-1."""
+        n = self.labels.shape[0]
+        if not self.shuffle:
+            return torch.arange(n, device=self.labels.device)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=gen).to(self.labels.device)
+
+    def to_float(self, images: Tensor) -> Tensor:
+        """uint8 (B, H, W) -> float32 (B, 1, H, W) in [0, 1], then optionally standardized."""
+        x = images.unsqueeze(1).to(torch.float32).div_(255.0)
+        if self.mean is not None and self.std is not None:
+            x = x.sub_(self.mean).div_(self.std)
+        return x
+
+    def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = self.order(epoch)
+        for i in range(len(self)):
+            take = idx[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.to_float(self.images[take]), self.labels[take]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.batches(0)

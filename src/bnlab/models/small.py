@@ -1,0 +1,33 @@
+"""The MNIST notebook's two small networks, with and without normalization.
+
+``mlp``: 784 -> 100 -> 10 with ReLU, a norm layer after the hidden linear layer.
+``small_cnn``: conv 3x3 (pad 1) -> norm -> ReLU -> max pool -> conv 5x5 -> norm -> ReLU ->
+max pool -> linear 400 -> 10.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from bnlab.norm.registry import NormSpec, resolve
+
+__all__ = ["mlp", "small_cnn"]
+
+
+def mlp(norm: NormSpec = "bnlab", hidden: int = 100) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Flatten(),  # (B,1,28,28) -> (B,784)
+        nn.Linear(28 * 28, hidden), *resolve(norm, hidden, 2), nn.ReLU(),
+        nn.Linear(hidden, 10),
+    )
+
+
+def small_cnn(norm: NormSpec = "bnlab") -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, kernel_size=3, padding=1), *resolve(norm, 6, 4), nn.ReLU(),
+        nn.MaxPool2d(2, 2),  # (B,6,28,28) -> (B,6,14,14)
+        nn.Conv2d(6, 16, kernel_size=5), *resolve(norm, 16, 4), nn.ReLU(),
+        nn.MaxPool2d(2, 2),  # (B,16,10,10) -> (B,16,5,5)
+        nn.Flatten(),  # -> (B,400)
+        nn.Linear(400, 10),
+    )

@@ -1,0 +1,59 @@
+"""What the normalization layers of a trained model learned: gamma, beta, running statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["bn_layers", "format_layers", "load_state"]
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict from a checkpoint file or a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint (is the run started?)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("model", state)
+
+
+def bn_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """One entry per layer that has running statistics, in model order."""
+    layers = []
+    for key in state:
+        if not key.endswith("running_mean"):
+            continue
+        prefix = key[: -len("running_mean")]
+        entry: dict[str, Any] = {"layer": prefix.rstrip(".") or "(root)"}
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = state.get(prefix + name)
+            entry[name] = None if t is None else t.flatten().float()
+        nbt = state.get(prefix + "num_batches_tracked")
+        entry["num_batches_tracked"] = None if nbt is None else int(nbt)
+        layers.append(entry)
+    return layers
+
+
+def _summary(t: torch.Tensor | None, show: int) -> str:
+    if t is None:
+        return "-"
+    head = ", ".join(f"{v:.3f}" for v in t[:show].tolist())
+    more = ", ..." if t.numel() > show else ""
+    return f"[{head}{more}] mean {t.mean():.3f} min {t.min():.3f} max {t.max():.3f}"
+
+
+def format_layers(layers: list[dict[str, Any]], show: int = 6) -> str:
+    lines = []
+    names = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean",
+             "running_var": "running_var"}
+    for e in layers:
+        c = next((e[k].numel() for k in names if e[k] is not None), 0)
+        lines.append(f"layer {e['layer']} ({c} channels, "
+                     f"{e['num_batches_tracked']} batches tracked)")
+        for k, label in names.items():
+            lines.append(f"  {label:<13}{_summary(e[k], show)}")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""The typed configuration of one training run, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["RESUME_FREE_FIELDS", "TrainConfig"]
+
+OPTIMIZERS = ("sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+INITS = ("xavier", "default")
+# Fields that may change between an interrupted run and its resumption (they do not change the
+# numbers on CPU): everything else must match the run directory's config.json.
+RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One run. Defaults are the textbook's LeNet-BN recipe (d2l ``train_ch6``)."""
+
+    model: str = "lenet-bn"
+    norm: str = "bnlab"
+    dataset: str = "fashion-mnist"
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1.0
+    optimizer: str = "sgd"  # plain SGD, no momentum, as the textbook
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    init: str = "xavier"  # Xavier-uniform on conv/linear weights, as the textbook
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    data_dir: str | None = None
+    normalize: bool = False  # standardize inputs with the training set's mean/std
+    drop_last: bool = False
+    limit_train: int | None = None  # use only the first N training examples (quick runs)
+    limit_test: int | None = None
+    progress: bool = True  # a progress bar when attached to a terminal
+
+    def __post_init__(self) -> None:
+        from bnlab.models import MODELS
+        from bnlab.norm.registry import NORMS
+
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"invalid {name}={getattr(self, name)!r}: {why}")
+
+        if self.model not in MODELS:
+            raise bad("model", f"choose one of {', '.join(sorted(MODELS))}")
+        if self.norm not in NORMS:
+            raise bad("norm", f"choose one of {', '.join(sorted(NORMS))}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
+        if self.device not in DEVICES:
+            raise bad("device", f"choose one of {', '.join(DEVICES)}")
+        if self.init not in INITS:
+            raise bad("init", f"choose one of {', '.join(INITS)}")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise bad(name, "must be a positive integer")
+        for name in ("threads", "limit_train", "limit_test"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise bad(name, "must be a positive integer (or unset)")
+        if not self.lr > 0:
+            raise bad("lr", "must be positive")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}")
+        return cls(**data)
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Fields that differ (ignoring RESUME_FREE_FIELDS), as 'name: a != b' lines."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a
+                if k not in RESUME_FREE_FIELDS and a[k] != b[k]]

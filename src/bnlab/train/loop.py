@@ -1,0 +1,163 @@
+"""The training loop: the textbook's ``train_ch6``, written as resumable run directories.
+
+Per epoch: train in train mode (running loss and accuracy over the epoch, as the textbook
+prints them), then test accuracy in eval mode, examples/sec and wall time; then an atomic
+checkpoint, then one line in ``metrics.jsonl``. A run resumed from its checkpoint finishes with
+the same metrics as an uninterrupted one: the model, optimizer and RNG state are restored and
+each epoch's batch order depends only on (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnlab.data import BatchLoader, load_split
+from bnlab.models import build_model
+from bnlab.train.config import TrainConfig
+from bnlab.train.progress import Progress
+from bnlab.train.run import Run
+from bnlab.train.rundir import RunDir
+
+__all__ = ["evaluate", "make_model", "pick_device", "train"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA device is available; "
+                           "use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_model(config: TrainConfig) -> nn.Module:
+    """Build the model with the seed's initialization (Xavier-uniform on conv/linear weights)."""
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.norm)
+    if config.init == "xavier":
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+    return model
+
+
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr,
+                                weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader) -> float:
+    """Accuracy in eval mode (running statistics), restoring the model's previous mode."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in loader.batches(0):
+        correct += int((model(x).argmax(dim=1) == y).sum())
+        total += y.shape[0]
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def _loaders(config: TrainConfig, device: torch.device,
+             log: Callable[[str], None]) -> tuple[BatchLoader, BatchLoader]:
+    train = load_split(config.dataset, "train", config.data_dir, log=log)
+    test = load_split(config.dataset, "test", config.data_dir, log=log)
+    tr_x, tr_y = train.images[: config.limit_train], train.labels[: config.limit_train]
+    te_x, te_y = test.images[: config.limit_test], test.labels[: config.limit_test]
+    mean = std = None
+    if config.normalize:
+        pixels = tr_x.float().div(255)
+        mean, std = float(pixels.mean()), float(pixels.std())
+    kw: dict[str, Any] = {"mean": mean, "std": std, "device": device}
+    return (BatchLoader(tr_x, tr_y, config.batch_size, shuffle=True, seed=config.seed,
+                        drop_last=config.drop_last, **kw),
+            BatchLoader(te_x, te_y, 1000, shuffle=False, **kw))
+
+
+def _start(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | None:
+    """Prepare the directory; return the checkpoint to resume from, if any."""
+    if rd.exists():
+        saved = TrainConfig.from_dict(rd.read_config())
+        if not resume:
+            raise FileExistsError(
+                f"{rd.path} already holds a run; pass --resume to continue it, or choose "
+                f"another --out")
+        diff = saved.differences(config)
+        if diff:
+            raise ValueError(f"cannot resume {rd.path}: its config differs from this one:\n  "
+                             + "\n  ".join(diff))
+        return rd.load_checkpoint() if rd.has_checkpoint else None
+    rd.write_config(config.to_dict())
+    return None
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
+          log: Callable[[str], None] = print) -> Run:
+    """Train `config` into run directory `out`; with `resume`, continue an interrupted run."""
+    rd = RunDir(out)
+    checkpoint = _start(config, rd, resume)
+    if rd.done:
+        log(f"{rd.path}: already complete")
+        return Run(rd.path)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    train_loader, test_loader = _loaders(config, device, log)
+    model = make_model(config).to(device)
+    optimizer = _optimizer(config, model)
+    loss_fn = nn.CrossEntropyLoss()
+    metrics: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng"])
+        metrics = list(checkpoint["metrics"])
+        log(f"{rd.path}: resuming after epoch {len(metrics)}")
+    rd.write_metrics(metrics)  # derived from the checkpoint: drops any line written after it
+    wall = metrics[-1]["wall_time"] if metrics else 0.0
+
+    for epoch in range(len(metrics), config.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        bar = Progress(len(train_loader), f"epoch {epoch + 1}/{config.epochs}", config.progress)
+        for i, (x, y) in enumerate(train_loader.batches(epoch)):
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += float(loss) * y.shape[0]
+                correct += int((logits.argmax(dim=1) == y).sum())
+                seen += y.shape[0]
+            bar.update(i + 1, loss=loss_sum / seen, acc=correct / seen)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        test_acc = evaluate(model, test_loader)
+        epoch_time = time.perf_counter() - t0
+        wall += epoch_time
+        metrics.append({
+            "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "test_acc": test_acc, "examples_per_sec": seen / train_time,
+            "epoch_time": epoch_time, "wall_time": wall,
+        })
+        rd.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "rng": torch.get_rng_state(), "metrics": metrics,
+                            "config": config.to_dict()})
+        rd.write_metrics(metrics)
+        m = metrics[-1]
+        log(f"epoch {m['epoch']:>2}: loss {m['train_loss']:.3f}, train acc {m['train_acc']:.3f}, "
+            f"test acc {m['test_acc']:.3f}, {m['examples_per_sec']:.0f} examples/sec")
+    rd.mark_done({"final": metrics[-1], "device": str(device)})
+    return Run(rd.path)

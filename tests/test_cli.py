@@ -1,0 +1,102 @@
+"""The bnlab command end to end (quick mode), its help, and its errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bnlab.cli import build_parser, main
+
+SUBCOMMANDS = ["reproduce", "train", "inspect", "data", "demo"]
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(c in out for c in SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_subcommand_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "usage: bnlab " + cmd in out and len(out) > 200
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--out", "x", "--epochs", "zero"], "expected a positive integer, got 'zero'"),
+    (["train", "--out", "x", "--lr", "-1"], "expected a positive number"),
+    (["train", "--out", "x", "--norm", "fancy"], "invalid choice: 'fancy'"),
+    (["train", "--out", "x", "--momentum", "1.5"], "momentum must be in [0, 1)"),
+    (["reproduce", "--epochs", "-3"], "expected a positive integer"),
+    (["data", "explode"], "invalid choice: 'explode'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_flags_exit_2_with_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert needle in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("bnlab")]) == 1
+
+
+def test_reproduce_quick_train_inspect_end_to_end(tmp_path, capsys):
+    out = tmp_path / "repro"
+    assert main(["reproduce", "--quick", "--out", str(out), "--threads", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "| no-bn |" in text and "| bnlab-bn |" in text and "| torch-bn |" in text
+    assert "examples/sec on cpu" in text and f"report: {out / 'REPORT.md'}" in text
+    report = (out / "REPORT.md").read_text()
+    assert "![learning curves](curves.png)" in report and "gamma" in report
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for arm in ("no-bn", "bnlab-bn", "torch-bn"):
+        assert (out / arm / "DONE").exists()
+
+    # Re-running reuses the finished runs (no retraining): same numbers, same report.
+    before = (out / "bnlab-bn" / "metrics.jsonl").read_text()
+    assert main(["reproduce", "--quick", "--out", str(out)]) == 0
+    assert (out / "bnlab-bn" / "metrics.jsonl").read_text() == before
+
+    assert main(["inspect", str(out / "bnlab-bn")]) == 0
+    text = capsys.readouterr().out
+    assert "layer 1 (6 channels" in text and "gamma" in text and "running_var" in text
+
+    run = tmp_path / "one"
+    assert main(["train", "--out", str(run), "--model", "mlp", "--epochs", "1",
+                 "--limit-train", "512", "--limit-test", "200", "--no-progress"]) == 0
+    assert (run / "DONE").exists()
+    assert main(["train", "--out", str(run), "--model", "mlp", "--epochs", "1"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_data_info_check_fetch(capsys):
+    assert main(["data", "info"]) == 0
+    assert "looked in, in order:" in capsys.readouterr().out
+    assert main(["data", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 60000 examples" in out and "checksum ok" in out
+    assert main(["data", "fetch"]) == 0
+    assert "already available" in capsys.readouterr().out
+
+
+def test_inspect_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("bnlab: error:")
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "bnlab", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "reproduce" in r.stdout
+
+
+def test_every_command_and_flag_has_help_text():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert p.description, name
+        for action in p._actions:
+            assert action.help, (name, action.dest)
