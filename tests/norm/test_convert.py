@@ -6,6 +6,15 @@ from torch import nn
 
 import bnlab
 from bnlab.norm.textbook import TextbookBatchNorm
+from bnlab.norm.variants import (
+    BatchRenorm,
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    GhostBatchNorm,
+    SyncBatchNorm,
+    freeze,
+    unfreeze,
+)
 
 
 def torch_lenet() -> nn.Sequential:
@@ -84,10 +93,12 @@ def test_mixed_models_convert_only_what_is_foreign():
 
 @pytest.mark.parametrize("layer,to", [
     (bnlab.BatchNorm(4), "torch"),
-    (nn.SyncBatchNorm(4), "bnlab"),
-])
+    (GhostBatchNorm(4), "torch"),
+    (nn.LazyBatchNorm1d(), "bnlab"),
+    (BatchRenorm(4), "frozen"),
+], ids=["any-rank-to-torch", "ghost-to-torch", "lazy-to-bnlab", "renorm-to-frozen"])
 def test_unconvertible_layers_are_named_and_nothing_changes(layer, to):
-    model = nn.Sequential(nn.BatchNorm1d(4) if to == "bnlab" else bnlab.BatchNorm1d(4), layer)
+    model = nn.Sequential(nn.BatchNorm1d(4) if to != "torch" else bnlab.BatchNorm1d(4), layer)
     first = model[0]
     with pytest.raises(TypeError, match=r"at '1' has no .* counterpart"):
         bnlab.convert(model, to=to, inplace=True)
@@ -103,3 +114,36 @@ def test_textbook_layer_is_left_alone():
 def test_unknown_target():
     with pytest.raises(ValueError, match="unknown target 'tf'"):
         bnlab.convert(nn.BatchNorm1d(3), to="tf")
+
+
+def test_sync_and_frozen_targets_round_trip():
+    ref = torch_lenet().eval()
+    warm = torch_lenet()
+    warm_up(warm)
+    ref.load_state_dict(warm.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    sync = bnlab.convert(ref, to="sync")
+    assert kinds(sync) == ["bnlab.SyncBatchNorm"] * 4
+    torch.testing.assert_close(sync(x), ref(x), rtol=0, atol=1e-6)
+    assert kinds(bnlab.convert(nn.Sequential(nn.SyncBatchNorm(3)), to="bnlab")) == [
+        "bnlab.SyncBatchNorm"]
+    assert kinds(bnlab.convert(nn.Sequential(SyncBatchNorm(3)), to="torch")) == [
+        "torch.SyncBatchNorm"]
+
+    frozen = freeze(ref).train()  # frozen layers ignore train mode
+    assert [type(m) for m in frozen.modules() if "Frozen" in type(m).__name__] == [
+        FrozenBatchNorm2d, FrozenBatchNorm2d, FrozenBatchNorm1d, FrozenBatchNorm1d]
+    torch.testing.assert_close(frozen(x), ref(x), rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for m in frozen.modules() if "Frozen" in type(m).__name__
+                   for p in m.parameters())
+    thawed = unfreeze(frozen)
+    assert kinds(thawed) == ["bnlab.BatchNorm2d"] * 2 + ["bnlab.BatchNorm1d"] * 2
+    assert all(p.requires_grad for p in thawed.parameters())
+
+
+def test_unfreeze_leaves_other_layers_flags_alone():
+    model = nn.Sequential(nn.BatchNorm1d(3), bnlab.BatchNorm1d(3))
+    model[1].weight.requires_grad_(False)  # frozen by hand, not by freeze()
+    model[0] = freeze(nn.Sequential(model[0]))[0]
+    thawed = unfreeze(model)
+    assert thawed[0].weight.requires_grad and not thawed[1].weight.requires_grad

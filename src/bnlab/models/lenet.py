@@ -27,10 +27,13 @@ def _pool(kind: str) -> nn.Module:
 
 
 def _lenet(norm: NormSpec, pool: str, padding: int, flat: int) -> nn.Sequential:
+    s1 = 28 + 2 * padding - 4  # first conv output side: 28 padded, 24 otherwise
+    s2 = s1 // 2 - 4  # second conv output side: 10 or 8
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=padding), *resolve(norm, 6, 4), nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5, padding=padding), *resolve(norm, 6, 4, (s1, s1)),
+        nn.Sigmoid(),
         _pool(pool),  # (B,6,28,28)->(B,6,14,14) padded; (B,6,24,24)->(B,6,12,12) otherwise
-        nn.Conv2d(6, 16, kernel_size=5), *resolve(norm, 16, 4), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5), *resolve(norm, 16, 4, (s2, s2)), nn.Sigmoid(),
         _pool(pool),  # -> (B,16,5,5) padded; (B,16,4,4) otherwise
         nn.Flatten(),  # -> (B, flat)
         nn.Linear(flat, 120), *resolve(norm, 120, 2), nn.Sigmoid(),

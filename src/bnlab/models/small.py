@@ -24,9 +24,9 @@ def mlp(norm: NormSpec = "bnlab", hidden: int = 100) -> nn.Sequential:
 
 def small_cnn(norm: NormSpec = "bnlab") -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=3, padding=1), *resolve(norm, 6, 4), nn.ReLU(),
+        nn.Conv2d(1, 6, kernel_size=3, padding=1), *resolve(norm, 6, 4, (28, 28)), nn.ReLU(),
         nn.MaxPool2d(2, 2),  # (B,6,28,28) -> (B,6,14,14)
-        nn.Conv2d(6, 16, kernel_size=5), *resolve(norm, 16, 4), nn.ReLU(),
+        nn.Conv2d(6, 16, kernel_size=5), *resolve(norm, 16, 4, (10, 10)), nn.ReLU(),
         nn.MaxPool2d(2, 2),  # (B,16,10,10) -> (B,16,5,5)
         nn.Flatten(),  # -> (B,400)
         nn.Linear(400, 10),

@@ -22,6 +22,9 @@ momentum outside [0, 1]) are rejected when the layer is built.
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 from torch import Tensor
 
 from bnlab.norm.base import NormBase
@@ -34,8 +37,25 @@ class BatchNorm(NormBase):
     """Batch normalization over every dim but the channel dim 1, for inputs of any rank >= 2.
 
     Same constructor as ``torch.nn.BatchNorm2d``: ``num_features, eps=1e-5, momentum=0.1,
-    affine=True, track_running_stats=True, device=None, dtype=None, *, bias=True``.
+    affine=True, track_running_stats=True, device=None, dtype=None, *, bias=True``, plus one
+    bnlab option, ``guard=False``: guarded statistics. With it, a training batch whose mean or
+    variance is not finite (a NaN or Inf in the batch) is still normalized and returned, but not
+    folded into the running buffers: the update is skipped, counted in the buffer
+    ``num_batches_skipped`` and warned about once, so one bad batch cannot poison the model.
     """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 *, bias: bool = True, guard: bool = False) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.guard = guard
+        self._warned = False
+        if guard:
+            # Only guarded layers carry this buffer: plain ones keep torch's state-dict keys.
+            self.register_buffer("num_batches_skipped",
+                                 torch.tensor(0, dtype=torch.long, device=device))
 
     def _momentum_for_this_batch(self) -> float:
         """Weight of the batch about to be folded in (the counter is advanced after success)."""
@@ -53,20 +73,46 @@ class BatchNorm(NormBase):
         update = self.training and self.track_running_stats
         hand_over = update or not self.training
         momentum = self._momentum_for_this_batch() if update else 0.0
-        out = batch_norm(
+        skipped = self.num_batches_skipped if self.guard and update else None
+        skips_before = int(skipped) if skipped is not None else 0
+        out = self._normalize(
             input,
             self.running_mean if hand_over else None,
             self.running_var if hand_over else None,
-            self.weight,
-            self.bias,
             use_batch_stats,
             momentum,
-            self.eps,
+            skipped,
         )
-        if update and input.numel() > 0:
+        if skipped is not None and int(skipped) > skips_before:
+            if not self._warned:
+                warnings.warn(f"{self.__class__.__name__}({self.num_features}): a batch with "
+                              f"non-finite statistics was not folded into the running "
+                              f"statistics (counted in num_batches_skipped; warned once)",
+                              RuntimeWarning, stacklevel=2)
+                self._warned = True
+            return out
+        if update and self._has_statistics(input):
             assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
         return out
+
+    def _has_statistics(self, input: Tensor) -> bool:
+        """Whether this batch was folded into the running statistics (an empty one is not)."""
+        return input.numel() > 0
+
+    def _normalize(self, input: Tensor, running_mean: Tensor | None,
+                   running_var: Tensor | None, use_batch_stats: bool, momentum: float,
+                   skipped: Tensor | None) -> Tensor:
+        """The hook variants override: how this layer normalizes (here: the functional core).
+
+        Called after the input check with the buffers to read or update (None when there are
+        none to use), whether to use batch statistics, and the momentum for this batch.
+        """
+        return batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                          use_batch_stats, momentum, self.eps, skipped=skipped)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", guard=True" if self.guard else "")
 
 
 class BatchNorm1d(BatchNorm):

@@ -30,8 +30,14 @@ def check_batch_norm_args(
     training: bool,
     momentum: object,
     eps: float,
+    *,
+    check_batch_size: bool = True,
 ) -> None:
-    """Raise a clear error for any argument batch_norm cannot use; return None otherwise."""
+    """Raise a clear error for any argument batch_norm cannot use; return None otherwise.
+
+    ``check_batch_size=False`` leaves the "more than 1 value per channel" check to the caller
+    (a synchronized layer checks the count summed over all ranks instead of its own share).
+    """
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor input, got {type(input).__name__}")
     if input.dim() < 2:
@@ -45,7 +51,7 @@ def check_batch_norm_args(
             f"batch_norm expects a floating-point input, got {input.dtype}; convert it first, "
             f"e.g. x.float() (images stored as uint8 are usually scaled with x.float() / 255)"
         )
-    if training:
+    if training and check_batch_size:
         per_channel = input.shape[0] * math.prod(input.shape[2:])  # values in each channel
         if per_channel == 1:
             raise ValueError(

@@ -17,19 +17,23 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlab.norm.base import NormBase
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.variants.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
+from bnlab.norm.variants.sync import SyncBatchNorm
 
 __all__ = ["CONVERSIONS", "convert"]
 
-_TORCH_TO_BNLAB: dict[type[nn.Module], type[nn.Module]] = {
-    nn.BatchNorm1d: BatchNorm1d,
-    nn.BatchNorm2d: BatchNorm2d,
-    nn.BatchNorm3d: BatchNorm3d,
-}
+_TORCH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BNLAB = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
+_FROZEN = (FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d)
 
 # target name -> {source class: target class}
 CONVERSIONS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
-    "bnlab": _TORCH_TO_BNLAB,
-    "torch": {v: k for k, v in _TORCH_TO_BNLAB.items()},
+    "bnlab": {**dict(zip(_TORCH, _BNLAB, strict=True)), **dict(zip(_FROZEN, _BNLAB, strict=True)),
+              nn.SyncBatchNorm: SyncBatchNorm},
+    "torch": {**dict(zip(_BNLAB, _TORCH, strict=True)), SyncBatchNorm: nn.SyncBatchNorm},
+    "sync": {cls: SyncBatchNorm for cls in (*_TORCH, *_BNLAB, nn.SyncBatchNorm)},
+    "frozen": {**dict(zip(_TORCH, _FROZEN, strict=True)),
+               **dict(zip(_BNLAB, _FROZEN, strict=True))},
 }
 
 
@@ -51,10 +55,11 @@ def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
         bias=getattr(old, "bias", None) is not None,
     )
     new.load_state_dict(old.state_dict(), strict=True)
-    for (_, p_new), (_, p_old) in zip(
-        new.named_parameters(), old.named_parameters(), strict=True
-    ):
-        p_new.requires_grad_(p_old.requires_grad)
+    if not getattr(new, "freeze_affine", False):  # a frozen layer sets its own flags
+        for (_, p_new), (_, p_old) in zip(
+            new.named_parameters(), old.named_parameters(), strict=True
+        ):
+            p_new.requires_grad_(p_old.requires_grad)
     return new.train(old.training)
 
 
@@ -66,18 +71,24 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn
         to: ``"bnlab"`` or ``"torch"`` (see ``CONVERSIONS``).
         inplace: modify `model` itself instead of a deep copy.
 
-    Layers already of the target kind are left as they are. A normalization layer with no
-    counterpart (``bnlab.BatchNorm`` of any rank to torch, ``torch.nn.SyncBatchNorm``) is an error
-    that names it, rather than being silently left behind.
+    Layers already of the target kind are left as they are (for ``"bnlab"``: every bnlab
+    layer). A normalization layer with no counterpart (``bnlab.BatchNorm`` of any rank or a
+    bnlab variant to torch, a renorm layer to frozen) is an error that names it, rather than
+    being silently left behind.
     """
     if to not in CONVERSIONS:
         raise ValueError(f"convert: unknown target {to!r}; choose one of {sorted(CONVERSIONS)}")
     table = CONVERSIONS[to]
     targets = set(table.values())
 
+    def left_alone(m: nn.Module) -> bool:
+        # Already of the target kind (any bnlab layer counts as "bnlab").
+        return type(m) in targets or (to == "bnlab" and isinstance(m, NormBase)
+                                      and type(m) not in table)
+
     # Check the whole tree first, so an error leaves even an in-place model untouched.
     for name, module in model.named_modules():
-        if _is_norm(module) and type(module) not in table and type(module) not in targets:
+        if _is_norm(module) and type(module) not in table and not left_alone(module):
             where = f" at {name!r}" if name else ""
             raise TypeError(
                 f"convert(to={to!r}): {type(module).__module__}.{type(module).__qualname__}"

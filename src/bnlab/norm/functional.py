@@ -54,7 +54,7 @@ from torch.autograd import Function
 
 from bnlab.norm.checks import check_batch_norm_args
 
-__all__ = ["batch_norm", "batch_statistics", "update_running_stats"]
+__all__ = ["batch_norm", "batch_statistics", "blend_running_stats", "update_running_stats"]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -84,6 +84,33 @@ def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
+def blend_running_stats(
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    unbiased_var: Tensor,
+    momentum: float,
+    skipped: Tensor | None = None,
+) -> bool:
+    """running <- (1 - momentum) * running + momentum * batch, in place, for mean and variance.
+
+    With a `skipped` counter (guarded statistics), statistics that are not all finite are not
+    folded in: the counter is incremented instead. Returns whether the buffers were updated.
+    """
+    with torch.no_grad():
+        if skipped is not None and not bool(
+            torch.isfinite(mean).all() & torch.isfinite(unbiased_var).all()
+        ):
+            skipped.add_(1)
+            return False
+        # Blend in the compute dtype, then store once in the buffer's dtype.
+        new_mean = (1 - momentum) * running_mean.to(mean.dtype) + momentum * mean
+        new_var = (1 - momentum) * running_var.to(unbiased_var.dtype) + momentum * unbiased_var
+        running_mean.copy_(new_mean.reshape(running_mean.shape))
+        running_var.copy_(new_var.reshape(running_var.shape))
+        return True
+
+
 def update_running_stats(
     running_mean: Tensor,
     running_var: Tensor,
@@ -91,18 +118,14 @@ def update_running_stats(
     var: Tensor,
     count: int,
     momentum: float,
-) -> None:
-    """Fold one batch's (mean, biased var) over `count` values into the running buffers, in place.
+    skipped: Tensor | None = None,
+) -> bool:
+    """Fold one batch's (mean, biased var) over `count` values into the running buffers.
 
     The running variance stores the unbiased estimate var * count / (count - 1).
     """
-    with torch.no_grad():
-        unbiased = var * (count / (count - 1))
-        # Blend in the compute dtype, then store once in the buffer's dtype.
-        new_mean = (1 - momentum) * running_mean.to(mean.dtype) + momentum * mean
-        new_var = (1 - momentum) * running_var.to(var.dtype) + momentum * unbiased
-        running_mean.copy_(new_mean.reshape(running_mean.shape))
-        running_var.copy_(new_var.reshape(running_var.shape))
+    unbiased = var * (count / (count - 1))
+    return blend_running_stats(running_mean, running_var, mean, unbiased, momentum, skipped)
 
 
 def _normalize(
@@ -117,6 +140,35 @@ def _normalize(
     return y.to(x.dtype)
 
 
+def backward_sums(
+    grad_out: Tensor, x: Tensor, mean: Tensor, inv_std: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(g, x_hat, sum g, sum g * x_hat) in the compute dtype: the one reduction pass of backward.
+
+    The two sums are dL/dbeta and dL/dgamma; they also feed dL/dx (see the module docstring).
+    """
+    dims = _reduce_dims(x)
+    g = grad_out.to(mean.dtype)
+    x_hat = (x.to(mean.dtype) - _per_channel(mean, x)) * _per_channel(inv_std, x)
+    sum_g = g.sum(dim=dims)  # (N,C,*) -> (C,)
+    sum_g_xhat = (g * x_hat).sum(dim=dims)  # (N,C,*) -> (C,)
+    return g, x_hat, sum_g, sum_g_xhat
+
+
+def input_grad(
+    g: Tensor, x_hat: Tensor, inv_std: Tensor, weight: Tensor | None, sum_g: Tensor,
+    sum_g_xhat: Tensor, count: int | None, out_dtype: torch.dtype,
+) -> Tensor:
+    """dL/dx = gamma * inv_std / M * (M g - sum g - x_hat sum g x_hat), M = `count`.
+
+    With ``count=None`` the statistics were constants (eval mode): dL/dx = gamma * inv_std * g.
+    """
+    scale = inv_std if weight is None else inv_std * weight.to(inv_std.dtype)  # (C,)
+    if count is not None:
+        g = g - _per_channel(sum_g / count, g) - x_hat * _per_channel(sum_g_xhat / count, g)
+    return (g * _per_channel(scale, g)).to(out_dtype)
+
+
 def _normalize_backward(
     grad_out: Tensor,
     x: Tensor,
@@ -128,19 +180,11 @@ def _normalize_backward(
     bias_dtype: torch.dtype,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Closed-form gradients (see the module docstring) for input, weight and bias."""
-    dims = _reduce_dims(x)
-    g = grad_out.to(mean.dtype)
-    x_hat = (x.to(mean.dtype) - _per_channel(mean, x)) * _per_channel(inv_std, x)
-    sum_g = g.sum(dim=dims)  # (N,C,*) -> (C,)      = dL/dbeta
-    sum_g_xhat = (g * x_hat).sum(dim=dims)  # (N,C,*) -> (C,)      = dL/dgamma
-
+    g, x_hat, sum_g, sum_g_xhat = backward_sums(grad_out, x, mean, inv_std)
     grad_input = grad_weight = grad_bias = None
     if needs[0]:
-        scale = inv_std if weight is None else inv_std * weight.to(mean.dtype)  # (C,)
-        if batch_stats:
-            m = x.numel() // max(x.shape[1], 1)  # values per channel
-            g = g - _per_channel(sum_g / m, x) - x_hat * _per_channel(sum_g_xhat / m, x)
-        grad_input = (g * _per_channel(scale, x)).to(x.dtype)
+        count = x.numel() // max(x.shape[1], 1) if batch_stats else None
+        grad_input = input_grad(g, x_hat, inv_std, weight, sum_g, sum_g_xhat, count, x.dtype)
     if needs[1] and weight is not None:
         grad_weight = sum_g_xhat.to(weight.dtype)
     if needs[2]:
@@ -162,6 +206,7 @@ class BatchNormFunction(Function):
         batch_stats: bool,
         momentum: float,
         eps: float,
+        skipped: Tensor | None,
     ) -> Tensor:
         cdtype = _compute_dtype(x.dtype)
         if not batch_stats:
@@ -181,7 +226,7 @@ class BatchNormFunction(Function):
         if batch_stats and running_mean is not None and x.numel() > 0:
             assert running_var is not None
             count = x.numel() // x.shape[1]
-            update_running_stats(running_mean, running_var, mean, var, count, momentum)
+            update_running_stats(running_mean, running_var, mean, var, count, momentum, skipped)
 
         ctx.save_for_backward(x, weight, mean, inv_std)
         ctx.batch_stats = batch_stats
@@ -202,7 +247,7 @@ class BatchNormFunction(Function):
         gx, gw, gb = _normalize_backward(
             grad_out, x, weight, mean, inv_std, ctx.batch_stats, needs, ctx.bias_dtype
         )
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None
 
 
 def batch_norm(
@@ -214,6 +259,8 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    skipped: Tensor | None = None,
 ) -> Tensor:
     """Batch normalization with the exact contract of ``torch.nn.functional.batch_norm``.
 
@@ -227,11 +274,15 @@ def batch_norm(
         momentum: weight of the new batch in the running average (PyTorch convention: 0.1;
             the textbook's ``momentum=0.9`` is ``1 - momentum``).
         eps: added to the variance before the square root.
+        skipped: bnlab extension (guarded statistics): a scalar counter; when given, a batch
+            with a non-finite mean or variance is not folded into the running buffers and the
+            counter is incremented instead, so one bad batch cannot poison them.
 
     Every argument is checked before anything is computed, so an error never leaves a running
     buffer half-updated.
     """
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum, eps)
     return BatchNormFunction.apply(
-        input, weight, bias, running_mean, running_var, training, float(momentum), float(eps)
+        input, weight, bias, running_mean, running_var, training, float(momentum), float(eps),
+        skipped,
     )
