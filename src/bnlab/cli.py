@@ -120,6 +120,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=positive_int, help="use the first N test examples")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="synchronize BatchNorm statistics across data-parallel ranks (run "
+                        "under torchrun --nproc_per_node=N -m bnlab train ...)")
+    p.add_argument("--dist-timeout", type=positive_float, default=d.dist_timeout,
+                   help="seconds a rank waits on the others before failing (default: "
+                        "%(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model into a run directory",
                        description="Train one configuration; writes config.json, "
-                       "metrics.jsonl, checkpoint.pt and DONE into --out.")
+                       "metrics.jsonl, checkpoint.pt and DONE into --out. Under torchrun "
+                       "it is data-parallel (gloo on CPU, NCCL on CUDA); rank 0 writes.")
     _add_train_flags(p)
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")

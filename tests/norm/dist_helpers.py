@@ -38,7 +38,8 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple
 
 
 def run_ranks(fn: Callable[..., Any], world: int, tmp: Path, *args: Any,
-              timeout: float = 60.0) -> list[Any]:
+              timeout: float = 60.0, dead: frozenset[int] = frozenset()) -> list[Any]:
+    """Results of `fn(rank, world, *args)` per rank; ranks in `dead` must exit with nothing."""
     ctx = mp.get_context("spawn")
     port = free_port()
     procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, str(tmp)))
@@ -53,6 +54,10 @@ def run_ranks(fn: Callable[..., Any], world: int, tmp: Path, *args: Any,
     assert not alive, f"{len(alive)} rank(s) still running after {timeout}s"
     results = []
     for r in range(world):
+        if r in dead:
+            assert not (tmp / f"rank{r}.pt").exists() and procs[r].exitcode != 0
+            results.append(None)
+            continue
         got = torch.load(tmp / f"rank{r}.pt", weights_only=False)
         assert "error" not in got, f"rank {r} failed:\n{got.get('error')}"
         results.append(got["ok"])

@@ -2,6 +2,8 @@
 
 No per-sample Python and no worker processes: each epoch draws a permutation from a generator
 seeded by (seed, epoch), so epoch e's batches are the same whether or not the run was resumed.
+With ``part=(rank, world)`` every rank walks the same permutation and yields its share of each
+global batch (data-parallel training).
 Scaling follows the textbook's ToTensor (x / 255); mean/std normalization is optional.
 """
 
@@ -20,7 +22,8 @@ class BatchLoader:
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = False, mean: float | None = None,
-                 std: float | None = None, device: torch.device | str = "cpu") -> None:
+                 std: float | None = None, device: torch.device | str = "cpu",
+                 part: tuple[int, int] = (0, 1)) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if images.shape[0] != labels.shape[0]:
@@ -29,8 +32,12 @@ class BatchLoader:
             raise ValueError("normalization needs both mean and a positive std (or neither)")
         self.images = images.to(device)  # stays uint8: 4x smaller than float
         self.labels = labels.to(device)
+        rank, world = part
+        if not 0 <= rank < world:
+            raise ValueError(f"part must be (rank, world) with 0 <= rank < world, got {part}")
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.mean, self.std = drop_last, mean, std
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         n, b = self.labels.shape[0], self.batch_size
@@ -56,10 +63,17 @@ class BatchLoader:
             x = x.sub_(self.mean).div_(self.std)
         return x
 
+    def global_batch_size(self, i: int) -> int:
+        """Examples in global batch `i` (all ranks' shares together)."""
+        return min(self.batch_size, self.labels.shape[0] - i * self.batch_size)
+
     def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's share of every global batch of `epoch` (the whole batch for one rank)."""
         idx = self.order(epoch)
         for i in range(len(self)):
             take = idx[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.world > 1:  # shares differ in size by at most one example
+                take = torch.tensor_split(take, self.world)[self.rank]
             yield self.to_float(self.images[take]), self.labels[take]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -12,7 +12,7 @@ DEVICES = ("auto", "cpu", "cuda")
 INITS = ("xavier", "default")
 # Fields that may change between an interrupted run and its resumption (they do not change the
 # numbers on CPU): everything else must match the run directory's config.json.
-RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress"})
+RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class TrainConfig:
     limit_train: int | None = None  # use only the first N training examples (quick runs)
     limit_test: int | None = None
     progress: bool = True  # a progress bar when attached to a terminal
+    sync_bn: bool = False  # SyncBatchNorm across data-parallel ranks (torchrun)
+    dist_timeout: float = 120.0  # seconds before a collective waiting on a dead rank fails
 
     def __post_init__(self) -> None:
         from bnlab.models import MODELS
@@ -63,6 +65,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise bad(name, "must be a positive integer (or unset)")
+        if not self.dist_timeout > 0:
+            raise bad("dist_timeout", "must be positive")
         if not self.lr > 0:
             raise bad("lr", "must be positive")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:

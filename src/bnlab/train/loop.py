@@ -9,6 +9,7 @@ each epoch's batch order depends only on (seed, epoch).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,9 @@ from torch import nn
 
 from bnlab.data import BatchLoader, load_split
 from bnlab.models import build_model
+from bnlab.norm.convert import convert
 from bnlab.train.config import TrainConfig
+from bnlab.train.distributed import Dist, setup
 from bnlab.train.progress import Progress
 from bnlab.train.run import Run
 from bnlab.train.rundir import RunDir
@@ -44,6 +47,8 @@ def make_model(config: TrainConfig) -> nn.Module:
         for m in model.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(m.weight)
+    if config.sync_bn:  # plain BatchNorm when run as a single process
+        model = convert(model, to="sync", inplace=True)
     return model
 
 
@@ -68,8 +73,8 @@ def evaluate(model: nn.Module, loader: BatchLoader) -> float:
     return correct / max(total, 1)
 
 
-def _loaders(config: TrainConfig, device: torch.device,
-             log: Callable[[str], None]) -> tuple[BatchLoader, BatchLoader]:
+def _loaders(config: TrainConfig, device: torch.device, log: Callable[[str], None],
+             part: tuple[int, int]) -> tuple[BatchLoader, BatchLoader]:
     train = load_split(config.dataset, "train", config.data_dir, log=log)
     test = load_split(config.dataset, "test", config.data_dir, log=log)
     tr_x, tr_y = train.images[: config.limit_train], train.labels[: config.limit_train]
@@ -80,12 +85,12 @@ def _loaders(config: TrainConfig, device: torch.device,
         mean, std = float(pixels.mean()), float(pixels.std())
     kw: dict[str, Any] = {"mean": mean, "std": std, "device": device}
     return (BatchLoader(tr_x, tr_y, config.batch_size, shuffle=True, seed=config.seed,
-                        drop_last=config.drop_last, **kw),
+                        drop_last=config.drop_last, part=part, **kw),
             BatchLoader(te_x, te_y, 1000, shuffle=False, **kw))
 
 
 def _start(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | None:
-    """Prepare the directory; return the checkpoint to resume from, if any."""
+    """Prepare the directory (main rank); return the checkpoint to resume from, if any."""
     if rd.exists():
         saved = TrainConfig.from_dict(rd.read_config())
         if not resume:
@@ -103,48 +108,85 @@ def _start(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | No
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
           log: Callable[[str], None] = print) -> Run:
-    """Train `config` into run directory `out`; with `resume`, continue an interrupted run."""
-    rd = RunDir(out)
-    checkpoint = _start(config, rd, resume)
+    """Train `config` into run directory `out`; with `resume`, continue an interrupted run.
+
+    Under torchrun (or in an initialized process group) this is one rank of a data-parallel
+    job: see ``bnlab.train.distributed``.
+    """
+    device = pick_device(config.device)
+    ddp = setup(device, config.dist_timeout)
+    try:
+        return _train(config, RunDir(out), resume, log if ddp.main else _silent, device, ddp)
+    except RuntimeError as e:
+        if not ddp.active:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            f"rank {ddp.rank} of {ddp.world} stopped: {first}. A connection or timeout error "
+            f"here usually means another rank died or hung: check its output. The run "
+            f"resumes from its last checkpoint with --resume.") from e
+    finally:
+        ddp.close()
+
+
+def _silent(msg: str) -> None:
+    pass
+
+
+def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], None],
+           device: torch.device, ddp: Dist) -> Run:
+    checkpoint = _start(config, rd, resume) if ddp.main else None
+    ddp.barrier()  # the directory exists (or the main rank failed) before the others look
+    if not ddp.main and rd.has_checkpoint:
+        checkpoint = rd.load_checkpoint()
     if rd.done:
         log(f"{rd.path}: already complete")
         return Run(rd.path)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
-    train_loader, test_loader = _loaders(config, device, log)
-    model = make_model(config).to(device)
-    optimizer = _optimizer(config, model)
-    loss_fn = nn.CrossEntropyLoss()
+    threads = config.threads or (max(1, (os.cpu_count() or 1) // ddp.world) if ddp.active
+                                 else None)
+    if threads:
+        torch.set_num_threads(threads)
+    train_loader, test_loader = _loaders(config, device, log, (ddp.rank, ddp.world))
+    raw = make_model(config).to(device)
+    model: nn.Module = raw
+    if ddp.active:
+        model = nn.parallel.DistributedDataParallel(
+            raw, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = _optimizer(config, raw)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     metrics: list[dict[str, Any]] = []
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        raw.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         metrics = list(checkpoint["metrics"])
         log(f"{rd.path}: resuming after epoch {len(metrics)}")
-    rd.write_metrics(metrics)  # derived from the checkpoint: drops any line written after it
+    if ddp.main:
+        rd.write_metrics(metrics)  # derived from the checkpoint: drops lines written after it
     wall = metrics[-1]["wall_time"] if metrics else 0.0
 
     for epoch in range(len(metrics), config.epochs):
         model.train()
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0
-        bar = Progress(len(train_loader), f"epoch {epoch + 1}/{config.epochs}", config.progress)
+        bar = Progress(len(train_loader), f"epoch {epoch + 1}/{config.epochs}",
+                       config.progress and ddp.main)
         for i, (x, y) in enumerate(train_loader.batches(epoch)):
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
-            loss = loss_fn(logits, y)
-            loss.backward()
+            total = loss_fn(logits, y)
+            # The global batch's mean loss; DDP averages gradients over ranks, hence * world.
+            (total * (ddp.world / train_loader.global_batch_size(i))).backward()
             optimizer.step()
             with torch.no_grad():
-                loss_sum += float(loss) * y.shape[0]
+                loss_sum += float(total)
                 correct += int((logits.argmax(dim=1) == y).sum())
                 seen += y.shape[0]
-            bar.update(i + 1, loss=loss_sum / seen, acc=correct / seen)
+            bar.update(i + 1, loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
         bar.close()
+        loss_sum, correct, seen = ddp.sum([loss_sum, correct, seen], device)
         train_time = time.perf_counter() - t0
-        test_acc = evaluate(model, test_loader)
+        test_acc = ddp.broadcast(evaluate(raw, test_loader) if ddp.main else 0.0, device)
         epoch_time = time.perf_counter() - t0
         wall += epoch_time
         metrics.append({
@@ -152,12 +194,15 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
             "test_acc": test_acc, "examples_per_sec": seen / train_time,
             "epoch_time": epoch_time, "wall_time": wall,
         })
-        rd.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "rng": torch.get_rng_state(), "metrics": metrics,
-                            "config": config.to_dict()})
-        rd.write_metrics(metrics)
+        if ddp.main:
+            rd.save_checkpoint({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                "rng": torch.get_rng_state(), "metrics": metrics,
+                                "config": config.to_dict()})
+            rd.write_metrics(metrics)
         m = metrics[-1]
         log(f"epoch {m['epoch']:>2}: loss {m['train_loss']:.3f}, train acc {m['train_acc']:.3f}, "
             f"test acc {m['test_acc']:.3f}, {m['examples_per_sec']:.0f} examples/sec")
-    rd.mark_done({"final": metrics[-1], "device": str(device)})
+    if ddp.main:
+        rd.mark_done({"final": metrics[-1], "device": str(device), "world_size": ddp.world})
+    ddp.barrier()
     return Run(rd.path)
