@@ -7,6 +7,7 @@ Bad flag values are reported by argparse on one line with exit status 2; failure
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -51,7 +52,8 @@ def _train(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
     run = train(config, args.out, resume=args.resume)
-    print(f"run directory: {run.path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        print(f"run directory: {run.path}")
     return 0
 
 
