@@ -97,3 +97,25 @@ def test_single_process_is_plain_batchnorm():
     sync, ref = SyncBatchNorm(3).double(), bnlab.BatchNorm(3).double()
     x = torch.randn(6, 3, 4, dtype=torch.float64)
     torch.testing.assert_close(sync(x), ref(x), rtol=0, atol=0)
+
+
+def out_of_order_worker(rank: int, world: int) -> str:
+    a, b = SyncBatchNorm(3), SyncBatchNorm(5)
+    x3, x5 = torch.randn(4, 3), torch.randn(4, 5)
+    try:
+        if rank == 0:
+            a(x3)
+            b(x5)
+        else:  # the same layers, the other order
+            b(x5)
+            a(x3)
+    except RuntimeError as e:
+        return str(e)
+    return "no error"
+
+
+def test_layers_out_of_step_across_ranks_are_detected(tmp_path):
+    msgs = run_ranks(out_of_order_worker, 2, tmp_path)
+    for m in msgs:
+        assert "out of step across ranks" in m
+        assert "rank 0: 3 channels" in m and "rank 1: 5 channels" in m

@@ -114,6 +114,19 @@ class NormBase(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        # All or nothing: if any entry of ours has the wrong shape, copy none of them (torch
+        # would copy the matching ones, then report the mismatch).
+        mine = {**dict(self.named_parameters(recurse=False)),
+                **dict(self.named_buffers(recurse=False))}
+        bad = [f"size mismatch for {prefix}{name}: copying a param with shape "
+               f"{state_dict[prefix + name].shape} from checkpoint, the shape in current model "
+               f"is {t.shape}."
+               for name, t in mine.items()
+               if isinstance(state_dict.get(prefix + name), Tensor)
+               and state_dict[prefix + name].shape != t.shape]
+        if bad:
+            error_msgs.extend(bad)
+            return
         version = local_metadata.get("version")
         if (version is None or version < 2) and self.track_running_stats:
             # State dicts from before version 2 have no num_batches_tracked: keep ours (or 0).

@@ -94,18 +94,22 @@ def blend_running_stats(
 ) -> bool:
     """running <- (1 - momentum) * running + momentum * batch, in place, for mean and variance.
 
-    With a `skipped` counter (guarded statistics), statistics that are not all finite are not
-    folded in: the counter is incremented instead. Returns whether the buffers were updated.
+    With a `skipped` counter (guarded statistics), new values that would not be finite in the
+    buffers' dtype (a NaN/Inf in the batch, or a variance beyond float16's range in a float16
+    buffer) are not stored: the counter is incremented instead. Returns whether the buffers
+    were updated.
     """
     with torch.no_grad():
+        # Blend in the compute dtype, then store once in the buffer's dtype.
+        new_mean = ((1 - momentum) * running_mean.to(mean.dtype) + momentum * mean).to(
+            running_mean.dtype)
+        new_var = ((1 - momentum) * running_var.to(unbiased_var.dtype)
+                   + momentum * unbiased_var).to(running_var.dtype)
         if skipped is not None and not bool(
-            torch.isfinite(mean).all() & torch.isfinite(unbiased_var).all()
+            torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
         ):
             skipped.add_(1)
             return False
-        # Blend in the compute dtype, then store once in the buffer's dtype.
-        new_mean = (1 - momentum) * running_mean.to(mean.dtype) + momentum * mean
-        new_var = (1 - momentum) * running_var.to(unbiased_var.dtype) + momentum * unbiased_var
         running_mean.copy_(new_mean.reshape(running_mean.shape))
         running_var.copy_(new_var.reshape(running_var.shape))
         return True

@@ -101,6 +101,7 @@ def _start(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | No
         if diff:
             raise ValueError(f"cannot resume {rd.path}: its config differs from this one:\n  "
                              + "\n  ".join(diff))
+        rd.remove_stale_temporaries()  # a process killed while writing left these
         return rd.load_checkpoint() if rd.has_checkpoint else None
     rd.write_config(config.to_dict())
     return None

@@ -46,6 +46,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e` (torch's zip writer reports a full disk as a RuntimeError)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -65,6 +75,13 @@ class RunDir:
 
     def exists(self) -> bool:
         return (self.path / CONFIG).exists()
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files a killed writer left behind (``.NAME.tmp-PID``)."""
+        stale = sorted(self.path.glob(".*.tmp-*")) if self.path.is_dir() else []
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
 
     # ---- config ----
     def write_config(self, config: dict[str, Any]) -> None:
@@ -87,7 +104,17 @@ class RunDir:
 
     # ---- checkpoint ----
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+        """Write the checkpoint atomically; a failure leaves the previous one untouched."""
+        try:
+            atomic_write(self.path / CHECKPOINT, lambda f: torch.save(state, f))
+        except (OSError, RuntimeError) as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            kept = "the previous checkpoint is intact" if self.has_checkpoint else \
+                "no checkpoint was written yet"
+            raise OSError(cause.errno, f"could not write {self.path / CHECKPOINT}: "
+                          f"{cause.strerror or cause}; {kept}") from e
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         return torch.load(self.path / CHECKPOINT, map_location=map_location, weights_only=True)

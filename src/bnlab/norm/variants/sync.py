@@ -14,7 +14,10 @@ closed form, sum g and sum g * x_hat, so each rank all-reduces its local sums::
     dL/dx = gamma * inv_std / n * (n g - sum g - x_hat * sum g x_hat)
 
 The gradients of gamma and beta are returned *local*, as torch's SyncBatchNorm does: data
-parallel training (DDP) all-reduces parameter gradients itself. Works with gloo (CPU tensors)
+parallel training (DDP) all-reduces parameter gradients itself. Before exchanging statistics
+the ranks check that they are in the same layer (channel count and call number), so layers run
+in a different order on different ranks are an error, not silent garbage or a hang. Works with
+gloo (CPU tensors)
 and NCCL (CUDA tensors). Outside an initialized process group, or with one rank, the layer is
 plain BatchNorm.
 """
@@ -40,6 +43,22 @@ from bnlab.norm.functional import (
 )
 
 __all__ = ["SyncBatchNorm", "sync_batch_statistics"]
+
+
+def check_in_step(num_features: int, calls: int, group: Any, device: torch.device) -> None:
+    """All ranks must be in the same layer: same channel count and the same call number.
+
+    A model whose SyncBatchNorm layers run in a different order on different ranks would
+    otherwise exchange statistics between unrelated layers (or hang on mismatched sizes).
+    """
+    mine = torch.tensor([num_features, calls], dtype=torch.int64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(everyone, mine, group=group)
+    if any(not torch.equal(t, mine) for t in everyone):
+        seen = ", ".join(f"rank {r}: {int(t[0])} channels, call {int(t[1])}"
+                         for r, t in enumerate(everyone))
+        raise RuntimeError(f"SyncBatchNorm layers are out of step across ranks ({seen}); every "
+                           f"rank must run the same layers in the same order")
 
 
 def sync_batch_statistics(x: Tensor, group: Any = None) -> tuple[Tensor, Tensor, int]:
@@ -117,6 +136,7 @@ class SyncBatchNorm(BatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias, guard=guard)
         self.process_group = process_group
+        self.sync_calls = 0  # synchronized forwards so far: the ranks must agree on it
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
@@ -138,6 +158,8 @@ class SyncBatchNorm(BatchNorm):
                                       momentum, skipped)
         check_batch_norm_args(input, running_mean, running_var, self.weight, self.bias, True,
                               momentum, self.eps, check_batch_size=False)
+        self.sync_calls += 1
+        check_in_step(self.num_features, self.sync_calls, self.process_group, input.device)
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
                                            running_var, float(momentum), float(self.eps),
                                            self.process_group, skipped)
