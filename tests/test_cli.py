@@ -33,6 +33,22 @@ def test_subcommand_help(cmd, capsys):
     (["reproduce", "--epochs", "-3"], "expected a positive integer"),
     (["data", "explode"], "invalid choice: 'explode'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["train", "--out", "x", "--batch-size", "0"], "expected a positive integer, got '0'"),
+    (["train", "--out", "x", "--threads", "-2"], "expected a positive integer"),
+    (["train", "--out", "x", "--limit-train", "many"], "expected a positive integer"),
+    (["train", "--out", "x", "--lr", "nan"], "expected a positive number"),
+    (["train", "--out", "x", "--dataset", "cifar10"], "invalid choice: 'cifar10'"),
+    (["train", "--out", "x", "--model", "resnet50"], "invalid choice: 'resnet50'"),
+    (["train", "--out", "x", "--optimizer", "lbfgs"], "invalid choice: 'lbfgs'"),
+    (["train", "--out", "x", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["train", "--out", "x", "--dist-timeout", "0"], "expected a positive number"),
+    (["train", "--out", "x", "--weight-decay", "-1"], "weight_decay >= 0"),
+    (["train"], "the following arguments are required: --out"),
+    (["inspect", "x", "--show", "0"], "expected a positive integer"),
+    (["inspect"], "the following arguments are required: checkpoint"),
+    (["reproduce", "--threads", "two"], "expected a positive integer"),
+    (["reproduce", "--device", "gpu"], "invalid choice: 'gpu'"),
+    (["data", "info", "--dataset", "cifar"], "invalid choice: 'cifar'"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
