@@ -53,9 +53,19 @@ def _torch_momentum(conv: Convention, momentum: float) -> float:
     return 1.0 - momentum if conv.momentum_is_old_weight else momentum
 
 
-def from_convention(name: str, *, momentum: float | None = None, running_var: Tensor | None =
-                    None, values_per_channel: int | None = None, eps: float | None = None) -> (
-                        dict[str, object]):
+def _variance(conv: Convention, running_var: Tensor, m: int | None, to_torch: bool) -> Tensor:
+    """Running variance between `conv`'s convention and torch's (factor M/(M-1) or back)."""
+    if conv.unbiased_running_var:
+        return running_var.clone()
+    if m is None or m < 2:
+        raise ValueError(f"{conv.name} stores the biased variance; converting needs "
+                         f"values_per_channel (M >= 2: N, or N*H*W for images)")
+    return running_var * (m / (m - 1) if to_torch else (m - 1) / m)
+
+
+def from_convention(name: str, *, momentum: float | None = None,
+                    running_var: Tensor | None = None, values_per_channel: int | None = None,
+                    eps: float | None = None) -> dict[str, object]:
     """Translate another framework's BatchNorm settings/statistics into torch/bnlab terms.
 
     Returns a dict with ``momentum``, ``eps`` and (when given) ``running_var``, ready for
@@ -68,14 +78,7 @@ def from_convention(name: str, *, momentum: float | None = None, running_var: Te
         "eps": conv.default_eps if eps is None else eps,
     }
     if running_var is not None:
-        if conv.unbiased_running_var:
-            out["running_var"] = running_var.clone()
-        else:
-            if values_per_channel is None or values_per_channel < 2:
-                raise ValueError(f"{name} stores the biased variance; converting needs "
-                                 f"values_per_channel (M >= 2: N, or N*H*W for images)")
-            m = values_per_channel
-            out["running_var"] = running_var * (m / (m - 1))
+        out["running_var"] = _variance(conv, running_var, values_per_channel, to_torch=True)
     return out
 
 
@@ -85,12 +88,5 @@ def to_convention(name: str, *, momentum: float, running_var: Tensor | None = No
     conv = _get(name)
     out: dict[str, object] = {"momentum": _torch_momentum(conv, momentum), "eps": eps}
     if running_var is not None:
-        if conv.unbiased_running_var:
-            out["running_var"] = running_var.clone()
-        else:
-            if values_per_channel is None or values_per_channel < 2:
-                raise ValueError(f"{name} stores the biased variance; converting needs "
-                                 f"values_per_channel (M >= 2)")
-            m = values_per_channel
-            out["running_var"] = running_var * ((m - 1) / m)
+        out["running_var"] = _variance(conv, running_var, values_per_channel, to_torch=False)
     return out

@@ -73,9 +73,9 @@ def precise_bn(model: nn.Module, batches: Iterable[Any], num_samples: int) -> in
     hooks = [m.register_forward_pre_hook(lambda mod, args: moments[id(mod)].add(args[0]))
              for m in layers]
     modes = {id(m): m.training for m in model.modules()}
-    saved = {id(m): (m.momentum, m.running_mean.clone(), m.running_var.clone(),
-                     None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
-             for m in layers}
+    # The passes below update the buffers with momentum: keep what must survive them.
+    saved = {id(m): (m.momentum, None if m.num_batches_tracked is None
+                     else m.num_batches_tracked.clone()) for m in layers}
     seen = 0
     try:
         model.train()
@@ -96,7 +96,7 @@ def precise_bn(model: nn.Module, batches: Iterable[Any], num_samples: int) -> in
         raise ValueError("precise_bn needs at least 2 examples; the batches ran out")
     with torch.no_grad():
         for m in layers:
-            momentum, _, _, nbt = saved[id(m)]
+            momentum, nbt = saved[id(m)]
             stats = moments[id(m)]
             m.momentum = momentum
             m.running_mean.copy_(stats.mean.to(m.running_mean.dtype))

@@ -75,7 +75,9 @@ class BatchRenorm(BatchNorm):
         assert running_mean is not None and running_var is not None
         rmax, dmax = self.limits()
         with torch.no_grad():
-            mu_b, var_b = batch_statistics(input)  # (C,) each, before the buffers move
+            # r and d need the batch statistics before the core sees them (and moves the
+            # buffers): one extra reduction pass, the price of reusing the verified core.
+            mu_b, var_b = batch_statistics(input)  # (C,) each
             sigma_b = torch.sqrt(var_b + self.eps)
             sigma = torch.sqrt(running_var.to(var_b.dtype) + self.eps)
             r = (sigma_b / sigma).clamp(1.0 / rmax, rmax)
