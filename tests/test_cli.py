@@ -7,7 +7,7 @@ import pytest
 
 from bnlab.cli import build_parser, main
 
-SUBCOMMANDS = ["reproduce", "train", "inspect", "data", "demo"]
+SUBCOMMANDS = ["reproduce", "train", "inspect", "data", "study", "report", "demo"]
 
 
 def test_help_lists_every_command(capsys):
@@ -49,6 +49,9 @@ def test_subcommand_help(cmd, capsys):
     (["reproduce", "--threads", "two"], "expected a positive integer"),
     (["reproduce", "--device", "gpu"], "invalid choice: 'gpu'"),
     (["data", "info", "--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["study", "everything"], "invalid choice: 'everything'"),
+    (["study", "lr", "--seeds", "0"], "expected a positive integer"),
+    (["report"], "the following arguments are required: directories"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
@@ -86,6 +89,20 @@ def test_reproduce_quick_train_inspect_end_to_end(tmp_path, capsys):
     assert (run / "DONE").exists()
     assert main(["train", "--out", str(run), "--model", "mlp", "--epochs", "1"]) == 1
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_study_and_report_end_to_end(tmp_path, capsys):
+    out = tmp_path / "axes"
+    assert main(["study", "axes", "--quick", "--out", str(out), "--threads", "2"]) == 0
+    assert "verdict" in capsys.readouterr().out
+    verdict = (out / "verdict").read_text()
+    assert main(["study", "axes", "--quick", "--out", str(out), "--analyze-only"]) == 0
+    assert (out / "verdict").read_text() == verdict
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "report: " in capsys.readouterr().out
+    assert (tmp_path / "rep" / "report.html").exists()
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 1
+    assert "neither a study directory" in capsys.readouterr().err
 
 
 def test_data_info_check_fetch(capsys):

@@ -67,6 +67,26 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from bnlab.studies.base import run_study
+    from bnlab.studies.registry import get_study
+
+    study = get_study(args.name)
+    out = args.out or f"runs/study-{args.name}{'-quick' if args.quick else ''}"
+    run_study(study, out, quick=args.quick, seeds=args.seeds, analyze_only=args.analyze_only,
+              data_dir=args.data_dir, threads=args.threads)
+    print(f"study written to {out}: figure.png, table.md, table.csv, verdict, study.json")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bnlab.report.html import build_report
+
+    page, text = build_report(args.directories, args.out)
+    print(f"report: {page}\nmarkdown: {text}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from bnlab.report.inspect import bn_layers, format_layers, load_state
 
@@ -180,6 +200,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory to read from (fetch: to download into)")
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
     p.set_defaults(func=_data)
+
+    from bnlab.studies.registry import STUDIES
+
+    p = sub.add_parser("study", help="run an experiment that answers a learner's question",
+                       description="Train every arm of a study for several seeds (finished runs "
+                       "are reused), then write figure.png, table.md/csv, verdict and "
+                       "study.json. Studies: " + "; ".join(
+                           f"{n}: {s.question}" for n, s in STUDIES.items()))
+    p.add_argument("name", choices=list(STUDIES), help="which study")
+    p.add_argument("--quick", action="store_true",
+                   help="one seed on small subsets: a smoke test, not evidence")
+    p.add_argument("--out", help="output directory (default: runs/study-NAME)")
+    p.add_argument("--seeds", type=positive_int, help="seeds per arm (default: 3, quick: 1)")
+    p.add_argument("--analyze-only", action="store_true",
+                   help="rebuild figure, table and verdict from the saved runs; train nothing")
+    p.add_argument("--data-dir", help="directory holding the IDX files (else: auto)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.set_defaults(func=_study)
+
+    p = sub.add_parser("report", help="one HTML page (and Markdown) from study directories",
+                       description="Build a self-contained report.html (figures embedded, "
+                       "tables, verdicts, every run's config) and report.md from study or "
+                       "reproduce directories; reads the directories only.")
+    p.add_argument("directories", nargs="+", help="study or reproduce directories")
+    p.add_argument("--out", default="runs/report", help="where to write (default: %(default)s)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="compare bnlab's BatchNorm with torch.nn's on LeNet shapes",
                        description="Train bnlab and torch.nn BatchNorm layers side by side on "

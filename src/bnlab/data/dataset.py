@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,19 @@ class Split:
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=8)
+def _read_pair(img_path: Path, lbl_path: Path, img_stamp: tuple[int, int],
+               lbl_stamp: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded files, cached per process (studies train many runs on the same data); a file
+    that changes on disk (other mtime or size) is read again. Callers must not modify them."""
+    return read_idx(img_path), read_idx(lbl_path)
 
 
 def locate(name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
@@ -58,7 +73,7 @@ def load_split(name: str = "fashion-mnist", split: str = "train",
     spec = get_spec(name)
     source = locate(name, data_dir, download, log)
     img_path, lbl_path = source.files[f"{split}-images"], source.files[f"{split}-labels"]
-    images, labels = read_idx(img_path), read_idx(lbl_path)
+    images, labels = _read_pair(img_path, lbl_path, _stamp(img_path), _stamp(lbl_path))
     if images.dim() != 3 or images.dtype != torch.uint8:
         raise IdxError(f"{img_path}: expected uint8 images (N, H, W), got {images.dtype} "
                        f"{tuple(images.shape)}")

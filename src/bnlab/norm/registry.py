@@ -73,6 +73,9 @@ NORMS: dict[str, Builder | None] = {
     "layer": _any_rank(LayerNorm),
     "group": _any_rank(GroupNorm),
     "instance": _instance,
+    # Instance norm where there are spatial axes (after convolutions), BatchNorm elsewhere.
+    "instance-conv": lambda c, rank, spatial, **kw: (
+        InstanceNorm(c, **kw) if rank > 2 else BatchNorm1d(c, **kw)),
 }
 
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 
 from bnlab.train.run import Run
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_bars", "plot_curves", "plot_sweep"]
 
 PANELS = (("train_loss", "train loss"), ("train_acc", "train accuracy"),
           ("test_acc", "test accuracy"))
@@ -36,6 +36,42 @@ def plot_curves(runs: Sequence[Run], path: str | Path, labels: Sequence[str] | N
     axes[0].legend()
     if title:
         fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path,
+               xlabel: str, ylabel: str, title: str = "", logx: bool = True) -> Path:
+    """One line per label through (x, mean) with +-std error bars."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for label, (x, mean, std) in series.items():
+        ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
+              path: str | Path, ylabel: str, title: str = "") -> Path:
+    """One bar per label, mean with a +-std error bar."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels)), 4.0), constrained_layout=True)
+    ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    if title:
+        ax.set_title(title)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

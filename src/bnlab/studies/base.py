@@ -1,0 +1,138 @@
+"""A study: a question, the arms that answer it, and an analysis of their run directories.
+
+``run_study(study, out)`` trains every arm for every seed into ``out/runs/<arm>-s<seed>``
+(finished runs are reused, interrupted ones resumed), then writes, from those directories
+alone: ``table.md`` and ``table.csv`` (mean +- std over seeds), ``figure.png``, ``verdict`` (one
+line the data support) and ``study.json`` (question, arms, seeds, every config). With
+``analyze_only=True`` nothing is trained: the report is rebuilt from the saved runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bnlab.train import Run, TrainConfig, train
+
+__all__ = ["Arm", "ArmResult", "Findings", "Study", "run_study", "summarize"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of a study, trained once per seed."""
+
+    name: str
+    label: str
+    config: TrainConfig
+    tags: dict[str, Any] = field(default_factory=dict)  # e.g. {"lr": 0.1, "norm": "bnlab"}
+
+
+@dataclass
+class ArmResult:
+    arm: Arm
+    runs: list[Run]
+
+    def finals(self, key: str) -> list[float]:
+        return [r.final[key] for r in self.runs]
+
+    def mean_std(self, key: str) -> tuple[float, float]:
+        values = self.finals(key)
+        if any(not math.isfinite(v) for v in values):
+            return math.nan, math.nan
+        return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+    @property
+    def diverged(self) -> int:
+        """Seeds whose training loss ended non-finite or whose accuracy stayed at chance."""
+        return sum(1 for r in self.runs if not math.isfinite(r.final["train_loss"])
+                   or r.final["test_acc"] <= 0.15)
+
+
+@dataclass
+class Findings:
+    rows: list[dict[str, Any]]  # the table
+    verdict: str
+    plot: Callable[[Path], None]  # draws figure.png at the given path
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    question: str
+    arms: Callable[[bool], list[Arm]]  # quick -> arms
+    analyze: Callable[[list[ArmResult]], Findings]
+    seeds: int = 3
+
+
+def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
+    """The default table: final test accuracy and train loss, mean +- std over seeds."""
+    rows = []
+    for res in results:
+        acc, acc_sd = res.mean_std("test_acc")
+        loss, loss_sd = res.mean_std("train_loss")
+        rows.append({"arm": res.arm.label, **res.arm.tags, "seeds": len(res.runs),
+                     "test_acc": acc, "test_acc_std": acc_sd, "train_loss": loss,
+                     "train_loss_std": loss_sd, "diverged": res.diverged})
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def write_table(rows: list[dict[str, Any]], out: Path) -> None:
+    keys = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    with (out / "table.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int | None = None,
+              analyze_only: bool = False, data_dir: str | None = None,
+              threads: int | None = None, log: Callable[[str], None] = print) -> Findings:
+    out = Path(out)
+    n_seeds = seeds or (1 if quick else study.seeds)
+    results = []
+    for arm in study.arms(quick):
+        runs = []
+        for seed in range(n_seeds):
+            cfg = replace(arm.config, seed=seed, data_dir=data_dir, threads=threads,
+                          progress=False)
+            path = out / "runs" / f"{arm.name}-s{seed}"
+            if analyze_only:
+                if not (path / "DONE").exists():
+                    raise FileNotFoundError(f"{path} is not a finished run: train the study "
+                                            f"first (without --analyze-only)")
+                run = Run(path)
+            else:
+                log(f"[{study.name}] {arm.label}, seed {seed}")
+                run = train(cfg, path, resume=True, log=lambda m: None)
+            runs.append(run)
+        results.append(ArmResult(arm, runs))
+    findings = study.analyze(results)
+    if quick:  # one seed on a small subset: a smoke test of the pipeline, not evidence
+        findings.verdict = f"[quick mode: {n_seeds} seed(s), small subset, not conclusive] " \
+                           f"{findings.verdict}"
+    write_table(findings.rows, out)
+    findings.plot(out / "figure.png")
+    (out / "verdict").write_text(findings.verdict.strip() + "\n")
+    (out / "study.json").write_text(json.dumps({
+        "name": study.name, "question": study.question, "quick": quick, "seeds": n_seeds,
+        "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
+                  "runs": [str(run.path.relative_to(out)) for run in r.runs],
+                  "config": r.arm.config.to_dict()} for r in results],
+    }, indent=2) + "\n")
+    log(f"[{study.name}] {findings.verdict}")
+    return findings
