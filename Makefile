@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.bnlab-installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: setup data reproduce test test-slow lint demo clean
+.PHONY: setup data browser reproduce test test-slow lint demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,17 +26,24 @@ data: setup
 	fi
 	$(BNLAB) data fetch
 
+## Headless Chromium for the report-rendering test (Debian's package, where apt exists).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium) \
+	    || echo "apt-get could not install chromium; the rendering test will say it is skipped"; \
+	fi
+
 ## The main job: the textbook's LeNet comparison (no BN / bnlab BN / torch BN), 10 epochs.
 reproduce: data
 	$(BNLAB) reproduce --epochs 10 --out runs/reproduce
 
 ## Fast suite (CPU) plus the linter: what CI runs.
-test: data
+test: data browser
 	$(PY) -m ruff check src tests
 	$(PY) -m pytest -q -m "not slow"
 
 ## Everything, including the long property and fault-injection runs.
-test-slow: data
+test-slow: data browser
 	$(PY) -m pytest -q
 
 lint: setup

@@ -11,16 +11,18 @@ from functools import partial
 from torch import nn
 
 from bnlab.models.lenet import lenet, lenet_bn
-from bnlab.models.small import mlp, small_cnn
+from bnlab.models.small import mlp, mlp3_sigmoid, small_cnn
 from bnlab.norm.registry import NormSpec
 
-__all__ = ["MODELS", "build_model", "lenet", "lenet_bn", "mlp", "small_cnn"]
+__all__ = ["MODELS", "build_model", "lenet", "lenet_bn", "mlp", "mlp3_sigmoid", "small_cnn"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "lenet-bn": lenet_bn,
     "lenet-bn-maxpool": partial(lenet_bn, pool="max"),
+    "lenet-bn-after": partial(lenet_bn, after=True),
     "mlp": mlp,
+    "mlp3": mlp3_sigmoid,
     "cnn": small_cnn,
 }
 

@@ -26,25 +26,32 @@ def _pool(kind: str) -> nn.Module:
     raise ValueError(f"pool must be 'avg' or 'max', got {kind!r}")
 
 
-def _lenet(norm: NormSpec, pool: str, padding: int, flat: int) -> nn.Sequential:
+def _lenet(norm: NormSpec, pool: str, padding: int, flat: int,
+           after: bool = False) -> nn.Sequential:
     s1 = 28 + 2 * padding - 4  # first conv output side: 28 padded, 24 otherwise
     s2 = s1 // 2 - 4  # second conv output side: 10 or 8
+
+    def act(c: int, rank: int, spatial: tuple[int, ...] = ()) -> list[nn.Module]:
+        """Norm then sigmoid (the chapter), or sigmoid then norm (``after=True``)."""
+        layers = resolve(norm, c, rank, spatial)
+        return [nn.Sigmoid(), *layers] if after else [*layers, nn.Sigmoid()]
+
     return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=padding), *resolve(norm, 6, 4, (s1, s1)),
-        nn.Sigmoid(),
+        nn.Conv2d(1, 6, kernel_size=5, padding=padding), *act(6, 4, (s1, s1)),
         _pool(pool),  # (B,6,28,28)->(B,6,14,14) padded; (B,6,24,24)->(B,6,12,12) otherwise
-        nn.Conv2d(6, 16, kernel_size=5), *resolve(norm, 16, 4, (s2, s2)), nn.Sigmoid(),
+        nn.Conv2d(6, 16, kernel_size=5), *act(16, 4, (s2, s2)),
         _pool(pool),  # -> (B,16,5,5) padded; (B,16,4,4) otherwise
         nn.Flatten(),  # -> (B, flat)
-        nn.Linear(flat, 120), *resolve(norm, 120, 2), nn.Sigmoid(),
-        nn.Linear(120, 84), *resolve(norm, 84, 2), nn.Sigmoid(),
+        nn.Linear(flat, 120), *act(120, 2),
+        nn.Linear(120, 84), *act(84, 2),
         nn.Linear(84, 10),
     )
 
 
-def lenet_bn(norm: NormSpec = "bnlab", pool: str = "avg") -> nn.Sequential:
-    """The BN chapter's LeNet (no padding, 256 features); ``norm="none"`` removes the BN."""
-    return _lenet(norm, pool, padding=0, flat=16 * 4 * 4)
+def lenet_bn(norm: NormSpec = "bnlab", pool: str = "avg", after: bool = False) -> nn.Sequential:
+    """The BN chapter's LeNet (no padding, 256 features); ``norm="none"`` removes the BN;
+    ``after=True`` puts each norm layer after its sigmoid instead of before."""
+    return _lenet(norm, pool, padding=0, flat=16 * 4 * 4, after=after)
 
 
 def lenet(norm: NormSpec = "none", pool: str = "avg") -> nn.Sequential:

@@ -1,6 +1,7 @@
 """The MNIST notebook's two small networks, with and without normalization.
 
 ``mlp``: 784 -> 100 -> 10 with ReLU, a norm layer after the hidden linear layer.
+``mlp3_sigmoid``: Ioffe & Szegedy's 3 x 100 sigmoid MLP (their Figure 1).
 ``small_cnn``: conv 3x3 (pad 1) -> norm -> ReLU -> max pool -> conv 5x5 -> norm -> ReLU ->
 max pool -> linear 400 -> 10.
 """
@@ -11,7 +12,7 @@ from torch import nn
 
 from bnlab.norm.registry import NormSpec, resolve
 
-__all__ = ["mlp", "small_cnn"]
+__all__ = ["mlp", "mlp3_sigmoid", "small_cnn"]
 
 
 def mlp(norm: NormSpec = "bnlab", hidden: int = 100) -> nn.Sequential:
@@ -31,3 +32,14 @@ def small_cnn(norm: NormSpec = "bnlab") -> nn.Sequential:
         nn.Flatten(),  # -> (B,400)
         nn.Linear(400, 10),
     )
+
+
+def mlp3_sigmoid(norm: NormSpec = "bnlab", hidden: int = 100) -> nn.Sequential:
+    """Ioffe & Szegedy's Figure 1 network: three sigmoid layers of 100 units, a norm layer
+    before each sigmoid."""
+    layers: list[nn.Module] = [nn.Flatten()]  # (B,1,28,28) -> (B,784)
+    width = 28 * 28
+    for _ in range(3):
+        layers += [nn.Linear(width, hidden), *resolve(norm, hidden, 2), nn.Sigmoid()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(hidden, 10))

@@ -26,6 +26,7 @@ from bnlab.norm.variants import (
     PerActivationBatchNorm,
     SyncBatchNorm,
 )
+from bnlab.norm.variants.teaching import RunningStatsBatchNorm
 
 __all__ = ["NORMS", "NormSpec", "create_norm", "norm_names", "resolve"]
 
@@ -73,6 +74,8 @@ NORMS: dict[str, Builder | None] = {
     "layer": _any_rank(LayerNorm),
     "group": _any_rank(GroupNorm),
     "instance": _instance,
+    # Teaching experiment: normalize with the running averages during training too.
+    "running-stats": _any_rank(RunningStatsBatchNorm),
     # Instance norm where there are spatial axes (after convolutions), BatchNorm elsewhere.
     "instance-conv": lambda c, rank, spatial, **kw: (
         InstanceNorm(c, **kw) if rank > 2 else BatchNorm1d(c, **kw)),

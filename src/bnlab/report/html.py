@@ -99,7 +99,13 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
         rel = s.figure.resolve() if s.figure else None
         md += [f"## {s.name}: {s.title}", "", f"**Verdict:** {s.verdict}", "",
                f"![{s.name}]({rel})" if rel else "", "", s.table_md, ""]
-    parts.append("</body></html>")
+    # Records, once the page has loaded, how many figures decoded and whether the page fits the
+    # window's width (read back by the headless-browser test; harmless for a reader).
+    parts.append("<script>addEventListener('load', () => { const imgs = [...document.images];"
+                 " document.body.dataset.figures = imgs.length; document.body.dataset.loaded ="
+                 " imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+                 " document.body.dataset.fits = String(document.documentElement.scrollWidth"
+                 " <= innerWidth); });</script></body></html>")
     page, text = out / "report.html", out / "report.md"
     page.write_text("".join(parts))
     text.write_text("\n".join(md))

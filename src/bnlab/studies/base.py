@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.train import Run, TrainConfig, train
+from bnlab.train.loop import Probe
 
 __all__ = ["Arm", "ArmResult", "Findings", "Study", "run_study", "summarize"]
 
@@ -31,6 +32,7 @@ class Arm:
     label: str
     config: TrainConfig
     tags: dict[str, Any] = field(default_factory=dict)  # e.g. {"lr": 0.1, "norm": "bnlab"}
+    probe: Callable[[], Probe] | None = None  # a fresh per-step measurement for each run
 
 
 @dataclass
@@ -118,7 +120,8 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
                 run = Run(path)
             else:
                 log(f"[{study.name}] {arm.label}, seed {seed}")
-                run = train(cfg, path, resume=True, log=lambda m: None)
+                run = train(cfg, path, resume=True, log=lambda m: None,
+                            probe=arm.probe() if arm.probe else None)
             runs.append(run)
         results.append(ArmResult(arm, runs))
     findings = study.analyze(results)

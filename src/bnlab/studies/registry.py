@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from bnlab.studies import axes, batch_size, chapter, lr
+from bnlab.studies import (
+    axes,
+    batch_size,
+    chapter,
+    ics,
+    inference_stats,
+    landscape,
+    lr,
+    placement,
+)
 from bnlab.studies.base import Study
 
-STUDIES: dict[str, Study] = {s.name: s for s in (chapter.STUDY, lr.STUDY, batch_size.STUDY,
-                                                 axes.STUDY)}
+STUDIES: dict[str, Study] = {s.name: s for s in (
+    chapter.STUDY, lr.STUDY, batch_size.STUDY, inference_stats.STUDY, axes.STUDY, ics.STUDY,
+    placement.STUDY, landscape.STUDY)}
 
 
 def get_study(name: str) -> Study:

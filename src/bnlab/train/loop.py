@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from bnlab.train.progress import Progress
 from bnlab.train.run import Run
 from bnlab.train.rundir import RunDir
 
-__all__ = ["evaluate", "make_model", "pick_device", "train"]
+__all__ = ["Probe", "evaluate", "make_model", "pick_device", "train"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -107,17 +107,33 @@ def _start(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | No
     return None
 
 
+class Probe(Protocol):
+    """A measurement taken every `every` steps, after backward and before the optimizer step.
+
+    It receives the unwrapped model (with the step's gradients in ``.grad``) and the step's
+    batch, returns a dict of numbers, and must leave the model, its gradients and the global
+    RNG exactly as it found them (so a probed run trains like an unprobed one).
+    """
+
+    every: int
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        ...
+
+
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
-          log: Callable[[str], None] = print) -> Run:
+          log: Callable[[str], None] = print, probe: Probe | None = None) -> Run:
     """Train `config` into run directory `out`; with `resume`, continue an interrupted run.
 
     Under torchrun (or in an initialized process group) this is one rank of a data-parallel
-    job: see ``bnlab.train.distributed``.
+    job: see ``bnlab.train.distributed``. With a `probe`, its measurements go to
+    ``probes.jsonl`` (one line per probed step).
     """
     device = pick_device(config.device)
     ddp = setup(device, config.dist_timeout)
     try:
-        return _train(config, RunDir(out), resume, log if ddp.main else _silent, device, ddp)
+        return _train(config, RunDir(out), resume, log if ddp.main else _silent, device, ddp,
+                      probe)
     except RuntimeError as e:
         if not ddp.active:
             raise
@@ -135,7 +151,7 @@ def _silent(msg: str) -> None:
 
 
 def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], None],
-           device: torch.device, ddp: Dist) -> Run:
+           device: torch.device, ddp: Dist, probe: Probe | None) -> Run:
     checkpoint = _start(config, rd, resume) if ddp.main else None
     ddp.barrier()  # the directory exists (or the main rank failed) before the others look
     if not ddp.main and rd.has_checkpoint:
@@ -156,14 +172,18 @@ def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], N
     optimizer = _optimizer(config, raw)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     metrics: list[dict[str, Any]] = []
+    probes: list[dict[str, Any]] = []
     if checkpoint is not None:
         raw.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         metrics = list(checkpoint["metrics"])
+        probes = list(checkpoint.get("probes", []))
         log(f"{rd.path}: resuming after epoch {len(metrics)}")
     if ddp.main:
         rd.write_metrics(metrics)  # derived from the checkpoint: drops lines written after it
+        if probe is not None:
+            rd.write_metrics(probes, name="probes.jsonl")
     wall = metrics[-1]["wall_time"] if metrics else 0.0
 
     for epoch in range(len(metrics), config.epochs):
@@ -178,6 +198,9 @@ def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], N
             total = loss_fn(logits, y)
             # The global batch's mean loss; DDP averages gradients over ranks, hence * world.
             (total * (ddp.world / train_loader.global_batch_size(i))).backward()
+            step = epoch * len(train_loader) + i
+            if probe is not None and step % probe.every == 0:
+                probes.append({"step": step, "epoch": epoch + 1, **probe(raw, x, y)})
             optimizer.step()
             with torch.no_grad():
                 loss_sum += float(total)
@@ -198,8 +221,10 @@ def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], N
         if ddp.main:
             rd.save_checkpoint({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                                 "rng": torch.get_rng_state(), "metrics": metrics,
-                                "config": config.to_dict()})
+                                "probes": probes, "config": config.to_dict()})
             rd.write_metrics(metrics)
+            if probe is not None:
+                rd.write_metrics(probes, name="probes.jsonl")
         m = metrics[-1]
         log(f"epoch {m['epoch']:>2}: loss {m['train_loss']:.3f}, train acc {m['train_acc']:.3f}, "
             f"test acc {m['test_acc']:.3f}, {m['examples_per_sec']:.0f} examples/sec")

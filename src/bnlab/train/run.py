@@ -39,6 +39,11 @@ class Run:
         return self.dir.read_metrics()
 
     @property
+    def probes(self) -> list[dict[str, Any]]:
+        """Per-step probe measurements (``probes.jsonl``), if the run was probed."""
+        return self.dir.read_metrics("probes.jsonl")
+
+    @property
     def final(self) -> dict[str, Any]:
         rows = self.metrics
         if not rows:

@@ -92,12 +92,12 @@ class RunDir:
         return json.loads((self.path / CONFIG).read_text())
 
     # ---- metrics ----
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+    def write_metrics(self, rows: list[dict[str, Any]], name: str = METRICS) -> None:
         text = "".join(json.dumps(r) + "\n" for r in rows)
-        atomic_write_bytes(self.path / METRICS, text.encode())
+        atomic_write_bytes(self.path / name, text.encode())
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        p = self.path / METRICS
+    def read_metrics(self, name: str = METRICS) -> list[dict[str, Any]]:
+        p = self.path / name
         if not p.exists():
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

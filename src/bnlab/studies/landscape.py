@@ -1,0 +1,111 @@
+"""Santurkar et al. (2018): does BN smooth the loss landscape?
+
+Every `every` steps, after the gradient g of the step's batch is computed and before the
+optimizer moves, a probe walks along -g with step sizes eta in ETAS (times the learning rate),
+on the same batch, and records: the range of the loss over those points ("loss landscape"),
+the largest change of the gradient ||g(w - eta g) - g(w)|| ("gradient predictiveness"), and
+the effective beta-smoothness, max ||g(w - eta g) - g(w)|| / ||eta g||. It restores weights,
+gradients and BN buffers afterwards, so the probed run trains exactly like an unprobed one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
+from bnlab.train import TrainConfig
+
+ETAS = (0.5, 1.0, 2.0, 4.0)
+LABELS = {"none": "without BN", "bnlab": "with BN"}
+
+
+class LandscapeProbe:
+    def __init__(self, every: int, lr: float) -> None:
+        self.every, self.lr = every, lr
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        params = [p for p in model.parameters() if p.grad is not None]
+        w0 = [p.detach().clone() for p in params]
+        g0 = [p.grad.detach().clone() for p in params]
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        gnorm = math.sqrt(sum(float(g.square().sum()) for g in g0))
+        losses, changes, betas = [], [], []
+        try:
+            for k in ETAS:
+                eta = k * self.lr
+                with torch.no_grad():
+                    for p, w, g in zip(params, w0, g0, strict=True):
+                        p.copy_(w - eta * g)
+                for p in params:
+                    p.grad = None
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                change = math.sqrt(sum(float((p.grad - g).square().sum())
+                                       for p, g in zip(params, g0, strict=True)))
+                losses.append(loss.item())
+                changes.append(change)
+                betas.append(change / max(eta * gnorm, 1e-12))
+        finally:
+            with torch.no_grad():
+                for p, w, g in zip(params, w0, g0, strict=True):
+                    p.copy_(w)
+                    p.grad = g
+                for n, b in model.named_buffers():
+                    b.copy_(buffers[n])
+        return {"loss_range": max(losses) - min(losses), "grad_change": max(changes),
+                "beta": max(betas), "grad_norm": gnorm}
+
+
+def arms(quick: bool) -> list[Arm]:
+    lr = 0.3
+    cfg = {"model": "lenet-bn", "lr": lr, "epochs": 1 if quick else 2,
+           "limit_train": 1024 if quick else 20000, "limit_test": 1000 if quick else 5000}
+    every = 4 if quick else 25
+    return [Arm(norm, LABELS[norm], TrainConfig(norm=norm, **cfg), {"norm": norm},
+                probe=lambda: LandscapeProbe(every, lr)) for norm in LABELS]
+
+
+def analyze(results: list[ArmResult]) -> Findings:
+    rows = summarize(results)
+    for row, res in zip(rows, results, strict=True):
+        for key in ("loss_range", "grad_change", "beta"):
+            row[f"median_{key}"] = statistics.fmean(
+                statistics.median(p[key] for p in r.probes) for r in res.runs)
+    off, on = rows[0], rows[1]
+
+    def ratio(key: str) -> str:
+        return f"{off[f'median_{key}'] / max(on[f'median_{key}'], 1e-12):.2g}x"
+
+    verdict = (f"Along the gradient, without BN vs with BN: loss range {ratio('loss_range')}, "
+               f"gradient change {ratio('grad_change')}, effective beta-smoothness "
+               f"{ratio('beta')} (medians over training; > 1x means BN is smoother).")
+
+    def plot(path: Path) -> None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+        for res in results:
+            p = res.runs[0].probes
+            steps = [q["step"] for q in p]
+            axes[0].plot(steps, [q["loss_range"] for q in p], label=res.arm.label)
+            axes[1].plot(steps, [q["beta"] for q in p], label=res.arm.label)
+        axes[0].set_title("loss range along the gradient")
+        axes[1].set_title("effective beta-smoothness")
+        for ax in axes:
+            ax.set_yscale("log")
+            ax.set_xlabel("training step")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    return Findings(rows, verdict, plot)
+
+
+STUDY = Study("landscape", "Does BN make the loss landscape smoother (Santurkar et al.)?",
+              arms, analyze)
