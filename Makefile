@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.bnlab-installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: setup data browser reproduce test test-slow lint demo clean
+.PHONY: setup data browser reproduce test test-slow lint bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ reproduce: data
 
 ## Fast suite (CPU) plus the linter: what CI runs.
 test: data browser
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest -q -m "not slow"
 
 ## Everything, including the long property and fault-injection runs.
@@ -47,7 +47,12 @@ test-slow: data browser
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests benchmarks examples
+
+## Speed: op level (bnlab vs ATen vs composite) and end to end (vs the textbook recipe).
+bench: data
+	$(PY) benchmarks/bench_bn.py
+	$(PY) benchmarks/bench_train.py
 
 ## A short demonstration of the layer against torch.nn.
 demo: setup

@@ -40,9 +40,13 @@ def analyze(results: list[ArmResult]) -> Findings:
     drops = {n: acc(n, large) - acc(n, small) for n in NORMS}
     worst = max(drops, key=lambda n: drops[n])
     steadiest = min((n for n in NORMS if n != "none"), key=lambda n: abs(drops[n]))
+    def at(norm: str, b: int) -> str:
+        r = next(r for r in rows if r["norm"] == norm and r["batch"] == b)
+        return f"{r['test_acc']:.3f} +- {r['test_acc_std']:.3f}"
+
     verdict = (f"From batch {large} to batch {small}, test accuracy falls most for "
-               f"{NORMS[worst]} ({drops[worst]:+.3f}) and least for {NORMS[steadiest]} "
-               f"({drops[steadiest]:+.3f}).")
+               f"{NORMS[worst]} ({at(worst, large)} -> {at(worst, small)}) and least for "
+               f"{NORMS[steadiest]} ({at(steadiest, large)} -> {at(steadiest, small)}).")
 
     def plot(path: Path) -> None:
         series = {}

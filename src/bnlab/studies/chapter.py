@@ -45,7 +45,8 @@ def analyze(results: list[ArmResult]) -> Findings:
         noise = 2 * max(a["test_acc_std"], b["test_acc_std"], 1e-9)
         word = "helps" if gain > noise else ("hurts" if gain < -noise else "makes no clear "
                                                                             "difference for")
-        parts.append(f"BN {word} {name} ({gain:+.3f})")
+        parts.append(f"BN {word} {name} ({a['test_acc']:.3f} +- {a['test_acc_std']:.3f} -> "
+                     f"{b['test_acc']:.3f} +- {b['test_acc_std']:.3f})")
     twin = abs(by[("lenet-bn", "bnlab")]["test_acc"] - by[("lenet-bn", "torch")]["test_acc"])
     verdict = "; ".join(parts) + f"; bnlab and torch BN differ by {twin:.4f} in test accuracy."
 

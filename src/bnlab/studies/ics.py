@@ -65,7 +65,9 @@ def drift(probes: list[dict]) -> float:
 def analyze(results: list[ArmResult]) -> Findings:
     rows = summarize(results)
     for row, res in zip(rows, results, strict=True):
-        row["median_drift"] = statistics.fmean(drift(r.probes) for r in res.runs)
+        drifts = [drift(r.probes) for r in res.runs]
+        row["median_drift"] = statistics.fmean(drifts)
+        row["median_drift_std"] = statistics.pstdev(drifts)
         first = [next((p["step"] for p in r.probes if p["test_acc"] >= 0.7), float("nan"))
                  for r in res.runs]
         row["steps_to_0.7"] = statistics.fmean(first)
@@ -77,8 +79,9 @@ def analyze(results: list[ArmResult]) -> Findings:
 
     verdict = (f"With BN the test accuracy reaches 0.7 {steps(on)} (without: {steps(off)}) "
                f"and the last layer's median input "
-               f"drifts by {on['median_drift']:.3f} over the second half of training "
-               f"(without: {off['median_drift']:.3f}).")
+               f"drifts by {on['median_drift']:.3f} +- {on['median_drift_std']:.3f} over the "
+               f"second half of training (without: {off['median_drift']:.3f} +- "
+               f"{off['median_drift_std']:.3f}).")
 
     def plot(path: Path) -> None:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)

@@ -116,16 +116,18 @@ def analyze(results: list[ArmResult]) -> Findings:
     rows.append({"arm": "trained normalizing with running averages",
                  "test_acc": trained["test_acc"], "test_acc_std": trained["test_acc_std"],
                  "seeds": trained["seeds"]})
-    by = {r["arm"]: r["test_acc"] for r in rows}
+    by = {r["arm"]: r for r in rows}
 
     def acc(name: str) -> str:
-        return "undefined" if math.isnan(by[name]) else f"{by[name]:.3f}"
+        r = by[name]
+        return "undefined" if math.isnan(r["test_acc"]) else \
+            f"{r['test_acc']:.3f} +- {r['test_acc_std']:.3f}"
 
     verdict = (f"Test accuracy of the same models: EMA as trained {acc('EMA as trained (0.1)')}, "
                f"PreciseBN 10^4 {acc('PreciseBN 10^4')}, test-batch statistics at 256 "
                f"{acc('test batch 256')} and at 1 {acc('test batch 1')}; training that "
-               f"normalizes with the running averages reaches {trained['test_acc']:.3f} (with "
-               f"batch statistics: {summarize([bn])[0]['test_acc']:.3f}).")
+               f"normalizes with the running averages reaches "
+               f"{acc('trained normalizing with running averages')}.")
 
     def plot(path: Path) -> None:
         shown = [r for r in rows if not math.isnan(r["test_acc"])]

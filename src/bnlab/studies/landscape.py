@@ -76,12 +76,15 @@ def analyze(results: list[ArmResult]) -> Findings:
     rows = summarize(results)
     for row, res in zip(rows, results, strict=True):
         for key in ("loss_range", "grad_change", "beta"):
-            row[f"median_{key}"] = statistics.fmean(
-                statistics.median(p[key] for p in r.probes) for r in res.runs)
+            medians = [statistics.median(p[key] for p in r.probes) for r in res.runs]
+            row[f"median_{key}"] = statistics.fmean(medians)
+            row[f"median_{key}_std"] = statistics.pstdev(medians)
     off, on = rows[0], rows[1]
 
     def ratio(key: str) -> str:
-        return f"{off[f'median_{key}'] / max(on[f'median_{key}'], 1e-12):.2g}x"
+        a, b = off[f"median_{key}"], on[f"median_{key}"]
+        return (f"{a:.3g} +- {off[f'median_{key}_std']:.2g} vs {b:.3g} +- "
+                f"{on[f'median_{key}_std']:.2g} ({a / max(b, 1e-12):.2g}x)")
 
     verdict = (f"Along the gradient, without BN vs with BN: loss range {ratio('loss_range')}, "
                f"gradient change {ratio('grad_change')}, effective beta-smoothness "

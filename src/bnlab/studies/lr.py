@@ -45,9 +45,16 @@ def analyze(results: list[ArmResult]) -> Findings:
 
     widths = {n: (max(v) / min(v) if v else 0.0) for n, v in ranges.items()}
     wider = "BN" if widths["bnlab"] > widths["none"] else "no BN"
-    verdict = (f"Usable learning rates (test accuracy >= {threshold:.3f}, 90% of the best, on "
-               f"every seed): without BN {span(ranges['none'])}, with BN "
-               f"{span(ranges['bnlab'])}; the wider range is {wider}'s.")
+    def best(norm: str) -> str:
+        r = max((r for r in rows if r["norm"] == norm and r["test_acc"] == r["test_acc"]),
+                key=lambda r: r["test_acc"], default=None)
+        return "-" if r is None else \
+            f"{r['test_acc']:.3f} +- {r['test_acc_std']:.3f} at lr {r['lr']:g}"
+
+    verdict = (f"Usable learning rates (mean test accuracy >= {threshold:.3f}, 90% of the best, "
+               f"no seed diverged): without BN {span(ranges['none'])}, with BN "
+               f"{span(ranges['bnlab'])}; the wider range is {wider}'s. Best: without BN "
+               f"{best('none')}, with BN {best('bnlab')}.")
 
     def plot(path: Path) -> None:
         series = {}

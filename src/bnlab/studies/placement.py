@@ -67,7 +67,9 @@ def analyze(results: list[ArmResult]) -> Findings:
     which = ("before the sigmoid is better" if diff > noise else
              "after the sigmoid is better" if diff < -noise else "no clear winner")
     red = bias_redundancy()
-    verdict = (f"Placement: {which} ({before['test_acc']:.3f} vs {after['test_acc']:.3f}). "
+    verdict = (f"Placement: {which} (before {before['test_acc']:.3f} +- "
+               f"{before['test_acc_std']:.3f}, after {after['test_acc']:.3f} +- "
+               f"{after['test_acc_std']:.3f}). "
                f"Dropping the {red['parameters_saved']} biases before BN layers changes the "
                f"training-mode output by {red['max_output_diff']:.1e} and the weight gradients "
                f"by {red['max_weight_grad_diff']:.1e}: redundant.")
