@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def _img(path: Path | None) -> str:
 
 
 def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into `out`; return their paths."""
+    """Write ``report.html`` (figures embedded) and ``report.md`` (figures copied into
+    ``out/figures``) into `out`; return their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sections = [load_section(d) for d in directories]
@@ -96,9 +98,13 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
                      f"</p>{_img(s.figure)}{_md_table_to_html(s.table_md)}"
                      f"<details><summary>configuration of every run ({len(s.configs)})"
                      f"</summary><pre>{configs}</pre></details></section>")
-        rel = s.figure.resolve() if s.figure else None
-        md += [f"## {s.name}: {s.title}", "", f"**Verdict:** {s.verdict}", "",
-               f"![{s.name}]({rel})" if rel else "", "", s.table_md, ""]
+        figure_md = ""
+        if s.figure is not None and s.figure.exists():  # a copy beside the Markdown file
+            (out / "figures").mkdir(exist_ok=True)
+            shutil.copyfile(s.figure, out / "figures" / f"{s.name}.png")
+            figure_md = f"![{s.name}](figures/{s.name}.png)"
+        md += [f"## {s.name}: {s.title}", "", f"**Verdict:** {s.verdict}", "", figure_md, "",
+               s.table_md, ""]
     # Records, once the page has loaded, how many figures decoded and whether the page fits the
     # window's width (read back by the headless-browser test; harmless for a reader).
     parts.append("<script>addEventListener('load', () => { const imgs = [...document.images];"
