@@ -63,15 +63,21 @@ def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], 
 
 
 def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
-              path: str | Path, ylabel: str, title: str = "") -> Path:
-    """One bar per label, mean with a +-std error bar."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels)), 4.0), constrained_layout=True)
-    ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="#4c72b0")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
+              path: str | Path, ylabel: str, title: str = "",
+              more: Sequence[tuple[str, Sequence[float], Sequence[float]]] = ()) -> Path:
+    """One bar per label, mean with a +-std error bar; `more` adds (ylabel, means, stds)
+    panels side by side for the same labels."""
+    panels = [(ylabel, means, stds), *more]
+    width = max(4.0, 1.1 * len(labels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.0),
+                             constrained_layout=True, squeeze=False)
+    for ax, (name, m, sd) in zip(axes[0], panels, strict=True):
+        ax.bar(range(len(labels)), m, yerr=sd, capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+        ax.set_ylabel(name)
+        ax.grid(axis="y", alpha=0.3)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

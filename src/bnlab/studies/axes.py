@@ -40,7 +40,9 @@ def analyze(results: list[ArmResult]) -> Findings:
     def plot(path: Path) -> None:
         plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
                   [r["test_acc_std"] for r in rows], path, "final test accuracy",
-                  "Which axes to average over (LeNet, Fashion-MNIST)")
+                  "Which axes to average over (LeNet, Fashion-MNIST; mean +- std)",
+                  more=[("final train loss", [r["train_loss"] for r in rows],
+                         [r["train_loss_std"] for r in rows])])
 
     return Findings(rows, verdict, plot)
 

@@ -38,22 +38,30 @@ def analyze(results: list[ArmResult]) -> Findings:
     pairs = [("LeNet", ("lenet", "none"), ("lenet-bn", "bnlab")),
              ("MLP", ("mlp", "none"), ("mlp", "bnlab")),
              ("CNN", ("cnn", "none"), ("cnn", "bnlab"))]
+    def compare(a: dict, b: dict, key: str, lower_is_better: bool) -> str:
+        diff = b[key] - a[key]
+        noise = 2 * max(a[f"{key}_std"], b[f"{key}_std"], 1e-9)
+        better = (diff < -noise) if lower_is_better else (diff > noise)
+        worse = (diff > noise) if lower_is_better else (diff < -noise)
+        word = "better" if better else ("worse" if worse else "within noise")
+        return (f"{a[key]:.3f} +- {a[f'{key}_std']:.3f} -> {b[key]:.3f} +- "
+                f"{b[f'{key}_std']:.3f} ({word})")
+
     parts = []
     for name, off, on in pairs:
         a, b = by[off], by[on]
-        gain = b["test_acc"] - a["test_acc"]
-        noise = 2 * max(a["test_acc_std"], b["test_acc_std"], 1e-9)
-        word = "helps" if gain > noise else ("hurts" if gain < -noise else "makes no clear "
-                                                                            "difference for")
-        parts.append(f"BN {word} {name} ({a['test_acc']:.3f} +- {a['test_acc_std']:.3f} -> "
-                     f"{b['test_acc']:.3f} +- {b['test_acc_std']:.3f})")
+        parts.append(f"{name}: train loss {compare(a, b, 'train_loss', True)}, test accuracy "
+                     f"{compare(a, b, 'test_acc', False)}")
     twin = abs(by[("lenet-bn", "bnlab")]["test_acc"] - by[("lenet-bn", "torch")]["test_acc"])
-    verdict = "; ".join(parts) + f"; bnlab and torch BN differ by {twin:.4f} in test accuracy."
+    verdict = ("With BN (2 std = the bar for 'better'): " + "; ".join(parts)
+               + f". bnlab and torch BN differ by {twin:.4f} in test accuracy.")
 
     def plot(path: Path) -> None:
         plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
                   [r["test_acc_std"] for r in rows], path, "final test accuracy",
-                  "The chapter's networks with and without BN")
+                  "The chapter's networks with and without BN (mean +- std, 3 seeds)",
+                  more=[("final train loss", [r["train_loss"] for r in rows],
+                         [r["train_loss_std"] for r in rows])])
 
     return Findings(rows, verdict, plot)
 

@@ -91,14 +91,16 @@ def analyze(results: list[ArmResult]) -> Findings:
                f"{ratio('beta')} (medians over training; > 1x means BN is smoother).")
 
     def plot(path: Path) -> None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), constrained_layout=True)
+        keys = {"loss_range": "loss range along the gradient",
+                "grad_change": "largest gradient change", "beta": "effective beta-smoothness"}
         for res in results:
             p = res.runs[0].probes
             steps = [q["step"] for q in p]
-            axes[0].plot(steps, [q["loss_range"] for q in p], label=res.arm.label)
-            axes[1].plot(steps, [q["beta"] for q in p], label=res.arm.label)
-        axes[0].set_title("loss range along the gradient")
-        axes[1].set_title("effective beta-smoothness")
+            for ax, key in zip(axes, keys, strict=True):
+                ax.plot(steps, [q[key] for q in p], label=res.arm.label)
+        for ax, title in zip(axes, keys.values(), strict=True):
+            ax.set_title(f"{title} (seed 0)")
         for ax in axes:
             ax.set_yscale("log")
             ax.set_xlabel("training step")

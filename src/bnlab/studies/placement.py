@@ -79,7 +79,9 @@ def analyze(results: list[ArmResult]) -> Findings:
     def plot(path: Path) -> None:
         plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
                   [r["test_acc_std"] for r in rows], path, "final test accuracy",
-                  "BN before or after the activation (LeNet)")
+                  "BN before or after the activation (LeNet; mean +- std)",
+                  more=[("final train loss", [r["train_loss"] for r in rows],
+                         [r["train_loss_std"] for r in rows])])
 
     return Findings(rows, verdict, plot)
 
