@@ -50,8 +50,8 @@ class ArmResult:
         return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
     @property
-    def diverged(self) -> int:
-        """Seeds whose training loss ended non-finite or whose accuracy stayed at chance."""
+    def failed(self) -> int:
+        """Seeds that diverged (non-finite loss) or never beat chance (test accuracy <= 0.15)."""
         return sum(1 for r in self.runs if not math.isfinite(r.final["train_loss"])
                    or r.final["test_acc"] <= 0.15)
 
@@ -80,7 +80,7 @@ def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
         loss, loss_sd = res.mean_std("train_loss")
         rows.append({"arm": res.arm.label, **res.arm.tags, "seeds": len(res.runs),
                      "test_acc": acc, "test_acc_std": acc_sd, "train_loss": loss,
-                     "train_loss_std": loss_sd, "diverged": res.diverged})
+                     "train_loss_std": loss_sd, "failed": res.failed})
     return rows
 
 
