@@ -32,10 +32,12 @@ def analyze(results: list[ArmResult]) -> Findings:
                     key=lambda r: -r["test_acc"])
     top, second = ranked[0], ranked[1]
     gap = top["test_acc"] - second["test_acc"]
-    spread = max(top["test_acc_std"], second["test_acc_std"])
-    clear = "clearly" if gap > 2 * spread else "not clearly (within 2 std)"
-    verdict = (f"Best: {top['arm']} ({top['test_acc']:.3f} +- {top['test_acc_std']:.3f}), "
-               f"{clear} ahead of {second['arm']} ({second['test_acc']:.3f}).")
+    clear = "clearly" if gap > 2 * max(top["test_acc_std"], second["test_acc_std"]) else \
+        "not clearly (within 2 std)"
+    order = ", ".join(f"{r['arm']} {r['test_acc']:.3f} +- {r['test_acc_std']:.3f}"
+                      for r in ranked)
+    verdict = (f"Test accuracy, best first: {order}. {top['arm']} is {clear} ahead of "
+               f"{second['arm']}.")
 
     def plot(path: Path) -> None:
         plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
