@@ -67,6 +67,9 @@ NORMS: dict[str, Builder | None] = {
     "textbook": _textbook,
     "guarded": lambda c, rank, spatial, **kw: BatchNorm(c, guard=True, **kw),
     "renorm": _any_rank(BatchRenorm),
+    # Fixed rmax=3, dmax=5 from the first step: for short runs (the paper's warm-up keeps
+    # renorm equal to BatchNorm for 5k steps and reaches these limits at 25k-40k).
+    "renorm-fixed": lambda c, rank, spatial, **kw: BatchRenorm(c, warmup=False, **kw),
     "ghost": _any_rank(GhostBatchNorm),
     "sync": _any_rank(SyncBatchNorm),
     "frozen": _any_rank(FrozenBatchNorm),
