@@ -124,6 +124,8 @@ def analyze(results: list[ArmResult]) -> Findings:
             f"{r['test_acc']:.3f} +- {r['test_acc_std']:.3f}"
 
     verdict = (f"Test accuracy of the same models: EMA as trained {acc('EMA as trained (0.1)')}, "
+               f"the same momentum re-estimated over 200 batches with the weights frozen "
+               f"{acc('EMA 0.1, 200 batches')} (momentum 0.01: {acc('EMA 0.01, 200 batches')}), "
                f"PreciseBN 10^4 {acc('PreciseBN 10^4')}, test-batch statistics at 256 "
                f"{acc('test batch 256')} and at 1 {acc('test batch 1')}; training that "
                f"normalizes with the running averages reaches "
