@@ -133,9 +133,11 @@ def analyze(results: list[ArmResult]) -> Findings:
 
     def plot(path: Path) -> None:
         shown = [r for r in rows if not math.isnan(r["test_acc"])]
+        missing = [r["arm"] for r in rows if math.isnan(r["test_acc"])]
+        note = f"; undefined, not shown: {', '.join(missing)}" if missing else ""
         plot_bars([r["arm"] for r in shown], [r["test_acc"] for r in shown],
                   [r["test_acc_std"] for r in shown], path, "test accuracy",
-                  "Statistics used at inference (same trained models)")
+                  f"Statistics used at inference (same trained models, mean +- std{note})")
 
     return Findings(rows, verdict, plot)
 
