@@ -86,12 +86,14 @@ def analyze(results: list[ArmResult]) -> Findings:
 
     def ratio(key: str) -> str:
         a, b = off[f"median_{key}"], on[f"median_{key}"]
-        return (f"{a:.3g} +- {off[f'median_{key}_std']:.2g} vs {b:.3g} +- "
-                f"{on[f'median_{key}_std']:.2g} ({a / max(b, 1e-12):.2g}x)")
+        sa, sb = off[f"median_{key}_std"], on[f"median_{key}_std"]
+        clear = "BN smoother" if a - b > 2 * max(sa, sb) else (
+            "BN rougher" if b - a > 2 * max(sa, sb) else "within noise")
+        return f"{a:.3g} +- {sa:.2g} vs {b:.3g} +- {sb:.2g} ({a / max(b, 1e-12):.2g}x, {clear})"
 
-    verdict = (f"Along the gradient, without BN vs with BN: loss range {ratio('loss_range')}, "
-               f"gradient change {ratio('grad_change')}, effective beta-smoothness "
-               f"{ratio('beta')} (medians over training; > 1x means BN is smoother).")
+    verdict = (f"Along the gradient, without BN vs with BN (medians over training, mean +- std "
+               f"over seeds): loss range {ratio('loss_range')}; gradient change "
+               f"{ratio('grad_change')}; effective beta-smoothness {ratio('beta')}.")
 
     def plot(path: Path) -> None:
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), constrained_layout=True)
