@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -12,7 +13,17 @@ import matplotlib.pyplot as plt
 
 from bnlab.train.run import Run
 
-__all__ = ["plot_bars", "plot_curves", "plot_sweep"]
+__all__ = ["plot_accuracy_and_loss", "plot_bars", "plot_curves", "plot_sweep", "save"]
+
+def save(fig: Any, path: str | Path, title: str = "") -> Path:
+    """Title the figure, write it as a PNG and free it: the last step of every figure here."""
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 
 PANELS = (("train_loss", "train loss"), ("train_acc", "train accuracy"),
           ("test_acc", "test accuracy"))
@@ -34,12 +45,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path, labels: Sequence[str] | N
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, title)
 
 
 def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path,
@@ -54,12 +60,7 @@ def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], 
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    if title:
-        ax.set_title(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, title)
 
 
 def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
@@ -76,9 +77,13 @@ def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[floa
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_ylabel(name)
         ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, title)
+
+
+def plot_accuracy_and_loss(rows: Sequence[dict[str, Any]], path: str | Path,
+                           title: str) -> Path:
+    """The studies' usual figure: final test accuracy and train loss per arm, mean +- std."""
+    return plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
+                     [r["test_acc_std"] for r in rows], path, "final test accuracy", title,
+                     more=[("final train loss", [r["train_loss"] for r in rows],
+                            [r["train_loss_std"] for r in rows])])

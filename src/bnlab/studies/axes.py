@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnlab.report.figures import plot_bars
+from bnlab.report.figures import plot_accuracy_and_loss
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -40,11 +40,8 @@ def analyze(results: list[ArmResult]) -> Findings:
                f"{second['arm']}.")
 
     def plot(path: Path) -> None:
-        plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
-                  [r["test_acc_std"] for r in rows], path, "final test accuracy",
-                  "Which axes to average over (LeNet, Fashion-MNIST; mean +- std)",
-                  more=[("final train loss", [r["train_loss"] for r in rows],
-                         [r["train_loss_std"] for r in rows])])
+        plot_accuracy_and_loss(
+            rows, path, "Which axes to average over (LeNet, Fashion-MNIST; mean +- std)")
 
     return Findings(rows, verdict, plot)
 

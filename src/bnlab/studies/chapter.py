@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bnlab.report.figures import plot_bars
+from bnlab.report.figures import plot_accuracy_and_loss
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -57,11 +57,8 @@ def analyze(results: list[ArmResult]) -> Findings:
                + f". bnlab and torch BN differ by {twin:.4f} in test accuracy.")
 
     def plot(path: Path) -> None:
-        plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
-                  [r["test_acc_std"] for r in rows], path, "final test accuracy",
-                  "The chapter's networks with and without BN (mean +- std, 3 seeds)",
-                  more=[("final train loss", [r["train_loss"] for r in rows],
-                         [r["train_loss_std"] for r in rows])])
+        plot_accuracy_and_loss(
+            rows, path, "The chapter's networks with and without BN (mean +- std, 3 seeds)")
 
     return Findings(rows, verdict, plot)
 

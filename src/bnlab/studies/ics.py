@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bnlab.data import load_split
+from bnlab.report.figures import save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -101,8 +102,7 @@ def analyze(results: list[ArmResult]) -> Findings:
         for ax in axes:
             ax.set_xlabel("training step")
             ax.grid(alpha=0.3)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path)
 
     return Findings(rows, verdict, plot)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnlab.report.figures import save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -111,8 +112,7 @@ def analyze(results: list[ArmResult]) -> Findings:
             ax.set_xlabel("training step")
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path)
 
     return Findings(rows, verdict, plot)
 

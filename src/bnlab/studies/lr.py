@@ -13,6 +13,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from bnlab.report.figures import save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -72,9 +73,7 @@ def analyze(results: list[ArmResult]) -> Findings:
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.suptitle("LeNet on Fashion-MNIST: learning-rate sweep (mean +- std, 3 seeds)")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path, "LeNet on Fashion-MNIST: learning-rate sweep (mean +- std, 3 seeds)")
 
     return Findings(rows, verdict, plot)
 

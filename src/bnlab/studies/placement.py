@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bnlab.models import build_model
-from bnlab.report.figures import plot_bars
+from bnlab.report.figures import plot_accuracy_and_loss
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -77,11 +77,7 @@ def analyze(results: list[ArmResult]) -> Findings:
         r.update(red)
 
     def plot(path: Path) -> None:
-        plot_bars([r["arm"] for r in rows], [r["test_acc"] for r in rows],
-                  [r["test_acc_std"] for r in rows], path, "final test accuracy",
-                  "BN before or after the activation (LeNet; mean +- std)",
-                  more=[("final train loss", [r["train_loss"] for r in rows],
-                         [r["train_loss_std"] for r in rows])])
+        plot_accuracy_and_loss(rows, path, "BN before or after the activation (LeNet; mean +- std)")
 
     return Findings(rows, verdict, plot)
 
