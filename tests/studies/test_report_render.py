@@ -16,7 +16,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--virtual-time-budget=5000"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make setup` "
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make test` "
                                              "installs it where apt exists)")
 @pytest.mark.parametrize("width", [1280, 390], ids=["desktop", "phone"])
 def test_report_renders_with_every_figure(tmp_path, width):
