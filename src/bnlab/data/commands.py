@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from bnlab.data.dataset import load_split
 from bnlab.data.registry import SPLITS, get_spec
@@ -57,8 +58,6 @@ def data_fetch(name: str, data_dir: str | None = None, force: bool = False,
     if source is not None:
         msg = f"{name}: already available in {source.directory} ({source.kind})"
     else:
-        from pathlib import Path
-
         target = Path(data_dir) if data_dir else None
         source = fetch_to_cache(spec, log=log, directory=target)
         msg = f"{name}: downloaded and verified into {source.directory}"

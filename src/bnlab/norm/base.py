@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlab.norm.checks import check_norm_config
 
@@ -138,3 +139,14 @@ class NormBase(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    """A BatchNorm-style layer of either library (torch's ``_BatchNorm`` or bnlab's NormBase)."""
+    return isinstance(module, (_BatchNorm, NormBase))
+
+
+def tracked_batch_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm-style layers of `model` that keep running statistics, in module order."""
+    return [m for m in model.modules() if is_batch_norm(m)
+            and getattr(m, "track_running_stats", False) and m.running_mean is not None]

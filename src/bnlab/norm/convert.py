@@ -13,9 +13,8 @@ from __future__ import annotations
 import copy
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnlab.norm.base import NormBase
+from bnlab.norm.base import NormBase, is_batch_norm
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.variants.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
 from bnlab.norm.variants.sync import SyncBatchNorm
@@ -35,10 +34,6 @@ CONVERSIONS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "frozen": {**dict(zip(_TORCH, _FROZEN, strict=True)),
                **dict(zip(_BNLAB, _FROZEN, strict=True))},
 }
-
-
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (_BatchNorm, NormBase))
 
 
 def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
@@ -88,7 +83,7 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn
 
     # Check the whole tree first, so an error leaves even an in-place model untouched.
     for name, module in model.named_modules():
-        if _is_norm(module) and type(module) not in table and not left_alone(module):
+        if is_batch_norm(module) and type(module) not in table and not left_alone(module):
             where = f" at {name!r}" if name else ""
             raise TypeError(
                 f"convert(to={to!r}): {type(module).__module__}.{type(module).__qualname__}"

@@ -17,17 +17,12 @@ import itertools
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnlab.norm.base import NormBase
+from bnlab.norm.base import is_batch_norm
 
 __all__ = ["fold", "fold_pair"]
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, (_BatchNorm, NormBase))
 
 
 def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
@@ -61,7 +56,7 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
 
 def fold(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Return `model` (eval mode required) with every (conv|linear, BatchNorm) pair folded."""
-    if model.training or any(m.training for m in model.modules() if _is_bn(m)):
+    if model.training or any(m.training for m in model.modules() if is_batch_norm(m)):
         raise RuntimeError("fold needs eval mode: folding bakes the running statistics into the "
                            "weights, which is only the same function in eval; call "
                            "model.eval() first")
@@ -71,7 +66,7 @@ def fold(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             continue
         for prev, cur in itertools.pairwise(list(parent._modules)):
             layer, bn = parent._modules[prev], parent._modules[cur]
-            if isinstance(layer, FOLDABLE) and bn is not None and _is_bn(bn):
+            if isinstance(layer, FOLDABLE) and bn is not None and is_batch_norm(bn):
                 parent._modules[prev] = fold_pair(layer, bn)
                 parent._modules[cur] = nn.Identity()
     return model

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnlab.norm.base import NormBase
+from bnlab.norm.base import tracked_batch_norms
+from bnlab.norm.functional import batch_statistics
 
 __all__ = ["RunningMoments", "precise_bn"]
 
@@ -35,10 +35,8 @@ class RunningMoments:
         k = x.numel() // c if c else 0
         if k == 0:
             return
-        dims = (0, *range(2, x.dim()))
-        xd = x.detach().double()
-        mean = xd.mean(dim=dims)  # (N,C,*) -> (C,)
-        m2 = (xd - mean.view(1, -1, *([1] * (x.dim() - 2)))).square().sum(dim=dims)  # -> (C,)
+        mean, var = batch_statistics(x.detach().double())  # (C,) each, two-pass
+        m2 = var * k  # sum of squared deviations
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = k, mean, m2
             return
@@ -54,12 +52,6 @@ class RunningMoments:
         return self.m2 / (self.n - 1)
 
 
-def _bn_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules()
-            if isinstance(m, (_BatchNorm, NormBase)) and getattr(m, "running_mean", None)
-            is not None and getattr(m, "track_running_stats", False)]
-
-
 def precise_bn(model: nn.Module, batches: Iterable[Any], num_samples: int) -> int:
     """Re-estimate every BatchNorm layer's running statistics over `num_samples` examples.
 
@@ -68,7 +60,7 @@ def precise_bn(model: nn.Module, batches: Iterable[Any], num_samples: int) -> in
     """
     if num_samples <= 1:
         raise ValueError(f"num_samples must be > 1, got {num_samples}")
-    layers = _bn_layers(model)
+    layers = tracked_batch_norms(model)
     moments = {id(m): RunningMoments() for m in layers}
     hooks = [m.register_forward_pre_hook(lambda mod, args: moments[id(mod)].add(args[0]))
              for m in layers]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bnlab.data import BatchLoader, load_split
+from bnlab.norm.base import tracked_batch_norms
 from bnlab.norm.precise import precise_bn
 from bnlab.report.figures import plot_bars
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
@@ -40,14 +41,10 @@ def arms(quick: bool) -> list[Arm]:
                 TrainConfig(norm="running-stats", **base), {"norm": "running-stats"})]
 
 
-def _bn_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if getattr(m, "running_mean", None) is not None]
-
-
 def _reestimate(model: nn.Module, loader: BatchLoader, momentum: float | None,
                 batches: int) -> nn.Module:
     m = copy.deepcopy(model)
-    for bn in _bn_layers(m):
+    for bn in tracked_batch_norms(m):
         bn.reset_running_stats()
         bn.momentum = momentum
     m.train()
