@@ -5,7 +5,7 @@ suite (`make test-slow`).
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -31,41 +31,53 @@ def scenarios(draw):
     return rank, (n, c, *spatial), momentum, affine, track, steps, seed, dtype, channels_last
 
 
-def close(a, b, dtype):
+def close(a, b, truth, dtype):
+    """float64: within 1e-10 of torch. float32: within 1e-5 of torch relative to the tensor's
+    scale, or, where the input is ill-conditioned (a channel whose values nearly cancel, so no
+    float32 result can be that accurate), no further from the float64 truth than twice torch's
+    own distance from it."""
     if dtype == torch.float64:
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
-    else:  # float32 contract: 1e-5 relative to the tensor's scale
-        scale = max(float(b.detach().abs().max()), 1.0)
-        assert float((a - b).detach().abs().max()) <= 1e-5 * scale
+        return
+    scale = max(float(b.detach().abs().max()), 1.0)
+    if float((a - b).detach().abs().max()) <= 1e-5 * scale:
+        return
+    ours = float((a.double() - truth).detach().abs().max())
+    theirs = float((b.double() - truth).detach().abs().max())
+    assert ours <= max(2 * theirs, 1e-5 * scale)
 
 
 def check_scenario(scenario):
     rank, shape, momentum, affine, track, steps, seed, dtype, channels_last = scenario
     gen = torch.Generator().manual_seed(seed)
     ours_cls, ref_cls = MODULES[rank]
-    kw = dict(momentum=momentum, affine=affine, track_running_stats=track, dtype=dtype)
-    ours, ref = ours_cls(shape[1], **kw), ref_cls(shape[1], **kw)
+    kw = dict(momentum=momentum, affine=affine, track_running_stats=track)
+    ours, ref = ours_cls(shape[1], dtype=dtype, **kw), ref_cls(shape[1], dtype=dtype, **kw)
+    exact = ref_cls(shape[1], dtype=torch.float64, **kw)  # the float64 truth, in lockstep
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(rank, torch.contiguous_format)
     for training in steps:
-        ours.train(training)
-        ref.train(training)
+        for m in (ours, ref, exact):
+            m.train(training)
         x = torch.randn(shape, generator=gen, dtype=dtype) * 3 + 1
         if channels_last:
             x = x.contiguous(memory_format=fmt)
-        xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
-        yo, yr = ours(xo), ref(xr)
-        close(yo, yr, dtype)
+        xo, xr, xe = (x.clone().requires_grad_(), x.clone().requires_grad_(),
+                      x.double().requires_grad_())
+        yo, yr, ye = ours(xo), ref(xr), exact(xe)
+        close(yo, yr, ye, dtype)
         g = torch.randn(shape, generator=gen, dtype=dtype)
         yo.backward(g)
         yr.backward(g)
-        close(xo.grad, xr.grad, dtype)
-        for (_, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
-            close(a.grad, b.grad, dtype)
-    sd_o, sd_r = ours.state_dict(), ref.state_dict()
+        ye.backward(g.double())
+        close(xo.grad, xr.grad, xe.grad, dtype)
+        for (_, a), (_, b), (_, e) in zip(ours.named_parameters(), ref.named_parameters(),
+                                          exact.named_parameters(), strict=True):
+            close(a.grad, b.grad, e.grad, dtype)
+    sd_o, sd_r, sd_e = ours.state_dict(), ref.state_dict(), exact.state_dict()
     assert sd_o.keys() == sd_r.keys()
     for k in sd_r:
         if sd_r[k].is_floating_point():
-            close(sd_o[k], sd_r[k], dtype)
+            close(sd_o[k], sd_r[k], sd_e[k], dtype)
         else:
             assert torch.equal(sd_o[k], sd_r[k]), k
 
@@ -73,8 +85,11 @@ def check_scenario(scenario):
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(max_examples=300, **SETTINGS)
+# A fixed set of 300 (derandomized) keeps `make test` reproducible; the slow suite explores.
+@settings(max_examples=300, derandomize=True, **SETTINGS)
 @given(scenarios())
+# Found by a random run: float32, two samples, a channel whose two values nearly cancel.
+@example((2, (2, 5), None, False, False, [False, False, False], 3, torch.float32, False))
 def test_random_scenarios_match_torch(scenario):
     check_scenario(scenario)
 
