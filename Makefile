@@ -9,11 +9,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 .PHONY: setup data browser reproduce test test-slow lint bench demo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml src/bnlab/norm/csrc/batch_norm_cpu.cpp
 	$(PYTHON) -m venv $(VENV)
 	# The pinned CPU build; an unpinned `torch` would pull several GB of CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
+	# The fused C++ BatchNorm kernels (bnlab works without them, slower, if this fails).
+	$(BNLAB) kernels build || echo "bnlab: kernels not built; the reference implementation is used"
 	touch $(STAMP)
 
 setup: $(STAMP)

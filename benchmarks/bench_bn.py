@@ -3,7 +3,9 @@
     python benchmarks/bench_bn.py [--reps 15] [--threads N] [--device cpu|cuda]
 
 Training-mode forward+backward (float32) on the textbook LeNet's BN shapes and larger ones,
-contiguous and channels_last, plus eval-mode forward. Implementations are timed side by side:
+contiguous and channels_last, plus eval-mode forward. "bnlab" is the default path (the fused
+kernels of bnlab.norm.fast where they apply), "reference" the readable implementation they are
+tested against (fast path switched off). Implementations are timed side by side:
 every repetition runs each of them once, in rotating order, so machine noise hits all alike;
 the table reports medians and the ratios to ATen. "GB/s" counts the four tensors a fused
 training step must touch at least once (x, y, dy, dx) divided by the time, next to the
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import bnlab.functional as BF
+from bnlab.norm import fast
 
 SHAPES = [(256, 6, 24, 24), (256, 16, 8, 8), (256, 120), (256, 84), (64, 64, 56, 56),
           (32, 256, 14, 14), (4096, 1024)]
@@ -42,7 +45,14 @@ def naive(x, rm, rv, w, b, training, momentum, eps):
     return (x - mean) / torch.sqrt(var + eps) * w.view(shape) + b.view(shape)
 
 
-IMPLS: dict[str, Callable] = {"aten": F.batch_norm, "bnlab": BF.batch_norm, "naive": naive}
+def reference(*args):
+    """bnlab's readable implementation (the fast kernels switched off)."""
+    with fast.enabled(False):
+        return BF.batch_norm(*args)
+
+
+IMPLS: dict[str, Callable] = {"aten": F.batch_norm, "bnlab": BF.batch_norm,
+                              "reference": reference, "naive": naive}
 
 
 def sync(device: str) -> None:
@@ -67,7 +77,8 @@ def bandwidth(device: str, mb: int = 512, reps: int = 5) -> float:
 def step(impl: Callable, x, g, rm, rv, w, b, training: bool) -> None:
     if training:
         y = impl(x, rm, rv, w, b, True, 0.1, 1e-5)
-        y.backward(g)
+        with fast.enabled(impl is not reference):
+            y.backward(g)
     else:
         with torch.no_grad():
             impl(x, rm, rv, w, b, False, 0.1, 1e-5)
@@ -108,19 +119,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bw = bandwidth(args.device)
+    print(fast.status())
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"streaming copy bandwidth {bw:.1f} GB/s, {args.reps} reps, medians")
-    print("| mode | shape | format | aten ms | bnlab ms | naive ms | bnlab/aten | naive/aten "
-          "| bnlab GB/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| mode | shape | format | aten ms | bnlab ms | reference ms | naive ms | bnlab/aten "
+          "| reference/aten | naive/aten | bnlab GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for training in (True, False):
         for shape in SHAPES:
             for fmt in (("contiguous", "channels_last") if len(shape) == 4 else ("contiguous",)):
                 t = measure(shape, fmt, training, args.reps, args.device)
                 moved = (4 if training else 2) * torch.Size(shape).numel() * 4
                 print(f"| {'train fwd+bwd' if training else 'eval fwd'} | {shape} | {fmt} | "
-                      f"{t['aten'] * 1e3:.3f} | {t['bnlab'] * 1e3:.3f} | {t['naive'] * 1e3:.3f} "
-                      f"| {t['bnlab'] / t['aten']:.2f} | {t['naive'] / t['aten']:.2f} | "
+                      f"{t['aten'] * 1e3:.3f} | {t['bnlab'] * 1e3:.3f} | "
+                      f"{t['reference'] * 1e3:.3f} | {t['naive'] * 1e3:.3f} "
+                      f"| {t['bnlab'] / t['aten']:.2f} | {t['reference'] / t['aten']:.2f} "
+                      f"| {t['naive'] / t['aten']:.2f} | "
                       f"{moved / t['bnlab'] / 1e9:.1f} |", flush=True)
 
 

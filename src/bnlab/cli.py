@@ -108,6 +108,16 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kernels(args: argparse.Namespace) -> int:
+    from bnlab.norm import fast
+
+    if args.action == "build":
+        print(fast.build(force=args.force))
+        return 0
+    print(fast.status())
+    return 0 if fast.available() else 1
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network "
@@ -200,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory to read from (fetch: to download into)")
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
     p.set_defaults(func=_data)
+
+    p = sub.add_parser("kernels", help="build or check the compiled fast BatchNorm kernels",
+                       description="build: compile bnlab's fused CPU BatchNorm kernels (once "
+                       "per machine; make setup does it); status: say whether they are in use. "
+                       "Without them bnlab runs its reference implementation.")
+    p.add_argument("action", choices=("build", "status"), help="what to do")
+    p.add_argument("--force", action="store_true", help="build: recompile even if built")
+    p.set_defaults(func=_kernels)
 
     from bnlab.studies.registry import STUDIES
 

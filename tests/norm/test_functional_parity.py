@@ -8,6 +8,7 @@ allows ~100 ulp of accumulated reduction-order difference and nothing more).
 import pytest
 import torch
 
+from bnlab.norm import fast
 from tests.norm.oracle import max_abs, max_rel, run_functional
 
 SHAPES = {
@@ -43,7 +44,16 @@ def check(a, b, dtype):
 @pytest.mark.parametrize("shape_id", SHAPES)
 @pytest.mark.parametrize("affine", AFFINE)
 @pytest.mark.parametrize("mode", MODES)
-def test_matches_torch(dtype, shape_id, affine, mode):
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_matches_torch(dtype, shape_id, affine, mode, path):
+    """Both of bnlab's paths: the compiled kernels (the default) and the readable reference."""
+    if path == "fast":
+        assert fast.available(), fast.status()
+    with fast.enabled(path == "fast"):
+        _check_matches_torch(dtype, shape_id, affine, mode)
+
+
+def _check_matches_torch(dtype, shape_id, affine, mode):
     shape, fmt = SHAPES[shape_id]
     x, w, b, running = make_case(shape, fmt, dtype, affine)
     if mode == "train-no-running":

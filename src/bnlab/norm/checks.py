@@ -63,7 +63,8 @@ def check_batch_norm_args(
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if not isinstance(momentum, Real) or isinstance(momentum, bool):
+    if type(momentum) is not float and (not isinstance(momentum, Real)
+                                        or isinstance(momentum, bool)):
         raise TypeError(
             f"batch_norm momentum must be a float, got {momentum!r}; a module's momentum=None "
             f"(cumulative average) is resolved to 1 / num_batches_tracked by the module"
@@ -96,9 +97,9 @@ def check_batch_norm_args(
 
 def _check_dtypes(input: Tensor, tensors: dict[str, Tensor | None]) -> None:
     """Parameters and buffers share the input's dtype; half inputs may also use float32 ones."""
+    if all(t is None or t.dtype == input.dtype for t in tensors.values()):
+        return  # the common case, decided without building anything
     present = {name: t.dtype for name, t in tensors.items() if t is not None}
-    if not present:
-        return
     allowed = {input.dtype}
     if input.dtype in _HALF_TYPES:
         allowed.add(torch.float32)

@@ -42,6 +42,10 @@ In evaluation mode the statistics are constants and dL/dx_k = gamma * inv_std * 
 
 Half types (float16, bfloat16) are computed in float32 and rounded once to the input dtype,
 like PyTorch's CPU and CUDA kernels.
+
+This module is the readable reference. Where they apply (float32/float64 CPU tensors), the
+same formulas run as fused compiled kernels (``bnlab.norm.fast``); the tests hold the two to
+each other and to PyTorch.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from bnlab.norm import fast
 from bnlab.norm.checks import check_batch_norm_args
 
 __all__ = ["batch_norm", "batch_statistics", "blend_running_stats", "update_running_stats"]
@@ -196,6 +201,18 @@ def _normalize_backward(
     return grad_input, grad_weight, grad_bias
 
 
+def _fast_forward(
+    kernels: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+    running_mean: Tensor | None, running_var: Tensor | None, batch_stats: bool,
+    momentum: float, eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, inv_std) from the compiled kernels; training also updates the running buffers."""
+    if batch_stats:  # statistics, y and (last) the running update, in one call
+        return kernels.forward_train(x, weight, bias, running_mean, running_var, momentum, eps)
+    y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps)
+    return y, running_mean, inv_std
+
+
 class BatchNormFunction(Function):
     """Autograd node: forward normalizes (and updates running stats), backward is closed-form."""
 
@@ -211,7 +228,18 @@ class BatchNormFunction(Function):
         momentum: float,
         eps: float,
         skipped: Tensor | None,
+        kernels: Any,
     ) -> Tensor:
+        ctx.batch_stats = batch_stats
+        ctx.eps = eps
+        ctx.bias_dtype = bias.dtype if bias is not None else x.dtype
+        ctx.kernels = kernels
+        if kernels is not None:
+            y, mean, inv_std = _fast_forward(kernels, x, weight, bias, running_mean, running_var,
+                                             batch_stats, momentum, eps)
+            ctx.save_for_backward(x, weight, mean, inv_std)
+            return y
+
         cdtype = _compute_dtype(x.dtype)
         if not batch_stats:
             assert running_mean is not None and running_var is not None  # checked by the caller
@@ -233,25 +261,28 @@ class BatchNormFunction(Function):
             update_running_stats(running_mean, running_var, mean, var, count, momentum, skipped)
 
         ctx.save_for_backward(x, weight, mean, inv_std)
-        ctx.batch_stats = batch_stats
-        ctx.eps = eps
-        ctx.bias_dtype = bias.dtype if bias is not None else x.dtype
         return y
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, mean, inv_std = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+        if ctx.kernels is not None and not torch.is_grad_enabled():
+            gx, sum_g, sum_g_xhat = ctx.kernels.backward(
+                grad_out, x, weight, mean, inv_std, ctx.batch_stats, needs[0])
+            return (gx if needs[0] else None,
+                    sum_g_xhat if needs[1] and weight is not None else None,
+                    sum_g if needs[2] else None, None, None, None, None, None, None, None)
         if torch.is_grad_enabled() and ctx.batch_stats and x.numel() > 0:
             # create_graph=True (double backward): the saved statistics carry no history, so
             # recompute them from x with differentiable ops; the closed form below is then
             # itself differentiable.
             mean, var = batch_statistics(x)
             inv_std = torch.rsqrt(var + ctx.eps)
-        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         gx, gw, gb = _normalize_backward(
             grad_out, x, weight, mean, inv_std, ctx.batch_stats, needs, ctx.bias_dtype
         )
-        return gx, gw, gb, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None
 
 
 def batch_norm(
@@ -286,7 +317,19 @@ def batch_norm(
     buffer half-updated.
     """
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    momentum, eps = float(momentum), float(eps)
+    kernels = None if skipped is not None else fast.kernels_for(
+        input, weight, bias, running_mean, running_var)
+    if kernels is not None and not (torch.is_grad_enabled() and _any_requires_grad(
+            input, weight, bias)):
+        # Nothing to differentiate: skip the autograd node.
+        return _fast_forward(kernels, input, weight, bias, running_mean, running_var, training,
+                             momentum, eps)[0]
     return BatchNormFunction.apply(
-        input, weight, bias, running_mean, running_var, training, float(momentum), float(eps),
-        skipped,
+        input, weight, bias, running_mean, running_var, training, momentum, eps, skipped,
+        kernels,
     )
+
+
+def _any_requires_grad(*tensors: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)
