@@ -152,6 +152,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=positive_int, help="use the first N test examples")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="keep BatchNorm, sigmoid and pooling as separate layers (by default "
+                        "they run fused where bnlab's fast kernels are available)")
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronize BatchNorm statistics across data-parallel ranks (run "
                         "under torchrun --nproc_per_node=N -m bnlab train ...)")

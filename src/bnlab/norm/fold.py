@@ -66,7 +66,9 @@ def fold(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             continue
         for prev, cur in itertools.pairwise(list(parent._modules)):
             layer, bn = parent._modules[prev], parent._modules[cur]
-            if isinstance(layer, FOLDABLE) and bn is not None and is_batch_norm(bn):
+            # A fused BatchNorm (bnlab.norm.fused) carries its sigmoid: not foldable.
+            if (isinstance(layer, FOLDABLE) and bn is not None and is_batch_norm(bn)
+                    and not hasattr(bn, "pool")):
                 parent._modules[prev] = fold_pair(layer, bn)
                 parent._modules[cur] = nn.Identity()
     return model

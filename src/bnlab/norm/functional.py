@@ -208,8 +208,9 @@ def _fast_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, inv_std) from the compiled kernels; training also updates the running buffers."""
     if batch_stats:  # statistics, y and (last) the running update, in one call
-        return kernels.forward_train(x, weight, bias, running_mean, running_var, momentum, eps)
-    y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps)
+        return kernels.forward_train(x, weight, bias, running_mean, running_var, momentum, eps,
+                                     0, 1)
+    y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps, 0, 1)
     return y, running_mean, inv_std
 
 
@@ -269,7 +270,7 @@ class BatchNormFunction(Function):
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if ctx.kernels is not None and not torch.is_grad_enabled():
             gx, sum_g, sum_g_xhat = ctx.kernels.backward(
-                grad_out, x, weight, mean, inv_std, ctx.batch_stats, needs[0])
+                grad_out, x, weight, None, mean, inv_std, ctx.batch_stats, needs[0], 0, 1)
             return (gx if needs[0] else None,
                     sum_g_xhat if needs[1] and weight is not None else None,
                     sum_g if needs[2] else None, None, None, None, None, None, None, None)

@@ -34,6 +34,9 @@ class UnitInputProbe:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
+        if not sigmoids:
+            raise ValueError("the unit-input probe hooks the model's last nn.Sigmoid, and this "
+                             "model has none (a fused model? train it with fuse=False)")
         seen: list[torch.Tensor] = []
         hook = sigmoids[-1].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
         was = model.training
@@ -50,7 +53,9 @@ class UnitInputProbe:
 
 
 def arms(quick: bool) -> list[Arm]:
+    # fuse=False: the probe hooks the model's last nn.Sigmoid, which fusion would absorb.
     cfg = {"model": "mlp3", "batch_size": 60, "lr": 0.5, "epochs": 1 if quick else 3,
+           "fuse": False,
            "limit_train": 1200 if quick else None, "limit_test": 1000}
     every, n_test = (5, 500) if quick else (50, 2000)
     return [Arm(norm, LABELS[norm], TrainConfig(norm=norm, **cfg), {"norm": norm},

@@ -20,7 +20,9 @@ from torch import nn
 
 from bnlab.data import BatchLoader, load_split
 from bnlab.models import build_model
+from bnlab.norm import fast
 from bnlab.norm.convert import convert
+from bnlab.norm.fused import fuse
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import Dist, setup
 from bnlab.train.progress import Progress
@@ -40,7 +42,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_model(config: TrainConfig) -> nn.Module:
-    """Build the model with the seed's initialization (Xavier-uniform on conv/linear weights)."""
+    """Build the model with the seed's initialization (Xavier-uniform on conv/linear weights).
+
+    With ``config.fuse`` (and the fast kernels available), BatchNorm -> sigmoid (-> avg pool)
+    runs become single fused layers: the same function and state-dict keys, fewer passes.
+    """
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.norm)
     if config.init == "xavier":
@@ -49,6 +55,8 @@ def make_model(config: TrainConfig) -> nn.Module:
                 nn.init.xavier_uniform_(m.weight)
     if config.sync_bn:  # plain BatchNorm when run as a single process
         model = convert(model, to="sync", inplace=True)
+    if config.fuse and fast.available():
+        model = fuse(model, inplace=True)
     return model
 
 

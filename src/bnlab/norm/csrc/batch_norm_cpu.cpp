@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -55,6 +56,30 @@ inline void merge(double& count, double& mean, double& m2, double nb, double mea
   m2 += m2_b + delta * delta * count * nb / total;
   count = total;
 }
+
+// ---- activation: the logistic sigmoid, vectorizable ----------------------------------------
+// float: exp from Cody-Waite range reduction and a degree-6 polynomial (about 1 ulp), written
+// with plain arithmetic so `omp simd` loops vectorize it; double: the C library's exp.
+inline float exp_float(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return e * scale;
+}
+inline float sigmoid(float z) { return 1.0f / (1.0f + exp_float(-z)); }
+inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+enum Act : int64_t { kIdentity = 0, kSigmoid = 1 };
 
 int64_t chunks_for(int64_t units, int64_t elems_per_unit) {
   const int64_t work = units * elems_per_unit;
@@ -145,9 +170,15 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
   }
 }
 
-// ---- y = (x - mean) * scale + shift, per channel ----------------------------------------
+// ---- y = act((x - mean) * scale + shift), per channel ------------------------------------
 
-template <typename T>
+template <bool kSig, typename T>
+inline T activate(T z) {
+  if constexpr (kSig) return sigmoid(z);
+  return z;
+}
+
+template <bool kSig, typename T>
 void normalize(const T* x, T* y, const Layout& L, const T* mean, const T* scale,
                const T* shift) {
   if (L.rows) {
@@ -157,7 +188,8 @@ void normalize(const T* x, T* y, const Layout& L, const T* mean, const T* scale,
         const T* p = x + r * C;
         T* q = y + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) q[c] = (p[c] - mean[c]) * scale[c] + shift[c];
+        for (int64_t c = 0; c < C; ++c)
+          q[c] = activate<kSig>((p[c] - mean[c]) * scale[c] + shift[c]);
       }
     });
   } else {
@@ -170,10 +202,84 @@ void normalize(const T* x, T* y, const Layout& L, const T* mean, const T* scale,
         const T* p = x + i * S;
         T* q = y + i * S;
 #pragma omp simd
-        for (int64_t j = 0; j < S; ++j) q[j] = (p[j] - m) * k + b;
+        for (int64_t j = 0; j < S; ++j) q[j] = activate<kSig>((p[j] - m) * k + b);
       }
     });
   }
+}
+
+// y = avg_pool_2x2(sigmoid((x - mean) * scale + shift)), planes layout, H and W even.
+template <typename T>
+void normalize_sigmoid_pool(const T* x, T* y, const Layout& L, int64_t H, int64_t W,
+                            const T* mean, const T* scale, const T* shift) {
+  const int64_t S = L.s, Wo = W / 2;
+  at::parallel_for(0, L.n * L.c, std::max<int64_t>(1, kGrain / S), [&](int64_t i0,
+                                                                        int64_t i1) {
+    std::vector<T> row(2 * W);
+    T* a = row.data();
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t c = i % L.c;
+      const T m = mean[c], k = scale[c], b = shift[c];
+      for (int64_t h = 0; h < H; h += 2) {
+        const T* p = x + i * S + h * W;  // two input rows: 2W contiguous values
+#pragma omp simd
+        for (int64_t j = 0; j < 2 * W; ++j) a[j] = sigmoid((p[j] - m) * k + b);
+        T* q = y + i * (S / 4) + (h / 2) * Wo;
+        for (int64_t j = 0; j < Wo; ++j)
+          q[j] = (a[2 * j] + a[2 * j + 1] + a[W + 2 * j] + a[W + 2 * j + 1]) * T(0.25);
+      }
+    }
+  });
+}
+
+// dz = d(out)/dz for out = pool(sigmoid(z)): grad_out spread over each 2x2 window (pool = 2)
+// or taken as is (pool = 1), times sigmoid'(z) = s (1 - s), s recomputed from x.
+template <typename T>
+void sigmoid_grad(const T* dy, const T* x, T* dz, const Layout& L, int64_t W, int64_t pool,
+                  const T* mean, const T* scale, const T* shift) {
+  if (L.rows) {
+    const int64_t R = L.n * L.s, C = L.c;
+    at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* g = dy + r * C;
+        const T* p = x + r * C;
+        T* q = dz + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const T sg = sigmoid((p[c] - mean[c]) * scale[c] + shift[c]);
+          q[c] = g[c] * sg * (1 - sg);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t S = L.s, So = S / (pool * pool), Wo = W / pool;
+  at::parallel_for(0, L.n * L.c, std::max<int64_t>(1, kGrain / S), [&](int64_t i0,
+                                                                        int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t c = i % L.c;
+      const T m = mean[c], k = scale[c], b = shift[c];
+      const T* p = x + i * S;
+      T* q = dz + i * S;
+      const T* g = dy + i * So;
+      if (pool == 1) {
+#pragma omp simd
+        for (int64_t j = 0; j < S; ++j) {
+          const T sg = sigmoid((p[j] - m) * k + b);
+          q[j] = g[j] * sg * (1 - sg);
+        }
+        continue;
+      }
+      for (int64_t h = 0; h < S / W; ++h) {
+        const T* gr = g + (h / 2) * Wo;
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) {
+          const T sg = sigmoid((p[h * W + w] - m) * k + b);
+          q[h * W + w] = gr[w / 2] * T(0.25) * sg * (1 - sg);
+        }
+      }
+    }
+  });
 }
 
 // ---- backward sums: sum_g = sum dy, sum_gd = sum dy * (x - mean) --------------------------
@@ -289,19 +395,44 @@ at::Tensor channel_vector(const c10::optional<at::Tensor>& t, const at::Tensor& 
   return at::full({x.size(1)}, fill, x.options());
 }
 
+// What follows the normalization: act = 0 (none) or 1 (sigmoid); pool = 1 (none) or 2 (2x2
+// average pooling with stride 2, 4-D contiguous input with even H and W, after a sigmoid).
+void check_epilogue(const at::Tensor& x, const Layout& L, int64_t act, int64_t pool) {
+  TORCH_CHECK(act == kIdentity || act == kSigmoid, "bnlab fast batch_norm: act must be 0 or 1");
+  TORCH_CHECK(pool == 1 || pool == 2, "bnlab fast batch_norm: pool must be 1 or 2");
+  TORCH_CHECK(pool == 1 || (act == kSigmoid && x.dim() == 4 && !L.rows && x.size(2) % 2 == 0 &&
+                            x.size(3) % 2 == 0),
+              "bnlab fast batch_norm: pooling needs a sigmoid and a contiguous (N, C, H, W) "
+              "input with even H and W");
+}
+
+at::Tensor output_for(const at::Tensor& x, int64_t pool) {
+  if (pool == 1) return at::empty_like(x);
+  return at::empty({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2}, x.options());
+}
+
+template <typename T>
+void epilogue_forward(const T* x, T* y, const Layout& L, const at::Tensor& xt, int64_t act,
+                      int64_t pool, const T* mean, const T* scale, const T* shift) {
+  if (pool == 2) normalize_sigmoid_pool(x, y, L, xt.size(2), xt.size(3), mean, scale, shift);
+  else if (act == kSigmoid) normalize<true>(x, y, L, mean, scale, shift);
+  else normalize<false>(x, y, L, mean, scale, shift);
+}
+
 // Training forward: batch statistics, y, and (last) the running-statistics update.
 // Returns (y, mean, invstd), mean and invstd as (C,) tensors of x's dtype.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
-    const at::Tensor& x_in, const c10::optional<at::Tensor>& weight,
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
-    const c10::optional<at::Tensor>& running_var, double momentum, double eps) {
-  check_input(x_in);
-  const Layout L = layout_of(x_in);
-  const at::Tensor x = x_in;
+    const c10::optional<at::Tensor>& running_var, double momentum, double eps, int64_t act,
+    int64_t pool) {
+  check_input(x);
+  const Layout L = layout_of(x);
+  check_epilogue(x, L, act, pool);
   const int64_t C = L.c;
   const double count = static_cast<double>(L.n * L.s);
   std::vector<double> mean(C), m2(C);
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = output_for(x, pool);
   at::Tensor mean_t = at::empty({C}, x.options());
   at::Tensor invstd_t = at::empty({C}, x.options());
   const at::Tensor w = channel_vector(weight, x, 1.0);
@@ -312,16 +443,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
     else stats_planes(xp, L, mean.data(), m2.data());
     scalar_t* mp = mean_t.mutable_data_ptr<scalar_t>();
     scalar_t* ip = invstd_t.mutable_data_ptr<scalar_t>();
-    std::vector<scalar_t> scale(C), shift(C);
+    std::vector<scalar_t> scale(C);
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
-    const scalar_t* bp = b.const_data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) {
       mp[c] = static_cast<scalar_t>(mean[c]);
       ip[c] = static_cast<scalar_t>(1.0 / std::sqrt(m2[c] / count + eps));
       scale[c] = ip[c] * wp[c];
-      shift[c] = bp[c];
     }
-    normalize(xp, y.mutable_data_ptr<scalar_t>(), L, mp, scale.data(), shift.data());
+    epilogue_forward(xp, y.mutable_data_ptr<scalar_t>(), L, x, act, pool, mp, scale.data(),
+                     b.const_data_ptr<scalar_t>());
     // Last, once nothing can fail any more: running <- (1 - m) running + m batch.
     if (running_mean.has_value() && running_mean->defined()) {
       scalar_t* rm = running_mean->mutable_data_ptr<scalar_t>();
@@ -341,11 +471,12 @@ std::tuple<at::Tensor, at::Tensor> forward_eval(const at::Tensor& x,
                                                 const c10::optional<at::Tensor>& weight,
                                                 const c10::optional<at::Tensor>& bias,
                                                 const at::Tensor& mean, const at::Tensor& var,
-                                                double eps) {
+                                                double eps, int64_t act, int64_t pool) {
   check_input(x);
   const Layout L = layout_of(x);
+  check_epilogue(x, L, act, pool);
   const int64_t C = L.c;
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = output_for(x, pool);
   at::Tensor invstd_t = at::empty({C}, x.options());
   const at::Tensor w = channel_vector(weight, x, 1.0);
   const at::Tensor b = channel_vector(bias, x, 0.0);
@@ -360,51 +491,67 @@ std::tuple<at::Tensor, at::Tensor> forward_eval(const at::Tensor& x,
       ip[c] = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(vp[c]) + eps));
       scale[c] = ip[c] * wp[c];
     }
-    normalize(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), L,
-              m.const_data_ptr<scalar_t>(), scale.data(), b.const_data_ptr<scalar_t>());
+    epilogue_forward(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), L, x, act,
+                     pool, m.const_data_ptr<scalar_t>(), scale.data(),
+                     b.const_data_ptr<scalar_t>());
   });
   return {y, invstd_t};
 }
 
-// Backward. Returns (dx or an empty tensor, sum dy = dL/dbeta, sum dy * x_hat = dL/dgamma).
+// Backward. Returns (dx or an empty tensor, sum dz = dL/dbeta, sum dz * x_hat = dL/dgamma),
+// where dz is the gradient at the normalization's output (grad_out itself without epilogue).
 // train: the statistics were the batch's own (full closed form); else constants.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-    const at::Tensor& mean, const at::Tensor& invstd, bool train, bool need_input_grad) {
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
+    bool train, bool need_input_grad, int64_t act, int64_t pool) {
   check_input(x);
   const Layout L = layout_of(x);
+  check_epilogue(x, L, act, pool);
   const int64_t C = L.c;
   const double count = static_cast<double>(L.n * L.s);
-  const at::Tensor dy = like(grad_out, x);
   const at::Tensor w = channel_vector(weight, x, 1.0);
+  const at::Tensor b = channel_vector(bias, x, 0.0);
   const at::Tensor m = mean.contiguous();
   const at::Tensor is = invstd.contiguous();
   at::Tensor sum_g_t = at::empty({C}, x.options());
   at::Tensor sum_gx_t = at::empty({C}, x.options());
-  at::Tensor dx = need_input_grad ? at::empty_like(x) : at::empty({0}, x.options());
+  // dz: grad_out laid out like x, or (with an activation) its gradient at the norm's output,
+  // computed into the buffer that then becomes dx in place.
+  at::Tensor dz = act == kIdentity ? like(grad_out, x) : at::empty_like(x);
+  at::Tensor dx;
+  if (need_input_grad) dx = act == kIdentity ? at::empty_like(x) : dz;
+  else dx = at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_backward", [&] {
     const scalar_t* mp = m.const_data_ptr<scalar_t>();
     const scalar_t* ip = is.const_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
-    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    std::vector<scalar_t> scale(C);
+    for (int64_t c = 0; c < C; ++c) scale[c] = ip[c] * wp[c];
+    if (act == kSigmoid) {
+      const at::Tensor g = pool == 1 ? like(grad_out, x) : grad_out.contiguous();
+      sigmoid_grad(g.const_data_ptr<scalar_t>(), xp, dz.mutable_data_ptr<scalar_t>(), L,
+                   x.dim() == 4 ? x.size(3) : 1, pool, mp, scale.data(),
+                   b.const_data_ptr<scalar_t>());
+    }
+    const scalar_t* dzp = dz.const_data_ptr<scalar_t>();
     std::vector<double> sg(C), sgd(C);
-    grad_sums(dyp, xp, L, mp, sg.data(), sgd.data());
+    grad_sums(dzp, xp, L, mp, sg.data(), sgd.data());
     scalar_t* sgp = sum_g_t.mutable_data_ptr<scalar_t>();
     scalar_t* sxp = sum_gx_t.mutable_data_ptr<scalar_t>();
-    std::vector<scalar_t> mean_g(C, 0), proj(C, 0), scale(C);
+    std::vector<scalar_t> mean_g(C, 0), proj(C, 0);
     for (int64_t c = 0; c < C; ++c) {
       const double inv = ip[c];
       sgp[c] = static_cast<scalar_t>(sg[c]);
-      sxp[c] = static_cast<scalar_t>(sgd[c] * inv);  // sum dy * x_hat
-      scale[c] = static_cast<scalar_t>(inv * wp[c]);
+      sxp[c] = static_cast<scalar_t>(sgd[c] * inv);  // sum dz * x_hat
       if (train) {
         mean_g[c] = static_cast<scalar_t>(sg[c] / count);
         proj[c] = static_cast<scalar_t>(sgd[c] * inv * inv / count);
       }
     }
-    if (need_input_grad)
-      input_grad(dyp, xp, dx.mutable_data_ptr<scalar_t>(), L, mp, mean_g.data(), proj.data(),
+    if (need_input_grad)  // (dx may be dz's buffer: each element is read, then written)
+      input_grad(dzp, xp, dx.mutable_data_ptr<scalar_t>(), L, mp, mean_g.data(), proj.data(),
                  scale.data());
   });
   return {dx, sum_g_t, sum_gx_t};
@@ -417,11 +564,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "bnlab's fused CPU BatchNorm kernels (see bnlab/norm/fast.py)";
   m.def("forward_train", &forward_train,
-        "(x, weight?, bias?, running_mean?, running_var?, momentum, eps) -> (y, mean, invstd); "
-        "updates the running buffers in place, last");
+        "(x, weight?, bias?, running_mean?, running_var?, momentum, eps, act, pool) -> "
+        "(y, mean, invstd); updates the running buffers in place, last");
   m.def("forward_eval", &forward_eval,
-        "(x, weight?, bias?, mean, var, eps) -> (y, invstd)");
+        "(x, weight?, bias?, mean, var, eps, act, pool) -> (y, invstd)");
   m.def("backward", &backward,
-        "(grad_out, x, weight?, mean, invstd, train, need_input_grad) -> "
-        "(grad_input or empty, sum grad_out, sum grad_out * x_hat)");
+        "(grad_out, x, weight?, bias?, mean, invstd, train, need_input_grad, act, pool) -> "
+        "(grad_input or empty, sum dz, sum dz * x_hat)");
 }

@@ -1,0 +1,192 @@
+r"""BatchNorm fused with the sigmoid after it, and optionally the 2x2 average pooling after that.
+
+The chapter's LeNet-BN runs ``conv -> BatchNorm -> sigmoid -> AvgPool2d(2)``. As three layers
+that is three passes over the activation forward and three backward, each writing a full
+tensor. ``batch_norm_sigmoid`` computes the same function in one forward pass and two backward
+passes (the compiled kernels of ``bnlab.norm.fast``)::
+
+    z   = gamma * x_hat + beta          BatchNorm (bnlab.norm.functional)
+    s   = sigmoid(z) = 1 / (1 + exp(-z))
+    out = s, or avg_pool_2x2(s)         pool = 1 or 2 (stride 2, no padding)
+
+Backward: with g = dL/d out, the gradient at z is::
+
+    dz = P^T g * s * (1 - s)            P^T spreads g / 4 over each 2x2 window (pool = 2)
+
+and then BatchNorm's closed-form backward with dz in place of dL/dy. The kernel recomputes s
+from x instead of storing it, so the only saved tensor is x (as for plain BatchNorm).
+
+Where the kernels do not apply (half types, CUDA, odd sizes, BNLAB_FAST=0), the same function
+runs as the composite bnlab batch_norm -> torch.sigmoid -> F.avg_pool2d, which is also the
+oracle of the tests.
+
+``fuse(model)`` rewrites every ``nn.Sequential`` run [bnlab BatchNorm, nn.Sigmoid,
+(nn.AvgPool2d(2))] into one ``BatchNormSigmoid`` layer that keeps the BatchNorm's parameters,
+buffers and state-dict keys (the absorbed slots become ``nn.Identity``), so checkpoints load
+into the unfused model and back.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd import Function
+
+from bnlab.norm import fast
+from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.checks import check_batch_norm_args
+from bnlab.norm.functional import batch_norm
+
+__all__ = ["BatchNormSigmoid", "batch_norm_sigmoid", "fuse"]
+
+_SIGMOID = 1  # the kernels' activation code
+
+
+def _reference(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
+               eps: float, pool: int) -> Tensor:
+    """The unfused composite: the definition, and the path where the kernels do not apply."""
+    s = torch.sigmoid(batch_norm(x, running_mean, running_var, weight, bias, training,
+                                 momentum, eps))
+    return F.avg_pool2d(s, 2) if pool == 2 else s
+
+
+def _fusable(x: Tensor, pool: int) -> bool:
+    if pool == 1:
+        return True
+    return x.dim() == 4 and x.is_contiguous() and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+
+
+class _BatchNormSigmoidFunction(Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+        running_mean: Tensor | None, running_var: Tensor | None, training: bool,
+        momentum: float, eps: float, pool: int, kernels: Any,
+    ) -> Tensor:
+        if training:
+            y, mean, inv_std = kernels.forward_train(x, weight, bias, running_mean, running_var,
+                                                     momentum, eps, _SIGMOID, pool)
+        else:
+            y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps,
+                                              _SIGMOID, pool)
+            mean = running_mean
+        ctx.save_for_backward(x, weight, bias, mean, inv_std, running_var)
+        ctx.config = (training, eps, pool, kernels)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, bias, mean, inv_std, running_var = ctx.saved_tensors
+        training, eps, pool, kernels = ctx.config
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiate the composite (statistics recomputed from x in
+            # training, the saved running ones in eval) so the gradient has a graph itself.
+            inputs = (x, weight, bias)
+            out = _reference(x, None if training else mean, None if training else running_var,
+                             weight, bias, training, 0.0, eps, pool)
+            wanted = [t for t, n in zip(inputs, needs[:3], strict=True) if n and t is not None]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+            gx, gw, gb = (next(grads) if n and t is not None else None
+                          for t, n in zip(inputs, needs[:3], strict=True))
+        else:
+            gx, gb, gw = kernels.backward(grad_out, x, weight, bias, mean, inv_std, training,
+                                          needs[0], _SIGMOID, pool)
+            gx = gx if needs[0] else None
+            gw = gw if needs[1] and weight is not None else None
+            gb = gb if needs[2] and bias is not None else None
+        return gx, gw, gb, None, None, None, None, None, None, None
+
+
+def batch_norm_sigmoid(
+    input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+    weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+    momentum: float = 0.1, eps: float = 1e-5, *, pool: int = 1,
+) -> Tensor:
+    """``sigmoid(batch_norm(...))``, average-pooled 2x2 when ``pool=2``, in one fused kernel.
+
+    Same arguments and contract as ``bnlab.functional.batch_norm`` (running buffers updated in
+    place when training), plus ``pool``: 1 (none) or 2 (``F.avg_pool2d(., 2)`` on a 4-D input).
+    """
+    if pool not in (1, 2):
+        raise ValueError(f"pool must be 1 (no pooling) or 2 (2x2 average pooling), got {pool!r}")
+    if pool == 2 and input.dim() != 4:
+        raise ValueError(f"pool=2 needs a 4-D (N, C, H, W) input, got {input.dim()}-D")
+    check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps)
+    momentum, eps = float(momentum), float(eps)
+    kernels = fast.kernels_for(input, weight, bias, running_mean, running_var)
+    if kernels is None or not _fusable(input, pool):
+        return _reference(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, pool)
+    return _BatchNormSigmoidFunction.apply(input, weight, bias, running_mean, running_var,
+                                           training, momentum, eps, pool, kernels)
+
+
+class BatchNormSigmoid(BatchNorm):
+    """A bnlab BatchNorm followed by a sigmoid (and a 2x2 average pooling when ``pool=2``).
+
+    Made by ``fuse`` from an existing layer, whose parameters, buffers, hyper-parameters and
+    rank check it keeps; its state dict is the BatchNorm's.
+    """
+
+    pool: int
+    _rank_check: type[BatchNorm]
+
+    @classmethod
+    def absorb(cls, bn: BatchNorm, pool: int) -> BatchNormSigmoid:
+        fused = cls.__new__(cls)
+        fused.__dict__.update(bn.__dict__)  # the same Parameter and buffer objects
+        fused.pool = pool
+        fused._rank_check = type(bn)
+        return fused
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        self._rank_check._check_input_dim(self, input)  # type: ignore[arg-type]
+
+    def _normalize(self, input: Tensor, running_mean: Tensor | None,
+                   running_var: Tensor | None, use_batch_stats: bool, momentum: float,
+                   skipped: Tensor | None) -> Tensor:
+        return batch_norm_sigmoid(input, running_mean, running_var, self.weight, self.bias,
+                                  use_batch_stats, momentum, self.eps, pool=self.pool)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", then sigmoid{', avg_pool 2x2' if self.pool == 2 else ''}"
+
+
+_PLAIN = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
+
+
+def _is_pool_2x2(m: nn.Module) -> bool:
+    if not isinstance(m, nn.AvgPool2d):
+        return False
+    k, s, p = m.kernel_size, m.stride, m.padding
+    return (k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and not m.ceil_mode
+            and m.divisor_override is None)
+
+
+def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Fuse [BatchNorm, Sigmoid, (AvgPool2d(2))] runs inside every nn.Sequential of `model`.
+
+    Only plain bnlab BatchNorm layers (not variants, not guarded ones) are fused; everything
+    else is left as it is. Returns the fused model (a copy unless ``inplace``); the math is
+    unchanged and so are the state-dict keys.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(seq)
+        for i, layer in enumerate(layers[:-1]):
+            if type(layer) not in _PLAIN or layer.guard or not isinstance(layers[i + 1],
+                                                                          nn.Sigmoid):
+                continue
+            pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
+            seq[i] = BatchNormSigmoid.absorb(layer, pool)
+            for j in range(i + 1, i + 1 + pool):
+                seq[j] = nn.Identity()
+    return model

@@ -1,0 +1,155 @@
+"""BatchNorm fused with sigmoid (and 2x2 average pooling): bnlab.norm.fused.
+
+Oracle: the unfused composite bnlab batch_norm -> torch.sigmoid -> F.avg_pool2d (itself tested
+against torch). Tolerances: float64 <= 1e-12 relative to the largest value (the same formulas
+in another order); float32 <= 2e-6 against the float64 computation (the kernel's exp is within
+~2 ulp; measured <= 3e-7).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnlab.models import build_model
+from bnlab.norm import BatchNorm2d, fast
+from bnlab.norm.fold import fold
+from bnlab.norm.fused import BatchNormSigmoid, _reference, batch_norm_sigmoid, fuse
+
+CASES = {
+    "pool-planes": ((16, 6, 8, 8), 2),
+    "pool-odd-size": ((8, 3, 7, 6), 2),  # odd H: the composite path
+    "planes": ((16, 6, 5, 5), 1),
+    "rows": ((64, 20), 1),
+    "rows-channels_last": ((8, 4, 6, 6), 1),
+}
+
+
+def _run(fn, x, w, b, training, pool, dtype):
+    xs = x.detach().to(dtype).clone(memory_format=torch.preserve_format).requires_grad_()
+    ws, bs = w.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+    c = x.shape[1]
+    rm, rv = torch.linspace(-1, 1, c, dtype=dtype), torch.linspace(0.5, 2, c, dtype=dtype)
+    y = fn(xs, rm, rv, ws, bs, training, 0.1, 1e-5, pool)
+    g = torch.linspace(-1, 1, y.numel(), dtype=dtype).view(y.shape)
+    y.backward(g)
+    return [t.detach() for t in (y, xs.grad, ws.grad, bs.grad, rm, rv)]
+
+
+def _fused(x, rm, rv, w, b, training, momentum, eps, pool):
+    return batch_norm_sigmoid(x, rm, rv, w, b, training, momentum, eps, pool=pool)
+
+
+def _rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _input(shape):
+    x = torch.randn(shape, dtype=torch.float64) * 2 + 1
+    if len(shape) == 4 and shape[2] == 6:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    return x, torch.rand(c, dtype=torch.float64) + 0.5, torch.randn(c, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", CASES)
+def test_float64_matches_composite(case, training):
+    shape, pool = CASES[case]
+    x, w, b = _input(shape)
+    ours = _run(_fused, x, w, b, training, pool, torch.float64)
+    ref = _run(_reference, x, w, b, training, pool, torch.float64)
+    for a, r in zip(ours, ref, strict=True):
+        assert a.shape == r.shape
+        assert _rel(a, r) <= 1e-12
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", CASES)
+def test_float32_close_to_float64(case, training):
+    shape, pool = CASES[case]
+    x, w, b = _input(shape)
+    ours = _run(_fused, x, w, b, training, pool, torch.float32)
+    truth = _run(_reference, x, w, b, training, pool, torch.float64)
+    for a, t in zip(ours, truth, strict=True):
+        assert a.dtype == torch.float32 and _rel(a, t) <= 2e-6
+
+
+def test_sigmoid_saturates_cleanly():
+    """Large |z| (exp far out of range) gives 0 or 1 and zero gradient, never NaN or Inf."""
+    x = torch.tensor([[-1e4, 1e4], [1e4, -1e4], [0.0, 0.0]]).requires_grad_()
+    w = torch.tensor([1e3, 1e3])
+    y = batch_norm_sigmoid(x, None, None, w, None, True)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert ((y < 1e-30) | (y > 1 - 1e-6) | ((y - 0.5).abs() < 1e-6)).all()
+
+
+def test_double_backward():
+    x = torch.randn(4, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    for training in (True, False):
+        rm, rv = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b, t=training, rm=rm, rv=rv: batch_norm_sigmoid(
+                x, rm, rv, w, b, t, 0.0, pool=2),
+            (x, w, b))
+
+
+def test_bad_pool_is_named():
+    with pytest.raises(ValueError, match="pool must be 1"):
+        batch_norm_sigmoid(torch.randn(4, 3), None, None, training=True, pool=3)
+    with pytest.raises(ValueError, match="pool=2 needs a 4-D"):
+        batch_norm_sigmoid(torch.randn(4, 3), None, None, training=True, pool=2)
+
+
+def test_fuse_lenet_bn_same_function_and_state():
+    assert fast.available(), fast.status()
+    model = build_model("lenet-bn", "bnlab")
+    fused = fuse(model)
+    kinds = [type(m).__name__ for m in fused]
+    assert kinds.count("BatchNormSigmoid") == 4 and "Sigmoid" not in kinds
+    assert "AvgPool2d" not in kinds
+    assert [m.pool for m in fused if isinstance(m, BatchNormSigmoid)] == [2, 2, 1, 1]
+    assert list(fused.state_dict()) == list(model.state_dict())  # same keys, same layout
+    x = torch.rand(32, 1, 28, 28)
+    for training in (True, False):
+        model.train(training)
+        fused.train(training)
+        assert _rel(fused(x), model(x)) <= 1e-6
+    # The running statistics advanced the same way; counters too.
+    for (k, a), b in zip(model.state_dict().items(), fused.state_dict().values(), strict=True):
+        assert _rel(a.double(), b.double()) <= 1e-6 if a.is_floating_point() else torch.equal(
+            a, b), k
+    # A fused model's checkpoint loads into the unfused model, and back.
+    fresh = build_model("lenet-bn", "bnlab")
+    fresh.load_state_dict(fused.state_dict())
+    fuse(fresh, inplace=True).load_state_dict(model.state_dict())
+
+
+def test_fuse_leaves_other_layers_alone():
+    guarded = nn.Sequential(BatchNorm2d(3, guard=True), nn.Sigmoid())
+    torch_bn = nn.Sequential(nn.BatchNorm2d(3), nn.Sigmoid())
+    relu = nn.Sequential(BatchNorm2d(3), nn.ReLU())
+    maxpool = nn.Sequential(BatchNorm2d(3), nn.Sigmoid(), nn.MaxPool2d(2))
+    for seq in (guarded, torch_bn, relu):
+        assert [type(m) for m in fuse(seq)] == [type(m) for m in seq]
+    assert [type(m).__name__ for m in fuse(maxpool)] == ["BatchNormSigmoid", "Identity",
+                                                          "MaxPool2d"]
+    with pytest.raises(ValueError, match="expected 4D input"):  # BatchNorm2d's rank check kept
+        fuse(nn.Sequential(BatchNorm2d(3), nn.Sigmoid()))(torch.randn(4, 3))
+
+
+def test_fold_does_not_fold_a_fused_layer():
+    model = fuse(nn.Sequential(nn.Conv2d(1, 3, 3), BatchNorm2d(3), nn.Sigmoid())).eval()
+    folded = fold(model)
+    assert isinstance(folded[1], BatchNormSigmoid)
+    x = torch.randn(2, 1, 6, 6)
+    assert torch.allclose(folded(x), model(x))
+    assert torch.allclose(model(x), torch.sigmoid(F.batch_norm(
+        model[0](x), model[1].running_mean, model[1].running_var, model[1].weight,
+        model[1].bias, False)), atol=1e-6)
