@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--only", default="", help="measure only shapes whose text contains this")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,7 +127,7 @@ def main() -> None:
           "| reference/aten | naive/aten | bnlab GB/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for training in (True, False):
-        for shape in SHAPES:
+        for shape in [s for s in SHAPES if args.only in str(s)]:
             for fmt in (("contiguous", "channels_last") if len(shape) == 4 else ("contiguous",)):
                 t = measure(shape, fmt, training, args.reps, args.device)
                 moved = (4 if training else 2) * torch.Size(shape).numel() * 4
