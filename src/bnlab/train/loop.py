@@ -32,6 +32,12 @@ from bnlab.train.rundir import RunDir
 __all__ = ["Probe", "evaluate", "make_model", "pick_device", "train"]
 
 
+# Evaluation batch: eval mode is per-example, so this only sets speed. On the 2-core CPU, 256
+# LeNet-BN test images at a time take 115 ms per 10k, 1000 at a time 268 ms (the activations of
+# a bigger batch leave the L2 cache).
+EVAL_BATCH = 256
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,7 +100,7 @@ def _loaders(config: TrainConfig, device: torch.device, log: Callable[[str], Non
     kw: dict[str, Any] = {"mean": mean, "std": std, "device": device}
     return (BatchLoader(tr_x, tr_y, config.batch_size, shuffle=True, seed=config.seed,
                         drop_last=config.drop_last, part=part, **kw),
-            BatchLoader(te_x, te_y, 1000, shuffle=False, **kw))
+            BatchLoader(te_x, te_y, EVAL_BATCH, shuffle=False, **kw))
 
 
 def _start(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | None:

@@ -172,7 +172,21 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
   }
 }
 
-// ---- y = act((x - mean) * scale + shift), per channel ------------------------------------
+// ---- elementwise passes ------------------------------------------------------------------
+// A segment is a contiguous run of values: a plane (S values of one channel) or a row (one value
+// of each channel). for_segments calls seg(i) for every segment, in parallel chunks that hold at
+// least kGrain values.
+
+inline int64_t segment_count(const Layout& L) { return L.rows ? L.n * L.s : L.n * L.c; }
+inline int64_t segment_length(const Layout& L) { return L.rows ? L.c : L.s; }
+
+template <typename F>
+void for_segments(const Layout& L, const F& seg) {
+  at::parallel_for(0, segment_count(L), std::max<int64_t>(1, kGrain / segment_length(L)),
+                   [&](int64_t i0, int64_t i1) {
+                     for (int64_t i = i0; i < i1; ++i) seg(i);
+                   });
+}
 
 template <bool kSig, typename T>
 inline T activate(T z) {
@@ -180,123 +194,116 @@ inline T activate(T z) {
   return z;
 }
 
+// y = act((x - mean) * scale + shift), per channel.
 template <bool kSig, typename T>
 void normalize(const T* x, T* y, const Layout& L, const T* mean, const T* scale,
                const T* shift) {
-  if (L.rows) {
-    const int64_t R = L.n * L.s, C = L.c;
-    at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* p = x + r * C;
-        T* q = y + r * C;
+  const int64_t len = segment_length(L);
+  for_segments(L, [&](int64_t i) {
+    const T* p = x + i * len;
+    T* q = y + i * len;
+    if (L.rows) {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          q[c] = activate<kSig>((p[c] - mean[c]) * scale[c] + shift[c]);
-      }
-    });
-  } else {
-    const int64_t S = L.s;
-    at::parallel_for(0, L.n * L.c, std::max<int64_t>(1, kGrain / S), [&](int64_t i0,
-                                                                          int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t c = i % L.c;
-        const T m = mean[c], k = scale[c], b = shift[c];
-        const T* p = x + i * S;
-        T* q = y + i * S;
+      for (int64_t c = 0; c < len; ++c)
+        q[c] = activate<kSig>((p[c] - mean[c]) * scale[c] + shift[c]);
+    } else {
+      const int64_t c = i % L.c;
+      const T m = mean[c], k = scale[c], b = shift[c];
 #pragma omp simd
-        for (int64_t j = 0; j < S; ++j) q[j] = activate<kSig>((p[j] - m) * k + b);
-      }
-    });
-  }
+      for (int64_t j = 0; j < len; ++j) q[j] = activate<kSig>((p[j] - m) * k + b);
+    }
+  });
 }
 
 // y = avg_pool_2x2(sigmoid((x - mean) * scale + shift)), planes layout, H and W even.
 template <typename T>
-void normalize_sigmoid_pool(const T* x, T* y, const Layout& L, int64_t H, int64_t W,
-                            const T* mean, const T* scale, const T* shift) {
+void normalize_sigmoid_pool(const T* x, T* y, const Layout& L, int64_t W, const T* mean,
+                            const T* scale, const T* shift) {
   const int64_t S = L.s, Wo = W / 2;
-  at::parallel_for(0, L.n * L.c, std::max<int64_t>(1, kGrain / S), [&](int64_t i0,
-                                                                        int64_t i1) {
-    std::vector<T> row(2 * W);
-    T* a = row.data();
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t c = i % L.c;
-      const T m = mean[c], k = scale[c], b = shift[c];
-      for (int64_t h = 0; h < H; h += 2) {
-        const T* p = x + i * S + h * W;  // two input rows: 2W contiguous values
+  for_segments(L, [&](int64_t i) {
+    thread_local std::vector<T> rows;  // sigmoid of two input rows
+    rows.resize(2 * W);
+    T* a = rows.data();
+    const int64_t c = i % L.c;
+    const T m = mean[c], k = scale[c], b = shift[c];
+    for (int64_t h = 0; h < S / W; h += 2) {
+      const T* p = x + i * S + h * W;  // rows h and h + 1: 2W contiguous values
 #pragma omp simd
-        for (int64_t j = 0; j < 2 * W; ++j) a[j] = sigmoid((p[j] - m) * k + b);
-        T* q = y + i * (S / 4) + (h / 2) * Wo;
-        for (int64_t j = 0; j < Wo; ++j)
-          q[j] = (a[2 * j] + a[2 * j + 1] + a[W + 2 * j] + a[W + 2 * j + 1]) * T(0.25);
-      }
+      for (int64_t j = 0; j < 2 * W; ++j) a[j] = sigmoid((p[j] - m) * k + b);
+      T* q = y + i * (S / 4) + (h / 2) * Wo;
+      for (int64_t j = 0; j < Wo; ++j)
+        q[j] = (a[2 * j] + a[2 * j + 1] + a[W + 2 * j] + a[W + 2 * j + 1]) * T(0.25);
     }
   });
 }
 
-// dz = d(out)/dz for out = pool(sigmoid(z)): grad_out spread over each 2x2 window (pool = 2)
-// or taken as is (pool = 1), times sigmoid'(z) = s (1 - s), s recomputed from x.
+// dz for segment i, where out = pool(sigmoid(z)): grad_out spread over each 2x2 window
+// (pool = 2) or taken as is (pool = 1), times sigmoid'(z) = s (1 - s), s recomputed from x.
 template <typename T>
-void sigmoid_grad(const T* dy, const T* x, T* dz, const Layout& L, int64_t W, int64_t pool,
-                  const T* mean, const T* scale, const T* shift) {
-  if (L.rows) {
-    const int64_t R = L.n * L.s, C = L.c;
-    at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* g = dy + r * C;
-        const T* p = x + r * C;
-        T* q = dz + r * C;
+struct SigmoidGrad {
+  const T* dy;
+  const T* x;
+  T* dz;
+  Layout L;
+  int64_t W, pool;
+  const T *mean, *scale, *shift;
+
+  void operator()(int64_t i) const {
+    const int64_t len = segment_length(L);
+    const T* p = x + i * len;
+    T* q = dz + i * len;
+    if (L.rows) {
+      const T* g = dy + i * len;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const T sg = sigmoid((p[c] - mean[c]) * scale[c] + shift[c]);
-          q[c] = g[c] * sg * (1 - sg);
-        }
+      for (int64_t c = 0; c < len; ++c) {
+        const T sg = sigmoid((p[c] - mean[c]) * scale[c] + shift[c]);
+        q[c] = g[c] * sg * (1 - sg);
       }
-    });
-    return;
-  }
-  const int64_t S = L.s, So = S / (pool * pool), Wo = W / pool;
-  at::parallel_for(0, L.n * L.c, std::max<int64_t>(1, kGrain / S), [&](int64_t i0,
-                                                                        int64_t i1) {
-    std::vector<T> spread(2 * W);  // one pooled gradient row spread over its two input rows
+      return;
+    }
+    const int64_t c = i % L.c;
+    const T m = mean[c], k = scale[c], b = shift[c];
+    if (pool == 1) {
+      const T* g = dy + i * len;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) {
+        const T sg = sigmoid((p[j] - m) * k + b);
+        q[j] = g[j] * sg * (1 - sg);
+      }
+      return;
+    }
+    thread_local std::vector<T> spread;  // a pooled gradient row spread over two input rows
+    spread.resize(2 * W);
     T* e = spread.data();
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t c = i % L.c;
-      const T m = mean[c], k = scale[c], b = shift[c];
-      const T* p = x + i * S;
-      T* q = dz + i * S;
-      const T* g = dy + i * So;
-      if (pool == 1) {
-#pragma omp simd
-        for (int64_t j = 0; j < S; ++j) {
-          const T sg = sigmoid((p[j] - m) * k + b);
-          q[j] = g[j] * sg * (1 - sg);
-        }
-        continue;
+    const int64_t Wo = W / 2;
+    const T* g = dy + i * (len / 4);
+    for (int64_t h = 0; h < len / W; h += 2) {
+      const T* gr = g + (h / 2) * Wo;
+      for (int64_t w = 0; w < Wo; ++w) {
+        const T v = gr[w] * T(0.25);
+        e[2 * w] = e[2 * w + 1] = e[W + 2 * w] = e[W + 2 * w + 1] = v;
       }
-      for (int64_t h = 0; h < S / W; h += 2) {
-        const T* gr = g + (h / 2) * Wo;
-        for (int64_t w = 0; w < Wo; ++w) {
-          const T v = gr[w] * T(0.25);
-          e[2 * w] = e[2 * w + 1] = e[W + 2 * w] = e[W + 2 * w + 1] = v;
-        }
-        const T* pr = p + h * W;  // rows h and h + 1: 2W contiguous values
-        T* qr = q + h * W;
 #pragma omp simd
-        for (int64_t j = 0; j < 2 * W; ++j) {
-          const T sg = sigmoid((pr[j] - m) * k + b);
-          qr[j] = e[j] * sg * (1 - sg);
-        }
+      for (int64_t j = 0; j < 2 * W; ++j) {
+        const T sg = sigmoid((p[h * W + j] - m) * k + b);
+        q[h * W + j] = e[j] * sg * (1 - sg);
       }
     }
-  });
-}
+  }
+};
 
-// ---- backward sums: sum_g = sum dy, sum_gd = sum dy * (x - mean) --------------------------
+// Without an activation dz is grad_out itself: nothing to prepare.
+struct NoPrepare {
+  void operator()(int64_t) const {}
+};
 
-template <typename T>
-void grad_sums(const T* dy, const T* x, const Layout& L, const T* mean, double* sum_g,
-               double* sum_gd) {
+// ---- backward sums: sum_g = sum dz, sum_gd = sum dz * (x - mean) --------------------------
+// prepare(i) fills segment i of dz just before it is summed (so a computed dz is summed while
+// it is still in L1, in the same pass).
+
+template <typename T, typename P>
+void grad_sums(const T* dz, const T* x, const Layout& L, const T* mean, double* sum_g,
+               double* sum_gd, const P& prepare) {
   if (!L.rows) {
     const int64_t S = L.s;
     const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, L.n * S));
@@ -305,8 +312,9 @@ void grad_sums(const T* dy, const T* x, const Layout& L, const T* mean, double* 
         const double m = mean[c];
         double sg = 0, sgd = 0;
         for (int64_t n = 0; n < L.n; ++n) {
+          prepare(n * L.c + c);
           const int64_t off = (n * L.c + c) * S;
-          const T* g = dy + off;
+          const T* g = dz + off;
           const T* p = x + off;
           double a = 0, b = 0;
 #pragma omp simd reduction(+ : a, b)
@@ -326,20 +334,33 @@ void grad_sums(const T* dy, const T* x, const Layout& L, const T* mean, double* 
   const int64_t R = L.n * L.s, C = L.c;
   const int64_t nchunks = chunks_for(R, C);
   std::vector<double> a(nchunks * C, 0.0), b(nchunks * C, 0.0);
-  std::vector<double> m(mean, mean + C);
   at::parallel_for(0, nchunks, 1, [&](int64_t k0, int64_t k1) {
+    // Sums of kSubRows rows in T (full SIMD width), each added into double accumulators.
+    constexpr int64_t kSubRows = 8;
+    std::vector<T> sa(C), sb(C);
+    T* fa = sa.data();
+    T* fb = sb.data();
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
       double* ak = a.data() + k * C;
       double* bk = b.data() + k * C;
-      const double* md = m.data();
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* g = dy + r * C;
-        const T* p = x + r * C;
+      for (int64_t s0 = r0; s0 < r1; s0 += kSubRows) {
+        std::fill(sa.begin(), sa.end(), T(0));
+        std::fill(sb.begin(), sb.end(), T(0));
+        for (int64_t r = s0; r < std::min(r1, s0 + kSubRows); ++r) {
+          prepare(r);
+          const T* g = dz + r * C;
+          const T* p = x + r * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            fa[c] += g[c];
+            fb[c] += g[c] * (p[c] - mean[c]);
+          }
+        }
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          ak[c] += g[c];
-          bk[c] += static_cast<double>(g[c]) * (p[c] - md[c]);
+          ak[c] += fa[c];
+          bk[c] += fb[c];
         }
       }
     }
@@ -355,38 +376,27 @@ void grad_sums(const T* dy, const T* x, const Layout& L, const T* mean, double* 
   }
 }
 
-// ---- dx = (dy - mean_g - (x - mean) * proj) * scale (proj = 0, mean_g = 0 in eval) --------
+// ---- dx = (dz - mean_g - (x - mean) * proj) * scale (proj = 0, mean_g = 0 in eval) --------
 
 template <typename T>
-void input_grad(const T* dy, const T* x, T* dx, const Layout& L, const T* mean,
+void input_grad(const T* dz, const T* x, T* dx, const Layout& L, const T* mean,
                 const T* mean_g, const T* proj, const T* scale) {
-  if (L.rows) {
-    const int64_t R = L.n * L.s, C = L.c;
-    at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* g = dy + r * C;
-        const T* p = x + r * C;
-        T* q = dx + r * C;
+  const int64_t len = segment_length(L);
+  for_segments(L, [&](int64_t i) {
+    const T* g = dz + i * len;
+    const T* p = x + i * len;
+    T* q = dx + i * len;
+    if (L.rows) {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          q[c] = (g[c] - mean_g[c] - (p[c] - mean[c]) * proj[c]) * scale[c];
-      }
-    });
-  } else {
-    const int64_t S = L.s;
-    at::parallel_for(0, L.n * L.c, std::max<int64_t>(1, kGrain / S), [&](int64_t i0,
-                                                                          int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t c = i % L.c;
-        const T m = mean[c], mg = mean_g[c], pr = proj[c], k = scale[c];
-        const T* g = dy + i * S;
-        const T* p = x + i * S;
-        T* q = dx + i * S;
+      for (int64_t c = 0; c < len; ++c)
+        q[c] = (g[c] - mean_g[c] - (p[c] - mean[c]) * proj[c]) * scale[c];
+    } else {
+      const int64_t c = i % L.c;
+      const T m = mean[c], mg = mean_g[c], pr = proj[c], k = scale[c];
 #pragma omp simd
-        for (int64_t j = 0; j < S; ++j) q[j] = (g[j] - mg - (p[j] - m) * pr) * k;
-      }
-    });
-  }
+      for (int64_t j = 0; j < len; ++j) q[j] = (g[j] - mg - (p[j] - m) * pr) * k;
+    }
+  });
 }
 
 // ---- ops ---------------------------------------------------------------------------------
@@ -424,7 +434,7 @@ at::Tensor output_for(const at::Tensor& x, int64_t pool) {
 template <typename T>
 void epilogue_forward(const T* x, T* y, const Layout& L, const at::Tensor& xt, int64_t act,
                       int64_t pool, const T* mean, const T* scale, const T* shift) {
-  if (pool == 2) normalize_sigmoid_pool(x, y, L, xt.size(2), xt.size(3), mean, scale, shift);
+  if (pool == 2) normalize_sigmoid_pool(x, y, L, xt.size(3), mean, scale, shift);
   else if (act == kSigmoid) normalize<true>(x, y, L, mean, scale, shift);
   else normalize<false>(x, y, L, mean, scale, shift);
 }
@@ -539,15 +549,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     std::vector<scalar_t> scale(C);
     for (int64_t c = 0; c < C; ++c) scale[c] = ip[c] * wp[c];
-    if (act == kSigmoid) {
-      const at::Tensor g = pool == 1 ? like(grad_out, x) : grad_out.contiguous();
-      sigmoid_grad(g.const_data_ptr<scalar_t>(), xp, dz.mutable_data_ptr<scalar_t>(), L,
-                   x.dim() == 4 ? x.size(3) : 1, pool, mp, scale.data(),
-                   b.const_data_ptr<scalar_t>());
-    }
     const scalar_t* dzp = dz.const_data_ptr<scalar_t>();
     std::vector<double> sg(C), sgd(C);
-    grad_sums(dzp, xp, L, mp, sg.data(), sgd.data());
+    if (act == kSigmoid) {  // dz computed segment by segment inside the reduction pass
+      const at::Tensor g = pool == 1 ? like(grad_out, x) : grad_out.contiguous();
+      const SigmoidGrad<scalar_t> fill{g.const_data_ptr<scalar_t>(), xp,
+                                       dz.mutable_data_ptr<scalar_t>(), L,
+                                       x.dim() == 4 ? x.size(3) : 1, pool, mp, scale.data(),
+                                       b.const_data_ptr<scalar_t>()};
+      grad_sums(dzp, xp, L, mp, sg.data(), sgd.data(), fill);
+    } else {
+      grad_sums(dzp, xp, L, mp, sg.data(), sgd.data(), NoPrepare{});
+    }
     scalar_t* sgp = sum_g_t.mutable_data_ptr<scalar_t>();
     scalar_t* sxp = sum_gx_t.mutable_data_ptr<scalar_t>();
     std::vector<scalar_t> mean_g(C, 0), proj(C, 0);
