@@ -6,9 +6,10 @@
 //   planes  (N, C, S) contiguous, S = prod(spatial) > 1: channel c owns N planes of S values.
 //   rows    (R, C) with C innermost: 2-D (N, C) inputs and channels_last / channels_last_3d,
 //           R = N * prod(spatial).
-// Statistics are accumulated in double. Each plane (or block of rows, sized to stay in cache)
-// gets an exact two-pass mean and sum of squared deviations; blocks are merged with Chan et
-// al.'s pairwise formula, so x is read from memory once and never as E[x^2] - E[x]^2.
+// Statistics: each plane, or block of 8 rows, gets an exact two-pass mean and sum of squared
+// deviations while it sits in L1 (planes in double; row blocks in the input's type, 32 values
+// per channel at a time, at full SIMD width); blocks are merged in double with Chan et al.'s pairwise formula. So x is read from memory once, and
+// the variance is never formed as E[x^2] - E[x]^2.
 // Work is split into a fixed number of chunks, each with its own accumulator, merged in chunk
 // order: results do not depend on thread scheduling.
 
@@ -24,7 +25,10 @@
 namespace {
 
 constexpr int64_t kGrain = 32768;       // elements below which one thread does everything
-constexpr int64_t kBlockElems = 65536;  // rows-layout block: 256 KiB of float32, stays in L2
+// Rows layout: rows reduced in the input's type (full SIMD width) before a merge into double
+// accumulators; the statistics' merge costs more, so it runs on longer blocks.
+constexpr int64_t kSubRows = 8;
+constexpr int64_t kStatRows = 32;
 
 struct Layout {
   bool rows;      // true: (R, C) channels innermost; false: (N, C, S) planes
@@ -118,35 +122,36 @@ void stats_planes(const T* x, const Layout& L, double* mean, double* m2) {
 template <typename T>
 void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
   const int64_t R = L.n * L.s, C = L.c;
-  const int64_t block = std::max<int64_t>(1, kBlockElems / C);
   const int64_t nchunks = chunks_for(R, C);
-  // Per chunk: count, then mean[C], m2[C].
+  // Per chunk: count, then mean[C], m2[C], in double.
   std::vector<double> cnt(nchunks, 0.0), mu(nchunks * C, 0.0), acc(nchunks * C, 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t k0, int64_t k1) {
-    std::vector<double> bsum(C), bsq(C);
+    // A block of kStatRows rows (in L1) gets its exact two-pass mean and m2 in T, at full SIMD
+    // width; blocks are merged into the chunk's double accumulators.
+    std::vector<T> block_mean(C), block_m2(C);
+    T* bm = block_mean.data();
+    T* bq = block_m2.data();
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
       double* cm = mu.data() + k * C;
       double* ca = acc.data() + k * C;
-      for (int64_t b0 = r0; b0 < r1; b0 += block) {
-        const int64_t b1 = std::min(r1, b0 + block);
-        const double nb = static_cast<double>(b1 - b0);
-        std::fill(bsum.begin(), bsum.end(), 0.0);
-        std::fill(bsq.begin(), bsq.end(), 0.0);
-        double* bs = bsum.data();
-        double* bq = bsq.data();
+      for (int64_t b0 = r0; b0 < r1; b0 += kStatRows) {
+        const int64_t b1 = std::min(r1, b0 + kStatRows);
+        const T nb = static_cast<T>(b1 - b0);
+        std::fill(block_mean.begin(), block_mean.end(), T(0));
+        std::fill(block_m2.begin(), block_m2.end(), T(0));
         for (int64_t r = b0; r < b1; ++r) {
           const T* p = x + r * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) bs[c] += p[c];
+          for (int64_t c = 0; c < C; ++c) bm[c] += p[c];
         }
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) bs[c] /= nb;  // block mean
+        for (int64_t c = 0; c < C; ++c) bm[c] /= nb;
         for (int64_t r = b0; r < b1; ++r) {
           const T* p = x + r * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            const double d = p[c] - bs[c];
+            const T d = p[c] - bm[c];
             bq[c] += d * d;
           }
         }
@@ -155,7 +160,7 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
         const double f_mean = nb / total, f_m2 = count * nb / total;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const double delta = bs[c] - cm[c];
+          const double delta = bm[c] - cm[c];
           cm[c] += delta * f_mean;
           ca[c] += bq[c] + delta * delta * f_m2;
         }
@@ -336,7 +341,6 @@ void grad_sums(const T* dz, const T* x, const Layout& L, const T* mean, double* 
   std::vector<double> a(nchunks * C, 0.0), b(nchunks * C, 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t k0, int64_t k1) {
     // Sums of kSubRows rows in T (full SIMD width), each added into double accumulators.
-    constexpr int64_t kSubRows = 8;
     std::vector<T> sa(C), sb(C);
     T* fa = sa.data();
     T* fb = sb.data();
