@@ -57,14 +57,24 @@ def main() -> None:
     for r in rows:
         print(f"| {r['recipe']} | {r['seed']} | {r['wall_s']:.1f} | {r['examples_per_sec']:.0f} "
               f"| {r['peak_rss_mb']:.0f} | {r['train_loss']:.3f} | {r['test_acc']:.4f} |")
-    mean = {k: {m: statistics.fmean(r[m] for r in rows if r["recipe"] == k)
-                for m in ("wall_s", "test_acc", "peak_rss_mb")} for k in ("textbook", "bnlab")}
-    print(f"\nmean wall time: textbook {mean['textbook']['wall_s']:.1f} s, bnlab "
+    stats = {k: {m: [r[m] for r in rows if r["recipe"] == k]
+                 for m in ("wall_s", "test_acc", "peak_rss_mb")} for k in ("textbook", "bnlab")}
+    mean = {k: {m: statistics.fmean(v) for m, v in d.items()} for k, d in stats.items()}
+    sd = {k: {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in d.items()}
+          for k, d in stats.items()}
+    n = args.seeds
+    print(f"\nmean wall time over {n} seeds: textbook {mean['textbook']['wall_s']:.1f} s, bnlab "
           f"{mean['bnlab']['wall_s']:.1f} s; speed-up "
           f"{mean['textbook']['wall_s'] / mean['bnlab']['wall_s']:.2f}x (target >= 4x)")
-    print(f"mean test accuracy: textbook {mean['textbook']['test_acc']:.4f}, bnlab "
-          f"{mean['bnlab']['test_acc']:.4f}; peak RSS bnlab {mean['bnlab']['peak_rss_mb']:.0f} MB")
-
+    print(f"mean final test accuracy: textbook {mean['textbook']['test_acc']:.4f} +- "
+          f"{sd['textbook']['test_acc']:.4f}, bnlab {mean['bnlab']['test_acc']:.4f} +- "
+          f"{sd['bnlab']['test_acc']:.4f} (std over seeds); peak RSS bnlab "
+          f"{max(stats['bnlab']['peak_rss_mb']):.0f} MB at most")
+    if n > 1:  # Welch's t for the accuracy difference: is it larger than the seed noise?
+        se = (sd["textbook"]["test_acc"] ** 2 / n + sd["bnlab"]["test_acc"] ** 2 / n) ** 0.5
+        diff = mean["bnlab"]["test_acc"] - mean["textbook"]["test_acc"]
+        print(f"accuracy difference bnlab - textbook {diff:+.4f}, Welch t = "
+              f"{diff / se if se > 0 else float('nan'):.2f}")
 
 if __name__ == "__main__":
     main()
