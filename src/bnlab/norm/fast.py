@@ -8,9 +8,9 @@ reduction pass and one elementwise pass. They are compiled into a Python extensi
 The kernels are compiled once per machine (``bnlab kernels build``, run by ``make setup``; or
 automatically on first use, which takes about a minute) into ``$BNLAB_KERNELS``, else
 ``$XDG_CACHE_HOME/bnlab/kernels``, else ``~/.cache/bnlab/kernels``. The file name carries a hash
-of the source, the torch version, the compiler flags and the CPU, so a stale or foreign build is
-never loaded. Without a C++ compiler the package keeps working on the reference implementation
-(one warning says so).
+of the source, the torch version and installation, the compiler flags and the CPU, so a stale or
+foreign build is never loaded. Without a C++ compiler the package keeps working on the reference
+implementation (one warning says so).
 
 ``BNLAB_FAST`` chooses: ``auto`` (default: use the kernels where they apply, build them if
 needed), ``0`` (never: the reference everywhere), ``1`` (required: fail loudly if they cannot be
@@ -84,8 +84,10 @@ def _cpu_flags() -> str:
 
 def _library_path() -> Path:
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(_FLAGS).encode(),
-                 _cpu_flags().encode(), os.environ.get("CXX", "c++").encode()):
+    # The torch installation too: the library links against that copy's libtorch.
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), torch.__file__.encode(),
+                 " ".join(_FLAGS).encode(), _cpu_flags().encode(),
+                 os.environ.get("CXX", "c++").encode()):
         digest.update(part)
     return kernel_dir() / f"bnlab_batch_norm_{digest.hexdigest()[:16]}.so"
 

@@ -91,6 +91,19 @@ int64_t chunks_for(int64_t units, int64_t elems_per_unit) {
   return std::max<int64_t>(1, std::min<int64_t>(units, at::get_num_threads()));
 }
 
+// The rows layout's reductions: rows split into `chunks` fixed ranges (so results do not
+// depend on scheduling), each walked in blocks of at most `rows` rows: block(chunk, b0, b1).
+template <typename F>
+void for_row_blocks(const Layout& L, int64_t chunks, int64_t rows, const F& block) {
+  const int64_t R = L.n * L.s;
+  at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t r0 = R * k / chunks, r1 = R * (k + 1) / chunks;
+      for (int64_t b0 = r0; b0 < r1; b0 += rows) block(k, b0, std::min(r1, b0 + rows));
+    }
+  });
+}
+
 // ---- statistics: per-channel mean and m2 = sum (x - mean)^2 ------------------------------
 
 template <typename T>
@@ -121,52 +134,46 @@ void stats_planes(const T* x, const Layout& L, double* mean, double* m2) {
 
 template <typename T>
 void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
-  const int64_t R = L.n * L.s, C = L.c;
-  const int64_t nchunks = chunks_for(R, C);
+  const int64_t C = L.c;
+  const int64_t nchunks = chunks_for(L.n * L.s, C);
   // Per chunk: count, then mean[C], m2[C], in double.
   std::vector<double> cnt(nchunks, 0.0), mu(nchunks * C, 0.0), acc(nchunks * C, 0.0);
-  at::parallel_for(0, nchunks, 1, [&](int64_t k0, int64_t k1) {
-    // A block of kStatRows rows (in L1) gets its exact two-pass mean and m2 in T, at full SIMD
-    // width; blocks are merged into the chunk's double accumulators.
-    std::vector<T> block_mean(C), block_m2(C);
+  // Each block (in L1) gets its exact two-pass mean and m2 in T, at full SIMD width, then is
+  // merged into its chunk's double accumulators.
+  for_row_blocks(L, nchunks, kStatRows, [&](int64_t k, int64_t b0, int64_t b1) {
+    thread_local std::vector<T> block_mean, block_m2;
+    block_mean.assign(C, T(0));
+    block_m2.assign(C, T(0));
     T* bm = block_mean.data();
     T* bq = block_m2.data();
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
-      double* cm = mu.data() + k * C;
-      double* ca = acc.data() + k * C;
-      for (int64_t b0 = r0; b0 < r1; b0 += kStatRows) {
-        const int64_t b1 = std::min(r1, b0 + kStatRows);
-        const T nb = static_cast<T>(b1 - b0);
-        std::fill(block_mean.begin(), block_mean.end(), T(0));
-        std::fill(block_m2.begin(), block_m2.end(), T(0));
-        for (int64_t r = b0; r < b1; ++r) {
-          const T* p = x + r * C;
+    const T nb = static_cast<T>(b1 - b0);
+    for (int64_t r = b0; r < b1; ++r) {
+      const T* p = x + r * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) bm[c] += p[c];
-        }
+      for (int64_t c = 0; c < C; ++c) bm[c] += p[c];
+    }
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) bm[c] /= nb;
-        for (int64_t r = b0; r < b1; ++r) {
-          const T* p = x + r * C;
+    for (int64_t c = 0; c < C; ++c) bm[c] /= nb;
+    for (int64_t r = b0; r < b1; ++r) {
+      const T* p = x + r * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const T d = p[c] - bm[c];
-            bq[c] += d * d;
-          }
-        }
-        // Chan's merge (see merge()), its per-block factors hoisted out of the channel loop.
-        const double count = cnt[k], total = count + nb;
-        const double f_mean = nb / total, f_m2 = count * nb / total;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const double delta = bm[c] - cm[c];
-          cm[c] += delta * f_mean;
-          ca[c] += bq[c] + delta * delta * f_m2;
-        }
-        cnt[k] = total;
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = p[c] - bm[c];
+        bq[c] += d * d;
       }
     }
+    // Chan's merge (see merge()), its per-block factors hoisted out of the channel loop.
+    double* cm = mu.data() + k * C;
+    double* ca = acc.data() + k * C;
+    const double count = cnt[k], total = count + nb;
+    const double f_mean = nb / total, f_m2 = count * nb / total;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const double delta = bm[c] - cm[c];
+      cm[c] += delta * f_mean;
+      ca[c] += bq[c] + delta * delta * f_m2;
+    }
+    cnt[k] = total;
   });
   for (int64_t c = 0; c < C; ++c) {
     double count = 0, m = 0, a = 0;
@@ -336,37 +343,32 @@ void grad_sums(const T* dz, const T* x, const Layout& L, const T* mean, double* 
     });
     return;
   }
-  const int64_t R = L.n * L.s, C = L.c;
-  const int64_t nchunks = chunks_for(R, C);
+  const int64_t C = L.c;
+  const int64_t nchunks = chunks_for(L.n * L.s, C);
   std::vector<double> a(nchunks * C, 0.0), b(nchunks * C, 0.0);
-  at::parallel_for(0, nchunks, 1, [&](int64_t k0, int64_t k1) {
-    // Sums of kSubRows rows in T (full SIMD width), each added into double accumulators.
-    std::vector<T> sa(C), sb(C);
-    T* fa = sa.data();
-    T* fb = sb.data();
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r0 = R * k / nchunks, r1 = R * (k + 1) / nchunks;
-      double* ak = a.data() + k * C;
-      double* bk = b.data() + k * C;
-      for (int64_t s0 = r0; s0 < r1; s0 += kSubRows) {
-        std::fill(sa.begin(), sa.end(), T(0));
-        std::fill(sb.begin(), sb.end(), T(0));
-        for (int64_t r = s0; r < std::min(r1, s0 + kSubRows); ++r) {
-          prepare(r);
-          const T* g = dz + r * C;
-          const T* p = x + r * C;
+  // Sums of kSubRows rows in T (full SIMD width), each added into double accumulators.
+  for_row_blocks(L, nchunks, kSubRows, [&](int64_t k, int64_t b0, int64_t b1) {
+    thread_local std::vector<T> block_g, block_gd;
+    block_g.assign(C, T(0));
+    block_gd.assign(C, T(0));
+    T* fa = block_g.data();
+    T* fb = block_gd.data();
+    for (int64_t r = b0; r < b1; ++r) {
+      prepare(r);
+      const T* g = dz + r * C;
+      const T* p = x + r * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            fa[c] += g[c];
-            fb[c] += g[c] * (p[c] - mean[c]);
-          }
-        }
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          ak[c] += fa[c];
-          bk[c] += fb[c];
-        }
+      for (int64_t c = 0; c < C; ++c) {
+        fa[c] += g[c];
+        fb[c] += g[c] * (p[c] - mean[c]);
       }
+    }
+    double* ak = a.data() + k * C;
+    double* bk = b.data() + k * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      ak[c] += fa[c];
+      bk[c] += fb[c];
     }
   });
   for (int64_t c = 0; c < C; ++c) {
