@@ -145,3 +145,11 @@ def test_fold_does_not_fold_a_fused_layer():
     assert torch.allclose(model(x), torch.sigmoid(F.batch_norm(
         model[0](x), model[1].running_mean, model[1].running_var, model[1].weight,
         model[1].bias, False)), atol=1e-6)
+
+
+def test_convert_refuses_a_fused_model():
+    """A fused layer carries its sigmoid: swapping it for torch's BatchNorm would drop it."""
+    import bnlab
+
+    with pytest.raises(TypeError, match="BatchNormSigmoid at '1' has no torch counterpart"):
+        bnlab.convert(fuse(build_model("lenet-bn", "bnlab")), to="torch")
