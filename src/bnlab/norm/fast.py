@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["available", "build", "enabled", "kernel_dir", "kernels_for", "status"]
+__all__ = ["IDENTITY", "SIGMOID", "available", "build", "enabled", "forward", "kernel_dir",
+           "kernels_for", "status"]
 
 SOURCE = Path(__file__).parent / "csrc" / "batch_norm_cpu.cpp"
 # -fno-trapping-math lets the sigmoid's float->int step vectorize (no FP traps are relied on).
@@ -43,6 +44,10 @@ _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-fPIC", "-s
           "-std=c++20"]
 _MODULE = "bnlab_batch_norm_cpu"  # the extension's module name (PYBIND11_MODULE)
 _MODES = {"auto", "0", "1"}
+
+
+# What the kernels apply after normalizing (their `act` argument); `pool` is 1 or 2.
+IDENTITY, SIGMOID = 0, 1
 
 
 class KernelBuildError(RuntimeError):
@@ -219,6 +224,20 @@ def kernels_for(x: Tensor, *others: Tensor | None) -> Any:
             return None
     ops = _state["ops"]
     return ops if ops is not None else _load()
+
+
+def forward(
+    kernels: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+    running_mean: Tensor | None, running_var: Tensor | None, batch_stats: bool,
+    momentum: float, eps: float, act: int = IDENTITY, pool: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, inv_std) from the kernels; with batch statistics the running buffers are also
+    updated (last, in the same call). Without, mean is running_mean itself."""
+    if batch_stats:
+        return kernels.forward_train(x, weight, bias, running_mean, running_var, momentum, eps,
+                                     act, pool)
+    y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps, act, pool)
+    return y, running_mean, inv_std
 
 
 def status() -> str:

@@ -201,19 +201,6 @@ def _normalize_backward(
     return grad_input, grad_weight, grad_bias
 
 
-def _fast_forward(
-    kernels: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-    running_mean: Tensor | None, running_var: Tensor | None, batch_stats: bool,
-    momentum: float, eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, mean, inv_std) from the compiled kernels; training also updates the running buffers."""
-    if batch_stats:  # statistics, y and (last) the running update, in one call
-        return kernels.forward_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                                     0, 1)
-    y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps, 0, 1)
-    return y, running_mean, inv_std
-
-
 class BatchNormFunction(Function):
     """Autograd node: forward normalizes (and updates running stats), backward is closed-form."""
 
@@ -236,8 +223,8 @@ class BatchNormFunction(Function):
         ctx.bias_dtype = bias.dtype if bias is not None else x.dtype
         ctx.kernels = kernels
         if kernels is not None:
-            y, mean, inv_std = _fast_forward(kernels, x, weight, bias, running_mean, running_var,
-                                             batch_stats, momentum, eps)
+            y, mean, inv_std = fast.forward(kernels, x, weight, bias, running_mean,
+                                            running_var, batch_stats, momentum, eps)
             ctx.save_for_backward(x, weight, mean, inv_std)
             return y
 
@@ -270,7 +257,8 @@ class BatchNormFunction(Function):
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if ctx.kernels is not None and not torch.is_grad_enabled():
             gx, sum_g, sum_g_xhat = ctx.kernels.backward(
-                grad_out, x, weight, None, mean, inv_std, ctx.batch_stats, needs[0], 0, 1)
+                grad_out, x, weight, None, mean, inv_std, ctx.batch_stats, needs[0],
+                fast.IDENTITY, 1)
             return (gx if needs[0] else None,
                     sum_g_xhat if needs[1] and weight is not None else None,
                     sum_g if needs[2] else None, None, None, None, None, None, None, None)
@@ -324,8 +312,8 @@ def batch_norm(
     if kernels is not None and not (torch.is_grad_enabled() and _any_requires_grad(
             input, weight, bias)):
         # Nothing to differentiate: skip the autograd node.
-        return _fast_forward(kernels, input, weight, bias, running_mean, running_var, training,
-                             momentum, eps)[0]
+        return fast.forward(kernels, input, weight, bias, running_mean, running_var, training,
+                            momentum, eps)[0]
     return BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, momentum, eps, skipped,
         kernels,

@@ -43,9 +43,6 @@ from bnlab.norm.functional import batch_norm
 
 __all__ = ["BatchNormSigmoid", "batch_norm_sigmoid", "fuse"]
 
-_SIGMOID = 1  # the kernels' activation code
-
-
 def _reference(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
                eps: float, pool: int) -> Tensor:
@@ -68,13 +65,8 @@ class _BatchNormSigmoidFunction(Function):
         running_mean: Tensor | None, running_var: Tensor | None, training: bool,
         momentum: float, eps: float, pool: int, kernels: Any,
     ) -> Tensor:
-        if training:
-            y, mean, inv_std = kernels.forward_train(x, weight, bias, running_mean, running_var,
-                                                     momentum, eps, _SIGMOID, pool)
-        else:
-            y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps,
-                                              _SIGMOID, pool)
-            mean = running_mean
+        y, mean, inv_std = fast.forward(kernels, x, weight, bias, running_mean, running_var,
+                                        training, momentum, eps, fast.SIGMOID, pool)
         ctx.save_for_backward(x, weight, bias, mean, inv_std, running_var)
         ctx.config = (training, eps, pool, kernels)
         return y
@@ -96,7 +88,7 @@ class _BatchNormSigmoidFunction(Function):
                           for t, n in zip(inputs, needs[:3], strict=True))
         else:
             gx, gb, gw = kernels.backward(grad_out, x, weight, bias, mean, inv_std, training,
-                                          needs[0], _SIGMOID, pool)
+                                          needs[0], fast.SIGMOID, pool)
             gx = gx if needs[0] else None
             gw = gw if needs[1] and weight is not None else None
             gb = gb if needs[2] and bias is not None else None
