@@ -23,7 +23,9 @@ CASES = {
     "pool-odd-size": ((8, 3, 7, 6), 2),  # odd H: the composite path
     "planes": ((16, 6, 5, 5), 1),
     "rows": ((64, 20), 1),
+    "rows-tail": ((67, 20), 1),  # 8 wide rows of 8 rows each, then 3 rows
     "rows-channels_last": ((8, 4, 6, 6), 1),
+    "rows-channels_last-tail": ((3, 4, 6, 5), 1),  # 90 rows: 2 wide rows of 32, then 26
 }
 
 

@@ -76,9 +76,10 @@ def check_batch_norm_args(
         )
 
     channels = input.shape[1]
-    tensors = {"running_mean": running_mean, "running_var": running_var,
-               "weight": weight, "bias": bias}
-    for name, t in tensors.items():
+    on_cpu = input.is_cpu  # two CPU tensors share a device: no torch.device objects needed
+    same_dtype = True
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
         if t is None:
             continue
         if t.numel() != channels:
@@ -87,18 +88,19 @@ def check_batch_norm_args(
                 f"{_shape(input)} has {channels} channels on dim 1 but {name} was made for "
                 f"{t.numel()} (check num_features, or the layer's position in the model)"
             )
-        if t.device != input.device:
+        if not (on_cpu and t.is_cpu) and t.device != input.device:
             raise RuntimeError(
                 f"batch_norm: {name} is on {t.device} but the input is on {input.device}; "
                 f"move the module or tensors with .to({str(input.device)!r})"
             )
-    _check_dtypes(input, tensors)
+        same_dtype = same_dtype and t.dtype == input.dtype
+    if not same_dtype:
+        _check_dtypes(input, {"running_mean": running_mean, "running_var": running_var,
+                              "weight": weight, "bias": bias})
 
 
 def _check_dtypes(input: Tensor, tensors: dict[str, Tensor | None]) -> None:
     """Parameters and buffers share the input's dtype; half inputs may also use float32 ones."""
-    if all(t is None or t.dtype == input.dtype for t in tensors.values()):
-        return  # the common case, decided without building anything
     present = {name: t.dtype for name, t in tensors.items() if t is not None}
     allowed = {input.dtype}
     if input.dtype in _HALF_TYPES:

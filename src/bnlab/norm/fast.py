@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["IDENTITY", "SIGMOID", "available", "build", "enabled", "forward", "kernel_dir",
-           "kernels_for", "status"]
+__all__ = ["IDENTITY", "SIGMOID", "available", "build", "enabled", "kernel_dir", "kernels_for",
+           "status"]
 
 SOURCE = Path(__file__).parent / "csrc" / "batch_norm_cpu.cpp"
 # -fno-trapping-math lets the sigmoid's float->int step vectorize (no FP traps are relied on).
@@ -157,6 +157,7 @@ def _import(path: Path) -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.set_double_backward(_double_backward)
     return module
 
 
@@ -226,18 +227,22 @@ def kernels_for(x: Tensor, *others: Tensor | None) -> Any:
     return ops if ops is not None else _load()
 
 
-def forward(
-    kernels: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-    running_mean: Tensor | None, running_var: Tensor | None, batch_stats: bool,
-    momentum: float, eps: float, act: int = IDENTITY, pool: int = 1,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, mean, inv_std) from the kernels; with batch statistics the running buffers are also
-    updated (last, in the same call). Without, mean is running_mean itself."""
-    if batch_stats:
-        return kernels.forward_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                                     act, pool)
-    y, inv_std = kernels.forward_eval(x, weight, bias, running_mean, running_var, eps, act, pool)
-    return y, running_mean, inv_std
+def _double_backward(
+    grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor,
+    inv_std: Tensor, running_var: Tensor | None, training: bool, eps: float, act: int,
+    pool: int, needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The kernels' autograd node calls this under create_graph=True (double backward): the
+    reference implementation's differentiable gradients."""
+    if act == IDENTITY:
+        from bnlab.norm.functional import differentiable_backward
+
+        return differentiable_backward(grad_out, x, weight, mean, inv_std, training, eps, needs,
+                                       x.dtype)
+    from bnlab.norm.fused import composite_backward
+
+    return composite_backward(grad_out, x, weight, bias, mean, running_var, training, eps, pool,
+                              needs)
 
 
 def status() -> str:

@@ -201,8 +201,25 @@ def _normalize_backward(
     return grad_input, grad_weight, grad_bias
 
 
+def differentiable_backward(
+    grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, inv_std: Tensor,
+    batch_stats: bool, eps: float, needs: tuple[bool, bool, bool], bias_dtype: torch.dtype,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The closed-form backward built from differentiable ops: used under create_graph=True.
+
+    The saved statistics carry no history, so with batch statistics they are recomputed from x;
+    the closed form is then itself differentiable (double backward).
+    """
+    if batch_stats and x.numel() > 0:
+        mean, var = batch_statistics(x)
+        inv_std = torch.rsqrt(var + eps)
+    return _normalize_backward(grad_out, x, weight, mean, inv_std, batch_stats, needs,
+                               bias_dtype)
+
+
 class BatchNormFunction(Function):
-    """Autograd node: forward normalizes (and updates running stats), backward is closed-form."""
+    """Autograd node of the reference: forward normalizes (and updates running stats), backward
+    is closed-form. (The fast path has its own node, in C++: see bnlab.norm.fast.)"""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -216,18 +233,10 @@ class BatchNormFunction(Function):
         momentum: float,
         eps: float,
         skipped: Tensor | None,
-        kernels: Any,
     ) -> Tensor:
         ctx.batch_stats = batch_stats
         ctx.eps = eps
         ctx.bias_dtype = bias.dtype if bias is not None else x.dtype
-        ctx.kernels = kernels
-        if kernels is not None:
-            y, mean, inv_std = fast.forward(kernels, x, weight, bias, running_mean,
-                                            running_var, batch_stats, momentum, eps)
-            ctx.save_for_backward(x, weight, mean, inv_std)
-            return y
-
         cdtype = _compute_dtype(x.dtype)
         if not batch_stats:
             assert running_mean is not None and running_var is not None  # checked by the caller
@@ -255,23 +264,13 @@ class BatchNormFunction(Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, mean, inv_std = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
-        if ctx.kernels is not None and not torch.is_grad_enabled():
-            gx, sum_g, sum_g_xhat = ctx.kernels.backward(
-                grad_out, x, weight, None, mean, inv_std, ctx.batch_stats, needs[0],
-                fast.IDENTITY, 1)
-            return (gx if needs[0] else None,
-                    sum_g_xhat if needs[1] and weight is not None else None,
-                    sum_g if needs[2] else None, None, None, None, None, None, None, None)
-        if torch.is_grad_enabled() and ctx.batch_stats and x.numel() > 0:
-            # create_graph=True (double backward): the saved statistics carry no history, so
-            # recompute them from x with differentiable ops; the closed form below is then
-            # itself differentiable.
-            mean, var = batch_statistics(x)
-            inv_std = torch.rsqrt(var + ctx.eps)
-        gx, gw, gb = _normalize_backward(
-            grad_out, x, weight, mean, inv_std, ctx.batch_stats, needs, ctx.bias_dtype
-        )
-        return gx, gw, gb, None, None, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True
+            gx, gw, gb = differentiable_backward(grad_out, x, weight, mean, inv_std,
+                                                 ctx.batch_stats, ctx.eps, needs, ctx.bias_dtype)
+        else:
+            gx, gw, gb = _normalize_backward(grad_out, x, weight, mean, inv_std, ctx.batch_stats,
+                                             needs, ctx.bias_dtype)
+        return gx, gw, gb, None, None, None, None, None, None
 
 
 def batch_norm(
@@ -307,18 +306,10 @@ def batch_norm(
     """
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum, eps)
     momentum, eps = float(momentum), float(eps)
-    kernels = None if skipped is not None else fast.kernels_for(
-        input, weight, bias, running_mean, running_var)
-    if kernels is not None and not (torch.is_grad_enabled() and _any_requires_grad(
-            input, weight, bias)):
-        # Nothing to differentiate: skip the autograd node.
-        return fast.forward(kernels, input, weight, bias, running_mean, running_var, training,
-                            momentum, eps)[0]
+    if skipped is None:
+        kernels = fast.kernels_for(input, weight, bias, running_mean, running_var)
+        if kernels is not None:  # the compiled kernels, with their C++ autograd node
+            return kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
+                                      momentum, eps, fast.IDENTITY, 1)
     return BatchNormFunction.apply(
-        input, weight, bias, running_mean, running_var, training, momentum, eps, skipped,
-        kernels,
-    )
-
-
-def _any_requires_grad(*tensors: Tensor | None) -> bool:
-    return any(t is not None and t.requires_grad for t in tensors)
+        input, weight, bias, running_mean, running_var, training, momentum, eps, skipped)

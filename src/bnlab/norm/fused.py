@@ -29,12 +29,10 @@ into the unfused model and back.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd import Function
 
 from bnlab.norm import fast
 from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -58,41 +56,22 @@ def _fusable(x: Tensor, pool: int) -> bool:
     return x.dim() == 4 and x.is_contiguous() and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
 
 
-class _BatchNormSigmoidFunction(Function):
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
-        running_mean: Tensor | None, running_var: Tensor | None, training: bool,
-        momentum: float, eps: float, pool: int, kernels: Any,
-    ) -> Tensor:
-        y, mean, inv_std = fast.forward(kernels, x, weight, bias, running_mean, running_var,
-                                        training, momentum, eps, fast.SIGMOID, pool)
-        ctx.save_for_backward(x, weight, bias, mean, inv_std, running_var)
-        ctx.config = (training, eps, pool, kernels)
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, bias, mean, inv_std, running_var = ctx.saved_tensors
-        training, eps, pool, kernels = ctx.config
-        needs = ctx.needs_input_grad
-        if torch.is_grad_enabled():
-            # create_graph=True: differentiate the composite (statistics recomputed from x in
-            # training, the saved running ones in eval) so the gradient has a graph itself.
-            inputs = (x, weight, bias)
-            out = _reference(x, None if training else mean, None if training else running_var,
-                             weight, bias, training, 0.0, eps, pool)
-            wanted = [t for t, n in zip(inputs, needs[:3], strict=True) if n and t is not None]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
-            gx, gw, gb = (next(grads) if n and t is not None else None
-                          for t, n in zip(inputs, needs[:3], strict=True))
-        else:
-            gx, gb, gw = kernels.backward(grad_out, x, weight, bias, mean, inv_std, training,
-                                          needs[0], fast.SIGMOID, pool)
-            gx = gx if needs[0] else None
-            gw = gw if needs[1] and weight is not None else None
-            gb = gb if needs[2] and bias is not None else None
-        return gx, gw, gb, None, None, None, None, None, None, None
+def composite_backward(
+    grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor,
+    running_var: Tensor | None, training: bool, eps: float, pool: int,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The fused layer's gradients under create_graph=True: differentiate the composite
+    (statistics recomputed from x in training, the saved running ones in eval), so the
+    gradient has a graph of its own."""
+    inputs = (x, weight, bias)
+    out = _reference(x, None if training else mean, None if training else running_var,
+                     weight, bias, training, 0.0, eps, pool)
+    wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
+    grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+    gx, gw, gb = (next(grads) if n and t is not None else None
+                  for t, n in zip(inputs, needs, strict=True))
+    return gx, gw, gb
 
 
 def batch_norm_sigmoid(
@@ -116,8 +95,8 @@ def batch_norm_sigmoid(
     if kernels is None or not _fusable(input, pool):
         return _reference(input, running_mean, running_var, weight, bias, training, momentum,
                           eps, pool)
-    return _BatchNormSigmoidFunction.apply(input, weight, bias, running_mean, running_var,
-                                           training, momentum, eps, pool, kernels)
+    return kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
+                              momentum, eps, fast.SIGMOID, pool)
 
 
 class BatchNormSigmoid(BatchNorm):

@@ -6,10 +6,13 @@
 //   planes  (N, C, S) contiguous, S = prod(spatial) > 1: channel c owns N planes of S values.
 //   rows    (R, C) with C innermost: 2-D (N, C) inputs and channels_last / channels_last_3d,
 //           R = N * prod(spatial).
-// Statistics: each plane, or block of 8 rows, gets an exact two-pass mean and sum of squared
-// deviations while it sits in L1 (planes in double; row blocks in the input's type, 32 values
-// per channel at a time, at full SIMD width); blocks are merged in double with Chan et al.'s pairwise formula. So x is read from memory once, and
-// the variance is never formed as E[x^2] - E[x]^2.
+//           Rows are walked k at a time as "wide rows" of k * C values, so that small or odd
+//           C still fill whole SIMD registers (C = 16: 128 values, C = 84: 336).
+// Statistics: each plane, or each block of 32 wide rows, gets an exact two-pass mean and sum
+// of squared deviations while it sits in L1 (planes in double; row blocks in the input's type,
+// per column, at full SIMD width); blocks are merged in double with Chan et al.'s pairwise
+// formula. So x is read from memory once, and the variance is never formed as
+// E[x^2] - E[x]^2.
 // Work is split into a fixed number of chunks, each with its own accumulator, merged in chunk
 // order: results do not depend on thread scheduling.
 
@@ -19,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <cstring>
 #include <vector>
 
@@ -31,19 +35,41 @@ constexpr int64_t kSubRows = 8;
 constexpr int64_t kStatRows = 32;
 
 struct Layout {
-  bool rows;      // true: (R, C) channels innermost; false: (N, C, S) planes
+  bool rows;        // true: (R, C) channels innermost; false: (N, C, S) planes
   int64_t n, c, s;  // batch, channels, spatial size (rows layout: R = n * s)
+  // Rows layout: k consecutive rows are walked as one "wide row" of w = k * C values (column
+  // j holds channel j % C), so that short rows (small or odd C) still fill SIMD registers.
+  int64_t k = 1, w = 0;
 };
+
+// k for the wide rows: w = k * C a multiple of 16 (a float AVX-512 register) and at least 128
+// values where that keeps w <= 512; else just long enough. C >= 128 keeps plain rows.
+int64_t rows_per_wide_row(int64_t C) {
+  if (C >= 128) return 1;
+  int64_t k = 16 / std::gcd<int64_t>(C, 16);
+  while (k * C < 128) k *= 2;
+  if (k * C > 512)
+    for (k = 1; k * C < 128;) k *= 2;
+  return k;
+}
 
 Layout layout_of(const at::Tensor& x) {
   const int64_t n = x.size(0), c = x.size(1);
   const int64_t s = n * c == 0 ? 0 : x.numel() / (n * c);
-  if (x.is_contiguous()) return {s == 1, n, c, s};
-  const bool cl = (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
-                  (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
-  TORCH_CHECK(cl, "bnlab fast batch_norm: input must be contiguous or channels_last");
-  return {true, n, c, s};
+  bool rows = s == 1;
+  if (!x.is_contiguous()) {
+    rows = (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+           (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+    TORCH_CHECK(rows, "bnlab fast batch_norm: input must be contiguous or channels_last");
+  }
+  if (!rows) return {false, n, c, s};
+  const int64_t k = rows_per_wide_row(c);
+  return {true, n, c, s, k, k * c};
 }
+
+// Rows layout: the number of whole wide rows; the R % k rows after them form the "tail".
+inline int64_t wide_rows(const Layout& L) { return L.n * L.s / L.k; }
+inline int64_t tail_rows(const Layout& L) { return L.n * L.s % L.k; }
 
 // A tensor laid out exactly like x (same strides), holding t's values.
 at::Tensor like(const at::Tensor& t, const at::Tensor& x) {
@@ -91,11 +117,12 @@ int64_t chunks_for(int64_t units, int64_t elems_per_unit) {
   return std::max<int64_t>(1, std::min<int64_t>(units, at::get_num_threads()));
 }
 
-// The rows layout's reductions: rows split into `chunks` fixed ranges (so results do not
-// depend on scheduling), each walked in blocks of at most `rows` rows: block(chunk, b0, b1).
+// The rows layout's reductions: the whole wide rows split into `chunks` fixed ranges (so
+// results do not depend on scheduling), each walked in blocks of at most `rows` wide rows:
+// block(chunk, b0, b1). The tail rows are left to the caller.
 template <typename F>
 void for_row_blocks(const Layout& L, int64_t chunks, int64_t rows, const F& block) {
-  const int64_t R = L.n * L.s;
+  const int64_t R = wide_rows(L);
   at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t r0 = R * k / chunks, r1 = R * (k + 1) / chunks;
@@ -132,65 +159,100 @@ void stats_planes(const T* x, const Layout& L, double* mean, double* m2) {
   });
 }
 
+// Two-pass (mean, m2) in double of `rows` rows of C values starting at p, merged into
+// (count, mean, m2): the rows layout's tail.
+template <typename T>
+void merge_rows(const T* p, int64_t rows, int64_t C, double* count, double* mean, double* m2) {
+  if (rows == 0) return;
+  for (int64_t c = 0; c < C; ++c) {
+    double sum = 0, sq = 0;
+    for (int64_t r = 0; r < rows; ++r) sum += p[r * C + c];
+    const double mb = sum / rows;
+    for (int64_t r = 0; r < rows; ++r) sq += (p[r * C + c] - mb) * (p[r * C + c] - mb);
+    merge(count[c], mean[c], m2[c], static_cast<double>(rows), mb, sq);
+  }
+}
+
 template <typename T>
 void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
-  const int64_t C = L.c;
-  const int64_t nchunks = chunks_for(L.n * L.s, C);
-  // Per chunk: count, then mean[C], m2[C], in double.
-  std::vector<double> cnt(nchunks, 0.0), mu(nchunks * C, 0.0), acc(nchunks * C, 0.0);
+  const int64_t C = L.c, W = L.w;
+  const int64_t nchunks = chunks_for(wide_rows(L), W);
+  // Per chunk: count, then mean[W], m2[W] per column of the wide rows, in double.
+  std::vector<double> cnt(nchunks, 0.0), mu(nchunks * W, 0.0), acc(nchunks * W, 0.0);
   // Each block (in L1) gets its exact two-pass mean and m2 in T, at full SIMD width, then is
   // merged into its chunk's double accumulators.
   for_row_blocks(L, nchunks, kStatRows, [&](int64_t k, int64_t b0, int64_t b1) {
     thread_local std::vector<T> block_mean, block_m2;
-    block_mean.assign(C, T(0));
-    block_m2.assign(C, T(0));
+    block_mean.assign(W, T(0));
+    block_m2.assign(W, T(0));
     T* bm = block_mean.data();
     T* bq = block_m2.data();
     const T nb = static_cast<T>(b1 - b0);
     for (int64_t r = b0; r < b1; ++r) {
-      const T* p = x + r * C;
+      const T* p = x + r * W;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) bm[c] += p[c];
+      for (int64_t j = 0; j < W; ++j) bm[j] += p[j];
     }
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) bm[c] /= nb;
+    for (int64_t j = 0; j < W; ++j) bm[j] /= nb;
     for (int64_t r = b0; r < b1; ++r) {
-      const T* p = x + r * C;
+      const T* p = x + r * W;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const T d = p[c] - bm[c];
-        bq[c] += d * d;
+      for (int64_t j = 0; j < W; ++j) {
+        const T d = p[j] - bm[j];
+        bq[j] += d * d;
       }
     }
-    // Chan's merge (see merge()), its per-block factors hoisted out of the channel loop.
-    double* cm = mu.data() + k * C;
-    double* ca = acc.data() + k * C;
+    // Chan's merge (see merge()), its per-block factors hoisted out of the column loop.
+    double* cm = mu.data() + k * W;
+    double* ca = acc.data() + k * W;
     const double count = cnt[k], total = count + nb;
     const double f_mean = nb / total, f_m2 = count * nb / total;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const double delta = bm[c] - cm[c];
-      cm[c] += delta * f_mean;
-      ca[c] += bq[c] + delta * delta * f_m2;
+    for (int64_t j = 0; j < W; ++j) {
+      const double delta = bm[j] - cm[j];
+      cm[j] += delta * f_mean;
+      ca[j] += bq[j] + delta * delta * f_m2;
     }
     cnt[k] = total;
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double count = 0, m = 0, a = 0;
-    for (int64_t k = 0; k < nchunks; ++k)
-      if (cnt[k] > 0) merge(count, m, a, cnt[k], mu[k * C + c], acc[k * C + c]);
-    mean[c] = m;
-    m2[c] = a;
+  // Chunks in order; a chunk's k columns of channel c hold equally many values, so they
+  // combine as mean = average of their means, m2 = sum (m2_t + n (mean_t - mean)^2).
+  std::vector<double> count(C, 0.0), m(C, 0.0), a(C, 0.0), cm(C), ca(C);
+  for (int64_t k = 0; k < nchunks; ++k) {
+    if (cnt[k] == 0) continue;
+    const double* km = mu.data() + k * W;
+    const double* ka = acc.data() + k * W;
+    std::fill(cm.begin(), cm.end(), 0.0);
+    std::fill(ca.begin(), ca.end(), 0.0);
+    for (int64_t t = 0; t < L.k; ++t)
+      for (int64_t c = 0; c < C; ++c) cm[c] += km[t * C + c];
+    for (int64_t c = 0; c < C; ++c) cm[c] /= static_cast<double>(L.k);
+    for (int64_t t = 0; t < L.k; ++t)
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = km[t * C + c] - cm[c];
+        ca[c] += ka[t * C + c] + cnt[k] * d * d;
+      }
+    for (int64_t c = 0; c < C; ++c) merge(count[c], m[c], a[c], cnt[k] * L.k, cm[c], ca[c]);
   }
+  merge_rows(x + wide_rows(L) * W, tail_rows(L), C, count.data(), m.data(), a.data());
+  std::copy(m.begin(), m.end(), mean);
+  std::copy(a.begin(), a.end(), m2);
 }
 
 // ---- elementwise passes ------------------------------------------------------------------
-// A segment is a contiguous run of values: a plane (S values of one channel) or a row (one value
-// of each channel). for_segments calls seg(i) for every segment, in parallel chunks that hold at
-// least kGrain values.
-
-inline int64_t segment_count(const Layout& L) { return L.rows ? L.n * L.s : L.n * L.c; }
-inline int64_t segment_length(const Layout& L) { return L.rows ? L.c : L.s; }
+// A segment is a contiguous run of values: a plane (S values of one channel) or a wide row (k
+// rows; the last one is short when there are tail rows), whose per-channel values are passed
+// laid out per column (see per_column). for_segments calls seg(i) for every segment, in
+// parallel chunks that hold at least kGrain values.
+inline int64_t segment_length(const Layout& L) { return L.rows ? L.w : L.s; }
+inline int64_t segment_count(const Layout& L) {
+  return L.rows ? wide_rows(L) + (tail_rows(L) > 0) : L.n * L.c;
+}
+// Values in segment i: segment_length, except a short last wide row.
+inline int64_t segment_size(const Layout& L, int64_t i) {
+  return L.rows ? std::min(L.w, (L.n * L.s - i * L.k) * L.c) : L.s;
+}
 
 template <typename F>
 void for_segments(const Layout& L, const F& seg) {
@@ -215,8 +277,9 @@ void normalize(const T* x, T* y, const Layout& L, const T* mean, const T* scale,
     const T* p = x + i * len;
     T* q = y + i * len;
     if (L.rows) {
+      const int64_t n = segment_size(L, i);
 #pragma omp simd
-      for (int64_t c = 0; c < len; ++c)
+      for (int64_t c = 0; c < n; ++c)
         q[c] = activate<kSig>((p[c] - mean[c]) * scale[c] + shift[c]);
     } else {
       const int64_t c = i % L.c;
@@ -266,8 +329,9 @@ struct SigmoidGrad {
     T* q = dz + i * len;
     if (L.rows) {
       const T* g = dy + i * len;
+      const int64_t n = segment_size(L, i);
 #pragma omp simd
-      for (int64_t c = 0; c < len; ++c) {
+      for (int64_t c = 0; c < n; ++c) {
         const T sg = sigmoid((p[c] - mean[c]) * scale[c] + shift[c]);
         q[c] = g[c] * sg * (1 - sg);
       }
@@ -343,42 +407,54 @@ void grad_sums(const T* dz, const T* x, const Layout& L, const T* mean, double* 
     });
     return;
   }
-  const int64_t C = L.c;
-  const int64_t nchunks = chunks_for(L.n * L.s, C);
-  std::vector<double> a(nchunks * C, 0.0), b(nchunks * C, 0.0);
-  // Sums of kSubRows rows in T (full SIMD width), each added into double accumulators.
+  const int64_t C = L.c, W = L.w;
+  const int64_t nchunks = chunks_for(wide_rows(L), W);
+  std::vector<double> a(nchunks * W, 0.0), b(nchunks * W, 0.0);
+  // Sums of kSubRows wide rows in T (full SIMD width), each added into double accumulators.
   for_row_blocks(L, nchunks, kSubRows, [&](int64_t k, int64_t b0, int64_t b1) {
     thread_local std::vector<T> block_g, block_gd;
-    block_g.assign(C, T(0));
-    block_gd.assign(C, T(0));
+    block_g.assign(W, T(0));
+    block_gd.assign(W, T(0));
     T* fa = block_g.data();
     T* fb = block_gd.data();
     for (int64_t r = b0; r < b1; ++r) {
       prepare(r);
-      const T* g = dz + r * C;
-      const T* p = x + r * C;
+      const T* g = dz + r * W;
+      const T* p = x + r * W;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        fa[c] += g[c];
-        fb[c] += g[c] * (p[c] - mean[c]);
+      for (int64_t j = 0; j < W; ++j) {
+        fa[j] += g[j];
+        fb[j] += g[j] * (p[j] - mean[j]);
       }
     }
-    double* ak = a.data() + k * C;
-    double* bk = b.data() + k * C;
+    double* ak = a.data() + k * W;
+    double* bk = b.data() + k * W;
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      ak[c] += fa[c];
-      bk[c] += fb[c];
+    for (int64_t j = 0; j < W; ++j) {
+      ak[j] += fa[j];
+      bk[j] += fb[j];
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double sg = 0, sgd = 0;
-    for (int64_t k = 0; k < nchunks; ++k) {
-      sg += a[k * C + c];
-      sgd += b[k * C + c];
-    }
-    sum_g[c] = sg;
-    sum_gd[c] = sgd;
+  // Chunks in order, each column into its channel; then the tail rows (one short segment).
+  std::fill(sum_g, sum_g + C, 0.0);
+  std::fill(sum_gd, sum_gd + C, 0.0);
+  for (int64_t k = 0; k < nchunks; ++k)
+    for (int64_t j = 0; j < W; j += C)
+      for (int64_t c = 0; c < C; ++c) {
+        sum_g[c] += a[k * W + j + c];
+        sum_gd[c] += b[k * W + j + c];
+      }
+  const int64_t full = wide_rows(L), tail = tail_rows(L);
+  if (tail > 0) {
+    prepare(full);
+    const T* g = dz + full * W;
+    const T* p = x + full * W;
+    for (int64_t r = 0; r < tail; ++r)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t j = r * C + c;
+        sum_g[c] += g[j];
+        sum_gd[c] += static_cast<double>(g[j]) * (p[j] - mean[j]);
+      }
   }
 }
 
@@ -393,8 +469,9 @@ void input_grad(const T* dz, const T* x, T* dx, const Layout& L, const T* mean,
     const T* p = x + i * len;
     T* q = dx + i * len;
     if (L.rows) {
+      const int64_t n = segment_size(L, i);
 #pragma omp simd
-      for (int64_t c = 0; c < len; ++c)
+      for (int64_t c = 0; c < n; ++c)
         q[c] = (g[c] - mean_g[c] - (p[c] - mean[c]) * proj[c]) * scale[c];
     } else {
       const int64_t c = i % L.c;
@@ -437,12 +514,24 @@ at::Tensor output_for(const at::Tensor& x, int64_t pool) {
   return at::empty({x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2}, x.options());
 }
 
+// Per-channel values as the elementwise passes read them: by channel (planes), or by column
+// of a wide row, channel j % C (rows).
+template <typename T>
+std::vector<T> per_column(const Layout& L, const T* v) {
+  std::vector<T> out(L.rows ? L.w : L.c);
+  for (size_t j = 0; j < out.size(); j += L.c) std::copy(v, v + L.c, out.data() + j);
+  return out;
+}
+
 template <typename T>
 void epilogue_forward(const T* x, T* y, const Layout& L, const at::Tensor& xt, int64_t act,
-                      int64_t pool, const T* mean, const T* scale, const T* shift) {
-  if (pool == 2) normalize_sigmoid_pool(x, y, L, xt.size(3), mean, scale, shift);
-  else if (act == kSigmoid) normalize<true>(x, y, L, mean, scale, shift);
-  else normalize<false>(x, y, L, mean, scale, shift);
+                      int64_t pool, const T* mean_c, const T* scale_c, const T* shift_c) {
+  const auto mean = per_column(L, mean_c), scale = per_column(L, scale_c),
+             shift = per_column(L, shift_c);
+  const T *m = mean.data(), *k = scale.data(), *b = shift.data();
+  if (pool == 2) normalize_sigmoid_pool(x, y, L, xt.size(3), m, k, b);
+  else if (act == kSigmoid) normalize<true>(x, y, L, m, k, b);
+  else normalize<false>(x, y, L, m, k, b);
 }
 
 // Training forward: batch statistics, y, and (last) the running-statistics update.
@@ -527,7 +616,7 @@ std::tuple<at::Tensor, at::Tensor> forward_eval(const at::Tensor& x,
 // Backward. Returns (dx or an empty tensor, sum dz = dL/dbeta, sum dz * x_hat = dL/dgamma),
 // where dz is the gradient at the normalization's output (grad_out itself without epilogue).
 // train: the statistics were the batch's own (full closed form); else constants.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
     bool train, bool need_input_grad, int64_t act, int64_t pool) {
@@ -555,17 +644,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     std::vector<scalar_t> scale(C);
     for (int64_t c = 0; c < C; ++c) scale[c] = ip[c] * wp[c];
+    const auto mean_col = per_column(L, mp), scale_col = per_column(L, scale.data());
     const scalar_t* dzp = dz.const_data_ptr<scalar_t>();
     std::vector<double> sg(C), sgd(C);
     if (act == kSigmoid) {  // dz computed segment by segment inside the reduction pass
       const at::Tensor g = pool == 1 ? like(grad_out, x) : grad_out.contiguous();
+      const auto shift_col = per_column(L, b.const_data_ptr<scalar_t>());
       const SigmoidGrad<scalar_t> fill{g.const_data_ptr<scalar_t>(), xp,
                                        dz.mutable_data_ptr<scalar_t>(), L,
-                                       x.dim() == 4 ? x.size(3) : 1, pool, mp, scale.data(),
-                                       b.const_data_ptr<scalar_t>()};
-      grad_sums(dzp, xp, L, mp, sg.data(), sgd.data(), fill);
+                                       x.dim() == 4 ? x.size(3) : 1, pool, mean_col.data(),
+                                       scale_col.data(), shift_col.data()};
+      grad_sums(dzp, xp, L, mean_col.data(), sg.data(), sgd.data(), fill);
     } else {
-      grad_sums(dzp, xp, L, mp, sg.data(), sgd.data(), NoPrepare{});
+      grad_sums(dzp, xp, L, mean_col.data(), sg.data(), sgd.data(), NoPrepare{});
     }
     scalar_t* sgp = sum_g_t.mutable_data_ptr<scalar_t>();
     scalar_t* sxp = sum_gx_t.mutable_data_ptr<scalar_t>();
@@ -580,11 +671,117 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
       }
     }
     if (need_input_grad)  // (dx may be dz's buffer: each element is read, then written)
-      input_grad(dzp, xp, dx.mutable_data_ptr<scalar_t>(), L, mp, mean_g.data(), proj.data(),
-                 scale.data());
+      input_grad(dzp, xp, dx.mutable_data_ptr<scalar_t>(), L, mean_col.data(),
+                 per_column(L, mean_g.data()).data(), per_column(L, proj.data()).data(),
+                 scale_col.data());
   });
   return {dx, sum_g_t, sum_gx_t};
 }
+
+// ---- autograd ----------------------------------------------------------------------------
+// The autograd node is C++ because a Python autograd.Function costs about 20 us per forward and
+// backward, as long as the kernels themselves on LeNet's small layers. Its backward is the
+// kernel above. Under create_graph (double backward) it calls instead the differentiable
+// reference that bnlab/norm/fast.py registers with set_double_backward.
+
+py::object* g_double_backward = nullptr;  // never freed: it must outlive the interpreter
+
+at::Tensor or_undefined(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? *t : at::Tensor();
+}
+c10::optional<at::Tensor> or_none(const at::Tensor& t) {
+  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+}
+
+// (y, mean, invstd) with batch statistics (running buffers updated last) or running ones.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_any(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool train, double momentum, double eps,
+    int64_t act, int64_t pool) {
+  if (train) return forward_train(x, weight, bias, running_mean, running_var, momentum, eps,
+                                  act, pool);
+  TORCH_CHECK(running_mean.has_value() && running_var.has_value(),
+              "bnlab fast batch_norm: evaluation needs running_mean and running_var");
+  auto [y, invstd] = forward_eval(x, weight, bias, *running_mean, *running_var, eps, act, pool);
+  return {y, *running_mean, invstd};
+}
+
+struct BatchNormNode : public torch::autograd::Function<BatchNormNode> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const c10::optional<at::Tensor>& weight,
+                            const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& running_mean,
+                            const c10::optional<at::Tensor>& running_var, bool train,
+                            double momentum, double eps, int64_t act, int64_t pool) {
+    auto [y, mean, invstd] = forward_any(x, weight, bias, running_mean, running_var, train,
+                                         momentum, eps, act, pool);
+    ctx->save_for_backward({x, or_undefined(weight), or_undefined(bias), mean, invstd,
+                            train ? at::Tensor() : or_undefined(running_var)});
+    ctx->saved_data["train"] = train;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["pool"] = pool;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &b = saved[2];
+    const bool train = ctx->saved_data["train"].toBool();
+    const int64_t act = ctx->saved_data["act"].toInt(), pool = ctx->saved_data["pool"].toInt();
+    // needs_input_grad counts the defined tensor inputs: x, then weight and bias if given.
+    size_t edge = 0;
+    const bool need_x = ctx->needs_input_grad(edge++);
+    const bool need_w = w.defined() && ctx->needs_input_grad(edge++);
+    const bool need_b = b.defined() && ctx->needs_input_grad(edge++);
+    at::Tensor gx, gw, gb;
+    if (at::GradMode::is_enabled()) {  // create_graph: the gradient needs a graph of its own
+      TORCH_CHECK(g_double_backward != nullptr,
+                  "bnlab fast batch_norm: no double-backward function registered");
+      py::gil_scoped_acquire gil;
+      auto r = (*g_double_backward)(grads[0], x, or_none(w), or_none(b), saved[3], saved[4],
+                                    or_none(saved[5]), train, ctx->saved_data["eps"].toDouble(),
+                                    act, pool, std::make_tuple(need_x, need_w, need_b))
+                   .cast<std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+                                    c10::optional<at::Tensor>>>();
+      gx = or_undefined(std::get<0>(r));
+      gw = or_undefined(std::get<1>(r));
+      gb = or_undefined(std::get<2>(r));
+    } else {
+      auto [dx, sum_g, sum_gx] = kernel_backward(grads[0], x, or_none(w), or_none(b), saved[3],
+                                                 saved[4], train, need_x, act, pool);
+      if (need_x) gx = dx;
+      if (need_w) gw = sum_gx;
+      if (need_b) gb = sum_g;
+    }
+    // One entry per forward argument; the non-tensor ones and the buffers get none.
+    return {gx, gw, gb, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+bool requires_grad(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() && t->requires_grad();
+}
+
+// The entry point: y, with a BatchNormNode as its grad_fn when there is something to
+// differentiate (grad mode on and x, weight or bias requiring grad).
+at::Tensor batch_norm(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                      const c10::optional<at::Tensor>& bias,
+                      const c10::optional<at::Tensor>& running_mean,
+                      const c10::optional<at::Tensor>& running_var, bool train, double momentum,
+                      double eps, int64_t act, int64_t pool) {
+  if (at::GradMode::is_enabled() &&
+      (x.requires_grad() || requires_grad(weight) || requires_grad(bias)))
+    return BatchNormNode::apply(x, weight, bias, running_mean, running_var, train, momentum,
+                                eps, act, pool);
+  return std::get<0>(forward_any(x, weight, bias, running_mean, running_var, train, momentum,
+                                 eps, act, pool));
+}
+
+void set_double_backward(py::object fn) { g_double_backward = new py::object(std::move(fn)); }
 
 }  // namespace
 
@@ -592,12 +789,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
 // dispatch costs several, which matters for the small layers of LeNet.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "bnlab's fused CPU BatchNorm kernels (see bnlab/norm/fast.py)";
+  m.def("batch_norm", &batch_norm,
+        "(x, weight?, bias?, running_mean?, running_var?, train, momentum, eps, act, pool) -> y;"
+        " differentiable (a C++ autograd node); in training the running buffers are updated in"
+        " place, last");
+  m.def("set_double_backward", &set_double_backward,
+        "register fn(grad_out, x, weight, bias, mean, invstd, running_var, train, eps, act, "
+        "pool, (need_x, need_w, need_b)) -> (gx, gw, gb), used under create_graph");
   m.def("forward_train", &forward_train,
         "(x, weight?, bias?, running_mean?, running_var?, momentum, eps, act, pool) -> "
         "(y, mean, invstd); updates the running buffers in place, last");
   m.def("forward_eval", &forward_eval,
         "(x, weight?, bias?, mean, var, eps, act, pool) -> (y, invstd)");
-  m.def("backward", &backward,
+  m.def("backward", &kernel_backward,
         "(grad_out, x, weight?, bias?, mean, invstd, train, need_input_grad, act, pool) -> "
         "(grad_input or empty, sum dz, sum dz * x_hat)");
 }
