@@ -132,6 +132,28 @@ def test_which_calls_take_the_fast_path():
         assert fast.kernels_for(x, w) is None
 
 
+def test_the_kernels_own_rule_agrees_with_kernels_for():
+    """Once loaded, the kernels' entry point decides by itself (returning None where it does
+    not apply); its rule must be kernels_for's, case by case."""
+    ops = fast.kernels_for(torch.randn(2, 2))
+    x = torch.randn(8, 3, 4, 4)
+    w = torch.ones(3)
+    cases = [(x, w), (x.contiguous(memory_format=torch.channels_last), w), (x.double(), w.double()),
+             (x.half(), w.half()), (x, w.double()), (x.transpose(2, 3), w), (x[:0], w),
+             (x, torch.ones(6)[::2]), (torch.randn(5, 4), torch.ones(4)),
+             (torch.randn(2, 3, 2, 2, 2).contiguous(memory_format=torch.channels_last_3d), w),
+             (torch.randn(2, 3, 2, 2, 2).transpose(2, 4), w)]
+    for xi, wi in cases:
+        expected = fast.kernels_for(xi, wi) is not None
+        assert (ops.batch_norm(xi, wi, None, None, None, True, 0.1, 1e-5, fast.IDENTITY, 1)
+                is not None) == expected, (xi.shape, xi.stride(), xi.dtype, wi.dtype)
+    # Pooling: only a contiguous 4-D input with even H and W.
+    for xi, fits in [(x, True), (x[:, :, :3].contiguous(), False), (x.contiguous(
+            memory_format=torch.channels_last), False)]:
+        y = ops.batch_norm(xi, w, None, None, None, True, 0.1, 1e-5, fast.SIGMOID, 2)
+        assert (y is not None) == fits
+
+
 def test_other_layouts_still_correct():
     """A transposed (non-dense-format) input takes the reference path, with the same result."""
     x = torch.randn(6, 3, 5, 4, dtype=torch.float64).transpose(2, 3)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["IDENTITY", "SIGMOID", "available", "build", "enabled", "kernel_dir", "kernels_for",
-           "status"]
+           "ready", "status"]
 
 SOURCE = Path(__file__).parent / "csrc" / "batch_norm_cpu.cpp"
 # -fno-trapping-math lets the sigmoid's float->int step vectorize (no FP traps are relied on).
@@ -210,18 +210,24 @@ def _dense_layout(x: Tensor) -> bool:
     return False
 
 
-_FAST_DTYPES = (torch.float32, torch.float64)
+def ready() -> Any:
+    """The kernels if the fast path is on and they are loaded already, else None (no build).
+
+    Their ``batch_norm`` entry point checks by itself whether it applies to a call (the same
+    rule as kernels_for) and returns None where it does not; callers that have the kernels
+    already skip kernels_for's Python-side checks that way."""
+    return _state["ops"] if _active() else None
 
 
 def kernels_for(x: Tensor, *others: Tensor | None) -> Any:
     """The kernels if they apply to this call (input x, per-channel tensors), else None."""
     dtype = x.dtype
-    if dtype not in _FAST_DTYPES or not x.is_cpu or not _active() or x.numel() == 0:
+    if (dtype is not torch.float32 and dtype is not torch.float64) or not x.is_cpu:
         return None
-    if not _dense_layout(x):
+    if not _active() or x.numel() == 0 or not _dense_layout(x):
         return None
-    for t in others:
-        if t is not None and (t.dtype != dtype or not t.is_cpu or not t.is_contiguous()):
+    for t in others:  # (dtypes are singletons: `is` compares them)
+        if t is not None and (t.dtype is not dtype or not t.is_cpu or not t.is_contiguous()):
             return None
     ops = _state["ops"]
     return ops if ops is not None else _load()

@@ -50,12 +50,6 @@ def _reference(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     return F.avg_pool2d(s, 2) if pool == 2 else s
 
 
-def _fusable(x: Tensor, pool: int) -> bool:
-    if pool == 1:
-        return True
-    return x.dim() == 4 and x.is_contiguous() and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
-
-
 def composite_backward(
     grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor,
     running_var: Tensor | None, training: bool, eps: float, pool: int,
@@ -91,12 +85,14 @@ def batch_norm_sigmoid(
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
                           eps)
     momentum, eps = float(momentum), float(eps)
-    kernels = fast.kernels_for(input, weight, bias, running_mean, running_var)
-    if kernels is None or not _fusable(input, pool):
-        return _reference(input, running_mean, running_var, weight, bias, training, momentum,
-                          eps, pool)
-    return kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
-                              momentum, eps, fast.SIGMOID, pool)
+    kernels = fast.ready() or fast.kernels_for(input, weight, bias, running_mean, running_var)
+    if kernels is not None:
+        y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
+                               momentum, eps, fast.SIGMOID, pool)
+        if y is not None:  # (None: the kernels do not apply, e.g. odd H or W with pool=2)
+            return y
+    return _reference(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                      pool)
 
 
 class BatchNormSigmoid(BatchNorm):

@@ -766,13 +766,39 @@ bool requires_grad(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() && t->requires_grad();
 }
 
+// Whether the kernels take this call (the same rule as bnlab/norm/fast.py's kernels_for):
+// a non-empty float32/float64 CPU input, contiguous or channels_last(_3d); per-channel tensors
+// of its dtype, on the CPU, contiguous; pooling only of a contiguous 4-D input, H and W even.
+bool applies(const at::Tensor& x, std::initializer_list<const c10::optional<at::Tensor>*> others,
+             int64_t pool) {
+  const auto dtype = x.scalar_type();
+  if ((dtype != at::kFloat && dtype != at::kDouble) || !x.device().is_cpu() || x.dim() < 2 ||
+      x.numel() == 0)
+    return false;
+  const bool contiguous = x.is_contiguous();
+  if (!contiguous && !(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
+      !(x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)))
+    return false;
+  if (pool != 1 && !(pool == 2 && contiguous && x.dim() == 4 && x.size(2) % 2 == 0 &&
+                     x.size(3) % 2 == 0))
+    return false;
+  for (const auto* t : others)
+    if (t->has_value() && (*t)->defined() &&
+        ((*t)->scalar_type() != dtype || !(*t)->device().is_cpu() || !(*t)->is_contiguous()))
+      return false;
+  return true;
+}
+
 // The entry point: y, with a BatchNormNode as its grad_fn when there is something to
-// differentiate (grad mode on and x, weight or bias requiring grad).
-at::Tensor batch_norm(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
-                      const c10::optional<at::Tensor>& bias,
-                      const c10::optional<at::Tensor>& running_mean,
-                      const c10::optional<at::Tensor>& running_var, bool train, double momentum,
-                      double eps, int64_t act, int64_t pool) {
+// differentiate (grad mode on and x, weight or bias requiring grad); None where the kernels do
+// not apply (see applies), for the caller to take the reference path.
+c10::optional<at::Tensor> batch_norm(const at::Tensor& x,
+                                     const c10::optional<at::Tensor>& weight,
+                                     const c10::optional<at::Tensor>& bias,
+                                     const c10::optional<at::Tensor>& running_mean,
+                                     const c10::optional<at::Tensor>& running_var, bool train,
+                                     double momentum, double eps, int64_t act, int64_t pool) {
+  if (!applies(x, {&weight, &bias, &running_mean, &running_var}, pool)) return c10::nullopt;
   if (at::GradMode::is_enabled() &&
       (x.requires_grad() || requires_grad(weight) || requires_grad(bias)))
     return BatchNormNode::apply(x, weight, bias, running_mean, running_var, train, momentum,
@@ -790,9 +816,9 @@ void set_double_backward(py::object fn) { g_double_backward = new py::object(std
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "bnlab's fused CPU BatchNorm kernels (see bnlab/norm/fast.py)";
   m.def("batch_norm", &batch_norm,
-        "(x, weight?, bias?, running_mean?, running_var?, train, momentum, eps, act, pool) -> y;"
-        " differentiable (a C++ autograd node); in training the running buffers are updated in"
-        " place, last");
+        "(x, weight?, bias?, running_mean?, running_var?, train, momentum, eps, act, pool) -> y,"
+        " or None where the kernels do not apply; differentiable (a C++ autograd node); in "
+        "training the running buffers are updated in place, last");
   m.def("set_double_backward", &set_double_backward,
         "register fn(grad_out, x, weight, bias, mean, invstd, running_var, train, eps, act, "
         "pool, (need_x, need_w, need_b)) -> (gx, gw, gb), used under create_graph");
