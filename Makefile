@@ -51,10 +51,11 @@ test-slow: data browser
 lint: setup
 	$(PY) -m ruff check src tests benchmarks examples
 
-## Speed: op level (bnlab vs ATen vs composite) and end to end (vs the textbook recipe).
+## Speed: op level (bnlab vs ATen vs composite), end to end (vs the textbook recipe), profile.
 bench: data
 	$(PY) benchmarks/bench_bn.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/profile_step.py
 
 ## A short demonstration of the layer against torch.nn.
 demo: setup

@@ -3,7 +3,11 @@
 ``csrc/batch_norm_cpu.cpp`` implements the math of ``bnlab.norm.functional`` (the readable
 reference, which stays the teaching implementation and the oracle) as fused C++ kernels:
 cache-blocked per-channel statistics read x once, one pass normalizes, the backward is one
-reduction pass and one elementwise pass. They are compiled into a Python extension module.
+reduction pass and one elementwise pass. They are compiled into a Python extension module
+whose ``batch_norm`` entry point returns the output with its own autograd node, written in C++
+(a Python autograd.Function would cost as much per call as the kernels themselves on small
+layers). Under create_graph (double backward) that node calls the reference's differentiable
+backward, registered below.
 
 The kernels are compiled once per machine (``bnlab kernels build``, run by ``make setup``; or
 automatically on first use, which takes about a minute) into ``$BNLAB_KERNELS``, else
@@ -15,8 +19,7 @@ implementation (one warning says so).
 ``BNLAB_FAST`` chooses: ``auto`` (default: use the kernels where they apply, build them if
 needed), ``0`` (never: the reference everywhere), ``1`` (required: fail loudly if they cannot be
 built). The kernels apply to float32/float64 CPU tensors laid out contiguous or channels_last;
-everything else (half types, CUDA, other strides, guarded statistics, double backward) takes
-the reference path.
+everything else (half types, CUDA, other strides, guarded statistics) takes the reference path.
 """
 
 from __future__ import annotations
