@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["IDENTITY", "SIGMOID", "available", "build", "enabled", "kernel_dir", "kernels_for",
-           "ready", "status"]
+__all__ = ["IDENTITY", "SIGMOID", "available", "batch_norm", "build", "enabled", "kernel_dir",
+           "kernels_for", "status"]
 
 SOURCE = Path(__file__).parent / "csrc" / "batch_norm_cpu.cpp"
 # -fno-trapping-math lets the sigmoid's float->int step vectorize (no FP traps are relied on).
@@ -213,13 +213,25 @@ def _dense_layout(x: Tensor) -> bool:
     return False
 
 
-def ready() -> Any:
-    """The kernels if the fast path is on and they are loaded already, else None (no build).
+def batch_norm(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+    running_var: Tensor | None, training: bool, momentum: float, eps: float,
+    act: int = IDENTITY, pool: int = 1,
+) -> Tensor | None:
+    """The kernels' BatchNorm (then ``act``, then ``pool``): the output, with the kernels' C++
+    autograd node where there is something to differentiate, or None where they do not apply
+    (the caller then takes the reference path). Arguments are checked by the caller.
 
-    Their ``batch_norm`` entry point checks by itself whether it applies to a call (the same
-    rule as kernels_for) and returns None where it does not; callers that have the kernels
-    already skip kernels_for's Python-side checks that way."""
-    return _state["ops"] if _active() else None
+    Once the kernels are loaded, their entry point decides by itself whether it applies (the
+    same rule as kernels_for, in C++); before, kernels_for decides, and loads them if it does.
+    """
+    ops = _state["ops"] if _active() else None
+    if ops is None:
+        ops = kernels_for(x, weight, bias, running_mean, running_var)
+        if ops is None:
+            return None
+    return ops.batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                          act, pool)
 
 
 def kernels_for(x: Tensor, *others: Tensor | None) -> Any:

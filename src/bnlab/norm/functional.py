@@ -306,12 +306,10 @@ def batch_norm(
     """
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum, eps)
     momentum, eps = float(momentum), float(eps)
-    if skipped is None:
-        kernels = fast.ready() or fast.kernels_for(input, weight, bias, running_mean, running_var)
-        if kernels is not None:  # the compiled kernels, with their C++ autograd node
-            y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
-                                   momentum, eps, fast.IDENTITY, 1)
-            if y is not None:  # (None: they do not apply to this call)
-                return y
+    if skipped is None:  # the compiled kernels where they apply (None where not)
+        y = fast.batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
+                            eps)
+        if y is not None:
+            return y
     return BatchNormFunction.apply(
         input, weight, bias, running_mean, running_var, training, momentum, eps, skipped)

@@ -85,12 +85,10 @@ def batch_norm_sigmoid(
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
                           eps)
     momentum, eps = float(momentum), float(eps)
-    kernels = fast.ready() or fast.kernels_for(input, weight, bias, running_mean, running_var)
-    if kernels is not None:
-        y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
-                               momentum, eps, fast.SIGMOID, pool)
-        if y is not None:  # (None: the kernels do not apply, e.g. odd H or W with pool=2)
-            return y
+    y = fast.batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
+                        eps, fast.SIGMOID, pool)
+    if y is not None:  # (None: the kernels do not apply, e.g. odd H or W with pool=2)
+        return y
     return _reference(input, running_mean, running_var, weight, bias, training, momentum, eps,
                       pool)
 

@@ -22,8 +22,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <cstring>
+#include <numeric>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -117,6 +118,16 @@ int64_t chunks_for(int64_t units, int64_t elems_per_unit) {
   return std::max<int64_t>(1, std::min<int64_t>(units, at::get_num_threads()));
 }
 
+// Two zeroed rows of w values, this thread's own (reused across blocks): a row-block
+// reduction's accumulators in T.
+template <typename T>
+std::pair<T*, T*> zeroed_rows(int64_t w) {
+  thread_local std::vector<T> a, b;
+  a.assign(w, T(0));
+  b.assign(w, T(0));
+  return {a.data(), b.data()};
+}
+
 // The rows layout's reductions: the whole wide rows split into `chunks` fixed ranges (so
 // results do not depend on scheduling), each walked in blocks of at most `rows` wide rows:
 // block(chunk, b0, b1). The tail rows are left to the caller.
@@ -182,11 +193,7 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
   // Each block (in L1) gets its exact two-pass mean and m2 in T, at full SIMD width, then is
   // merged into its chunk's double accumulators.
   for_row_blocks(L, nchunks, kStatRows, [&](int64_t k, int64_t b0, int64_t b1) {
-    thread_local std::vector<T> block_mean, block_m2;
-    block_mean.assign(W, T(0));
-    block_m2.assign(W, T(0));
-    T* bm = block_mean.data();
-    T* bq = block_m2.data();
+    const auto [bm, bq] = zeroed_rows<T>(W);  // block mean and m2, per column
     const T nb = static_cast<T>(b1 - b0);
     for (int64_t r = b0; r < b1; ++r) {
       const T* p = x + r * W;
@@ -412,11 +419,7 @@ void grad_sums(const T* dz, const T* x, const Layout& L, const T* mean, double* 
   std::vector<double> a(nchunks * W, 0.0), b(nchunks * W, 0.0);
   // Sums of kSubRows wide rows in T (full SIMD width), each added into double accumulators.
   for_row_blocks(L, nchunks, kSubRows, [&](int64_t k, int64_t b0, int64_t b1) {
-    thread_local std::vector<T> block_g, block_gd;
-    block_g.assign(W, T(0));
-    block_gd.assign(W, T(0));
-    T* fa = block_g.data();
-    T* fb = block_gd.data();
+    const auto [fa, fb] = zeroed_rows<T>(W);  // block sums of dz and dz * (x - mean)
     for (int64_t r = b0; r < b1; ++r) {
       prepare(r);
       const T* g = dz + r * W;
@@ -484,29 +487,11 @@ void input_grad(const T* dz, const T* x, T* dx, const Layout& L, const T* mean,
 
 // ---- ops ---------------------------------------------------------------------------------
 
-void check_input(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu(), "bnlab fast batch_norm: CPU tensors only");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "bnlab fast batch_norm: float32 or float64 only");
-  TORCH_CHECK(x.dim() >= 2 && x.numel() > 0, "bnlab fast batch_norm: non-empty (N, C, *) only");
-}
-
 // Per-channel (C,) vector of x's dtype, or `fill` where the tensor is absent.
 at::Tensor channel_vector(const c10::optional<at::Tensor>& t, const at::Tensor& x,
                           double fill) {
   if (t.has_value() && t->defined()) return t->contiguous().view({-1});
   return at::full({x.size(1)}, fill, x.options());
-}
-
-// What follows the normalization: act = 0 (none) or 1 (sigmoid); pool = 1 (none) or 2 (2x2
-// average pooling with stride 2, 4-D contiguous input with even H and W, after a sigmoid).
-void check_epilogue(const at::Tensor& x, const Layout& L, int64_t act, int64_t pool) {
-  TORCH_CHECK(act == kIdentity || act == kSigmoid, "bnlab fast batch_norm: act must be 0 or 1");
-  TORCH_CHECK(pool == 1 || pool == 2, "bnlab fast batch_norm: pool must be 1 or 2");
-  TORCH_CHECK(pool == 1 || (act == kSigmoid && x.dim() == 4 && !L.rows && x.size(2) % 2 == 0 &&
-                            x.size(3) % 2 == 0),
-              "bnlab fast batch_norm: pooling needs a sigmoid and a contiguous (N, C, H, W) "
-              "input with even H and W");
 }
 
 at::Tensor output_for(const at::Tensor& x, int64_t pool) {
@@ -541,9 +526,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, double momentum, double eps, int64_t act,
     int64_t pool) {
-  check_input(x);
   const Layout L = layout_of(x);
-  check_epilogue(x, L, act, pool);
   const int64_t C = L.c;
   const double count = static_cast<double>(L.n * L.s);
   std::vector<double> mean(C), m2(C);
@@ -587,9 +570,7 @@ std::tuple<at::Tensor, at::Tensor> forward_eval(const at::Tensor& x,
                                                 const c10::optional<at::Tensor>& bias,
                                                 const at::Tensor& mean, const at::Tensor& var,
                                                 double eps, int64_t act, int64_t pool) {
-  check_input(x);
   const Layout L = layout_of(x);
-  check_epilogue(x, L, act, pool);
   const int64_t C = L.c;
   at::Tensor y = output_for(x, pool);
   at::Tensor invstd_t = at::empty({C}, x.options());
@@ -620,9 +601,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
     bool train, bool need_input_grad, int64_t act, int64_t pool) {
-  check_input(x);
   const Layout L = layout_of(x);
-  check_epilogue(x, L, act, pool);
   const int64_t C = L.c;
   const double count = static_cast<double>(L.n * L.s);
   const at::Tensor w = channel_vector(weight, x, 1.0);
@@ -798,6 +777,11 @@ c10::optional<at::Tensor> batch_norm(const at::Tensor& x,
                                      const c10::optional<at::Tensor>& running_mean,
                                      const c10::optional<at::Tensor>& running_var, bool train,
                                      double momentum, double eps, int64_t act, int64_t pool) {
+  // What follows the normalization: act = 0 (none) or 1 (sigmoid); pool = 1 (none) or 2 (2x2
+  // average pooling with stride 2, after a sigmoid; applies() checks the input's shape for it).
+  TORCH_CHECK(act == kIdentity || act == kSigmoid, "bnlab fast batch_norm: act must be 0 or 1");
+  TORCH_CHECK(pool == 1 || (pool == 2 && act == kSigmoid),
+              "bnlab fast batch_norm: pool must be 1, or 2 after a sigmoid");
   if (!applies(x, {&weight, &bias, &running_mean, &running_var}, pool)) return c10::nullopt;
   if (at::GradMode::is_enabled() &&
       (x.requires_grad() || requires_grad(weight) || requires_grad(bias)))
@@ -822,12 +806,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_double_backward", &set_double_backward,
         "register fn(grad_out, x, weight, bias, mean, invstd, running_var, train, eps, act, "
         "pool, (need_x, need_w, need_b)) -> (gx, gw, gb), used under create_graph");
-  m.def("forward_train", &forward_train,
-        "(x, weight?, bias?, running_mean?, running_var?, momentum, eps, act, pool) -> "
-        "(y, mean, invstd); updates the running buffers in place, last");
-  m.def("forward_eval", &forward_eval,
-        "(x, weight?, bias?, mean, var, eps, act, pool) -> (y, invstd)");
-  m.def("backward", &kernel_backward,
-        "(grad_out, x, weight?, bias?, mean, invstd, train, need_input_grad, act, pool) -> "
-        "(grad_input or empty, sum dz, sum dz * x_hat)");
 }
