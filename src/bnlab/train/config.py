@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["RESUME_FREE_FIELDS", "TrainConfig"]
+__all__ = ["MAX_DIST_TIMEOUT", "MAX_SEED", "MAX_THREADS", "RESUME_FREE_FIELDS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
@@ -13,6 +14,11 @@ INITS = ("xavier", "default")
 # Fields that may change between an interrupted run and its resumption (they do not change the
 # numbers on CPU): everything else must match the run directory's config.json.
 RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout"})
+MAX_SEED = 2**32 - 1  # the batch order seeds a generator with seed * 1_000_003 + epoch
+MAX_THREADS = 1024  # torch's thread pool crashes the process (a signal) far beyond this
+MAX_DIST_TIMEOUT = 365 * 24 * 3600.0  # a year; far beyond it a timedelta overflows
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),
+                                       "bool": (bool,)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,13 @@ class TrainConfig:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"invalid {name}={getattr(self, name)!r}: {why}")
 
+        for f in fields(self):  # types first: a config.json may hold anything
+            value, kind = getattr(self, f.name), str(f.type).split("|")[0].strip()
+            if value is None and str(f.type).endswith("None"):
+                continue
+            if not isinstance(value, _TYPES[kind]) or (kind != "bool" and isinstance(value,
+                                                                                 bool)):
+                raise bad(f.name, f"must be {'an' if kind == 'int' else 'a'} {kind}")
         if self.model not in MODELS:
             raise bad("model", f"choose one of {', '.join(sorted(MODELS))}")
         if self.norm not in NORMS:
@@ -62,18 +75,28 @@ class TrainConfig:
         if self.init not in INITS:
             raise bad("init", f"choose one of {', '.join(INITS)}")
         for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+            if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive integer")
         for name in ("threads", "limit_train", "limit_test"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and value <= 0:
                 raise bad(name, "must be a positive integer (or unset)")
-        if not self.dist_timeout > 0:
-            raise bad("dist_timeout", "must be positive")
-        if not self.lr > 0:
-            raise bad("lr", "must be positive")
-        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ValueError("momentum must be in [0, 1) and weight_decay >= 0")
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise bad("threads", f"at most {MAX_THREADS}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be in [0, {MAX_SEED}]")
+        if self.data_dir is not None and not self.data_dir.strip():
+            raise bad("data_dir", "must name a directory (or be unset)")
+        if not (math.isfinite(self.dist_timeout) and 0 < self.dist_timeout <= MAX_DIST_TIMEOUT):
+            raise bad("dist_timeout", f"must be a positive number of seconds, at most "
+                                      f"{MAX_DIST_TIMEOUT:g}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "must be a positive finite number")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1) or not (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0 (finite numbers)"
+                             f", got momentum={self.momentum!r}, "
+                             f"weight_decay={self.weight_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
