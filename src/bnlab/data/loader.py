@@ -3,7 +3,9 @@
 No per-sample Python and no worker processes: each epoch draws a permutation from a generator
 seeded by (seed, epoch), so epoch e's batches are the same whether or not the run was resumed.
 With ``part=(rank, world)`` every rank walks the same permutation and yields its share of each
-global batch (data-parallel training).
+global batch (data-parallel training). A last partial batch that would leave a rank fewer than
+two examples joins the batch before it: BatchNorm needs two values per channel in training,
+and a batch of one would stop the run in its last step (the example is still trained on).
 Scaling follows the textbook's ToTensor (x / 255); mean/std normalization is optional.
 """
 
@@ -38,15 +40,28 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.mean, self.std = drop_last, mean, std
         self.rank, self.world = rank, world
+        self.spans = self._spans()
+
+    def _spans(self) -> list[tuple[int, int]]:
+        """[start, stop) of every global batch, in order."""
+        n, b = self.labels.shape[0], self.batch_size
+        bounds = [(s, min(s + b, n)) for s in range(0, n, b)]
+        if self.drop_last:
+            return [(s, e) for s, e in bounds if e - s == b]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * self.world:
+            bounds[-2:] = [(bounds[-2][0], n)]  # too small to split into shares of 2
+        return bounds
 
     def __len__(self) -> int:
-        n, b = self.labels.shape[0], self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return len(self.spans)
 
     @property
     def num_examples(self) -> int:
-        n = self.labels.shape[0]
-        return len(self) * self.batch_size if self.drop_last else n
+        return sum(e - s for s, e in self.spans)
+
+    def smallest_share(self) -> int:
+        """The fewest examples any rank gets in any batch (0 when there are no batches)."""
+        return min(((e - s) // self.world for s, e in self.spans), default=0)
 
     def order(self, epoch: int) -> Tensor:
         """The example order of `epoch`: a permutation seeded by (seed, epoch), or 0..N-1."""
@@ -65,13 +80,14 @@ class BatchLoader:
 
     def global_batch_size(self, i: int) -> int:
         """Examples in global batch `i` (all ranks' shares together)."""
-        return min(self.batch_size, self.labels.shape[0] - i * self.batch_size)
+        start, stop = self.spans[i]
+        return stop - start
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """This rank's share of every global batch of `epoch` (the whole batch for one rank)."""
         idx = self.order(epoch)
-        for i in range(len(self)):
-            take = idx[i * self.batch_size:(i + 1) * self.batch_size]
+        for start, stop in self.spans:
+            take = idx[start:stop]
             if self.world > 1:  # shares differ in size by at most one example
                 take = torch.tensor_split(take, self.world)[self.rank]
             yield self.to_float(self.images[take]), self.labels[take]
