@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from bnlab.data import BatchLoader, load_split
+from bnlab.errors import CorruptFileError, RunDirError, UnavailableError, UserError
 from bnlab.models import build_model
 from bnlab.norm import fast
 from bnlab.norm.convert import convert
@@ -26,8 +28,8 @@ from bnlab.norm.fused import fuse
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import Dist, setup
 from bnlab.train.progress import Progress
-from bnlab.train.run import Run
-from bnlab.train.rundir import RunDir
+from bnlab.train.run import Run, read_train_config
+from bnlab.train.rundir import CHECKPOINT, CONFIG, RunDir
 
 __all__ = ["Probe", "evaluate", "make_model", "pick_device", "train"]
 
@@ -42,8 +44,8 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but no CUDA device is available; "
-                           "use --device cpu or auto")
+        raise UnavailableError("device='cuda' was asked for but no CUDA device is available; "
+                               "use --device cpu or auto")
     return torch.device(name)
 
 
@@ -97,28 +99,65 @@ def _loaders(config: TrainConfig, device: torch.device, log: Callable[[str], Non
     if config.normalize:
         pixels = tr_x.float().div(255)
         mean, std = float(pixels.mean()), float(pixels.std())
+        if bool(tr_x.max() == tr_x.min()):  # (float rounding leaves std a hair above 0)
+            raise UserError(f"--normalize: every pixel of the training images "
+                            f"({train.source.directory}) has the same value, so there is no "
+                            f"spread to divide by; train without --normalize")
     kw: dict[str, Any] = {"mean": mean, "std": std, "device": device}
     return (BatchLoader(tr_x, tr_y, config.batch_size, shuffle=True, seed=config.seed,
                         drop_last=config.drop_last, part=part, **kw),
             BatchLoader(te_x, te_y, EVAL_BATCH, shuffle=False, **kw))
 
 
-def _start(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | None:
-    """Prepare the directory (main rank); return the checkpoint to resume from, if any."""
-    if rd.exists():
-        saved = TrainConfig.from_dict(rd.read_config())
-        if not resume:
-            raise FileExistsError(
-                f"{rd.path} already holds a run; pass --resume to continue it, or choose "
-                f"another --out")
-        diff = saved.differences(config)
-        if diff:
-            raise ValueError(f"cannot resume {rd.path}: its config differs from this one:\n  "
-                             + "\n  ".join(diff))
-        rd.remove_stale_temporaries()  # a process killed while writing left these
-        return rd.load_checkpoint() if rd.has_checkpoint else None
-    rd.write_config(config.to_dict())
-    return None
+def _prepare(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | None:
+    """Check the directory (main rank, under its lock); return the checkpoint to resume from.
+
+    Writes nothing: a new run's config.json is written once its data and model are ready.
+    """
+    if not rd.exists():
+        if rd.has_checkpoint:  # a run whose config.json is gone: never train over it
+            raise CorruptFileError(rd.path / CONFIG, "missing, but the directory holds a run "
+                                   "(checkpoint.pt)", "restore config.json, or move the "
+                                   "directory away and train again")
+        return None
+    saved = read_train_config(rd)
+    if not resume:
+        raise FileExistsError(
+            f"{rd.path} already holds a run; pass --resume to continue it, or choose "
+            f"another --out")
+    diff = saved.differences(config)
+    if diff:
+        raise RunDirError(f"cannot resume {rd.path}: its config differs from this one ("
+                          + "; ".join(diff) + "); pass the run's own flags, or choose "
+                          "another --out")
+    rd.remove_stale_temporaries()  # a process killed while writing left these
+    return rd.load_checkpoint() if rd.has_checkpoint else None
+
+
+def _check_shares(model: nn.Module, loader: BatchLoader, world: int) -> None:
+    """BatchNorm in training needs two examples per batch on every rank: refuse up front."""
+    from bnlab.norm.base import is_batch_norm
+
+    if loader.smallest_share() < 2 and any(is_batch_norm(m) for m in model.modules()):
+        raise UserError(
+            f"a training batch would give a rank {loader.smallest_share()} example(s) "
+            f"({loader.num_examples} training examples, --batch-size {loader.batch_size}, "
+            f"{world} rank(s)), but BatchNorm needs at least 2 in training; use a "
+            f"--batch-size of at least {2 * world} and at least {2 * world} training examples")
+
+
+def _resume_state(raw: nn.Module, optimizer: torch.optim.Optimizer,
+                  checkpoint: dict[str, Any], path: Path) -> None:
+    """Load the checkpoint into the fresh model and optimizer (both discarded on failure)."""
+    try:
+        raw.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise CorruptFileError(path, f"does not fit this run's model and optimizer "
+                               f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})",
+                               "restore the run's own checkpoint, or move it away and resume "
+                               "(--resume) to retrain the run from its first epoch") from e
 
 
 class Probe(Protocol):
@@ -149,10 +188,10 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
         return _train(config, RunDir(out), resume, log if ddp.main else _silent, device, ddp,
                       probe)
     except RuntimeError as e:
-        if not ddp.active:
+        if not ddp.active or isinstance(e, UserError):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
+        raise UnavailableError(
             f"rank {ddp.rank} of {ddp.world} stopped: {first}. A connection or timeout error "
             f"here usually means another rank died or hung: check its output. The run "
             f"resumes from its last checkpoint with --resume.") from e
@@ -166,11 +205,36 @@ def _silent(msg: str) -> None:
 
 def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], None],
            device: torch.device, ddp: Dist, probe: Probe | None) -> Run:
-    checkpoint = _start(config, rd, resume) if ddp.main else None
-    ddp.barrier()  # the directory exists (or the main rank failed) before the others look
+    with ExitStack() as stack:
+        checkpoint = None
+        if ddp.main:  # the lock and the directory's checks; the other ranks learn the outcome
+            ok = 0.0
+            try:
+                stack.enter_context(rd.lock())
+                checkpoint = _prepare(config, rd, resume)
+                ok = 1.0
+            finally:
+                ddp.broadcast(ok, device)
+        elif not ddp.broadcast(0.0, device):
+            raise UnavailableError(f"rank 0 could not start the run in {rd.path}; its output "
+                                   f"says why")
+        fresh = ddp.main and not rd.exists()
+        try:
+            return _run(config, rd, checkpoint, fresh, log, device, ddp, probe)
+        except BaseException:
+            if ddp.main and fresh and not rd.has_checkpoint:
+                rd.discard()  # failed before its first checkpoint: nothing blocks a retry
+            raise
+
+
+def _run(config: TrainConfig, rd: RunDir, checkpoint: dict[str, Any] | None, fresh: bool,
+         log: Callable[[str], None], device: torch.device, ddp: Dist,
+         probe: Probe | None) -> Run:
     if not ddp.main and rd.has_checkpoint:
         checkpoint = rd.load_checkpoint()
     if rd.done:
+        if ddp.main and checkpoint is not None:  # derived from the checkpoint: repaired here
+            rd.write_metrics(checkpoint["metrics"])
         log(f"{rd.path}: already complete")
         return Run(rd.path)
     threads = config.threads or (max(1, (os.cpu_count() or 1) // ddp.world) if ddp.active
@@ -179,6 +243,7 @@ def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], N
         torch.set_num_threads(threads)
     train_loader, test_loader = _loaders(config, device, log, (ddp.rank, ddp.world))
     raw = make_model(config).to(device)
+    _check_shares(raw, train_loader, ddp.world)
     model: nn.Module = raw
     if ddp.active:
         model = nn.parallel.DistributedDataParallel(
@@ -188,13 +253,13 @@ def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], N
     metrics: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
     if checkpoint is not None:
-        raw.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        torch.set_rng_state(checkpoint["rng"])
+        _resume_state(raw, optimizer, checkpoint, rd.path / CHECKPOINT)
         metrics = list(checkpoint["metrics"])
         probes = list(checkpoint.get("probes", []))
         log(f"{rd.path}: resuming after epoch {len(metrics)}")
     if ddp.main:
+        if fresh:  # data and model are ready: now the directory becomes a run
+            rd.write_config(config.to_dict())
         rd.write_metrics(metrics)  # derived from the checkpoint: drops lines written after it
         if probe is not None:
             rd.write_metrics(probes, name="probes.jsonl")

@@ -8,10 +8,23 @@ from typing import Any
 
 from torch import nn
 
+from bnlab.errors import CorruptFileError, RunDirError
+from bnlab.models import build_model
 from bnlab.train.config import TrainConfig
-from bnlab.train.rundir import RunDir
+from bnlab.train.rundir import CHECKPOINT, CONFIG, METRICS, RunDir
 
-__all__ = ["Run"]
+__all__ = ["Run", "read_train_config"]
+
+
+def read_train_config(rd: RunDir) -> TrainConfig:
+    """The run's ``config.json`` as a validated TrainConfig (CorruptFileError otherwise)."""
+    data = rd.read_config()
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise CorruptFileError(rd.path / CONFIG, f"not a valid run config ({e})",
+                               "restore the file, or move the directory away and train "
+                               "again") from e
 
 
 class Run:
@@ -32,7 +45,7 @@ class Run:
 
     @property
     def config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.dir.read_config())
+        return read_train_config(self.dir)
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -46,8 +59,13 @@ class Run:
     @property
     def final(self) -> dict[str, Any]:
         rows = self.metrics
+        if not rows and self.done:
+            raise CorruptFileError(self.path / METRICS, "no epoch recorded in a finished run",
+                                   "resume the run (--resume, or the same study or reproduce "
+                                   "command again) to rewrite it from checkpoint.pt")
         if not rows:
-            raise ValueError(f"{self.path}: no epoch has finished yet")
+            raise RunDirError(f"{self.path}: no epoch has finished yet; finish the run "
+                              f"(--resume) first")
         return rows[-1]
 
     @property
@@ -55,11 +73,20 @@ class Run:
         return self.dir.done
 
     def model(self) -> nn.Module:
-        """The model as of the last checkpoint, in eval mode, on the CPU."""
-        from bnlab.train.loop import make_model
+        """The model as of the last checkpoint, in eval mode, on the CPU.
 
-        model = make_model(self.config)
-        model.load_state_dict(self.dir.load_checkpoint()["model"])
+        Built plain (unfused, and with BatchNorm in place of SyncBatchNorm): the trainer's
+        fused and synchronized layers compute the same function with the same state-dict
+        keys, so the weights load as they are.
+        """
+        config = self.config
+        model = build_model(config.model, config.norm)
+        try:
+            model.load_state_dict(self.dir.load_checkpoint()["model"])
+        except (RuntimeError, ValueError) as e:  # sizes or keys of another model
+            raise CorruptFileError(self.path / CHECKPOINT, f"does not fit the model in "
+                                   f"config.json ({str(e).strip().splitlines()[0]})",
+                                   "restore the run's own checkpoint") from e
         return model.eval()
 
     def __repr__(self) -> str:

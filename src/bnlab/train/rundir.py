@@ -4,20 +4,35 @@ Every file that matters is written atomically (a temporary file in the same dire
 ``os.replace``, fsync of the directory): a crash at any instant leaves either the old or the new
 version, never a torn one. The checkpoint is the source of truth; ``metrics.jsonl`` is derived
 from it and rewritten from it on resume.
+
+Every file is read back through ``bnlab.files`` and checked for the shape the trainer relies
+on, so a damaged or hostile file is a ``CorruptFileError`` naming it and the fix, never a
+crash half-way through. One process writes at a time: ``lock()`` (an ``flock`` on ``.lock``,
+which the kernel drops when its holder ends, however it ends) refuses a second writer.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["RunDir", "atomic_write_bytes"]
+from bnlab.errors import CorruptFileError, RunDirError
+from bnlab.files import load_checkpoint, read_json, read_jsonl
+
+__all__ = ["METRIC_KEYS", "RunDir", "atomic_write_bytes"]
 
 CONFIG, METRICS, CHECKPOINT, DONE = "config.json", "metrics.jsonl", "checkpoint.pt", "DONE"
+LOCK = ".lock"
+# Every metrics row (metrics.jsonl and the checkpoint's copy) holds these numbers.
+METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec",
+               "epoch_time", "wall_time")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -83,13 +98,40 @@ class RunDir:
             p.unlink(missing_ok=True)
         return stale
 
+    # ---- one writer at a time ----
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the writer lock for the duration: a second ``train``/``--resume`` is refused.
+
+        Creates the directory if need be, and removes it again on release if it was created
+        here and is still empty (a start that failed leaves nothing behind). The lock file
+        holds the holder's pid; a lock file left by a killed process holds no lock any more
+        and is simply taken over.
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(self.path / LOCK, self.path)
+        try:
+            yield
+        finally:
+            (self.path / LOCK).unlink(missing_ok=True)  # unlinked before the lock is dropped
+            os.close(fd)
+            if created:
+                with suppress(OSError):  # not empty: the run is there
+                    self.path.rmdir()
+
+    def discard(self) -> None:
+        """Remove what a fresh run wrote before its first checkpoint (it failed to start)."""
+        for name in (CONFIG, METRICS, "probes.jsonl"):
+            (self.path / name).unlink(missing_ok=True)
+
     # ---- config ----
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path / CONFIG, json.dumps(config, indent=2).encode() + b"\n")
 
     def read_config(self) -> dict[str, Any]:
-        return json.loads((self.path / CONFIG).read_text())
+        return read_json(self.path / CONFIG, _fix(CONFIG))
 
     # ---- metrics ----
     def write_metrics(self, rows: list[dict[str, Any]], name: str = METRICS) -> None:
@@ -97,10 +139,16 @@ class RunDir:
         atomic_write_bytes(self.path / name, text.encode())
 
     def read_metrics(self, name: str = METRICS) -> list[dict[str, Any]]:
+        """The rows of `name` (``metrics.jsonl``: checked to hold every METRIC_KEYS number)."""
         p = self.path / name
         if not p.exists():
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(p, _fix(name))
+        for number, row in enumerate(rows, 1):
+            problem = _bad_row(row) if name == METRICS else _bad_numbers(row)
+            if problem:
+                raise CorruptFileError(p, f"line {number}: {problem}", _fix(name))
+        return rows
 
     # ---- checkpoint ----
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -117,12 +165,104 @@ class RunDir:
                           f"{cause.strerror or cause}; {kept}") from e
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        return torch.load(self.path / CHECKPOINT, map_location=map_location, weights_only=True)
+        """The checkpoint, loaded as weights only and checked to hold what resuming needs."""
+        path = self.path / CHECKPOINT
+        state = load_checkpoint(path, _fix(CHECKPOINT), map_location)
+        problem = _bad_checkpoint(state)
+        if problem:
+            raise CorruptFileError(path, problem, _fix(CHECKPOINT))
+        return state
 
     # ---- completion ----
     def read_done(self) -> dict[str, Any] | None:
         p = self.path / DONE
-        return json.loads(p.read_text()) if p.exists() else None
+        return read_json(p, _fix(DONE)) if p.exists() else None
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.path / DONE, json.dumps(summary, indent=2).encode() + b"\n")
+
+
+def _fix(name: str) -> str:
+    """How to repair a damaged file of a run directory."""
+    return {
+        CONFIG: "the run's settings are lost: restore the file, or move the directory away and "
+                "train again",
+        METRICS: "it is rewritten from checkpoint.pt when the run is resumed (bnlab train "
+                 "--resume with the run's flags, or the same reproduce/study command again)",
+        CHECKPOINT: "restore a good copy, or move it away and resume (--resume) to retrain the "
+                    "run from its first epoch",
+        DONE: "delete it and resume the run (--resume) to write it again",
+    }.get(name, "delete it and resume the run (--resume) to write it again")
+
+
+def _acquire(lock: Path, directory: Path) -> int:
+    """An fd holding an exclusive flock on `lock` (the file holds our pid), or RunDirError."""
+    for _ in range(10):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(
+                f"{directory} is in use: another bnlab process (pid {holder}) is training into "
+                f"it; wait for it to finish or stop it, then run again") from None
+        try:  # the holder may have released (unlinked) it between our open and our flock
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+    raise RunDirError(f"{directory}: could not take {LOCK} (other processes keep taking it); "
+                      f"run again when they are done")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bad_numbers(row: dict[str, Any]) -> str | None:
+    bad = [k for k, v in row.items() if not (_is_number(v) or v is None)]
+    return f"{bad[0]!r} is not a number" if bad else None
+
+
+def _bad_row(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not a metrics row"
+    missing = [k for k in METRIC_KEYS if k not in row]
+    if missing:
+        return f"no {missing[0]!r} value"
+    bad = [k for k in METRIC_KEYS if not _is_number(row[k])]
+    return f"{bad[0]!r} is {row[bad[0]]!r}, not a number" if bad else None
+
+
+def _bad_checkpoint(state: Any) -> str | None:
+    """What is wrong with a loaded checkpoint's structure, or None."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a bnlab checkpoint"
+    missing = [k for k in ("model", "optimizer", "rng", "metrics") if k not in state]
+    if missing:
+        return f"not a bnlab checkpoint (no {missing[0]!r} entry)"
+    model = state["model"]
+    if not isinstance(model, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "its 'model' entry is not a state dict of tensors"
+    if not isinstance(state["optimizer"], dict):
+        return "its 'optimizer' entry is not an optimizer state dict"
+    rng = state["rng"]
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
+        return "its 'rng' entry is not a random-generator state"
+    metrics = state["metrics"]
+    if not isinstance(metrics, list):
+        return "its 'metrics' entry is not a list"
+    for number, row in enumerate(metrics, 1):
+        problem = _bad_row(row)
+        if problem:
+            return f"metrics row {number}: {problem}"
+    probes = state.get("probes", [])
+    if not isinstance(probes, list) or not all(isinstance(p, dict) for p in probes):
+        return "its 'probes' entry is not a list of rows"
+    return None
