@@ -10,6 +10,7 @@ from bnlab.data import IdxError, load_split
 from bnlab.data.idx import encode_idx
 from bnlab.data.registry import get_spec
 from bnlab.data.sources import cache_dir, find_source
+from bnlab.errors import UserError
 from tests.data.fakes import write_fake_dataset
 
 
@@ -58,11 +59,27 @@ def test_system_dir_before_cache(isolated):
     assert find_source(spec).kind == "system"
 
 
-def test_incomplete_directory_is_skipped(isolated):
+def test_incomplete_directory_is_skipped(isolated, monkeypatch):
+    """Among the usual places (not --data-dir: see below), an incomplete copy is passed over."""
+    d = write_fake_dataset(isolated / "env")
+    (d / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("BNLAB_DATA", str(d))
+    write_fake_dataset(isolated / "cache" / "fashion-mnist")
+    assert find_source(no_system()).kind == "cache"
+
+
+def test_data_dir_is_never_a_silent_fall_back(isolated, monkeypatch):
+    """An incomplete or absent --data-dir is an error, even with a copy in the cache."""
+    monkeypatch.setattr("bnlab.data.dataset.get_spec", lambda name: no_system(name))
     d = write_fake_dataset(isolated / "mine")
     (d / "t10k-labels-idx1-ubyte.gz").unlink()
     write_fake_dataset(isolated / "cache" / "fashion-mnist")
-    assert find_source(no_system(), d).kind == "cache"
+    assert find_source(no_system(), d) is None
+    with pytest.raises(UserError, match=r"holds no complete copy.*t10k-labels"):
+        load_split("fashion-mnist", "train", data_dir=d)
+    for absent in (isolated / "nowhere", d / "train-images-idx3-ubyte.gz"):
+        with pytest.raises(UserError, match=r"--data-dir .* (does not exist|is not a direc)"):
+            load_split("fashion-mnist", "train", data_dir=absent)
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bnlab.data.dataset import load_split
+from bnlab.data.dataset import load_split, locate
 from bnlab.data.registry import SPLITS, get_spec
 from bnlab.data.sources import candidate_dirs, fetch_to_cache, find_source, verify_checksum
 
@@ -30,11 +30,12 @@ def data_info(name: str, data_dir: str | None = None) -> str:
 def data_check(name: str, data_dir: str | None = None, log: Callable[[str], None] = print) -> (
         bool):
     """Validate every file of the copy in use: IDX structure, counts, checksums."""
-    spec = get_spec(name)
-    source = find_source(spec, data_dir)
-    if source is None:
+    try:  # given --data-dir, a missing copy there is an error naming it (UserError)
+        source = locate(name, data_dir, download=False, log=log)
+    except FileNotFoundError:
         log(f"{name}: no local copy found; run `bnlab data fetch --dataset {name}`")
         return False
+    spec = get_spec(name)
     ok = True
     for split in SPLITS:
         s = load_split(name, split, data_dir, download=False, log=log)

@@ -14,6 +14,7 @@ from bnlab.data.download import DownloadError
 from bnlab.data.idx import IdxError, read_idx
 from bnlab.data.registry import SPLITS, get_spec
 from bnlab.data.sources import Source, fetch_to_cache, find_source
+from bnlab.errors import UserError
 
 __all__ = ["Split", "load_split", "locate"]
 
@@ -49,6 +50,13 @@ def locate(name: str, data_dir: str | os.PathLike[str] | None = None, download: 
     source = find_source(spec, data_dir)
     if source is not None:
         return source
+    if data_dir is not None:  # never a silent fall-back to another copy
+        names = ", ".join(fs.name + "[.gz]" for fs in spec.files.values())
+        raise UserError(f"--data-dir {data_dir} holds no complete copy of {spec.title} "
+                        f"(needs {names}, in it, in {spec.name}/ or in "
+                        f"{spec.torchvision_folder}/raw/); copy the files there, run `bnlab "
+                        f"data fetch --dataset {name} --data-dir {data_dir}`, or drop "
+                        f"--data-dir")
     if not download:
         raise FileNotFoundError(
             f"{spec.title} not found (looked in --data-dir, BNLAB_DATA, "
@@ -86,4 +94,12 @@ def load_split(name: str = "fashion-mnist", split: str = "train",
     if labels.numel() and int(labels.max()) >= len(spec.classes):
         raise IdxError(f"{lbl_path}: label {int(labels.max())} out of range for "
                        f"{len(spec.classes)} classes")
+    if images.shape[0] == 0:
+        raise IdxError(f"{img_path}: the {split} split holds no examples; replace the files "
+                       f"with a complete copy (`bnlab data fetch --force`)")
+    if tuple(images.shape[1:]) != spec.image_size:
+        h, w = spec.image_size
+        raise IdxError(f"{img_path}: images of {images.shape[1]}x{images.shape[2]} pixels, but "
+                       f"{spec.title} images are {h}x{w}; these files belong to another "
+                       f"dataset: replace them (`bnlab data fetch --force`)")
     return Split(images, labels.long(), spec.classes, source)

@@ -18,12 +18,14 @@ from collections.abc import Callable, Sequence
 from http.client import HTTPException
 from pathlib import Path
 
+from bnlab.errors import UserError
+
 __all__ = ["DownloadError", "fetch", "md5sum"]
 
 CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """No mirror delivered a verified copy; the message lists what each one did."""
 
 

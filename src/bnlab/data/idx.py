@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bnlab.errors import UserError
+
 __all__ = ["IdxError", "read_idx", "write_idx"]
 
 # code -> (big-endian numpy dtype, torch dtype)
@@ -38,7 +40,7 @@ DTYPES: dict[int, tuple[str, torch.dtype]] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxError(ValueError):
+class IdxError(UserError, ValueError):
     """A file that is not a valid IDX file; the message names the file and the defect."""
 
 

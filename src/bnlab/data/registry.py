@@ -31,6 +31,7 @@ class DatasetSpec:
     mirrors: tuple[str, ...]  # base URLs, tried in order
     system_dirs: tuple[str, ...]  # distribution packages (Debian: dataset-fashion-mnist)
     torchvision_folder: str  # <root>/<folder>/raw in torchvision's layout
+    image_size: tuple[int, int] = (28, 28)  # (H, W) of every image
 
 
 DATASETS: dict[str, DatasetSpec] = {

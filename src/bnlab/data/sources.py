@@ -1,6 +1,10 @@
 """Where a dataset's files are found, in order; the first complete copy wins.
 
-1. ``--data-dir`` (``data_dir=``), then the ``BNLAB_DATA`` environment variable;
+Given ``--data-dir`` (``data_dir=``), only that directory is searched (itself, its
+``<name>`` subfolder and torchvision's layout under it): a directory that does not exist or
+holds no complete copy is an error, never a silent fall-back to another copy. Otherwise:
+
+1. the ``BNLAB_DATA`` environment variable;
 2. the distribution package's location (Debian ``dataset-fashion-mnist``);
 3. torchvision's ``<root>/FashionMNIST/raw`` and ``<root>/MNIST/raw`` layouts under the roots
    above and ``./data`` and ``~/data``, so existing torchvision downloads are reused;
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from bnlab.data.download import fetch, md5sum
 from bnlab.data.registry import DatasetSpec
+from bnlab.errors import UserError
 
 __all__ = ["Source", "cache_dir", "candidate_dirs", "fetch_to_cache", "find_source",
            "verify_checksum"]
@@ -43,9 +48,11 @@ def cache_dir() -> Path:
 def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -> list[
         tuple[str, Path]]:
     """Every directory that may hold the dataset, in the order they are tried."""
+    if data_dir is not None:  # the user's choice: that directory and nothing else
+        root = Path(data_dir)
+        return [("data-dir", root), ("data-dir", root / spec.name),
+                ("data-dir", root / spec.torchvision_folder / "raw")]
     roots: list[tuple[str, Path]] = []
-    if data_dir is not None:
-        roots.append(("data-dir", Path(data_dir)))
     if os.environ.get("BNLAB_DATA"):
         roots.append(("BNLAB_DATA", Path(os.environ["BNLAB_DATA"])))
     dirs: list[tuple[str, Path]] = []
@@ -72,7 +79,14 @@ def _files_in(spec: DatasetSpec, directory: Path) -> dict[str, Path] | None:
 
 def find_source(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = None) -> (
         Source | None):
-    """The first complete copy of `spec`'s files, or None."""
+    """The first complete copy of `spec`'s files, or None (given `data_dir`: there, or an error).
+
+    With `data_dir`, a directory that is absent or not a directory is a ``UserError``.
+    """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        what = "is not a directory" if Path(data_dir).exists() else "does not exist"
+        raise UserError(f"--data-dir {data_dir} {what}; pass the directory that holds the "
+                        f"{spec.name} files (or drop --data-dir to use the usual places)")
     for kind, directory in candidate_dirs(spec, data_dir):
         files = _files_in(spec, directory)
         if files is not None:
