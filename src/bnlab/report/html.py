@@ -4,6 +4,11 @@ Reads only what the runs wrote: ``study.json``, ``table.md``, ``verdict``, ``fig
 each run's ``config.json`` (or a reproduce directory's ``REPORT.md`` and ``curves.png``).
 Figures are embedded as base64 PNG, so the HTML file can be mailed or opened offline; the
 layout is one column that reflows on a phone.
+
+Those files are not trusted: they are read through ``bnlab.files`` (a damaged one is a
+``CorruptFileError`` naming it), names taken from them become paths only through
+``bnlab.files.inside`` (nothing is read or written outside the directories given), and every
+string from them enters the page through ``h``, which escapes it.
 """
 
 from __future__ import annotations
@@ -11,11 +16,16 @@ from __future__ import annotations
 import base64
 import html
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Section", "build_report", "load_section"]
+from bnlab.errors import CorruptFileError
+from bnlab.files import inside, read_json, read_text
+
+__all__ = ["Section", "build_report", "h", "load_section"]
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 CSS = """
 body { font: 16px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 60rem; padding: 1rem; }
@@ -29,89 +39,130 @@ pre { background: #f7f7f7; overflow-x: auto; padding: 0.5rem; font-size: 0.8rem;
 """
 
 
+class Markup(str):
+    """HTML that is safe as it is: a literal of this module, or the output of `h`."""
+
+
+def h(template: str, *values: Any) -> Markup:
+    """`template` (HTML written here) with its ``{}`` fields filled by `values`, each escaped
+    (quotes too, so they are safe in attributes) unless already Markup. Every string that
+    comes from a file enters the page through here."""
+    return Markup(template.format(*(v if isinstance(v, Markup) else
+                                    html.escape(str(v), quote=True) for v in values)))
+
+
 @dataclass
 class Section:
     name: str
     title: str
     verdict: str
     table_md: str
-    figure: Path | None
+    figure: bytes | None  # PNG bytes, or None when missing or not a PNG
     configs: dict[str, dict]  # run path -> config
+    source: Path  # the file the section was read from
 
 
-def _md_table_to_html(md: str) -> str:
+def _md_table_to_html(md: str) -> Markup:
     lines = [ln for ln in md.strip().splitlines() if ln.startswith("|")]
     if len(lines) < 2:
-        return f"<pre>{html.escape(md)}</pre>"
-    cells = [[html.escape(c.strip()) for c in ln.strip("|").split("|")] for ln in lines]
-    head = "".join(f"<th>{c}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[2:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        return h("<pre>{}</pre>", md)
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    head = Markup("".join(h("<th>{}</th>", c) for c in cells[0]))
+    body = Markup("".join(h("<tr>{}</tr>", Markup("".join(h("<td>{}</td>", c) for c in row)))
+                          for row in cells[2:]))
+    return h("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+def _png(path: Path) -> bytes | None:
+    """The bytes of a PNG file, or None (absent, not a regular file, or not a PNG)."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    return data if data.startswith(PNG) else None
+
+
+def _study_fields(meta: dict[str, Any], source: Path, fix: str) -> tuple[str, str, list[str]]:
+    """study.json's name, question and run paths, checked."""
+    name, question, arms = meta.get("name"), meta.get("question"), meta.get("arms")
+    if not isinstance(name, str) or not isinstance(question, str):
+        raise CorruptFileError(source, "no 'name' and 'question' strings", fix)
+    if not isinstance(arms, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("runs"), list) for a in arms):
+        raise CorruptFileError(source, "'arms' is not a list of arms with 'runs' lists", fix)
+    runs = [run for arm in arms for run in arm["runs"]]
+    if not all(isinstance(run, str) for run in runs):
+        raise CorruptFileError(source, "a run path is not a string", fix)
+    return name, question, runs
 
 
 def load_section(directory: str | Path) -> Section:
     d = Path(directory)
     if (d / "study.json").exists():
-        meta = json.loads((d / "study.json").read_text())
+        source = d / "study.json"
+        fix = (f"rebuild the study's files with `bnlab study NAME --analyze-only --out {d}` "
+               f"(or restore them)")
+        name, question, runs = _study_fields(read_json(source, fix), source, fix)
+        inside(d, name, source, flat=True)  # it names the figure's copy: checked here
         configs = {}
-        for arm in meta["arms"]:
-            for run in arm["runs"]:
-                cfg = d / run / "config.json"
-                configs[run] = json.loads(cfg.read_text()) if cfg.exists() else {}
-        return Section(meta["name"], meta["question"], (d / "verdict").read_text().strip(),
-                       (d / "table.md").read_text(), d / "figure.png", configs)
+        for run in runs:
+            cfg = inside(d, run, source) / "config.json"
+            configs[run] = read_json(cfg, fix) if cfg.exists() else {}
+        return Section(name, question, read_text(d / "verdict", fix).strip(),
+                       read_text(d / "table.md", fix), _png(d / "figure.png"), configs, source)
     if (d / "REPORT.md").exists():  # a `bnlab reproduce` directory
-        configs = {p.parent.name: json.loads(p.read_text())
-                   for p in sorted(d.glob("*/config.json"))}
-        lines = (d / "REPORT.md").read_text().splitlines()
+        fix = f"rerun `bnlab reproduce --out {d}` (finished runs are reused) to rewrite it"
+        configs = {p.parent.name: read_json(p, fix) for p in sorted(d.glob("*/config.json"))}
+        lines = read_text(d / "REPORT.md", fix).splitlines()
         table = "\n".join(ln for ln in lines if ln.startswith("|"))
         summary = "; ".join(ln.strip() for ln in lines if ": loss " in ln)  # textbook lines
         return Section("reproduce", "The textbook's LeNet comparison", summary, table,
-                       d / "curves.png", configs)
+                       _png(d / "curves.png"), configs, d / "REPORT.md")
     raise FileNotFoundError(f"{d}: neither a study directory (study.json) nor a reproduce "
-                            f"directory (REPORT.md)")
+                            f"directory (REPORT.md); pass directories written by bnlab study "
+                            f"or bnlab reproduce")
 
 
-def _img(path: Path | None) -> str:
-    if path is None or not path.exists():
-        return "<p><em>figure missing</em></p>"
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+def _img(png: bytes | None) -> Markup:
+    if png is None:
+        return Markup("<p><em>figure missing</em></p>")
+    return h('<img alt="figure" src="data:image/png;base64,{}">', base64.b64encode(png).decode())
 
 
 def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, Path]:
     """Write ``report.html`` (figures embedded) and ``report.md`` (figures copied into
     ``out/figures``) into `out`; return their paths."""
     out = Path(out)
+    sections = [load_section(d) for d in directories]  # every file checked before writing
     out.mkdir(parents=True, exist_ok=True)
-    sections = [load_section(d) for d in directories]
-    nav = "".join(f'<a href="#{s.name}">{html.escape(s.name)}</a>' for s in sections)
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
-             f"<title>bnlab report</title><style>{CSS}</style></head><body>"
-             f"<h1>bnlab report</h1><nav>{nav}</nav>"]
+    nav = Markup("".join(h('<a href="#{}">{}</a>', s.name, s.name) for s in sections))
+    parts = [h("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+               "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+               "<title>bnlab report</title><style>{}</style></head><body>"
+               "<h1>bnlab report</h1><nav>{}</nav>", Markup(CSS), nav)]
     md = ["# bnlab report", ""]
     for s in sections:
-        configs = html.escape(json.dumps(s.configs, indent=1))
-        parts.append(f"<section id='{s.name}'><h2>{html.escape(s.name)}: "
-                     f"{html.escape(s.title)}</h2><p class='verdict'>{html.escape(s.verdict)}"
-                     f"</p>{_img(s.figure)}{_md_table_to_html(s.table_md)}"
-                     f"<details><summary>configuration of every run ({len(s.configs)})"
-                     f"</summary><pre>{configs}</pre></details></section>")
+        parts.append(h("<section id='{}'><h2>{}: {}</h2><p class='verdict'>{}</p>{}{}"
+                       "<details><summary>configuration of every run ({})</summary>"
+                       "<pre>{}</pre></details></section>",
+                       s.name, s.name, s.title, s.verdict, _img(s.figure),
+                       _md_table_to_html(s.table_md), len(s.configs),
+                       json.dumps(s.configs, indent=1)))
         figure_md = ""
-        if s.figure is not None and s.figure.exists():  # a copy beside the Markdown file
-            (out / "figures").mkdir(exist_ok=True)
-            shutil.copyfile(s.figure, out / "figures" / f"{s.name}.png")
+        if s.figure is not None:  # a copy beside the Markdown file
+            figure = inside(out, f"figures/{s.name}.png", s.source)
+            figure.parent.mkdir(exist_ok=True)
+            figure.write_bytes(s.figure)
             figure_md = f"![{s.name}](figures/{s.name}.png)"
         md += [f"## {s.name}: {s.title}", "", f"**Verdict:** {s.verdict}", "", figure_md, "",
                s.table_md, ""]
     # Records, once the page has loaded, how many figures decoded and whether the page fits the
     # window's width (read back by the headless-browser test; harmless for a reader).
-    parts.append("<script>addEventListener('load', () => { const imgs = [...document.images];"
-                 " document.body.dataset.figures = imgs.length; document.body.dataset.loaded ="
-                 " imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
-                 " document.body.dataset.fits = String(document.documentElement.scrollWidth"
-                 " <= innerWidth); });</script></body></html>")
+    parts.append(Markup(
+        "<script>addEventListener('load', () => { const imgs = [...document.images];"
+        " document.body.dataset.figures = imgs.length; document.body.dataset.loaded ="
+        " imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+        " document.body.dataset.fits = String(document.documentElement.scrollWidth"
+        " <= innerWidth); });</script></body></html>"))
     page, text = out / "report.html", out / "report.md"
     page.write_text("".join(parts))
     text.write_text("\n".join(md))

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bnlab.errors import CorruptFileError
+from bnlab.files import load_checkpoint
+
 __all__ = ["bn_layers", "format_layers", "load_state"]
+
+FIX = "pass a checkpoint.pt written by bnlab train (or its run directory)"
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state dict from a checkpoint file or a run directory."""
+    """The model state dict from a checkpoint file or a run directory (weights only)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint (is the run started?)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("model", state)
+    state = load_checkpoint(path, FIX)
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CorruptFileError(path, "neither a state dict of tensors nor a checkpoint holding "
+                               "one under 'model'", FIX)
+    return state
 
 
 def bn_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
@@ -31,16 +43,26 @@ def bn_layers(state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"layer": prefix.rstrip(".") or "(root)"}
         for name in ("weight", "bias", "running_mean", "running_var"):
             t = state.get(prefix + name)
-            entry[name] = None if t is None else t.flatten().float()
+            entry[name] = None if t is None else t.detach().flatten().real.double()
         nbt = state.get(prefix + "num_batches_tracked")
-        entry["num_batches_tracked"] = None if nbt is None else int(nbt)
+        entry["num_batches_tracked"] = _count(nbt)
         layers.append(entry)
     return layers
+
+
+def _count(t: torch.Tensor | None) -> int | None:
+    """A one-element counter's value (None when absent or not a finite single number)."""
+    if t is None or t.numel() != 1:
+        return None
+    value = float(t.detach().real.flatten()[0])
+    return int(value) if math.isfinite(value) else None
 
 
 def _summary(t: torch.Tensor | None, show: int) -> str:
     if t is None:
         return "-"
+    if t.numel() == 0:
+        return "[] (empty)"
     head = ", ".join(f"{v:.3f}" for v in t[:show].tolist())
     more = ", ..." if t.numel() > show else ""
     return f"[{head}{more}] mean {t.mean():.3f} min {t.min():.3f} max {t.max():.3f}"
