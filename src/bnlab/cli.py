@@ -1,44 +1,140 @@
 """The ``bnlab`` command. Every subcommand is a thin shell over a Python function.
 
-Bad flag values are reported by argparse on one line with exit status 2; failures while running
-(missing data, a run directory that cannot be resumed) on one line with exit status 1.
+Exit status, the same for every subcommand:
+
+* 2, a usage error, found while parsing: a bad flag value (every numeric flag goes through one
+  of the checked types below: finite, in range), an empty ``--out``, a ``--data-dir`` that is
+  not a directory, or a combination of flags that TrainConfig refuses. argparse prints the
+  usage and one ``bnlab COMMAND: error: ...`` line.
+* 1, a problem found while running that the user can fix: a damaged or hostile file, data that
+  do not fit, a run directory in use, a missing device. ``main`` is the one place that turns
+  these (``bnlab.errors.UserError``, and the ``OSError``/``RuntimeError`` of the machine) into
+  one line ``bnlab: error: ...`` that names the file and the fix; no traceback.
+* 130, interrupted (Ctrl-C) at any moment after the interpreter has started: nothing heavy is
+  imported at module level, so the imports of torch and of the subcommands run inside
+  ``main``'s handler too.
+
+Anything else that escapes is a bug in bnlab and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 
-from bnlab.data.registry import DATASETS
-from bnlab.models import MODELS
-from bnlab.norm.registry import norm_names
-from bnlab.train.config import DEVICES, INITS, OPTIMIZERS, TrainConfig
+from bnlab.errors import UserError, one_line
 
 Command = Callable[[argparse.Namespace], int]
 
 
-def positive_int(text: str) -> int:
+# ---- checked flag types, shared by every subcommand -------------------------------------------
+
+def _number(text: str, what: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what} (finite), got {text!r}")
+    return value
+
+
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _integer(text, "a positive integer")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    value = _number(text, "a positive number")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, "a non-negative number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1): SGD momentum."""
+    value = _number(text, "a number in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+class IntRange:
+    """An integer in [low, limit]: a seed, a thread count."""
+
+    def __init__(self, limit: int, what: str = "an integer", low: int = 1) -> None:
+        self.low, self.limit, self.what = low, limit, what
+
+    def __call__(self, text: str) -> int:
+        value = _integer(text, self.what)
+        if not self.low <= value <= self.limit:
+            raise argparse.ArgumentTypeError(
+                f"expected {self.what} in [{self.low}, {self.limit}], got {text!r}")
+        return value
+
+
+class FloatAtMost:
+    """A positive finite number at most `limit`: a timeout."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+
+    def __call__(self, text: str) -> float:
+        value = positive_float(text)
+        if value > self.limit:
+            raise argparse.ArgumentTypeError(f"expected at most {self.limit:g}, got {text!r}")
+        return value
+
+
+def out_dir(text: str) -> str:
+    """A directory to write into: a non-empty name that is not an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory name, got an empty one")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    """A directory that exists (--data-dir): never a silent fall-back to another copy."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory name, got an empty one")
+    if not os.path.isdir(text):
+        what = "is not a directory" if os.path.exists(text) else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text!r} {what}")
+    return text
+
+
+def dir_name(text: str) -> str:
+    """A non-empty directory name that may not exist yet (data fetch --data-dir)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory name, got an empty one")
+    return text
+
+
+# ---- subcommands -------------------------------------------------------------------------------
 
 def _demo(args: argparse.Namespace) -> int:
     from bnlab.demo import main
@@ -49,9 +145,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from bnlab.train import train
 
-    names = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
-    run = train(config, args.out, resume=args.resume)
+    run = train(args.config, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         print(f"run directory: {run.path}")
     return 0
@@ -118,7 +212,33 @@ def _kernels(args: argparse.Namespace) -> int:
     return 0 if fast.available() else 1
 
 
+# ---- the parser --------------------------------------------------------------------------------
+
+def _run_flags() -> argparse.ArgumentParser:
+    """--data-dir and --threads: the flags of every subcommand that trains."""
+    from bnlab.train.config import MAX_THREADS
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--data-dir", type=existing_dir,
+                   help="directory holding the IDX files (else: auto)")
+    p.add_argument("--threads", type=IntRange(MAX_THREADS, "a positive integer"),
+                   help="torch CPU threads")
+    return p
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from bnlab.data.registry import DATASETS
+    from bnlab.models import MODELS
+    from bnlab.norm.registry import norm_names
+    from bnlab.train.config import (
+        DEVICES,
+        INITS,
+        MAX_DIST_TIMEOUT,
+        MAX_SEED,
+        OPTIMIZERS,
+        TrainConfig,
+    )
+
     d = TrainConfig()
     p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network "
                    "(default: %(default)s)")
@@ -134,18 +254,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="learning rate (default: %(default)s, the textbook's for LeNet-BN)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="optimizer (default: %(default)s, plain SGD as the textbook)")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    p.add_argument("--momentum", type=fraction, default=d.momentum,
+                   help="SGD momentum, in [0, 1)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
                    help="L2 penalty (default: %(default)s)")
     p.add_argument("--init", choices=INITS, default=d.init,
                    help="xavier: Xavier-uniform conv/linear weights as the textbook; default: "
                         "PyTorch's own (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=IntRange(MAX_SEED, "a seed", low=0), default=d.seed,
                    help="seed of the initial weights and batch order (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default=d.device,
                    help="auto picks cuda when available (default: %(default)s)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    p.add_argument("--data-dir", help="directory holding the IDX files (else: auto)")
     p.add_argument("--normalize", action="store_true", help="standardize the input pixels")
     p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
     p.add_argument("--limit-train", type=positive_int, help="use the first N training examples")
@@ -158,18 +277,23 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronize BatchNorm statistics across data-parallel ranks (run "
                         "under torchrun --nproc_per_node=N -m bnlab train ...)")
-    p.add_argument("--dist-timeout", type=positive_float, default=d.dist_timeout,
+    p.add_argument("--dist-timeout", type=FloatAtMost(MAX_DIST_TIMEOUT),
+                   default=d.dist_timeout,
                    help="seconds a rank waits on the others before failing (default: "
                         "%(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnlab.train.config import DEVICES, MAX_SEED
+
     parser = argparse.ArgumentParser(
         prog="bnlab",
         description="bnlab: a batch-normalization library and laboratory for PyTorch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run_flags = _run_flags()
 
-    p = sub.add_parser("reproduce", help="the textbook's LeNet comparison: no BN vs bnlab BN "
+    p = sub.add_parser("reproduce", parents=[run_flags],
+                       help="the textbook's LeNet comparison: no BN vs bnlab BN "
                        "vs torch BN, with table, curves.png and REPORT.md",
                        description="Train LeNet without BN, with bnlab's BN and with torch's BN "
                        "on Fashion-MNIST (the textbook recipe), then write the comparison "
@@ -177,24 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "and interrupted ones resumed.")
     p.add_argument("--epochs", type=positive_int, default=10,
                    help="epochs per run (default: %(default)s, as the textbook)")
-    p.add_argument("--out", default="runs/reproduce", help="output directory "
+    p.add_argument("--out", type=out_dir, default="runs/reproduce", help="output directory "
                    "(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="2 epochs on a 4096-example subset")
-    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    p.add_argument("--data-dir", help="directory holding the IDX files (else: auto)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--seed", type=IntRange(MAX_SEED, "a seed", low=0), default=0,
+                   help="seed (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto picks cuda when available (default: %(default)s)")
     p.set_defaults(func=_reproduce)
 
-    p = sub.add_parser("train", help="train one model into a run directory",
+    p = sub.add_parser("train", parents=[run_flags], help="train one model into a run directory",
                        description="Train one configuration; writes config.json, "
                        "metrics.jsonl, checkpoint.pt and DONE into --out. Under torchrun "
-                       "it is data-parallel (gloo on CPU, NCCL on CUDA); rank 0 writes.")
+                       "it is data-parallel (gloo on CPU, NCCL on CUDA); rank 0 writes. One "
+                       "process writes a run directory at a time.")
     _add_train_flags(p)
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", type=out_dir, required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, parser=p)
 
     p = sub.add_parser("inspect", help="per-BN-layer gamma, beta and running statistics",
                        description="Print every normalization layer's gamma, beta, running "
@@ -203,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=positive_int, default=6, help="values shown per vector")
     p.set_defaults(func=_inspect)
 
+    from bnlab.data.registry import DATASETS
+
     p = sub.add_parser("data", help="locate, validate or download datasets",
                        description="info: where the data would be read from; check: validate "
                        "every file (structure, counts, checksums); fetch: download a verified "
@@ -210,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("info", "check", "fetch"), help="what to do")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist",
                    help="dataset (default: %(default)s)")
-    p.add_argument("--data-dir", help="directory to read from (fetch: to download into)")
+    p.add_argument("--data-dir", type=dir_name,
+                   help="directory to read from (fetch: to download into)")
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
-    p.set_defaults(func=_data)
+    p.set_defaults(func=_data, parser=p)
 
     p = sub.add_parser("kernels", help="build or check the compiled fast BatchNorm kernels",
                        description="build: compile bnlab's fused CPU BatchNorm kernels (once "
@@ -224,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bnlab.studies.registry import STUDIES
 
-    p = sub.add_parser("study", help="run an experiment that answers a learner's question",
+    p = sub.add_parser("study", parents=[run_flags],
+                       help="run an experiment that answers a learner's question",
                        description="Train every arm of a study for several seeds (finished runs "
                        "are reused), then write figure.png, table.md/csv, verdict and "
                        "study.json. Studies: " + "; ".join(
@@ -232,20 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=list(STUDIES), help="which study")
     p.add_argument("--quick", action="store_true",
                    help="one seed on small subsets: a smoke test, not evidence")
-    p.add_argument("--out", help="output directory (default: runs/study-NAME)")
+    p.add_argument("--out", type=out_dir, help="output directory (default: runs/study-NAME)")
     p.add_argument("--seeds", type=positive_int, help="seeds per arm (default: 3, quick: 1)")
     p.add_argument("--analyze-only", action="store_true",
                    help="rebuild figure, table and verdict from the saved runs; train nothing")
-    p.add_argument("--data-dir", help="directory holding the IDX files (else: auto)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     p.set_defaults(func=_study)
 
     p = sub.add_parser("report", help="one HTML page (and Markdown) from study directories",
                        description="Build a self-contained report.html (figures embedded, "
                        "tables, verdicts, every run's config) and report.md from study or "
-                       "reproduce directories; reads the directories only.")
+                       "reproduce directories; reads the directories only, writes only "
+                       "inside --out.")
     p.add_argument("directories", nargs="+", help="study or reproduce directories")
-    p.add_argument("--out", default="runs/report", help="where to write (default: %(default)s)")
+    p.add_argument("--out", type=out_dir, default="runs/report",
+                   help="where to write (default: %(default)s)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="compare bnlab's BatchNorm with torch.nn's on LeNet shapes",
@@ -256,21 +384,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check_combinations(args: argparse.Namespace) -> None:
+    """What one flag cannot say alone, still at parse time (exit 2)."""
+    if args.command == "train":
+        from bnlab.train.config import TrainConfig
+
+        names = {f.name for f in fields(TrainConfig)}
+        try:
+            args.config = TrainConfig(**{k: v for k, v in vars(args).items()
+                                         if k in names and v is not None})
+        except ValueError as e:
+            args.parser.error(one_line(str(e)))
+    if args.command == "data" and args.action != "fetch" and args.data_dir is not None \
+            and not os.path.isdir(args.data_dir):
+        args.parser.error(f"argument --data-dir: {args.data_dir!r} is not a directory")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_combinations(args)
     func: Command = args.func
     try:
         return func(args)
-    except ValueError as e:  # a bad combination of flags (checked by TrainConfig)
-        parser.error(str(e).splitlines()[0] if args.command == "train" else str(e))
-    except (OSError, RuntimeError) as e:
-        print(f"bnlab: error: {e}", file=sys.stderr)
+    except (UserError, OSError, RuntimeError) as e:  # the user's to fix: one line, no traceback
+        print(f"bnlab: error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; the return value is the exit status (see the module docstring)."""
+    try:
+        return _main(argv)
     except KeyboardInterrupt:
+        # A second Ctrl-C must not break the goodbye into a traceback (ValueError: not the
+        # main thread, where no signal arrives anyway).
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("bnlab: interrupted (a run resumes with --resume)", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":
