@@ -9,7 +9,7 @@ from bnlab.norm.conventions import CONVENTIONS, from_convention, to_convention
 from bnlab.norm.fold import fold
 from bnlab.norm.precise import precise_bn
 from bnlab.norm.registry import NORMS, create_norm
-from bnlab.norm.variants import FrozenBatchNorm1d
+from bnlab.norm.variants import FrozenBatchNorm, FrozenBatchNorm1d
 
 F64 = torch.float64
 
@@ -150,5 +150,5 @@ def test_registry_errors():
         create_norm("nope", 3)
     with pytest.raises(ValueError, match="needs the spatial shape"):
         create_norm("per-activation", 3, 4)
-    assert isinstance(create_norm("frozen", 3, 2), bnlab.BatchNorm)
+    assert isinstance(create_norm("frozen", 3, 2), FrozenBatchNorm)
     assert not isinstance(create_norm("frozen", 3, 2), FrozenBatchNorm1d)  # any-rank kind

@@ -9,12 +9,16 @@ anything is computed: an error never leaves a running buffer half-updated.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from numbers import Real
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
+T = TypeVar("T")
 
 
 def _shape(t: Tensor) -> str:
@@ -69,6 +73,20 @@ def check_batch_norm_args(
             f"batch_norm momentum must be a float, got {momentum!r}; a module's momentum=None "
             f"(cumulative average) is resolved to 1 / num_batches_tracked by the module"
         )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            "running_mean and running_var must either both be None or neither be None: they "
+            "are updated together (pass both buffers, or neither for batch statistics only)"
+        )
+    if training and running_mean is not None and running_var is not None:
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            # (a contiguous tensor cannot overlap itself: the common case costs one call)
+            if not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
+                raise RuntimeError(
+                    f"batch_norm: {name} has several elements on one memory location (an "
+                    f"expanded tensor?) and cannot be updated in place; pass a tensor of its "
+                    f"own, e.g. {name}.clone()"
+                )
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError(
             "running_mean must be defined in evaluation mode: pass running buffers, or "
@@ -137,3 +155,14 @@ def check_norm_config(num_features: object, eps: object, momentum: object) -> No
             f"bnlab follows PyTorch: momentum is the weight of the NEW batch (default 0.1); "
             f"a textbook/Keras momentum of 0.9 or 0.99 is 1 - momentum here"
         )
+
+
+def traced_with_constant_shapes(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` under torch.jit.trace, where shapes read in Python are traced tensors and
+    every check on one warns that the trace will treat it as a constant. It is one: a traced
+    layer is specialised to its example's channel count and rank, as torch's own BatchNorm is.
+    So those warnings are silenced here. (Callers test ``torch.jit.is_tracing()`` first, which
+    torch.compile reads as False: nothing of this is on its path or on the eager one.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return fn(*args)

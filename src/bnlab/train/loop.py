@@ -20,7 +20,6 @@ from torch import nn
 
 from bnlab.data import BatchLoader, load_split
 from bnlab.models import build_model
-from bnlab.norm import fast
 from bnlab.norm.convert import convert
 from bnlab.norm.fused import fuse
 from bnlab.train.config import TrainConfig
@@ -50,8 +49,8 @@ def pick_device(name: str) -> torch.device:
 def make_model(config: TrainConfig) -> nn.Module:
     """Build the model with the seed's initialization (Xavier-uniform on conv/linear weights).
 
-    With ``config.fuse`` (and the fast kernels available), BatchNorm -> sigmoid (-> avg pool)
-    runs become single fused layers: the same function and state-dict keys, fewer passes.
+    With ``config.fuse``, BatchNorm -> sigmoid (-> avg pool) runs become single fused layers:
+    the same function and state-dict keys, fewer passes where bnlab's kernels serve them.
     """
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.norm)
@@ -61,7 +60,7 @@ def make_model(config: TrainConfig) -> nn.Module:
                 nn.init.xavier_uniform_(m.weight)
     if config.sync_bn:  # plain BatchNorm when run as a single process
         model = convert(model, to="sync", inplace=True)
-    if config.fuse and fast.available():
+    if config.fuse:
         model = fuse(model, inplace=True)
     return model
 

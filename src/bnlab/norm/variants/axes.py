@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from bnlab.norm.batchnorm import BatchNorm
+from bnlab.norm.batchnorm import BatchNormBase
 from bnlab.norm.checks import check_norm_config
 from bnlab.norm.functional import batch_norm
 
@@ -157,7 +157,7 @@ class InstanceNorm(_PerSampleNorm):
                              f"input with at least one spatial dim, got {tuple(input.shape)}")
 
 
-class PerActivationBatchNorm(BatchNorm):
+class PerActivationBatchNorm(BatchNormBase):
     """Batch statistics per activation (c, s): averaged over the batch dimension only.
 
     ``PerActivationBatchNorm(num_features, spatial_shape)``: running buffers of shape

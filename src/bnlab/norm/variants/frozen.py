@@ -13,14 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
 from bnlab.norm.functional import batch_norm
 
 __all__ = ["FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d",
            "freeze", "unfreeze"]
 
 
-class FrozenBatchNorm(BatchNorm):
+class FrozenBatchNorm(BatchNormBase):
     """BatchNorm's constructor plus ``freeze_affine=True``. Needs running statistics."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
