@@ -81,12 +81,23 @@ at::Tensor like(const at::Tensor& t, const at::Tensor& x) {
   return at::empty_like(x).copy_(t);
 }
 
-// Running (count, mean, m2) merged with a block's (nb, mean_b, m2_b): Chan et al.
+// Running (count, mean, m2) merged with a block's (nb, mean_b, m2_b): Chan et al.,
+//   delta = mean_b - mean,  mean += delta nb / total,  m2 += m2_b + delta^2 count nb / total.
+// An inf in the data makes a mean inf, and the delta form then gives inf - inf = NaN where the
+// sum of the values gives inf; so a non-finite delta merges the means as the weighted sum
+// (count mean + nb mean_b) / total instead: inf, or NaN for +inf with -inf, as torch's are. (m2
+// is NaN either way: the block that holds the inf has x - mean = inf - inf.)
+// f = count / total, f_b = nb / total.
+inline double merged_mean(double mean, double mean_b, double f, double f_b) {
+  const double delta = mean_b - mean;
+  return std::isfinite(delta) ? mean + delta * f_b : mean * f + mean_b * f_b;
+}
+
 inline void merge(double& count, double& mean, double& m2, double nb, double mean_b,
                   double m2_b) {
   const double total = count + nb;
   const double delta = mean_b - mean;
-  mean += delta * nb / total;
+  mean = merged_mean(mean, mean_b, count / total, nb / total);
   m2 += m2_b + delta * delta * count * nb / total;
   count = total;
 }
@@ -219,15 +230,15 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
         bq[j] += d * d;
       }
     }
-    // Chan's merge (see merge()), its per-block factors hoisted out of the column loop.
+    // merge() per column, its per-block factors hoisted out of the column loop.
     double* cm = mu.data() + k * W;
     double* ca = acc.data() + k * W;
     const double count = cnt[k], total = count + nb;
-    const double f_mean = nb / total, f_m2 = count * nb / total;
+    const double f = count / total, f_b = nb / total, f_m2 = count * nb / total;
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) {
       const double delta = bm[j] - cm[j];
-      cm[j] += delta * f_mean;
+      cm[j] = merged_mean(cm[j], bm[j], f, f_b);
       ca[j] += bq[j] + delta * delta * f_m2;
     }
     cnt[k] = total;
