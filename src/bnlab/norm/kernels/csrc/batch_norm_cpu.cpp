@@ -14,7 +14,10 @@
 // of squared deviations while it sits in L1 (planes in double; row blocks in the input's type,
 // per column, at full SIMD width); blocks are merged in double with Chan et al.'s pairwise
 // formula. So x is read from memory once, and the variance is never formed as
-// E[x^2] - E[x]^2.
+// E[x^2] - E[x]^2. Row blocks are summed as x - K, K the channel's first value, so that sums in
+// the input's type see values of the order of std: a block mean of x itself is off by about
+// eps |mean|, which biases the block's m2 by the square of that (relative error 2e-2 in float32
+// at |mean|/std = 1e6).
 // Work is split into a fixed number of chunks, each with its own accumulator, merged in chunk
 // order: results do not depend on thread scheduling.
 
@@ -83,12 +86,23 @@ at::Tensor like(const at::Tensor& t, const at::Tensor& x) {
   return at::empty_like(x).copy_(t);
 }
 
-// Running (count, mean, m2) merged with a block's (nb, mean_b, m2_b): Chan et al.
+// Running (count, mean, m2) merged with a block's (nb, mean_b, m2_b): Chan et al.,
+//   delta = mean_b - mean,  mean += delta nb / total,  m2 += m2_b + delta^2 count nb / total.
+// An inf in the data makes a mean inf, and the delta form then gives inf - inf = NaN where the
+// sum of the values gives inf; so a non-finite delta merges the means as the weighted sum
+// (count mean + nb mean_b) / total instead: inf, or NaN for +inf with -inf, as torch's are. (m2
+// is NaN either way: the block that holds the inf has x - mean = inf - inf.)
+// f = count / total, f_b = nb / total.
+inline double merged_mean(double mean, double mean_b, double f, double f_b) {
+  const double delta = mean_b - mean;
+  return std::isfinite(delta) ? mean + delta * f_b : mean * f + mean_b * f_b;
+}
+
 inline void merge(double& count, double& mean, double& m2, double nb, double mean_b,
                   double m2_b) {
   const double total = count + nb;
   const double delta = mean_b - mean;
-  mean += delta * nb / total;
+  mean = merged_mean(mean, mean_b, count / total, nb / total);
   m2 += m2_b + delta * delta * count * nb / total;
   count = total;
 }
@@ -193,17 +207,23 @@ template <typename T>
 void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
   const int64_t C = L.c, W = L.w;
   const int64_t nchunks = chunks_for(wide_rows(L), W);
-  // Per chunk: count, then mean[W], m2[W] per column of the wide rows, in double.
+  // The shift K per column: its channel's value in row 0 (0 where that is not finite, so that
+  // an inf in the data still sums to inf, not to inf - inf). Blocks sum x - K in T, which is
+  // exact where x is within a factor 2 of K (Sterbenz), i.e. wherever |mean| >> std.
+  std::vector<T> shift(W);
+  for (int64_t j = 0; j < W; ++j) shift[j] = std::isfinite(x[j % C]) ? x[j % C] : T(0);
+  const T* K = shift.data();
+  // Per chunk: count, then mean - K[W], m2[W] per column of the wide rows, in double.
   std::vector<double> cnt(nchunks, 0.0), mu(nchunks * W, 0.0), acc(nchunks * W, 0.0);
-  // Each block (in L1) gets its exact two-pass mean and m2 in T, at full SIMD width, then is
-  // merged into its chunk's double accumulators.
+  // Each block (in L1) gets its exact two-pass mean - K and m2 in T, at full SIMD width, then
+  // is merged into its chunk's double accumulators.
   for_row_blocks(L, nchunks, kStatRows, [&](int64_t k, int64_t b0, int64_t b1) {
-    const auto [bm, bq] = zeroed_rows<T>(W);  // block mean and m2, per column
+    const auto [bm, bq] = zeroed_rows<T>(W);  // block mean - K and m2, per column
     const T nb = static_cast<T>(b1 - b0);
     for (int64_t r = b0; r < b1; ++r) {
       const T* p = x + r * W;
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) bm[j] += p[j];
+      for (int64_t j = 0; j < W; ++j) bm[j] += p[j] - K[j];
     }
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) bm[j] /= nb;
@@ -211,25 +231,25 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
       const T* p = x + r * W;
 #pragma omp simd
       for (int64_t j = 0; j < W; ++j) {
-        const T d = p[j] - bm[j];
+        const T d = (p[j] - K[j]) - bm[j];
         bq[j] += d * d;
       }
     }
-    // Chan's merge (see merge()), its per-block factors hoisted out of the column loop.
+    // merge() per column, its per-block factors hoisted out of the column loop.
     double* cm = mu.data() + k * W;
     double* ca = acc.data() + k * W;
     const double count = cnt[k], total = count + nb;
-    const double f_mean = nb / total, f_m2 = count * nb / total;
+    const double f = count / total, f_b = nb / total, f_m2 = count * nb / total;
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) {
       const double delta = bm[j] - cm[j];
-      cm[j] += delta * f_mean;
+      cm[j] = merged_mean(cm[j], bm[j], f, f_b);
       ca[j] += bq[j] + delta * delta * f_m2;
     }
     cnt[k] = total;
   });
-  // Chunks in order; a chunk's k columns of channel c hold equally many values, so they
-  // combine as mean = average of their means, m2 = sum (m2_t + n (mean_t - mean)^2).
+  // Chunks in order; a chunk's k columns of channel c hold equally many values (and share K),
+  // so they combine as mean = average of their means, m2 = sum (m2_t + n (mean_t - mean)^2).
   std::vector<double> count(C, 0.0), m(C, 0.0), a(C, 0.0), cm(C), ca(C);
   for (int64_t k = 0; k < nchunks; ++k) {
     if (cnt[k] == 0) continue;
@@ -247,6 +267,7 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
       }
     for (int64_t c = 0; c < C; ++c) merge(count[c], m[c], a[c], cnt[k] * L.k, cm[c], ca[c]);
   }
+  for (int64_t c = 0; c < C; ++c) m[c] += K[c];  // mean - K -> mean, in double
   merge_rows(x + wide_rows(L) * W, tail_rows(L), C, count.data(), m.data(), a.data());
   std::copy(m.begin(), m.end(), mean);
   std::copy(a.begin(), a.end(), m2);
