@@ -13,9 +13,10 @@ What a snapshot holds, and why this way rather than working on a deep copy:
 * every parameter and buffer *by value* (a clone), restored into the *same tensor objects*: an
   optimizer, a DDP wrapper or a user variable holding them stays valid after a failure;
 * every module's class and attribute dictionary, with its ``_parameters``, ``_buffers`` and
-  ``_modules`` tables copied: the module tree (children, their names and types), hyper-parameters, train/eval
-  flags and attributes rebound by the tool come back; attribute objects mutated in place (a
-  list the module owns) are not copied, as no bnlab tool mutates one;
+  ``_modules`` tables copied: the module tree (children, their names and types),
+  hyper-parameters, train/eval flags and attributes rebound by the tool come back; attribute
+  objects mutated in place (a list the module owns) are not copied, as no bnlab tool mutates
+  one;
 * every tensor's ``requires_grad`` flag (freeze and unfreeze change them).
 
 The price is one clone of the model's tensors for the duration of the call.
