@@ -1,5 +1,5 @@
 """Constructor arguments a variant cannot use are refused when the layer is built; the checks
-at use accept every valid value; nothing in bnlab.norm imports upward or in a circle."""
+at use accept every valid value; layers do not import the tools built on them."""
 
 from __future__ import annotations
 
@@ -109,52 +109,16 @@ def test_valid_attribute_changes_still_train_like_torch(attrs):
     torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
 
 
-def _norm_imports() -> dict[str, set[str]]:
-    """Module -> the bnlab modules it imports anywhere (function bodies too)."""
-    src = NORM.parents[1]
-    names = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in NORM.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in names.items():
-        deps: set[str] = set()
+def test_layers_do_not_import_the_tools_built_on_them():
+    # freeze/unfreeze lived in variants/frozen.py and imported convert, which imports the
+    # frozen layers: a circle (tests/test_layering.py finds circles anywhere in bnlab).
+    tools = {"convert", "fold", "precise", "state", "transaction"}
+    for path in (NORM / "variants").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bnlab"):
-                # `from bnlab.norm import fast` imports a module; `from x import f`, x.
-                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names
-                         else str(node.module) for a in node.names}
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name.startswith("bnlab")}
-        graph[name] = deps - {name}
-    return graph
-
-
-def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for d in graph.get(todo.pop(), set()) - seen:
-            seen.add(d)
-            todo.append(d)
-    return seen
-
-
-# The kernels' module calls back into its two callers (lazily, to register their double
-# backward): the two known edges of a circle, left to the kernels' move into a subpackage.
-KNOWN_BACK_EDGES = {"bnlab.norm.fast": {"bnlab.norm.functional", "bnlab.norm.fused"}}
-
-
-def test_norm_imports_nothing_upward_and_in_no_circle():
-    graph = _norm_imports()
-    outside = {m: sorted(d for d in deps if not d.startswith("bnlab.norm"))
-               for m, deps in graph.items()}
-    assert not any(outside.values()), outside
-    layers = {m for m in graph if m.startswith("bnlab.norm.variants")}
-    tools = {"bnlab.norm.convert", "bnlab.norm.fold", "bnlab.norm.precise", "bnlab.norm.state"}
-    assert not {(m, d) for m in layers for d in graph[m] if d in tools}
-    for module, back in KNOWN_BACK_EDGES.items():
-        graph.get(module, set()).difference_update(back)
-    circles = sorted(m for m in graph if m in _reach(graph, m))
-    assert not circles, circles
-    assert "bnlab.norm.convert" in graph and "bnlab.norm.variants.frozen" in graph
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = {node.module.rpartition(".")[2]} | {a.name for a in node.names}
+                assert not (node.module.startswith("bnlab.norm") and names & tools), (
+                    path.name, node.module)
 
 
 def test_checks_at_use_keep_torch_compile_fullgraph_working():
