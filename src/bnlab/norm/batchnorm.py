@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlab.norm.base import NormBase
-from bnlab.norm.checks import traced_with_constant_shapes
+from bnlab.norm.checks import check_layer_at_use, traced_with_constant_shapes
 from bnlab.norm.functional import batch_norm
 
 __all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormBase"]
@@ -79,6 +79,7 @@ class BatchNormBase(NormBase):
         return self._forward(input)
 
     def _forward(self, input: Tensor) -> Tensor:
+        check_layer_at_use(self, self.training and self.track_running_stats)
         self._check_input_dim(input)
         # Batch statistics in training, and in eval when there are no running buffers.
         use_batch_stats = self.training or self.running_mean is None

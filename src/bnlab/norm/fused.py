@@ -28,6 +28,7 @@ into the unfused model and back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -36,8 +37,9 @@ from torch import Tensor, nn
 
 from bnlab.norm import backends, kernels, reference
 from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
-from bnlab.norm.checks import check_batch_norm_args
+from bnlab.norm.checks import check_batch_norm_args, check_layer_at_use, check_tool_args
 from bnlab.norm.functional import batch_norm
+from bnlab.norm.transaction import all_or_nothing
 
 __all__ = ["BatchNormSigmoid", "batch_norm_sigmoid", "fuse"]
 
@@ -148,19 +150,22 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Fuse [BatchNorm, Sigmoid, (AvgPool2d(2))] runs inside every nn.Sequential of `model`.
 
     Only plain bnlab BatchNorm layers (not variants, not guarded ones) are fused; everything
-    else is left as it is. Returns the fused model (a copy unless ``inplace``); the math is
-    unchanged and so are the state-dict keys.
+    else is left as it is. Returns the fused model (a copy unless ``inplace``; in place, all
+    or nothing: an error leaves the model as it was); the math is unchanged and so are the
+    state-dict keys.
     """
-    if not inplace:
-        model = copy.deepcopy(model)
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        layers = list(seq)
-        for i, layer in enumerate(layers[:-1]):
-            if type(layer) not in _PLAIN or layer.guard or not isinstance(layers[i + 1],
-                                                                          nn.Sigmoid):
-                continue
-            pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
-            seq[i] = BatchNormSigmoid.absorb(layer, pool)
-            for j in range(i + 1, i + 1 + pool):
-                seq[j] = nn.Identity()
+    check_tool_args("fuse", model, inplace=inplace)
+    model = model if inplace else copy.deepcopy(model)
+    with all_or_nothing(model) if inplace else contextlib.nullcontext():
+        for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+            layers = list(seq)
+            for i, layer in enumerate(layers[:-1]):
+                if type(layer) not in _PLAIN or layer.guard or not isinstance(layers[i + 1],
+                                                                              nn.Sigmoid):
+                    continue
+                check_layer_at_use(layer, False)  # eps/momentum set after construction
+                pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
+                seq[i] = BatchNormSigmoid.absorb(layer, pool)
+                for j in range(i + 1, i + 1 + pool):
+                    seq[j] = nn.Identity()
     return model

@@ -22,6 +22,7 @@ from bnlab.data import BatchLoader, load_split
 from bnlab.models import build_model
 from bnlab.norm.convert import convert
 from bnlab.norm.fused import fuse
+from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import Dist, setup
 from bnlab.train.progress import Progress
@@ -187,7 +188,7 @@ def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], N
     metrics: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
     if checkpoint is not None:
-        raw.load_state_dict(checkpoint["model"])
+        load_state_dict(raw, checkpoint["model"])  # all or nothing
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         metrics = list(checkpoint["metrics"])

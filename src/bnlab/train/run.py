@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.rundir import RunDir
 
@@ -59,7 +60,7 @@ class Run:
         from bnlab.train.loop import make_model
 
         model = make_model(self.config)
-        model.load_state_dict(self.dir.load_checkpoint()["model"])
+        load_state_dict(model, self.dir.load_checkpoint()["model"])  # all or nothing
         return model.eval()
 
     def __repr__(self) -> str:

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd import Function
 
 from bnlab.norm.batchnorm import BatchNorm
-from bnlab.norm.checks import check_batch_norm_args
+from bnlab.norm.checks import check_batch_norm_args, check_flags
 from bnlab.norm.reference import (
     backward_sums,
     batch_statistics,
@@ -133,6 +133,13 @@ class SyncBatchNorm(BatchNorm):
                  affine: bool = True, track_running_stats: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  *, bias: bool = True, guard: bool = False, process_group: Any = None) -> None:
+        check_flags("SyncBatchNorm", affine=affine, bias=bias, guard=guard,
+                    track_running_stats=track_running_stats)
+        if process_group is not None and not (dist.is_available()
+                                              and isinstance(process_group, dist.ProcessGroup)):
+            raise TypeError(f"SyncBatchNorm: process_group must be None (the default group) or "
+                            f"a torch.distributed ProcessGroup (dist.new_group(...)), got "
+                            f"{process_group!r}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias, guard=guard)
         self.process_group = process_group
