@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
 .PHONY: setup data browser reproduce test test-slow lint bench demo clean
 
-$(STAMP): pyproject.toml src/bnlab/norm/csrc/batch_norm_cpu.cpp
+$(STAMP): pyproject.toml src/bnlab/norm/kernels/csrc/batch_norm_cpu.cpp
 	$(PYTHON) -m venv $(VENV)
 	# The pinned CPU build; an unpinned `torch` would pull several GB of CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0

@@ -3,9 +3,10 @@
     python benchmarks/bench_bn.py [--reps 15] [--threads N] [--device cpu|cuda]
 
 Training-mode forward+backward (float32) on the textbook LeNet's BN shapes and larger ones,
-contiguous and channels_last, plus eval-mode forward. "bnlab" is the default path (the fused
-kernels of bnlab.norm.fast where they apply), "reference" the readable implementation they are
-tested against (fast path switched off). Implementations are timed side by side:
+contiguous and channels_last, plus eval-mode forward. "bnlab" is the default path (the compiled
+kernels of bnlab.norm.kernels, the operators torch.ops.bnlab.*, for float32/float64 CPU tensors),
+"reference" the readable implementation they are tested against (backends.forced("reference")).
+Implementations are timed side by side:
 every repetition times each of them, in rotating order, so machine noise hits all alike (a
 repetition of a small shape times a run of calls lasting ~2 ms, not one 0.1 ms call); the
 table reports per-call medians and the ratios to ATen. "GB/s" counts the four tensors a fused
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import bnlab.functional as BF
-from bnlab.norm import fast
+from bnlab.norm import backends, kernels
 
 SHAPES = [(256, 6, 24, 24), (256, 16, 8, 8), (256, 120), (256, 84), (64, 64, 56, 56),
           (32, 256, 14, 14), (4096, 1024)]
@@ -47,8 +48,8 @@ def naive(x, rm, rv, w, b, training, momentum, eps):
 
 
 def reference(*args):
-    """bnlab's readable implementation (the fast kernels switched off)."""
-    with fast.enabled(False):
+    """bnlab's readable implementation (the reference backend forced)."""
+    with backends.forced("reference"):
         return BF.batch_norm(*args)
 
 
@@ -127,7 +128,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bw = bandwidth(args.device)
-    print(fast.status())
+    print(kernels.status())
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"streaming copy bandwidth {bw:.1f} GB/s, {args.reps} reps, medians")
     print("| mode | shape | format | aten ms | bnlab ms | reference ms | naive ms | bnlab/aten "

@@ -203,13 +203,13 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _kernels(args: argparse.Namespace) -> int:
-    from bnlab.norm import fast
+    from bnlab.norm import kernels
 
     if args.action == "build":
-        print(fast.build(force=args.force))
+        print(kernels.build(force=args.force))
         return 0
-    print(fast.status())
-    return 0 if fast.available() else 1
+    print(kernels.status())
+    return 0 if kernels.available() else 1
 
 
 # ---- the parser --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import bnlab
+from bnlab.norm import freeze, unfreeze
 from bnlab.norm.textbook import TextbookBatchNorm
 from bnlab.norm.variants import (
     BatchRenorm,
@@ -12,8 +13,6 @@ from bnlab.norm.variants import (
     FrozenBatchNorm2d,
     GhostBatchNorm,
     SyncBatchNorm,
-    freeze,
-    unfreeze,
 )
 
 

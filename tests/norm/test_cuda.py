@@ -55,3 +55,25 @@ def test_cuda_device_mismatch_is_clear():
         import bnlab.functional as BF
 
         BF.batch_norm(torch.randn(4, 3, device="cuda"), torch.zeros(3), torch.ones(3), True)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cuda_runs_aten_held_to_the_reference(training):
+    """On CUDA the rule picks ATen (cuDNN); the reference, forced, is its oracle in float64."""
+    import bnlab.functional as BF
+    from bnlab.norm import backends
+
+    x = (torch.randn(16, 6, 12, 12, device="cuda", dtype=torch.float64) * 3 + 2)
+    assert backends.select(x) == "aten"
+    w = torch.rand(6, device="cuda", dtype=torch.float64) + 0.5
+    results = {}
+    for backend in ("aten", "reference"):
+        xs = x.clone().requires_grad_()
+        rm = torch.zeros(6, device="cuda", dtype=torch.float64)
+        rv = torch.ones(6, device="cuda", dtype=torch.float64)
+        with backends.forced(backend):
+            y = BF.batch_norm(xs, rm, rv, w, None, training, 0.1)
+        y.square().sum().backward()
+        results[backend] = (y.detach(), xs.grad, rm, rv)
+    for a, r in zip(results["aten"], results["reference"], strict=True):
+        assert max_abs(a, r) <= 1e-10

@@ -8,7 +8,7 @@ allows ~100 ulp of accumulated reduction-order difference and nothing more).
 import pytest
 import torch
 
-from bnlab.norm import fast
+from bnlab.norm import backends
 from tests.norm.oracle import max_abs, max_rel, run_functional
 
 SHAPES = {
@@ -44,12 +44,10 @@ def check(a, b, dtype):
 @pytest.mark.parametrize("shape_id", SHAPES)
 @pytest.mark.parametrize("affine", AFFINE)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("path", backends.BACKENDS)
 def test_matches_torch(dtype, shape_id, affine, mode, path):
-    """Both of bnlab's paths: the compiled kernels (the default) and the readable reference."""
-    if path == "fast":
-        assert fast.available(), fast.status()
-    with fast.enabled(path == "fast"):
+    """Every backend: the compiled kernels (the CPU default), the readable reference and ATen."""
+    with backends.forced(path):
         _check_matches_torch(dtype, shape_id, affine, mode)
 
 

@@ -5,7 +5,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import bnlab.functional as BF
-from bnlab.norm import fast
+from bnlab.norm import backends
 
 SHAPES = [(6, 3), (4, 3, 5), (3, 3, 4, 4), (2, 3, 2, 3, 3)]
 
@@ -13,13 +13,11 @@ SHAPES = [(6, 3), (4, 3, 5), (3, 3, 4, 4), (2, 3, 2, 3, 3)]
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{len(s)}D")
 @pytest.mark.parametrize("mode", ["train", "eval", "train-no-running"])
 @pytest.mark.parametrize("affine", ["weight+bias", "weight-only", "none"])
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("path", backends.BACKENDS)
 def test_gradcheck(shape, mode, affine, path):
-    """Both autograd nodes: the kernels' (C++; double backward through the reference's
-    differentiable closed form) and the reference's (a Python autograd.Function)."""
-    if path == "fast":
-        assert fast.available(), fast.status()
-    with fast.enabled(path == "fast"):
+    """Every backend: the kernels' autograd node (C++; double backward through the reference's
+    differentiable closed form), the reference's (a Python autograd.Function) and ATen's."""
+    with backends.forced(path):
         _check_gradcheck(shape, mode, affine)
 
 
@@ -47,13 +45,13 @@ def test_gradcheck_channels_last():
     assert gradcheck(lambda x, w: BF.batch_norm(x, None, None, w, None, True), (x, w))
 
 
-@pytest.mark.parametrize("path", ["fast", "reference"])
+@pytest.mark.parametrize("path", ["kernels", "reference"])
 def test_backward_is_the_closed_form_not_autograd_of_primitives(path):
     x = torch.randn(8, 3, requires_grad=True)
-    with fast.enabled(path == "fast"):
+    with backends.forced(path):
         y = BF.batch_norm(x, None, None, training=True)
     # One node whose only successor is x's accumulator: no graph of primitive ops.
-    expected = {"fast": "CppNode<(anonymous namespace)::BatchNormNode>",
+    expected = {"kernels": "CppNode<(anonymous namespace)::BatchNormNode>",
                 "reference": "BatchNormFunctionBackward"}[path]
     assert expected in y.grad_fn.name()
     assert [type(f).__name__ for f, _ in y.grad_fn.next_functions] == ["AccumulateGrad"]

@@ -6,10 +6,10 @@ from torch import nn
 
 import bnlab
 from bnlab.norm.conventions import CONVENTIONS, from_convention, to_convention
-from bnlab.norm.fold import fold
+from bnlab.norm.fold import fold, fold_pair
 from bnlab.norm.precise import precise_bn
 from bnlab.norm.registry import NORMS, create_norm
-from bnlab.norm.variants import FrozenBatchNorm1d
+from bnlab.norm.variants import FrozenBatchNorm, FrozenBatchNorm1d
 
 F64 = torch.float64
 
@@ -72,13 +72,16 @@ def test_fold_preserves_the_eval_function(conv, kind):
     torch.testing.assert_close(folded(x), model(x), rtol=0, atol=1e-12)
 
 
-def test_fold_refuses_training_mode_and_batch_statistics():
+def test_fold_refuses_training_mode_and_leaves_batch_statistics():
     model = nn.Sequential(nn.Linear(3, 3), bnlab.BatchNorm1d(3))
     with pytest.raises(RuntimeError, match=r"eval mode.*model.eval\(\)"):
         fold(model)
     model = nn.Sequential(nn.Linear(3, 3), bnlab.BatchNorm1d(3, track_running_stats=False))
+    with pytest.warns(RuntimeWarning, match=r"'1': no running statistics"):
+        folded = fold(model.eval())
+    assert isinstance(folded[1], bnlab.BatchNorm1d)  # left, and said so
     with pytest.raises(ValueError, match="without running statistics"):
-        fold(model.eval())
+        fold_pair(model[0], model[1])  # one explicit pair: an error
 
 
 def test_fold_lenet_from_models_float32():
@@ -150,5 +153,5 @@ def test_registry_errors():
         create_norm("nope", 3)
     with pytest.raises(ValueError, match="needs the spatial shape"):
         create_norm("per-activation", 3, 4)
-    assert isinstance(create_norm("frozen", 3, 2), bnlab.BatchNorm)
+    assert isinstance(create_norm("frozen", 3, 2), FrozenBatchNorm)
     assert not isinstance(create_norm("frozen", 3, 2), FrozenBatchNorm1d)  # any-rank kind

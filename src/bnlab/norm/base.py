@@ -45,7 +45,9 @@ class NormBase(nn.Module):
         bias: bool = True,
     ) -> None:
         check_norm_config(num_features, eps, momentum)
-        super().__init__()
+        # nn.Module's, not the next class's: BatchNorm also derives from torch's _BatchNorm,
+        # whose constructor would build a second set of the same parameters and buffers.
+        nn.Module.__init__(self)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps

@@ -26,15 +26,24 @@ import warnings
 
 import torch
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlab.norm.base import NormBase
+from bnlab.norm.checks import check_layer_at_use, traced_with_constant_shapes
 from bnlab.norm.functional import batch_norm
 
-__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormBase"]
 
 
-class BatchNorm(NormBase):
+class BatchNormBase(NormBase):
     """Batch normalization over every dim but the channel dim 1, for inputs of any rank >= 2.
+
+    The behaviour of every bnlab BatchNorm; ``BatchNorm`` adds PyTorch's identity. Layers that
+    compute something else with the same state (the frozen and the fused layers) derive from
+    this class directly, so that tools which find ``nn.modules.batchnorm._BatchNorm`` layers to
+    reset, re-estimate or replace them (``swa_utils.update_bn``,
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``) do not reset a frozen layer or drop a fused
+    layer's sigmoid.
 
     Same constructor as ``torch.nn.BatchNorm2d``: ``num_features, eps=1e-5, momentum=0.1,
     affine=True, track_running_stats=True, device=None, dtype=None, *, bias=True``, plus one
@@ -65,6 +74,12 @@ class BatchNorm(NormBase):
         return 1.0 / float(self.num_batches_tracked + 1)  # cumulative average
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_tracing():
+            return traced_with_constant_shapes(self._forward, input)
+        return self._forward(input)
+
+    def _forward(self, input: Tensor) -> Tensor:
+        check_layer_at_use(self, self.training and self.track_running_stats)
         self._check_input_dim(input)
         # Batch statistics in training, and in eval when there are no running buffers.
         use_batch_stats = self.training or self.running_mean is None
@@ -113,6 +128,14 @@ class BatchNorm(NormBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", guard=True" if self.guard else "")
+
+
+class BatchNorm(BatchNormBase, _BatchNorm):
+    """bnlab's BatchNorm, for inputs of any rank >= 2, and a ``torch.nn`` BatchNorm for every
+    tool: ``isinstance(layer, nn.modules.batchnorm._BatchNorm)`` holds (as for timm's
+    ``BatchNormAct2d``), with torch's state-dict keys. Everything it does is
+    ``BatchNormBase``'s; torch's base contributes only its identity.
+    """
 
 
 class BatchNorm1d(BatchNorm):

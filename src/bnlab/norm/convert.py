@@ -3,23 +3,36 @@
 ``convert(model, to="bnlab")`` replaces every ``torch.nn.BatchNorm1d/2d/3d`` with its bnlab
 twin; ``to="torch"`` does the reverse. Parameters, buffers, dtype, device, train/eval mode and
 ``requires_grad`` flags carry over, so the converted model computes the same function.
+``freeze(model)`` and ``unfreeze(model)`` are two more swaps: to the frozen kind and back.
 
 One table per target, class -> class: a new target (a synchronized or frozen variant) is one
 more row, not more code.
+
+All or nothing: with ``inplace=True`` the swaps run inside ``all_or_nothing(model)``, so a layer
+that cannot be built (a torch layer with ``momentum=2``, an untracked layer to freeze, a buffer
+of the wrong shape) leaves the whole model as it was, the layers swapped before it included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 from torch import nn
 
 from bnlab.norm.base import NormBase, is_batch_norm
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
-from bnlab.norm.variants.frozen import FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d
+from bnlab.norm.checks import check_tool_args
+from bnlab.norm.transaction import all_or_nothing
+from bnlab.norm.variants.frozen import (
+    FrozenBatchNorm,
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    FrozenBatchNorm3d,
+)
 from bnlab.norm.variants.sync import SyncBatchNorm
 
-__all__ = ["CONVERSIONS", "convert"]
+__all__ = ["CONVERSIONS", "convert", "freeze", "unfreeze"]
 
 _TORCH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _BNLAB = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
@@ -58,19 +71,34 @@ def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
     return new.train(old.training)
 
 
+def _swap_named(name: str, old: nn.Module, cls: type[nn.Module], to: str) -> nn.Module:
+    """`_swap`, with the layer's path added to any error (a model has many layers)."""
+    try:
+        return _swap(old, cls)
+    except (ValueError, TypeError, RuntimeError) as e:
+        where = f"layer {name!r}" if name else "the layer"
+        raise type(e)(f"convert(to={to!r}): {where} ({type(old).__name__}) cannot become "
+                      f"{cls.__name__}: {e}") from e
+
+
 def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn.Module:
     """Return `model` with every BatchNorm layer swapped to the `to` implementation.
 
     Args:
         model: any module tree (a single BatchNorm layer works too).
-        to: ``"bnlab"`` or ``"torch"`` (see ``CONVERSIONS``).
-        inplace: modify `model` itself instead of a deep copy.
+        to: ``"bnlab"``, ``"torch"``, ``"sync"`` or ``"frozen"`` (see ``CONVERSIONS``).
+        inplace: modify `model` itself instead of a deep copy (all or nothing: on an error
+            the model is left exactly as it was).
 
     Layers already of the target kind are left as they are (for ``"bnlab"``: every bnlab
     layer). A normalization layer with no counterpart (``bnlab.BatchNorm`` of any rank or a
     bnlab variant to torch, a renorm layer to frozen) is an error that names it, rather than
     being silently left behind.
     """
+    check_tool_args("convert", model, inplace=inplace)
+    if not isinstance(to, str):
+        raise TypeError(f"convert: to must be a str naming the target, got {to!r}; choose one "
+                        f"of {sorted(CONVERSIONS)}")
     if to not in CONVERSIONS:
         raise ValueError(f"convert: unknown target {to!r}; choose one of {sorted(CONVERSIONS)}")
     table = CONVERSIONS[to]
@@ -81,7 +109,7 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn
         return type(m) in targets or (to == "bnlab" and isinstance(m, NormBase)
                                       and type(m) not in table)
 
-    # Check the whole tree first, so an error leaves even an in-place model untouched.
+    # Check the whole tree first: the common error costs no work and names the layer.
     for name, module in model.named_modules():
         if is_batch_norm(module) and type(module) not in table and not left_alone(module):
             where = f" at {name!r}" if name else ""
@@ -90,15 +118,42 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn
                 f"{where} has no {to} counterpart; convertible classes are "
                 f"{sorted(c.__qualname__ for c in table)}"
             )
+    if type(model) in table:  # a single layer: the result is a new object either way
+        return _swap_named("", model, table[type(model)], to)
+    if not inplace:
+        return _swap_children(copy.deepcopy(model), table, to)
+    with all_or_nothing(model):
+        return _swap_children(model, table, to)
 
-    model = model if inplace else copy.deepcopy(model)
-    if type(model) in table:
-        return _swap(model, table[type(model)])
+
+def _swap_children(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]],
+                   to: str) -> nn.Module:
+    names = {id(m): name for name, m in model.named_modules()}
     swapped: dict[int, nn.Module] = {}  # a layer shared by two parents stays shared
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if type(child) in table:
                 if id(child) not in swapped:
-                    swapped[id(child)] = _swap(child, table[type(child)])
+                    swapped[id(child)] = _swap_named(names.get(id(child), child_name), child,
+                                                     table[type(child)], to)
                 setattr(parent, child_name, swapped[id(child)])
     return model
+
+
+def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Every BatchNorm (bnlab or torch) becomes the frozen kind of the same rank."""
+    return convert(model, to="frozen", inplace=inplace)
+
+
+def unfreeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Every frozen BatchNorm becomes bnlab's trainable BatchNorm of the same rank."""
+    check_tool_args("unfreeze", model, inplace=inplace)
+    with all_or_nothing(model) if inplace else contextlib.nullcontext():
+        thawed = {name for name, m in model.named_modules() if isinstance(m, FrozenBatchNorm)}
+        model = convert(model, to="bnlab", inplace=inplace)
+        for name, m in model.named_modules():
+            if name in thawed:  # only the layers thawed here; others keep their flags
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(True)
+        return model
+

@@ -6,30 +6,66 @@ a = gamma / sqrt(running_var + eps) and b = beta - a * running_mean. After z = W
     y = (a * W) x + (a * c + b)
 
 so the pair becomes one layer with weight a * W (scaled per output channel) and bias a * c + b.
-``fold`` does this for every Conv1d/2d/3d or Linear directly followed by a BatchNorm (bnlab's,
-torch's or frozen) inside an ``nn.Sequential``, replacing the BatchNorm with ``nn.Identity``.
+
+Which pairs: "before it" means in the model's real dataflow, found by tracing ``forward`` with
+``torch.fx`` (BatchNorm, conv and linear layers are leaves of the trace). A Conv1d/2d/3d or
+Linear whose output feeds exactly one BatchNorm (bnlab's, torch's or frozen), and nothing
+else, is folded wherever it sits: in an ``nn.Sequential``, a residual block, a loop over an
+``nn.ModuleList``. The BatchNorm becomes ``nn.Identity``; the model keeps its classes and
+``forward``. Every BatchNorm left unfolded is reported with the reason (its input is a ReLU,
+the conv's output also feeds a skip connection, no running statistics, ...). A model that
+cannot be traced (control flow on tensor values) falls back to neighbours inside
+``nn.Sequential`` containers, and the report says so.
+
+All or nothing: every folded layer is computed before the model is touched, inside
+``all_or_nothing``; what tracing ran of the model's own ``forward`` is undone too.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from bnlab.norm.base import is_batch_norm
+from bnlab.norm.checks import check_limit, check_tool_args
+from bnlab.norm.transaction import all_or_nothing
 
-__all__ = ["fold", "fold_pair"]
+__all__ = ["FoldReport", "fold", "fold_pair", "fold_with_report"]
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+@dataclass
+class FoldReport:
+    """What ``fold_with_report`` did: the (layer, BatchNorm) pairs folded, by module name; the
+    BatchNorm layers left, each with why; whether the dataflow was traced (else only
+    ``nn.Sequential`` neighbours were considered, and `trace_error` says why)."""
+
+    folded: list[tuple[str, str]] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)
+    traced: bool = True
+    trace_error: str | None = None
+
+
 def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """A copy of `layer` computing bn(layer(x)) with bn's eval-mode transform."""
+    if not isinstance(layer, FOLDABLE):
+        raise TypeError(f"fold_pair: cannot fold into {type(layer).__name__}; foldable layers "
+                        f"are {', '.join(c.__name__ for c in FOLDABLE)}")
+    if not is_batch_norm(bn):
+        raise TypeError(f"fold_pair: {type(bn).__name__} is not a BatchNorm layer")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"cannot fold {type(bn).__name__} without running statistics "
                          f"(track_running_stats=False normalizes with batch statistics)")
+    # eps may have been set after construction: a NaN or negative one would fold into NaNs.
+    check_limit(f"cannot fold {type(bn).__name__}", "eps", bn.eps, minimum=0.0)
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     if bn.running_mean.dim() != 1 or bn.running_mean.numel() != channels:
         raise ValueError(f"cannot fold {type(bn).__name__}: its statistics are not one per "
@@ -54,21 +90,150 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     return out
 
 
-def fold(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Return `model` (eval mode required) with every (conv|linear, BatchNorm) pair folded."""
+class _Tracer(fx.Tracer):
+    """Keeps normalization, conv and linear layers whole (bnlab's check their input in Python,
+    which a symbolic trace cannot run)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (is_batch_norm(m) or isinstance(m, FOLDABLE)
+                or type(m).__module__.startswith("bnlab.norm")
+                or super().is_leaf_module(m, module_qualified_name))
+
+
+def _why_not(bn_node: fx.Node, modules: dict[str, nn.Module], calls: Counter[str]) -> str | None:
+    """Why this BatchNorm call cannot be folded into its input's layer; None if it can."""
+    bn = modules[str(bn_node.target)]
+    if calls[str(bn_node.target)] > 1:
+        return f"called {calls[str(bn_node.target)]} times in forward (a shared layer)"
+    if len(bn_node.args) != 1 or bn_node.kwargs:
+        return "called with more than its input"
+    src = bn_node.args[0]
+    if not isinstance(src, fx.Node) or src.op != "call_module":
+        what = src.target if isinstance(src, fx.Node) else src
+        name = getattr(what, "__name__", what)
+        return f"its input comes from {name!r}, not from a conv or linear layer"
+    layer = modules[str(src.target)]
+    if not isinstance(layer, FOLDABLE):
+        return f"its input comes from {src.target!r} ({type(layer).__name__}), not from a " \
+               f"conv or linear layer"
+    if calls[str(src.target)] > 1:
+        return f"{src.target!r} is called {calls[str(src.target)]} times in forward"
+    if len(src.users) != 1:
+        others = sorted(str(u.target) for u in src.users if u is not bn_node)
+        return f"the output of {src.target!r} also feeds {others} (folding would change it)"
+    return _why_not_pair(layer, bn)
+
+
+def _why_not_pair(layer: nn.Module, bn: nn.Module) -> str | None:
+    if getattr(bn, "pool", None) is not None:
+        return "fused with the sigmoid after it (bnlab.norm.fused)"
+    if bn.running_mean is None:
+        return "no running statistics (track_running_stats=False)"
+    channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    if bn.running_mean.dim() != 1 or bn.running_mean.numel() != channels:
+        return "its statistics are not one per output channel of the layer before it"
+    return None
+
+
+def _plan_traced(model: nn.Module, graph: fx.Graph) -> tuple[list[tuple[str, str]],
+                                                             dict[str, str]]:
+    modules = dict(model.named_modules())
+    calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
+    pairs: list[tuple[str, str]] = []
+    left: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and is_batch_norm(modules[str(node.target)]):
+            why = _why_not(node, modules, calls)
+            if why is None:
+                pairs.append((str(node.args[0].target), str(node.target)))
+            else:
+                left[str(node.target)] = why
+    return pairs, left
+
+
+def _plan_sequential(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The fallback: neighbours inside nn.Sequential, where the order is the dataflow."""
+    pairs: list[tuple[str, str]] = []
+    left: dict[str, str] = {}
+    names = {id(m): n for n, m in model.named_modules()}
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for layer, bn in itertools.pairwise(list(parent)):
+            if not (isinstance(layer, FOLDABLE) and is_batch_norm(bn)):
+                continue
+            why = ("a shared layer" if uses[id(layer)] > 1 or uses[id(bn)] > 1
+                   else _why_not_pair(layer, bn))
+            if why is None:
+                pairs.append((names[id(layer)], names[id(bn)]))
+            else:
+                left[names[id(bn)]] = why
+    return pairs, left
+
+
+def _plan(model: nn.Module) -> FoldReport:
+    if is_batch_norm(model) or isinstance(model, FOLDABLE):
+        return FoldReport(left={"": "a single layer: nothing to fold into"}
+                          if is_batch_norm(model) else {})
+    report = FoldReport()
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # any failure of the user's forward under tracing
+        report.traced = False
+        report.trace_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        report.folded, report.left = _plan_sequential(model)
+    else:
+        report.folded, report.left = _plan_traced(model, graph)
+    done = {bn for _, bn in report.folded}
+    for name, m in model.named_modules():
+        if is_batch_norm(m) and name not in done and name not in report.left:
+            report.left[name] = ("not right after a conv or linear layer in an nn.Sequential"
+                                 if not report.traced else "not called by forward")
+    return report
+
+
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put `new` wherever `old` is a child (under every name it is registered as)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is old:
+                parent._modules[name] = new
+
+
+def fold_with_report(model: nn.Module, *, inplace: bool = False) -> tuple[nn.Module,
+                                                                          FoldReport]:
+    """``fold``, also returning a ``FoldReport`` of what was folded and what was left, and why."""
+    check_tool_args("fold", model, inplace=inplace)
     if model.training or any(m.training for m in model.modules() if is_batch_norm(m)):
         raise RuntimeError("fold needs eval mode: folding bakes the running statistics into the "
                            "weights, which is only the same function in eval; call "
                            "model.eval() first")
     model = model if inplace else copy.deepcopy(model)
-    for parent in model.modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        for prev, cur in itertools.pairwise(list(parent._modules)):
-            layer, bn = parent._modules[prev], parent._modules[cur]
-            # A fused BatchNorm (bnlab.norm.fused) carries its sigmoid: not foldable.
-            if (isinstance(layer, FOLDABLE) and bn is not None and is_batch_norm(bn)
-                    and not hasattr(bn, "pool")):
-                parent._modules[prev] = fold_pair(layer, bn)
-                parent._modules[cur] = nn.Identity()
+    with all_or_nothing(model) as snapshot:
+        report = _plan(model)
+        snapshot.restore()  # tracing ran the model's own forward code: undo what it did
+        modules = dict(model.named_modules())
+        folded = [(modules[a], modules[b], fold_pair(modules[a], modules[b]))
+                  for a, b in report.folded]  # may raise: nothing is replaced yet
+        for layer, bn, new in folded:
+            _replace(model, layer, new)
+            _replace(model, bn, nn.Identity())
+    return model, report
+
+
+def fold(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Return `model` (eval mode required) with every (conv|linear -> BatchNorm) pair folded.
+
+    Warns once, naming each BatchNorm left unfolded and why (``fold_with_report`` returns the
+    same account instead).
+    """
+    model, report = fold_with_report(model, inplace=inplace)
+    if report.left or not report.traced:
+        how = "" if report.traced else (
+            f"the model could not be traced with torch.fx ({report.trace_error}), so only "
+            f"conv/linear -> BatchNorm neighbours inside nn.Sequential were folded; ")
+        left = "; ".join(f"{name or '<model>'!r}: {why}" for name, why in report.left.items())
+        warnings.warn(f"fold: {how}{len(report.left)} BatchNorm layer(s) left unfolded"
+                      f"{': ' + left if left else ''}", RuntimeWarning, stacklevel=2)
     return model

@@ -3,9 +3,9 @@ r"""BatchNorm fused with the sigmoid after it, and optionally the 2x2 average po
 The chapter's LeNet-BN runs ``conv -> BatchNorm -> sigmoid -> AvgPool2d(2)``. As three layers
 that is three passes over the activation forward and three backward, each writing a full
 tensor. ``batch_norm_sigmoid`` computes the same function in one forward pass and two backward
-passes (the compiled kernels of ``bnlab.norm.fast``)::
+passes (the compiled kernels of ``bnlab.norm.kernels``, with act=SIGMOID)::
 
-    z   = gamma * x_hat + beta          BatchNorm (bnlab.norm.functional)
+    z   = gamma * x_hat + beta          BatchNorm (bnlab.norm.reference)
     s   = sigmoid(z) = 1 / (1 + exp(-z))
     out = s, or avg_pool_2x2(s)         pool = 1 or 2 (stride 2, no padding)
 
@@ -28,23 +28,26 @@ into the unfused model and back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnlab.norm import fast
-from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from bnlab.norm.checks import check_batch_norm_args
+from bnlab.norm import backends, kernels, reference
+from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
+from bnlab.norm.checks import check_batch_norm_args, check_layer_at_use, check_tool_args
 from bnlab.norm.functional import batch_norm
+from bnlab.norm.transaction import all_or_nothing
 
 __all__ = ["BatchNormSigmoid", "batch_norm_sigmoid", "fuse"]
 
-def _reference(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+
+def _composite(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
                eps: float, pool: int) -> Tensor:
-    """The unfused composite: the definition, and the path where the kernels do not apply."""
+    """The unfused composite: the definition, and the path where the kernels do not serve."""
     s = torch.sigmoid(batch_norm(x, running_mean, running_var, weight, bias, training,
                                  momentum, eps))
     return F.avg_pool2d(s, 2) if pool == 2 else s
@@ -52,20 +55,25 @@ def _reference(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
 
 def composite_backward(
     grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor,
-    running_var: Tensor | None, training: bool, eps: float, pool: int,
-    needs: tuple[bool, bool, bool],
+    invstd: Tensor, training: bool, eps: float, pool: int, needs: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The fused layer's gradients under create_graph=True: differentiate the composite
-    (statistics recomputed from x in training, the saved running ones in eval), so the
-    gradient has a graph of its own."""
+    """The fused layer's gradients under create_graph=True (registered with the kernels):
+    differentiate the composite, its statistics recomputed from x in training and the saved
+    constants in eval, so that the gradient has a graph of its own."""
     inputs = (x, weight, bias)
-    out = _reference(x, None if training else mean, None if training else running_var,
-                     weight, bias, training, 0.0, eps, pool)
+    if training:
+        z = reference.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    else:
+        z = reference.normalize(x, mean, invstd, weight, bias)
+    out = F.avg_pool2d(torch.sigmoid(z), 2) if pool == 2 else torch.sigmoid(z)
     wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
     gx, gw, gb = (next(grads) if n and t is not None else None
                   for t, n in zip(inputs, needs, strict=True))
     return gx, gw, gb
+
+
+kernels.register_double_backward(kernels.SIGMOID, composite_backward)
 
 
 def batch_norm_sigmoid(
@@ -78,22 +86,25 @@ def batch_norm_sigmoid(
     Same arguments and contract as ``bnlab.functional.batch_norm`` (running buffers updated in
     place when training), plus ``pool``: 1 (none) or 2 (``F.avg_pool2d(., 2)`` on a 4-D input).
     """
-    if pool not in (1, 2):
+    if isinstance(pool, bool) or pool not in (1, 2):
         raise ValueError(f"pool must be 1 (no pooling) or 2 (2x2 average pooling), got {pool!r}")
     if pool == 2 and input.dim() != 4:
         raise ValueError(f"pool=2 needs a 4-D (N, C, H, W) input, got {input.dim()}-D")
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
                           eps)
     momentum, eps = float(momentum), float(eps)
-    y = fast.batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
-                        eps, fast.SIGMOID, pool)
-    if y is not None:  # (None: the kernels do not apply, e.g. odd H or W with pool=2)
-        return y
-    return _reference(input, running_mean, running_var, weight, bias, training, momentum, eps,
+    # The kernels pool only even heights and widths; everything else runs as the composite.
+    if backends.select(input) == "kernels" and (pool == 1 or (input.shape[2] % 2 == 0
+                                                              and input.shape[3] % 2 == 0)):
+        y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
+                               momentum, eps, kernels.SIGMOID, pool)
+        if y is not None:
+            return y
+    return _composite(input, running_mean, running_var, weight, bias, training, momentum, eps,
                       pool)
 
 
-class BatchNormSigmoid(BatchNorm):
+class BatchNormSigmoid(BatchNormBase):
     """A bnlab BatchNorm followed by a sigmoid (and a 2x2 average pooling when ``pool=2``).
 
     Made by ``fuse`` from an existing layer, whose parameters, buffers, hyper-parameters and
@@ -139,19 +150,22 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Fuse [BatchNorm, Sigmoid, (AvgPool2d(2))] runs inside every nn.Sequential of `model`.
 
     Only plain bnlab BatchNorm layers (not variants, not guarded ones) are fused; everything
-    else is left as it is. Returns the fused model (a copy unless ``inplace``); the math is
-    unchanged and so are the state-dict keys.
+    else is left as it is. Returns the fused model (a copy unless ``inplace``; in place, all
+    or nothing: an error leaves the model as it was); the math is unchanged and so are the
+    state-dict keys.
     """
-    if not inplace:
-        model = copy.deepcopy(model)
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        layers = list(seq)
-        for i, layer in enumerate(layers[:-1]):
-            if type(layer) not in _PLAIN or layer.guard or not isinstance(layers[i + 1],
-                                                                          nn.Sigmoid):
-                continue
-            pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
-            seq[i] = BatchNormSigmoid.absorb(layer, pool)
-            for j in range(i + 1, i + 1 + pool):
-                seq[j] = nn.Identity()
+    check_tool_args("fuse", model, inplace=inplace)
+    model = model if inplace else copy.deepcopy(model)
+    with all_or_nothing(model) if inplace else contextlib.nullcontext():
+        for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+            layers = list(seq)
+            for i, layer in enumerate(layers[:-1]):
+                if type(layer) not in _PLAIN or layer.guard or not isinstance(layers[i + 1],
+                                                                              nn.Sigmoid):
+                    continue
+                check_layer_at_use(layer, False)  # eps/momentum set after construction
+                pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
+                seq[i] = BatchNormSigmoid.absorb(layer, pool)
+                for j in range(i + 1, i + 1 + pool):
+                    seq[j] = nn.Identity()
     return model

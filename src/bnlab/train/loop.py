@@ -22,9 +22,9 @@ from torch import nn
 from bnlab.data import BatchLoader, load_split
 from bnlab.errors import CorruptFileError, RunDirError, UnavailableError, UserError
 from bnlab.models import build_model
-from bnlab.norm import fast
 from bnlab.norm.convert import convert
 from bnlab.norm.fused import fuse
+from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import Dist, setup
 from bnlab.train.progress import Progress
@@ -52,8 +52,8 @@ def pick_device(name: str) -> torch.device:
 def make_model(config: TrainConfig) -> nn.Module:
     """Build the model with the seed's initialization (Xavier-uniform on conv/linear weights).
 
-    With ``config.fuse`` (and the fast kernels available), BatchNorm -> sigmoid (-> avg pool)
-    runs become single fused layers: the same function and state-dict keys, fewer passes.
+    With ``config.fuse``, BatchNorm -> sigmoid (-> avg pool) runs become single fused layers:
+    the same function and state-dict keys, fewer passes where bnlab's kernels serve them.
     """
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.norm)
@@ -63,7 +63,7 @@ def make_model(config: TrainConfig) -> nn.Module:
                 nn.init.xavier_uniform_(m.weight)
     if config.sync_bn:  # plain BatchNorm when run as a single process
         model = convert(model, to="sync", inplace=True)
-    if config.fuse and fast.available():
+    if config.fuse:
         model = fuse(model, inplace=True)
     return model
 
@@ -150,7 +150,7 @@ def _resume_state(raw: nn.Module, optimizer: torch.optim.Optimizer,
                   checkpoint: dict[str, Any], path: Path) -> None:
     """Load the checkpoint into the fresh model and optimizer (both discarded on failure)."""
     try:
-        raw.load_state_dict(checkpoint["model"])
+        load_state_dict(raw, checkpoint["model"])  # all or nothing
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:

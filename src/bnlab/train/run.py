@@ -10,6 +10,7 @@ from torch import nn
 
 from bnlab.errors import CorruptFileError, RunDirError
 from bnlab.models import build_model
+from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.rundir import CHECKPOINT, CONFIG, METRICS, RunDir
 
@@ -82,8 +83,8 @@ class Run:
         config = self.config
         model = build_model(config.model, config.norm)
         try:
-            model.load_state_dict(self.dir.load_checkpoint()["model"])
-        except (RuntimeError, ValueError) as e:  # sizes or keys of another model
+            load_state_dict(model, self.dir.load_checkpoint()["model"])  # all or nothing
+        except (RuntimeError, TypeError, ValueError) as e:  # sizes or keys of another model
             raise CorruptFileError(self.path / CHECKPOINT, f"does not fit the model in "
                                    f"config.json ({str(e).strip().splitlines()[0]})",
                                    "restore the run's own checkpoint") from e

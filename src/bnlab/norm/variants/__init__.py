@@ -12,8 +12,6 @@ from bnlab.norm.variants.frozen import (
     FrozenBatchNorm1d,
     FrozenBatchNorm2d,
     FrozenBatchNorm3d,
-    freeze,
-    unfreeze,
 )
 from bnlab.norm.variants.ghost import GhostBatchNorm
 from bnlab.norm.variants.renorm import BatchRenorm
@@ -31,7 +29,5 @@ __all__ = [
     "LayerNorm",
     "PerActivationBatchNorm",
     "SyncBatchNorm",
-    "freeze",
     "group_norm",
-    "unfreeze",
 ]

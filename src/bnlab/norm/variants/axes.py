@@ -32,8 +32,15 @@ from torch import Tensor, nn
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from bnlab.norm.batchnorm import BatchNorm
-from bnlab.norm.checks import check_norm_config
+from bnlab.norm.batchnorm import BatchNormBase
+from bnlab.norm.checks import (
+    check_eps,
+    check_flag,
+    check_flags,
+    check_layer_at_use,
+    check_norm_config,
+    check_size,
+)
 from bnlab.norm.functional import batch_norm
 
 __all__ = ["GroupNorm", "InstanceNorm", "LayerNorm", "PerActivationBatchNorm", "group_norm"]
@@ -63,12 +70,21 @@ class _NormalizeRows(Function):
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalize each (sample, group of C / num_groups channels); per-channel affine after."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"group_norm expects a torch.Tensor input, got {type(input).__name__}")
     if input.dim() < 2 or not input.is_floating_point():
         raise ValueError(f"group_norm expects a floating-point (N, C, *) input, got "
                          f"{input.dtype} of shape {tuple(input.shape)}")
+    check_size("group_norm", "num_groups", num_groups)
+    check_eps("group_norm", eps)
     n, c = input.shape[:2]
     if c % num_groups:
         raise ValueError(f"{c} channels cannot be split into {num_groups} equal groups")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (not isinstance(t, Tensor) or t.numel() != c):
+            got = f"{t.numel()} elements" if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"group_norm {name} must be None or a tensor of {c} elements (one "
+                            f"per channel), got {got}")
     cdtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
     if input.numel() == 0:
         return input.clone()
@@ -87,6 +103,8 @@ class _PerSampleNorm(nn.Module):
     def __init__(self, num_features: int, num_groups: int, eps: float, affine: bool,
                  device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         check_norm_config(num_features, eps, None)
+        check_size(type(self).__name__, "num_groups", num_groups)
+        check_flag(type(self).__name__, "affine", affine)
         if num_features % num_groups:
             raise ValueError(f"num_features={num_features} is not divisible by "
                              f"num_groups={num_groups}")
@@ -106,6 +124,7 @@ class _PerSampleNorm(nn.Module):
                              f"{self.num_features}, *) input, got shape {tuple(input.shape)}")
 
     def forward(self, input: Tensor) -> Tensor:
+        check_layer_at_use(self, False)  # eps set after construction
         self._check_input(input)
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
@@ -128,6 +147,8 @@ class GroupNorm(_PerSampleNorm):
     def __init__(self, num_features: int, num_groups: int | None = None, eps: float = 1e-5,
                  affine: bool = True, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
+        if num_groups is None:
+            check_norm_config(num_features, eps, None)  # before default_groups loops over it
         groups = default_groups(num_features) if num_groups is None else num_groups
         super().__init__(num_features, groups, eps, affine, device, dtype)
 
@@ -157,7 +178,18 @@ class InstanceNorm(_PerSampleNorm):
                              f"input with at least one spatial dim, got {tuple(input.shape)}")
 
 
-class PerActivationBatchNorm(BatchNorm):
+def _spatial_shape(spatial_shape: object) -> tuple[int, ...]:
+    """A tuple of positive ints: int() would turn 2.5 into 2 and True into 1, "44" into (4, 4)."""
+    if isinstance(spatial_shape, (str, bytes)) or not isinstance(spatial_shape, (tuple, list,
+                                                                                 torch.Size)):
+        raise TypeError(f"PerActivationBatchNorm: spatial_shape must be a tuple of ints (the "
+                        f"input's spatial size, e.g. (H, W)), got {spatial_shape!r}")
+    for s in spatial_shape:
+        check_size("PerActivationBatchNorm", "each spatial_shape entry", s)
+    return tuple(spatial_shape)
+
+
+class PerActivationBatchNorm(BatchNormBase):
     """Batch statistics per activation (c, s): averaged over the batch dimension only.
 
     ``PerActivationBatchNorm(num_features, spatial_shape)``: running buffers of shape
@@ -170,7 +202,9 @@ class PerActivationBatchNorm(BatchNorm):
                  track_running_stats: bool = True, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, *, bias: bool = True,
                  guard: bool = False) -> None:
-        self.spatial_shape = tuple(int(s) for s in spatial_shape)
+        self.spatial_shape = _spatial_shape(spatial_shape)
+        check_flags("PerActivationBatchNorm", affine=affine, bias=bias, guard=guard,
+                    track_running_stats=track_running_stats)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias, guard=guard)
         if track_running_stats:

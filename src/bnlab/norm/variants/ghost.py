@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from bnlab.norm.batchnorm import BatchNorm
+from bnlab.norm.checks import check_flags, check_size
 from bnlab.norm.functional import batch_norm, batch_statistics, blend_running_stats
 
 __all__ = ["GhostBatchNorm", "virtual_batch_sizes"]
@@ -39,9 +40,9 @@ class GhostBatchNorm(BatchNorm):
                  affine: bool = True, track_running_stats: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  *, bias: bool = True, guard: bool = False, virtual_batch_size: int = 32) -> None:
-        if not isinstance(virtual_batch_size, int) or virtual_batch_size < 1:
-            raise ValueError(f"virtual_batch_size must be a positive int, got "
-                             f"{virtual_batch_size!r}")
+        check_flags("GhostBatchNorm", affine=affine, bias=bias, guard=guard,
+                    track_running_stats=track_running_stats)
+        check_size("GhostBatchNorm", "virtual_batch_size", virtual_batch_size)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias, guard=guard)
         self.virtual_batch_size = virtual_batch_size
@@ -49,6 +50,8 @@ class GhostBatchNorm(BatchNorm):
     def _normalize(self, input: Tensor, running_mean: Tensor | None,
                    running_var: Tensor | None, use_batch_stats: bool, momentum: float,
                    skipped: Tensor | None) -> Tensor:
+        # It may have been set after construction: 0 would divide by zero, True mean 1.
+        check_size("GhostBatchNorm", "virtual_batch_size", self.virtual_batch_size)
         n = input.shape[0] if input.dim() else 0
         per_sample = input[0].numel() // max(input.shape[1], 1) if n else 1
         sizes = virtual_batch_sizes(n, self.virtual_batch_size, per_sample)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from bnlab.norm.batchnorm import BatchNorm
+from bnlab.norm.checks import check_flags, check_limit
 from bnlab.norm.functional import batch_norm, batch_statistics
 
 __all__ = ["BatchRenorm", "renorm_limits"]
@@ -43,6 +44,12 @@ def renorm_limits(step: int, rmax: float, dmax: float,
     return 1.0 + (rmax - 1.0) * ramp(schedule["rmax_end"]), dmax * ramp(schedule["dmax_end"])
 
 
+def _check_limits(rmax: object, dmax: object) -> None:
+    """rmax >= 1 and dmax >= 0, finite: a NaN would pass `rmax < 1` and clip r to NaN."""
+    check_limit("BatchRenorm", "rmax", rmax, minimum=1.0)
+    check_limit("BatchRenorm", "dmax", dmax, minimum=0.0)
+
+
 class BatchRenorm(BatchNorm):
     """BatchNorm's constructor plus ``rmax=3.0, dmax=5.0, warmup=True`` (the paper's schedule;
     ``warmup=False`` uses the fixed limits from the first step). Needs running statistics."""
@@ -52,11 +59,12 @@ class BatchRenorm(BatchNorm):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  *, bias: bool = True, guard: bool = False, rmax: float = 3.0,
                  dmax: float = 5.0, warmup: bool = True) -> None:
+        check_flags("BatchRenorm", warmup=warmup, affine=affine, bias=bias, guard=guard,
+                    track_running_stats=track_running_stats)
         if not track_running_stats:
             raise ValueError("BatchRenorm corrects batch statistics towards the running ones: "
                              "it needs track_running_stats=True")
-        if rmax < 1 or dmax < 0:
-            raise ValueError(f"need rmax >= 1 and dmax >= 0, got rmax={rmax}, dmax={dmax}")
+        _check_limits(rmax, dmax)
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias, guard=guard)
         self.rmax, self.dmax = rmax, dmax
@@ -64,6 +72,7 @@ class BatchRenorm(BatchNorm):
 
     def limits(self) -> tuple[float, float]:
         assert self.num_batches_tracked is not None
+        _check_limits(self.rmax, self.dmax)  # they may have been set after construction
         return renorm_limits(int(self.num_batches_tracked), self.rmax, self.dmax, self.schedule)
 
     def _normalize(self, input: Tensor, running_mean: Tensor | None,

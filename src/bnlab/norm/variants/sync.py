@@ -32,13 +32,13 @@ from torch import Tensor
 from torch.autograd import Function
 
 from bnlab.norm.batchnorm import BatchNorm
-from bnlab.norm.checks import check_batch_norm_args
-from bnlab.norm.functional import (
-    _compute_dtype,
-    _normalize,
+from bnlab.norm.checks import check_batch_norm_args, check_flags
+from bnlab.norm.reference import (
     backward_sums,
     batch_statistics,
+    compute_dtype,
     input_grad,
+    normalize,
     update_running_stats,
 )
 
@@ -93,14 +93,14 @@ class SyncBatchNormFunction(Function):
         running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float,
         group: Any, skipped: Tensor | None,
     ) -> Tensor:
-        cdtype = _compute_dtype(x.dtype)
+        cdtype = compute_dtype(x.dtype)
         mean64, var64, n = sync_batch_statistics(x, group)
         if n == 1:  # the same verdict on every rank: they all see the same global count
             raise ValueError("Expected more than 1 value per channel when training, got 1 "
                              "value per channel summed over all ranks")
         mean, var = mean64.to(cdtype), var64.to(cdtype)
         inv_std = torch.rsqrt(var + eps)
-        y = _normalize(x, mean, inv_std, weight, bias)
+        y = normalize(x, mean, inv_std, weight, bias)
         if running_mean is not None and running_var is not None and n > 1:
             update_running_stats(running_mean, running_var, mean, var, n, momentum, skipped)
         ctx.save_for_backward(x, weight, mean, inv_std)
@@ -133,6 +133,13 @@ class SyncBatchNorm(BatchNorm):
                  affine: bool = True, track_running_stats: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  *, bias: bool = True, guard: bool = False, process_group: Any = None) -> None:
+        check_flags("SyncBatchNorm", affine=affine, bias=bias, guard=guard,
+                    track_running_stats=track_running_stats)
+        if process_group is not None and not (dist.is_available()
+                                              and isinstance(process_group, dist.ProcessGroup)):
+            raise TypeError(f"SyncBatchNorm: process_group must be None (the default group) or "
+                            f"a torch.distributed ProcessGroup (dist.new_group(...)), got "
+                            f"{process_group!r}")
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
                          bias=bias, guard=guard)
         self.process_group = process_group

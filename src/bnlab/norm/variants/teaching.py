@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bnlab.norm.batchnorm import BatchNorm
+from bnlab.norm.batchnorm import BatchNormBase
 from bnlab.norm.functional import batch_norm, batch_statistics, update_running_stats
 
 __all__ = ["RunningStatsBatchNorm"]
 
 
-class RunningStatsBatchNorm(BatchNorm):
+class RunningStatsBatchNorm(BatchNormBase):
     """BatchNorm's constructor; training normalizes with the (just updated) running averages."""
 
     def _normalize(self, input: Tensor, running_mean: Tensor | None,

@@ -1,6 +1,8 @@
-// bnlab's fast CPU BatchNorm: fused kernels for float32 and float64, exposed as a Python
-// extension module. The math is the one in bnlab/norm/functional.py's docstring; this file
-// only makes it fast. bnlab/norm/fast.py builds it, loads it and decides when to use it.
+// bnlab's fast CPU BatchNorm: fused kernels for float32 and float64, registered as PyTorch
+// operators (torch.ops.bnlab.*, see "operators" below) in a Python extension module. The math
+// is the one in bnlab/norm/reference.py's docstring; this file only makes it fast.
+// bnlab/norm/kernels/ builds it, verifies and loads it, and registers the operators' fake
+// implementations; bnlab/norm/backends.py decides when it is used.
 //
 // Two memory layouts cover every dense input:
 //   planes  (N, C, S) contiguous, S = prod(spatial) > 1: channel c owns N planes of S values.
@@ -12,18 +14,24 @@
 // of squared deviations while it sits in L1 (planes in double; row blocks in the input's type,
 // per column, at full SIMD width); blocks are merged in double with Chan et al.'s pairwise
 // formula. So x is read from memory once, and the variance is never formed as
-// E[x^2] - E[x]^2.
+// E[x^2] - E[x]^2. Row blocks are summed as x - K, K the channel's first value, so that sums in
+// the input's type see values of the order of std: a block mean of x itself is off by about
+// eps |mean|, which biases the block's m2 by the square of that (relative error 2e-2 in float32
+// at |mean|/std = 1e6).
 // Work is split into a fixed number of chunks, each with its own accumulator, merged in chunk
 // order: results do not depend on thread scheduling.
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -78,12 +86,23 @@ at::Tensor like(const at::Tensor& t, const at::Tensor& x) {
   return at::empty_like(x).copy_(t);
 }
 
-// Running (count, mean, m2) merged with a block's (nb, mean_b, m2_b): Chan et al.
+// Running (count, mean, m2) merged with a block's (nb, mean_b, m2_b): Chan et al.,
+//   delta = mean_b - mean,  mean += delta nb / total,  m2 += m2_b + delta^2 count nb / total.
+// An inf in the data makes a mean inf, and the delta form then gives inf - inf = NaN where the
+// sum of the values gives inf; so a non-finite delta merges the means as the weighted sum
+// (count mean + nb mean_b) / total instead: inf, or NaN for +inf with -inf, as torch's are. (m2
+// is NaN either way: the block that holds the inf has x - mean = inf - inf.)
+// f = count / total, f_b = nb / total.
+inline double merged_mean(double mean, double mean_b, double f, double f_b) {
+  const double delta = mean_b - mean;
+  return std::isfinite(delta) ? mean + delta * f_b : mean * f + mean_b * f_b;
+}
+
 inline void merge(double& count, double& mean, double& m2, double nb, double mean_b,
                   double m2_b) {
   const double total = count + nb;
   const double delta = mean_b - mean;
-  mean += delta * nb / total;
+  mean = merged_mean(mean, mean_b, count / total, nb / total);
   m2 += m2_b + delta * delta * count * nb / total;
   count = total;
 }
@@ -188,17 +207,23 @@ template <typename T>
 void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
   const int64_t C = L.c, W = L.w;
   const int64_t nchunks = chunks_for(wide_rows(L), W);
-  // Per chunk: count, then mean[W], m2[W] per column of the wide rows, in double.
+  // The shift K per column: its channel's value in row 0 (0 where that is not finite, so that
+  // an inf in the data still sums to inf, not to inf - inf). Blocks sum x - K in T, which is
+  // exact where x is within a factor 2 of K (Sterbenz), i.e. wherever |mean| >> std.
+  std::vector<T> shift(W);
+  for (int64_t j = 0; j < W; ++j) shift[j] = std::isfinite(x[j % C]) ? x[j % C] : T(0);
+  const T* K = shift.data();
+  // Per chunk: count, then mean - K[W], m2[W] per column of the wide rows, in double.
   std::vector<double> cnt(nchunks, 0.0), mu(nchunks * W, 0.0), acc(nchunks * W, 0.0);
-  // Each block (in L1) gets its exact two-pass mean and m2 in T, at full SIMD width, then is
-  // merged into its chunk's double accumulators.
+  // Each block (in L1) gets its exact two-pass mean - K and m2 in T, at full SIMD width, then
+  // is merged into its chunk's double accumulators.
   for_row_blocks(L, nchunks, kStatRows, [&](int64_t k, int64_t b0, int64_t b1) {
-    const auto [bm, bq] = zeroed_rows<T>(W);  // block mean and m2, per column
+    const auto [bm, bq] = zeroed_rows<T>(W);  // block mean - K and m2, per column
     const T nb = static_cast<T>(b1 - b0);
     for (int64_t r = b0; r < b1; ++r) {
       const T* p = x + r * W;
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) bm[j] += p[j];
+      for (int64_t j = 0; j < W; ++j) bm[j] += p[j] - K[j];
     }
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) bm[j] /= nb;
@@ -206,25 +231,25 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
       const T* p = x + r * W;
 #pragma omp simd
       for (int64_t j = 0; j < W; ++j) {
-        const T d = p[j] - bm[j];
+        const T d = (p[j] - K[j]) - bm[j];
         bq[j] += d * d;
       }
     }
-    // Chan's merge (see merge()), its per-block factors hoisted out of the column loop.
+    // merge() per column, its per-block factors hoisted out of the column loop.
     double* cm = mu.data() + k * W;
     double* ca = acc.data() + k * W;
     const double count = cnt[k], total = count + nb;
-    const double f_mean = nb / total, f_m2 = count * nb / total;
+    const double f = count / total, f_b = nb / total, f_m2 = count * nb / total;
 #pragma omp simd
     for (int64_t j = 0; j < W; ++j) {
       const double delta = bm[j] - cm[j];
-      cm[j] += delta * f_mean;
+      cm[j] = merged_mean(cm[j], bm[j], f, f_b);
       ca[j] += bq[j] + delta * delta * f_m2;
     }
     cnt[k] = total;
   });
-  // Chunks in order; a chunk's k columns of channel c hold equally many values, so they
-  // combine as mean = average of their means, m2 = sum (m2_t + n (mean_t - mean)^2).
+  // Chunks in order; a chunk's k columns of channel c hold equally many values (and share K),
+  // so they combine as mean = average of their means, m2 = sum (m2_t + n (mean_t - mean)^2).
   std::vector<double> count(C, 0.0), m(C, 0.0), a(C, 0.0), cm(C), ca(C);
   for (int64_t k = 0; k < nchunks; ++k) {
     if (cnt[k] == 0) continue;
@@ -242,6 +267,7 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
       }
     for (int64_t c = 0; c < C; ++c) merge(count[c], m[c], a[c], cnt[k] * L.k, cm[c], ca[c]);
   }
+  for (int64_t c = 0; c < C; ++c) m[c] += K[c];  // mean - K -> mean, in double
   merge_rows(x + wide_rows(L) * W, tail_rows(L), C, count.data(), m.data(), a.data());
   std::copy(m.begin(), m.end(), mean);
   std::copy(a.begin(), a.end(), m2);
@@ -657,11 +683,153 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
   return {dx, sum_g_t, sum_gx_t};
 }
 
-// ---- autograd ----------------------------------------------------------------------------
-// The autograd node is C++ because a Python autograd.Function costs about 20 us per forward and
-// backward, as long as the kernels themselves on LeNet's small layers. Its backward is the
-// kernel above. Under create_graph (double backward) it calls instead the differentiable
-// reference that bnlab/norm/fast.py registers with set_double_backward.
+// ---- argument checks -----------------------------------------------------------------------
+// The operators below can be called by anyone (torch.ops.bnlab.*), so each one checks every
+// tensor it dereferences: any input reachable from Python raises a Python exception (with
+// torch's exception type where torch has one), never a signal. Layouts the kernels do not walk
+// (transposed, strided, overlapping) are copied to a dense one first.
+
+const char* const kOp = "bnlab::batch_norm: ";
+
+bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+void check_input(const at::Tensor& x, int64_t act, int64_t pool) {
+  TORCH_CHECK_VALUE(x.defined(), kOp, "the input is an undefined tensor");
+  TORCH_CHECK_VALUE(x.dim() >= 2, kOp, "expected an input of shape (N, C, *) with at least 2 "
+                    "dims, got ", x.dim(), " dims");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, kOp,
+                   "the CPU kernels take float32 or float64 input, got ", x.scalar_type());
+  TORCH_CHECK(x.device().is_cpu() && x.layout() == at::kStrided, kOp,
+              "the kernels take a dense CPU tensor, got one on ", x.device());
+  TORCH_CHECK_VALUE(act == kIdentity || act == kSigmoid, kOp, "act must be 0 (identity) or 1 "
+                    "(sigmoid), got ", act);
+  TORCH_CHECK_VALUE(pool == 1 || pool == 2, kOp, "pool must be 1 or 2, got ", pool);
+  TORCH_CHECK_VALUE(pool == 1 || (act == kSigmoid && x.dim() == 4 && x.size(2) % 2 == 0 &&
+                                  x.size(3) % 2 == 0),
+                    kOp, "pool=2 needs act=1 and a 4-D input with even height and width, got "
+                    "shape ", x.sizes());
+}
+
+// A per-channel tensor: C values of x's dtype on the CPU (any shape or strides).
+void check_vector(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
+  if (!present(t)) return;
+  TORCH_CHECK(t->numel() == x.size(1), name, " should contain ", x.size(1), " elements not ",
+              t->numel());
+  TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), kOp, name, " is ", t->scalar_type(),
+                   " but the input is ", x.scalar_type());
+  TORCH_CHECK(t->device().is_cpu() && t->layout() == at::kStrided, kOp, name,
+              " must be a dense CPU tensor, got one on ", t->device());
+}
+
+void check_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                   const c10::optional<at::Tensor>& bias,
+                   const c10::optional<at::Tensor>& running_mean,
+                   const c10::optional<at::Tensor>& running_var, bool train, double eps,
+                   int64_t act, int64_t pool) {
+  check_input(x, act, pool);
+  check_vector(weight, "weight", x);
+  check_vector(bias, "bias", x);
+  check_vector(running_mean, "running_mean", x);
+  check_vector(running_var, "running_var", x);
+  TORCH_CHECK_VALUE(present(running_mean) == present(running_var), "running_mean and "
+                    "running_var must either both be None or neither be None");
+  TORCH_CHECK(train || present(running_mean), "running_mean must be defined in evaluation mode");
+  TORCH_CHECK_VALUE(eps >= 0 && std::isfinite(eps), kOp, "eps must be finite and >= 0, got ",
+                    eps);
+  // Buffers written in place must not have two elements on one address (an expanded
+  // tensor): checked before anything is computed, so a refused call writes nothing.
+  for (const auto* t : {&running_mean, &running_var})
+    if (train && present(*t)) at::assert_no_internal_overlap(**t);
+  const int64_t per_channel = x.size(1) == 0 ? 0 : x.numel() / x.size(1);
+  TORCH_CHECK_VALUE(!train || per_channel != 1, "Expected more than 1 value per channel when "
+                    "training, got input size ", x.sizes());
+}
+
+// x as the kernels walk it: contiguous or channels_last(_3d); contiguous for pooling.
+at::Tensor dense(const at::Tensor& x, int64_t pool) {
+  if (x.is_contiguous()) return x;
+  if (pool == 1 && ((x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ||
+                    (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d))))
+    return x;
+  return x.contiguous();
+}
+
+// ---- operators -----------------------------------------------------------------------------
+// Registered with PyTorch's dispatcher (namespace bnlab), so that autograd, jit.trace,
+// torch.export, torch.compile and torch.func see them as operators (bnlab/norm/kernels/ops.py
+// registers their fake implementations, used to trace without data):
+//
+//   batch_norm_forward   (y, mean, invstd): y = pool(act(BatchNorm(x))); in training the batch
+//                        statistics, folded into the running buffers in place (last); in eval
+//                        a copy of the running mean and 1 / sqrt(running_var + eps)
+//   batch_norm_backward  (dx, or an empty tensor when not needed; dL/dbias = sum dz;
+//                        dL/dweight = sum dz * x_hat), dz the gradient at BatchNorm's output
+//   batch_norm           the differentiable entry: y, with an autograd node over the two
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> op_forward(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool train, double momentum, double eps,
+    int64_t act, int64_t pool) {
+  check_forward(input, weight, bias, running_mean, running_var, train, eps, act, pool);
+  const at::Tensor x = dense(input, pool);
+  const int64_t C = x.size(1);
+  if (!train) {
+    const at::Tensor mean = running_mean->contiguous().view({-1});
+    auto [y, invstd] = forward_eval(x, weight, bias, mean, *running_var, eps, act, pool);
+    return {y, mean.clone(), invstd};
+  }
+  if (x.numel() == 0) {  // no statistics: empty output, running buffers untouched
+    return {output_for(x, pool), at::zeros({C}, x.options()),
+            at::full({C}, 1.0 / std::sqrt(1.0 + eps), x.options())};
+  }
+  if (!present(running_mean))
+    return forward_train(x, weight, bias, c10::nullopt, c10::nullopt, momentum, eps, act, pool);
+  // The kernels write the buffers as C contiguous values: a strided buffer goes through a copy.
+  at::Tensor rm = running_mean->contiguous(), rv = running_var->contiguous();
+  auto out = forward_train(x, weight, bias, rm, rv, momentum, eps, act, pool);
+  if (!rm.is_same(*running_mean)) running_mean->copy_(rm.view(running_mean->sizes()));
+  if (!rv.is_same(*running_var)) running_var->copy_(rv.view(running_var->sizes()));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> op_backward(
+    const at::Tensor& grad_out, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
+    bool train, int64_t act, int64_t pool, bool need_input_grad) {
+  check_input(input, act, pool);
+  check_vector(weight, "weight", input);
+  check_vector(bias, "bias", input);
+  check_vector(mean, "mean", input);
+  check_vector(invstd, "invstd", input);
+  TORCH_CHECK_VALUE(grad_out.defined(), kOp, "grad_out is an undefined tensor");
+  const at::Tensor x = dense(input, pool);
+  std::vector<int64_t> expected = x.sizes().vec();  // the output's shape
+  if (pool == 2) expected = {x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2};
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(expected), kOp, "grad_out has shape ",
+              grad_out.sizes(), " but the output has shape ", at::IntArrayRef(expected));
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == x.scalar_type(), kOp, "grad_out is ",
+                   grad_out.scalar_type(), " but the input is ", x.scalar_type());
+  TORCH_CHECK(grad_out.device().is_cpu() && grad_out.layout() == at::kStrided, kOp,
+              "grad_out must be a dense CPU tensor");
+  if (x.numel() == 0) {
+    const int64_t C = x.size(1);
+    return {need_input_grad ? at::empty_like(x) : at::empty({0}, x.options()),
+            at::zeros({C}, x.options()), at::zeros({C}, x.options())};
+  }
+  return kernel_backward(grad_out, x, weight, bias, mean.contiguous().view({-1}),
+                         invstd.contiguous().view({-1}), train, need_input_grad, act, pool);
+}
+
+c10::OperatorHandle find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+// ---- autograd --------------------------------------------------------------------------------
+// The node is C++ because a Python autograd.Function costs about 20 us per forward and backward,
+// as long as the kernels themselves on LeNet's small layers. Its backward is the backward
+// operator; under create_graph (double backward) it calls instead the differentiable gradients
+// that the layers register from Python (bnlab/norm/kernels/ops.py, register_double_backward).
 
 py::object* g_double_backward = nullptr;  // never freed: it must outlive the interpreter
 
@@ -672,18 +840,26 @@ c10::optional<at::Tensor> or_none(const at::Tensor& t) {
   return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
 }
 
-// (y, mean, invstd) with batch statistics (running buffers updated last) or running ones.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_any(
+using ForwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+    const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, bool, double, double,
+    int64_t, int64_t);
+using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+    const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, bool, int64_t,
+    int64_t, bool);
+using EntryFn = at::Tensor(const at::Tensor&, const c10::optional<at::Tensor>&,
+                          const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                          const c10::optional<at::Tensor>&, bool, double, double, int64_t,
+                          int64_t);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(
     const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
     const c10::optional<at::Tensor>& running_var, bool train, double momentum, double eps,
     int64_t act, int64_t pool) {
-  if (train) return forward_train(x, weight, bias, running_mean, running_var, momentum, eps,
-                                  act, pool);
-  TORCH_CHECK(running_mean.has_value() && running_var.has_value(),
-              "bnlab fast batch_norm: evaluation needs running_mean and running_var");
-  auto [y, invstd] = forward_eval(x, weight, bias, *running_mean, *running_var, eps, act, pool);
-  return {y, *running_mean, invstd};
+  static auto op = find_op("bnlab::batch_norm_forward").typed<ForwardFn>();
+  return op.call(x, weight, bias, running_mean, running_var, train, momentum, eps, act, pool);
 }
 
 struct BatchNormNode : public torch::autograd::Function<BatchNormNode> {
@@ -693,10 +869,10 @@ struct BatchNormNode : public torch::autograd::Function<BatchNormNode> {
                             const c10::optional<at::Tensor>& running_mean,
                             const c10::optional<at::Tensor>& running_var, bool train,
                             double momentum, double eps, int64_t act, int64_t pool) {
-    auto [y, mean, invstd] = forward_any(x, weight, bias, running_mean, running_var, train,
-                                         momentum, eps, act, pool);
-    ctx->save_for_backward({x, or_undefined(weight), or_undefined(bias), mean, invstd,
-                            train ? at::Tensor() : or_undefined(running_var)});
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [y, mean, invstd] = call_forward(x, weight, bias, running_mean, running_var, train,
+                                          momentum, eps, act, pool);
+    ctx->save_for_backward({x, or_undefined(weight), or_undefined(bias), mean, invstd});
     ctx->saved_data["train"] = train;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["act"] = act;
@@ -718,19 +894,20 @@ struct BatchNormNode : public torch::autograd::Function<BatchNormNode> {
     at::Tensor gx, gw, gb;
     if (at::GradMode::is_enabled()) {  // create_graph: the gradient needs a graph of its own
       TORCH_CHECK(g_double_backward != nullptr,
-                  "bnlab fast batch_norm: no double-backward function registered");
+                  kOp, "no double-backward function registered");
       py::gil_scoped_acquire gil;
       auto r = (*g_double_backward)(grads[0], x, or_none(w), or_none(b), saved[3], saved[4],
-                                    or_none(saved[5]), train, ctx->saved_data["eps"].toDouble(),
-                                    act, pool, std::make_tuple(need_x, need_w, need_b))
+                                    train, ctx->saved_data["eps"].toDouble(), act, pool,
+                                    std::make_tuple(need_x, need_w, need_b))
                    .cast<std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>,
                                     c10::optional<at::Tensor>>>();
       gx = or_undefined(std::get<0>(r));
       gw = or_undefined(std::get<1>(r));
       gb = or_undefined(std::get<2>(r));
     } else {
-      auto [dx, sum_g, sum_gx] = kernel_backward(grads[0], x, or_none(w), or_none(b), saved[3],
-                                                 saved[4], train, need_x, act, pool);
+      static auto op = find_op("bnlab::batch_norm_backward").typed<BackwardFn>();
+      auto [dx, sum_g, sum_gx] = op.call(grads[0], x, or_none(w), or_none(b), saved[3],
+                                         saved[4], train, act, pool, need_x);
       if (need_x) gx = dx;
       if (need_w) gw = sum_gx;
       if (need_b) gb = sum_g;
@@ -742,68 +919,90 @@ struct BatchNormNode : public torch::autograd::Function<BatchNormNode> {
 };
 
 bool requires_grad(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() && t->requires_grad();
+  return present(t) && t->requires_grad();
 }
 
-// Whether the kernels take this call (the same rule as bnlab/norm/fast.py's kernels_for):
-// a non-empty float32/float64 CPU input, contiguous or channels_last(_3d); per-channel tensors
-// of its dtype, on the CPU, contiguous; pooling only of a contiguous 4-D input, H and W even.
-bool applies(const at::Tensor& x, std::initializer_list<const c10::optional<at::Tensor>*> others,
-             int64_t pool) {
-  const auto dtype = x.scalar_type();
-  if ((dtype != at::kFloat && dtype != at::kDouble) || !x.device().is_cpu() || x.dim() < 2 ||
-      x.numel() == 0)
-    return false;
-  const bool contiguous = x.is_contiguous();
-  if (!contiguous && !(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) &&
-      !(x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)))
-    return false;
-  if (pool != 1 && !(pool == 2 && contiguous && x.dim() == 4 && x.size(2) % 2 == 0 &&
-                     x.size(3) % 2 == 0))
-    return false;
-  for (const auto* t : others)
-    if (t->has_value() && (*t)->defined() &&
-        ((*t)->scalar_type() != dtype || !(*t)->device().is_cpu() || !(*t)->is_contiguous()))
-      return false;
-  return true;
-}
-
-// The entry point: y, with a BatchNormNode as its grad_fn when there is something to
-// differentiate (grad mode on and x, weight or bias requiring grad); None where the kernels do
-// not apply (see applies), for the caller to take the reference path.
-c10::optional<at::Tensor> batch_norm(const at::Tensor& x,
-                                     const c10::optional<at::Tensor>& weight,
-                                     const c10::optional<at::Tensor>& bias,
-                                     const c10::optional<at::Tensor>& running_mean,
-                                     const c10::optional<at::Tensor>& running_var, bool train,
-                                     double momentum, double eps, int64_t act, int64_t pool) {
-  // What follows the normalization: act = 0 (none) or 1 (sigmoid); pool = 1 (none) or 2 (2x2
-  // average pooling with stride 2, after a sigmoid; applies() checks the input's shape for it).
-  TORCH_CHECK(act == kIdentity || act == kSigmoid, "bnlab fast batch_norm: act must be 0 or 1");
-  TORCH_CHECK(pool == 1 || (pool == 2 && act == kSigmoid),
-              "bnlab fast batch_norm: pool must be 1, or 2 after a sigmoid");
-  if (!applies(x, {&weight, &bias, &running_mean, &running_var}, pool)) return c10::nullopt;
-  if (at::GradMode::is_enabled() &&
-      (x.requires_grad() || requires_grad(weight) || requires_grad(bias)))
+// bnlab::batch_norm at the Autograd key: a node where there is something to differentiate.
+at::Tensor entry_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                          const c10::optional<at::Tensor>& bias,
+                          const c10::optional<at::Tensor>& running_mean,
+                          const c10::optional<at::Tensor>& running_var, bool train,
+                          double momentum, double eps, int64_t act, int64_t pool) {
+  if (at::GradMode::is_enabled() && (x.requires_grad() || requires_grad(weight) ||
+                                     requires_grad(bias)))
     return BatchNormNode::apply(x, weight, bias, running_mean, running_var, train, momentum,
                                 eps, act, pool);
-  return std::get<0>(forward_any(x, weight, bias, running_mean, running_var, train, momentum,
-                                 eps, act, pool));
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return std::get<0>(call_forward(x, weight, bias, running_mean, running_var, train, momentum,
+                                  eps, act, pool));
+}
+
+// bnlab::batch_norm below autograd (inference mode, fake tensors): the forward's output.
+at::Tensor entry_plain(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                       const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& running_mean,
+                       const c10::optional<at::Tensor>& running_var, bool train,
+                       double momentum, double eps, int64_t act, int64_t pool) {
+  return std::get<0>(call_forward(x, weight, bias, running_mean, running_var, train, momentum,
+                                  eps, act, pool));
+}
+
+// Tensors that the autograd node cannot serve: functorch's wrappers (vmap, grad, jvp) and
+// forward-mode dual tensors. The caller gives such calls to ATen, which has their rules.
+bool transformed(const c10::optional<at::Tensor>& t) {
+  if (!present(t)) return false;
+  static const c10::DispatchKeySet wrappers({c10::DispatchKey::FuncTorchBatched,
+                                             c10::DispatchKey::FuncTorchGradWrapper});
+  return t->key_set().has_any(wrappers) || t->_fw_grad(/*level=*/0).defined();
+}
+
+// The eager entry point from Python: a direct call costs about a microsecond, a torch.ops call
+// several. It goes through the dispatcher all the same (so jit.trace records the operator);
+// None for the transformed tensors above.
+c10::optional<at::Tensor> eager_batch_norm(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool train, double momentum, double eps,
+    int64_t act, int64_t pool) {
+  for (const auto* t : {&weight, &bias, &running_mean, &running_var})
+    if (transformed(*t)) return c10::nullopt;
+  if (transformed(x)) return c10::nullopt;
+  static auto op = find_op("bnlab::batch_norm").typed<EntryFn>();
+  return op.call(x, weight, bias, running_mean, running_var, train, momentum, eps, act, pool);
 }
 
 void set_double_backward(py::object fn) { g_double_backward = new py::object(std::move(fn)); }
 
 }  // namespace
 
-// A Python module (pybind11): a direct call costs about a microsecond, where a torch.ops
-// dispatch costs several, which matters for the small layers of LeNet.
+TORCH_LIBRARY(bnlab, m) {
+#define BNLAB_ARGS                                                                        \
+  "(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "                 \
+  "Tensor(b!)? running_var, bool training, float momentum, float eps, int act=0, "          \
+  "int pool=1)"
+  m.def("batch_norm" BNLAB_ARGS " -> Tensor");
+  m.def("batch_norm_forward" BNLAB_ARGS " -> (Tensor, Tensor, Tensor)");
+#undef BNLAB_ARGS
+  m.def("batch_norm_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
+        "Tensor mean, Tensor invstd, bool training, int act, int pool, bool need_input_grad) "
+        "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(bnlab, CPU, m) {
+  m.impl("batch_norm_forward", &op_forward);
+  m.impl("batch_norm_backward", &op_backward);
+}
+
+TORCH_LIBRARY_IMPL(bnlab, Autograd, m) { m.impl("batch_norm", &entry_autograd); }
+
+TORCH_LIBRARY_IMPL(bnlab, CompositeExplicitAutograd, m) { m.impl("batch_norm", &entry_plain); }
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "bnlab's fused CPU BatchNorm kernels (see bnlab/norm/fast.py)";
-  m.def("batch_norm", &batch_norm,
-        "(x, weight?, bias?, running_mean?, running_var?, train, momentum, eps, act, pool) -> y,"
-        " or None where the kernels do not apply; differentiable (a C++ autograd node); in "
-        "training the running buffers are updated in place, last");
+  m.doc() = "bnlab's fused CPU BatchNorm kernels (see bnlab/norm/kernels/)";
+  m.def("batch_norm", &eager_batch_norm,
+        "(x, weight?, bias?, running_mean?, running_var?, train, momentum, eps, act, pool) -> y "
+        "through torch.ops.bnlab.batch_norm, or None for functorch-wrapped or dual tensors");
   m.def("set_double_backward", &set_double_backward,
-        "register fn(grad_out, x, weight, bias, mean, invstd, running_var, train, eps, act, "
-        "pool, (need_x, need_w, need_b)) -> (gx, gw, gb), used under create_graph");
+        "register fn(grad_out, x, weight, bias, mean, invstd, train, eps, act, pool, "
+        "(need_x, need_w, need_b)) -> (gx, gw, gb), used under create_graph");
 }
