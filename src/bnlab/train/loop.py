@@ -181,6 +181,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     Under torchrun (or in an initialized process group) this is one rank of a data-parallel
     job: see ``bnlab.train.distributed``. With a `probe`, its measurements go to
     ``probes.jsonl`` (one line per probed step).
+
+    One process writes `out` at a time (``RunDir.lock``: a second one gets a RunDirError).
+    config.json is written once data and model are ready, and a new run that fails before its
+    first checkpoint removes what it wrote: a retry needs no `resume`. Damaged files raise
+    ``CorruptFileError`` (``bnlab.errors``) naming the file and the fix.
     """
     device = pick_device(config.device)
     ddp = setup(device, config.dist_timeout)
