@@ -314,6 +314,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (default: bars on a terminal or in a notebook; "
                         "BNLAB_PROGRESS=1 draws them into a pipe or file too)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events (per-step loss and lr, per-epoch "
+                        "metrics, BatchNorm statistics histograms) into OUT/tensorboard")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="keep BatchNorm, sigmoid and pooling as separate layers (by default "
                         "they run fused where bnlab's fast kernels are available)")
