@@ -280,6 +280,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
 
     d = TrainConfig()
+    p.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="read settings from a JSON or YAML file (a run's config.json works); "
+                        "flags given here win over it (default: none)")
     p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network "
                    "(default: %(default)s)")
     p.add_argument("--norm", choices=norm_names(), default=d.norm,
@@ -450,15 +453,35 @@ def _check_combinations(args: argparse.Namespace) -> None:
         args.parser.error(f"argument --data-dir: {args.data_dir!r} is not a directory")
 
 
+def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      argv: Sequence[str] | None) -> argparse.Namespace:
+    """`args` again, with --config FILE's settings as the defaults: explicit flags win."""
+    if not getattr(args, "config_file", None):
+        return args
+    from bnlab.train.config_file import read_config_file
+
+    args.parser.set_defaults(**read_config_file(args.config_file))
+    return parser.parse_args(argv)
+
+
+def _fail(e: BaseException) -> int:
+    print(f"bnlab: error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+    return 1
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args = _with_config_file(parser, args, argv)
+    except (UserError, OSError) as e:  # the file is the user's to fix (exit 1, not usage's 2)
+        return _fail(e)
     _check_combinations(args)
     func: Command = args.func
     try:
         return func(args)
     except (UserError, OSError, RuntimeError) as e:  # the user's to fix: one line, no traceback
-        print(f"bnlab: error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
-        return 1
+        return _fail(e)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
