@@ -88,7 +88,7 @@ def test_study_names_match_the_registry():
 _BACKEND = """
 import matplotlib
 matplotlib.use("svg")
-import bnlab, bnlab.report.figures, bnlab.studies.registry
+import bnlab, bnlab.report.figures, bnlab.studies.registry, bnlab.report.compare
 from bnlab.report.figures import bars_figure, save
 fig = bars_figure(["a", "b"], [0.5, 0.7], [0.0, 0.1], "accuracy")
 save(fig, sys.argv[1], "title")

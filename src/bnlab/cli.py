@@ -182,6 +182,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from bnlab.report.compare import compare
+
+    result = compare(args.runs, args.out)
+    print(f"figure: {result.figure}\ntable: {result.markdown}\npage: {result.html}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from bnlab.report.inspect import bn_layers, format_layers, load_state
 
@@ -428,6 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=out_dir, default="runs/report",
                    help="where to write (default: %(default)s)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("compare", help="any runs side by side: one figure and one table",
+                       description="Plot train loss, train accuracy and test accuracy per "
+                       "epoch for every run given, and tabulate their differing settings "
+                       "and final results: compare.png, compare.md and compare.html in "
+                       "--out. Reads the run directories only.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (bnlab train)")
+    p.add_argument("--out", type=out_dir, default="runs/compare",
+                   help="where to write (default: %(default)s)")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("demo", help="compare bnlab's BatchNorm with torch.nn's on LeNet shapes",
                        description="Train bnlab and torch.nn BatchNorm layers side by side on "
