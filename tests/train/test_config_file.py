@@ -80,3 +80,11 @@ def test_missing_config_file_exit_1(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--config", str(tmp_path / "no.json")]
                 ) == 1
     assert "no.json: missing" in capsys.readouterr().err
+
+
+def test_tensorboard_flag_and_key(tmp_path):
+    assert _parsed(["train", "--out", "x", "--tensorboard"]).tensorboard is True
+    assert _parsed(["train", "--out", "x"]).tensorboard is False
+    path = tmp_path / "c.json"
+    path.write_text('{"tensorboard": true}')
+    assert _parsed(["train", "--out", "x", "--config", str(path)]).tensorboard is True
