@@ -106,3 +106,10 @@ def test_importing_and_plotting_leaves_the_backend_alone(tmp_path):
     assert proc.stdout.split() == ["svg", "False", "Figure"]
     assert png.read_bytes().startswith(b"\x89PNG")
 
+
+
+def test_help_lists_the_new_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "compare" in out and "--version" in out

@@ -101,3 +101,15 @@ def test_train_command_says_it_compiles_and_draws_bars(tmp_path):
     # on a line of its own, not glued to the bar that was on screen when the build began
     assert any(ln.startswith("bnlab: compiling the fast BatchNorm kernels") for ln in lines)
     assert "epoch 1/1" in proc.stderr and "/2 [" in proc.stderr and "evaluate" in proc.stderr
+
+
+def test_bars_in_a_notebook_where_stderr_is_no_terminal(monkeypatch):
+    import types
+
+    monkeypatch.delenv("BNLAB_PROGRESS", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    shell = type("ZMQInteractiveShell", (), {})()
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert wanted(True, io.StringIO())
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
+    assert not wanted(True, io.StringIO())  # plain IPython in a pipe: no bar
