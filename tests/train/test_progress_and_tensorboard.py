@@ -113,3 +113,17 @@ def test_bars_in_a_notebook_where_stderr_is_no_terminal(monkeypatch):
     assert wanted(True, io.StringIO())
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
     assert not wanted(True, io.StringIO())  # plain IPython in a pipe: no bar
+
+
+def test_study_draws_one_bar_over_its_runs(tmp_path, monkeypatch, capsys):
+    from bnlab.studies.base import Arm, Findings, Study, run_study
+
+    monkeypatch.setenv("BNLAB_PROGRESS", "1")
+    tiny = TrainConfig(**{**TINY, "epochs": 1})
+    study = Study("tiny", "does the bar count runs?",
+                  lambda quick: [Arm("a", "A", tiny), Arm("b", "B", tiny)],
+                  lambda results: Findings([{"arm": "A"}], "fine", lambda path: None), seeds=1)
+    run_study(study, tmp_path / "s", log=lambda m: None)
+    err = capsys.readouterr().err
+    assert "[tiny] run 0 of 2, ETA" in err and "run 2 of 2" in err
+    assert "epoch 1/1" not in err  # the runs inside a study draw no bars of their own

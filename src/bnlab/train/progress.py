@@ -75,5 +75,6 @@ class Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            self.bar.refresh()  # the final count, which tqdm's rate limit may have skipped
             self.bar.close()
             self.bar = None
