@@ -15,6 +15,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from bnlab.train.run import Run
 
@@ -55,6 +56,7 @@ def curves_figure(runs: Sequence[Run], labels: Sequence[str] | None = None) -> F
             ax.plot(epochs, [r[key] for r in rows], style, marker="o", ms=3, label=label)
     for ax, (_, name) in zip(axes, PANELS, strict=True):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].legend()
