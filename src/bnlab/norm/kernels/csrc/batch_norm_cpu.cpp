@@ -289,7 +289,9 @@ inline int64_t segment_size(const Layout& L, int64_t i) {
 
 template <typename F>
 void for_segments(const Layout& L, const F& seg) {
-  at::parallel_for(0, segment_count(L), std::max<int64_t>(1, kGrain / segment_length(L)),
+  // (callers never pass an empty tensor; the max keeps a zero length from dividing)
+  at::parallel_for(0, segment_count(L),
+                   std::max<int64_t>(1, kGrain / std::max<int64_t>(1, segment_length(L))),
                    [&](int64_t i0, int64_t i1) {
                      for (int64_t i = i0; i < i1; ++i) seg(i);
                    });
@@ -774,14 +776,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> op_forward(
   check_forward(input, weight, bias, running_mean, running_var, train, eps, act, pool);
   const at::Tensor x = dense(input, pool);
   const int64_t C = x.size(1);
+  if (x.numel() == 0) {  // nothing to walk (N, C or a spatial size is 0); buffers untouched
+    if (!train)
+      return {output_for(x, pool), running_mean->contiguous().view({-1}).clone(),
+              (running_var->contiguous().view({-1}) + eps).rsqrt()};
+    return {output_for(x, pool), at::zeros({C}, x.options()),
+            at::full({C}, 1.0 / std::sqrt(1.0 + eps), x.options())};
+  }
   if (!train) {
     const at::Tensor mean = running_mean->contiguous().view({-1});
     auto [y, invstd] = forward_eval(x, weight, bias, mean, *running_var, eps, act, pool);
     return {y, mean.clone(), invstd};
-  }
-  if (x.numel() == 0) {  // no statistics: empty output, running buffers untouched
-    return {output_for(x, pool), at::zeros({C}, x.options()),
-            at::full({C}, 1.0 / std::sqrt(1.0 + eps), x.options())};
   }
   if (!present(running_mean))
     return forward_train(x, weight, bias, c10::nullopt, c10::nullopt, momentum, eps, act, pool);
