@@ -61,7 +61,7 @@ def load_factory(path: str) -> Callable[..., Any]:
                             f"nn.Module")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise UserError(f"--model {path}: {attr!r} is a {type(obj).__name__}, not a factory; "
+        raise UserError(f"--model {path}: {attr!r} is not callable (type {type(obj).__name__}); "
                         f"name a function or nn.Module class that builds the network")
     return obj
 
@@ -100,8 +100,8 @@ def build(factory: Callable[..., Any], name: str, norm: str | None) -> nn.Module
         pass  # no signature to check: the call itself will say
     model = factory(**kw)
     if not isinstance(model, nn.Module):
-        raise UserError(f"model {name}: returned a {type(model).__name__}, not a torch "
-                        f"nn.Module; return the network itself")
+        raise UserError(f"model {name}: returned an object of type {type(model).__name__}, not a "
+                        f"torch nn.Module; return the network itself")
     return model
 
 
