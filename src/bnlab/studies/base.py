@@ -132,7 +132,7 @@ def _not_run(rows: list[dict[str, Any]], arms: list[Arm], skip: dict[str, str],
     reasons: dict[str, list[str]] = {}
     for a in skipped:
         reasons.setdefault(skip[a.name], []).append(a.label)
-    note = " ".join(f"Not run on {subject.name}: {', '.join(labels)} ({why})."
+    note = " ".join(f"Not run on {subject.name}: {'; '.join(labels)} ({why})."
                     for why, labels in reasons.items())
     return rows, note
 
