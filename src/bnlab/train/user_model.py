@@ -8,8 +8,8 @@ edits): the same factory (or class) and the same state names and shapes, i.e. ex
 checkpoint needs to load.
 
 A factory with a ``norm`` parameter receives the run's norm name (build layers with
-``bnlab.norm.registry.create_norm(norm, num_features)``): then studies that vary the
-normalization can vary it in the user's network too.
+``bnlab.norm.registry.create_norm(norm, num_features)``, which gives None for "none"): then
+studies that vary the normalization can vary it in the user's network too.
 """
 
 from __future__ import annotations
