@@ -109,7 +109,7 @@ def test_a_model_that_is_no_import_path_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--model", "resnet", "--out", "x"])
     assert e.value.code == 2
-    assert "package.module:factory for your own network, got 'resnet'" in capsys.readouterr().err
+    assert "invalid choice: 'resnet' (choose from cnn, " in capsys.readouterr().err
 
 
 def test_study_on_a_user_resnet_lists_the_arms_that_do_not_apply(user_dir, capsys):

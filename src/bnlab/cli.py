@@ -140,8 +140,8 @@ class ModelName:
         if text in self.names or is_import_path(text):
             return text
         raise argparse.ArgumentTypeError(
-            f"expected one of {', '.join(self.names)}, or package.module:factory for your own "
-            f"network, got {text!r}")
+            f"invalid choice: {text!r} (choose from {', '.join(self.names)}, or "
+            f"package.module:factory for your own network)")
 
 
 def dir_name(text: str) -> str:

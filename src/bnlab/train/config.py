@@ -18,6 +18,7 @@ INITS = ("xavier", "default")
 RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout"})
 # Parts of a user model's description that may differ on resume (cosmetic: not the weights).
 UNMATCHED_INFO = frozenset({"repr"})
+_INFO = ("model_info", "data_info")
 # config.model/norm/dataset of a user network or user data (bnlab.train.user_model)
 CUSTOM = "custom"
 OWN_NORM = "own"  # a user network whose factory takes no norm: its own layers, as written
@@ -114,7 +115,13 @@ class TrainConfig:
                              f"weight_decay={self.weight_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, less the user-input descriptions when unset (so a run of bnlab's own
+        model and dataset writes the same config.json as before they existed)."""
+        d = asdict(self)
+        for key in _INFO:
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -128,22 +135,22 @@ class TrainConfig:
         """Fields that differ (ignoring RESUME_FREE_FIELDS), as 'name: a != b' lines."""
         a, b = _matched(self.to_dict()), _matched(other.to_dict())
         out = []
-        for k in a:
-            if k in RESUME_FREE_FIELDS or a[k] == b[k]:
+        for k in [*a, *(k for k in b if k not in a)]:  # field order
+            x, y = a.get(k), b.get(k)
+            if k in RESUME_FREE_FIELDS or x == y:
                 continue
-            if isinstance(a[k], dict) and isinstance(b[k], dict):  # name the part that differs
-                out += [f"{k}.{part}: {_short(a[k].get(part))} != {_short(b[k].get(part))}"
-                        for part in sorted(set(a[k]) | set(b[k]))
-                        if a[k].get(part) != b[k].get(part)]
+            if isinstance(x, dict) and isinstance(y, dict):  # name the part that differs
+                out += [f"{k}.{part}: {_short(x.get(part))} != {_short(y.get(part))}"
+                        for part in sorted(set(x) | set(y)) if x.get(part) != y.get(part)]
             else:
-                out.append(f"{k}: {_short(a[k])} != {_short(b[k])}")
+                out.append(f"{k}: {_short(x)} != {_short(y)}")
         return out
 
 
 def _matched(d: dict[str, Any]) -> dict[str, Any]:
     """The config as resuming compares it: the info dicts without their cosmetic parts."""
-    for key in ("model_info", "data_info"):
-        if isinstance(d[key], dict):
+    for key in _INFO:
+        if isinstance(d.get(key), dict):
             d[key] = {k: v for k, v in d[key].items() if k not in UNMATCHED_INFO}
     return d
 
