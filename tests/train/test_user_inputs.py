@@ -162,3 +162,21 @@ def test_matching_ignores_only_the_repr():
         "model_info.class: 'A' != 'B'"]
     with pytest.raises(ValueError, match="invalid norm='own'"):
         TrainConfig(norm="own")  # bnlab's own models always take a norm
+
+
+def rank_train(rank: int, world: int, out: str) -> list[dict]:
+    """One data-parallel rank: a user's network on a user's Dataset, BN synchronized."""
+    return train(replace(CFG, sync_bn=True, threads=1), out, model=mlp,
+                 train_data=TensorDataset(*TRAIN), test_data=TEST, log=quiet).metrics
+
+
+def test_two_ranks_on_a_user_network_and_dataset_reproduce_one_process(tmp_path):
+    from tests.norm.dist_helpers import run_ranks
+
+    single = train(replace(CFG, sync_bn=True), tmp_path / "one", model=mlp,
+                   train_data=TensorDataset(*TRAIN), test_data=TEST, log=quiet)
+    ranks = run_ranks(rank_train, 2, tmp_path, str(tmp_path / "ddp"), timeout=120)
+    assert ranks[0] == ranks[1] == Run(tmp_path / "ddp").metrics
+    for a, b in zip(ranks[0], single.metrics, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=2 / 96)
