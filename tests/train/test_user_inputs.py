@@ -88,8 +88,9 @@ def test_a_module_instance_is_trained_in_place_and_recorded_by_class(tmp_path):
     assert run.config.model == "custom"
     assert run.config.model_info["class"] == "torch.nn.modules.container.Sequential"
     assert torch.equal(run.state_dict()["0.weight"], net[0].weight.detach())
-    with pytest.raises(UserError, match=r"load Run\.state_dict"):
-        run.model()
+    with pytest.raises(UserError, match=r"pass its factory, run\.model\(factory\)"):
+        run.model()  # bnlab never imports what a run directory names
+    assert torch.equal(run.model(mlp)[0].weight, net[0].weight.detach())
 
 
 def test_an_importable_factory_is_recorded_by_path_and_rebuilt(tmp_path, mod):
@@ -97,7 +98,9 @@ def test_an_importable_factory_is_recorded_by_path_and_rebuilt(tmp_path, mod):
                 log=quiet)
     assert run.config.model == "usernets:make"
     assert run.config.model_info["factory"] == "usernets:make"
-    assert torch.equal(run.model()[0].weight, run.state_dict()["0.weight"])
+    assert torch.equal(run.model(mod)[0].weight, run.state_dict()["0.weight"])
+    with pytest.raises(ValueError, match="does not fit the model"):
+        run.model(lambda: mlp(32))
 
 
 def test_resume_of_a_user_model_run_matches_an_uninterrupted_one(tmp_path):
@@ -146,6 +149,7 @@ def test_a_factory_with_a_norm_parameter_gets_the_runs_norm(tmp_path):
     ({"train_data": TRAIN}, "pass both train_data and test_data"),
     ({"train_data": (TRAIN[0], TRAIN[1][:10]), "test_data": TEST}, "256 inputs but 10 labels"),
     ({"train_data": [1, 2], "test_data": TEST}, "not an \\(input, label\\) pair"),
+    ({"train_data": [("img", 0)], "test_data": TEST}, "item 0's input is a str, not a tensor"),
     ({"model": 3}, "a int is not a network"),
     ({"model": lambda: 3}, "not a torch nn.Module"),
 ])

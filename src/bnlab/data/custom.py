@@ -96,7 +96,11 @@ def describe(data: Any, what: str = "data") -> dict[str, Any]:
     if not (isinstance(item, (tuple, list)) and len(item) == 2):
         raise UserError(f"{what}: item 0 is a {type(item).__name__}, not an (input, label) "
                         f"pair; make the dataset's __getitem__ return (x, y)")
-    x = torch.as_tensor(item[0])
+    try:
+        x = torch.as_tensor(item[0])
+    except (TypeError, ValueError, RuntimeError) as e:  # a PIL image, a string ...
+        raise UserError(f"{what}: item 0's input is a {type(item[0]).__name__}, not a tensor; "
+                        f"give the dataset a transform that returns tensors") from e
     out = {"kind": kind, "class": f"{type(ds).__module__}.{type(ds).__qualname__}",
            "size": len(ds), "example_shape": list(x.shape),
            "dtype": str(x.dtype).removeprefix("torch.")}

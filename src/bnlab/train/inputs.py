@@ -96,11 +96,18 @@ def _check_norm(config: TrainConfig, name: str, takes: bool) -> None:
                         f"to it (bnlab passes the name) or leave the norm at its default")
 
 
-def build_user_model(config: TrainConfig) -> nn.Module:
-    """A fresh instance of the run's user network from its import path (for ``Run.model``)."""
-    if config.model == CUSTOM:
-        raise UserError("this run's network was given as a Python object, so bnlab cannot "
-                        "build it again: build it yourself and load Run.state_dict() into it")
-    factory = load_factory(config.model)
+def build_user_model(config: TrainConfig, factory: ModelInput | None) -> nn.Module:
+    """A fresh instance of the run's user network (for ``Run.model``).
+
+    The caller names the factory: bnlab never imports code because a run directory (a file
+    anyone may have written) names it.
+    """
+    if factory is None:
+        raise UserError(f"this run trained your own network ({config.model}): pass its "
+                        f"factory, run.model(factory) or run.model('package.module:factory'); "
+                        f"bnlab does not import code that a run directory names")
+    if isinstance(factory, nn.Module):
+        return factory
     info = config.model_info or {}
-    return build(factory, config.model, config.norm if info.get("takes_norm") else None)
+    maker = load_factory(factory) if isinstance(factory, str) else factory
+    return build(maker, config.model, config.norm if info.get("takes_norm") else None)

@@ -13,6 +13,7 @@ from bnlab.models import MODELS, build_model
 from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.rundir import CHECKPOINT, CONFIG, METRICS, RunDir
+from bnlab.train.user_model import ModelInput
 
 __all__ = ["Run", "read_train_config"]
 
@@ -73,8 +74,11 @@ class Run:
     def done(self) -> bool:
         return self.dir.done
 
-    def model(self) -> nn.Module:
+    def model(self, factory: ModelInput | None = None) -> nn.Module:
         """The model as of the last checkpoint, in eval mode, on the CPU.
+
+        A run of your own network needs its `factory` (a function, ``"package.module:attr"``
+        or an instance to load into): the checkpoint's weights then load into a fresh one.
 
         Built plain (unfused, and with BatchNorm in place of SyncBatchNorm): the trainer's
         fused and synchronized layers compute the same function with the same state-dict
@@ -86,7 +90,7 @@ class Run:
         else:  # the user's network, from its import path (bnlab.train.inputs)
             from bnlab.train.inputs import build_user_model
 
-            model = build_user_model(config)
+            model = build_user_model(config, factory)
         try:
             load_state_dict(model, self.state_dict())  # all or nothing
         except (RuntimeError, TypeError, ValueError) as e:  # sizes or keys of another model
