@@ -53,6 +53,18 @@ def not_a_network():
 
 
 NUMBER = 3
+
+
+def data():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    return (x[:64], y[:64]), (x[64:], y[64:])
+
+
+def not_data():
+    return 3
 '''
 SMALL = ["--dataset", "fashion-mnist", "--epochs", "1", "--limit-train", "256",
          "--limit-test", "128", "--batch-size", "64", "--lr", "0.1", "--no-progress"]
@@ -133,3 +145,18 @@ def test_study_on_a_user_resnet_lists_the_arms_that_do_not_apply(user_dir, capsy
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
     assert "none of its arms applies to mymod:make (it compares the chapter's networks" in err
+
+
+def test_user_data_from_the_command_line(user_dir, capsys):
+    out = user_dir / "run"
+    argv = ["train", "--model", "mymod:make", "--epochs", "1", "--batch-size", "16",
+            "--no-progress", "--out", str(out)]
+    assert main([*argv, "--dataset", "mymod:data"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "mymod:data" and config["data_info"]["factory"] == "mymod:data"
+    assert config["data_info"]["train"]["size"] == 64
+    assert config["data_info"]["test"]["example_shape"] == [1, 28, 28]
+    capsys.readouterr()
+    assert main([*argv, "--dataset", "mymod:not_data", "--out", str(user_dir / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "--dataset mymod:not_data: returned a int, not a pair (train_data, test_data)" in err

@@ -128,11 +128,11 @@ def existing_dir(text: str) -> str:
 
 
 class ModelName:
-    """A registry model name or ``package.module:factory`` (the user's network, loaded at run
+    """A registry name or ``package.module:factory`` (the user's network or data, loaded at run
     time: a missing module is a one-line error then, exit 1)."""
 
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = sorted(names)
+    def __init__(self, names: Sequence[str], what: str = "network") -> None:
+        self.names, self.what = sorted(names), what
 
     def __call__(self, text: str) -> str:
         from bnlab.train.user_model import is_import_path
@@ -141,7 +141,7 @@ class ModelName:
             return text
         raise argparse.ArgumentTypeError(
             f"invalid choice: {text!r} (choose from {', '.join(self.names)}, or "
-            f"package.module:factory for your own network)")
+            f"package.module:factory for your own {self.what})")
 
 
 def dir_name(text: str) -> str:
@@ -264,8 +264,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         f"the current directory or PYTHONPATH) (default: %(default)s)")
     p.add_argument("--norm", choices=norm_names(), default=d.norm,
                    help="normalization layer (default: %(default)s)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
-                   help="dataset (default: %(default)s)")
+    p.add_argument("--dataset", type=ModelName(DATASETS, "data"), default=d.dataset,
+                   metavar="DATASET",
+                   help=f"dataset: {', '.join(sorted(DATASETS))}, or package.module:factory "
+                        f"returning your (train_data, test_data): tensors (x, y), Datasets or "
+                        f"DataLoaders (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs,
                    help="passes over the training set (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
@@ -389,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=ModelName(MODELS), metavar="MODEL",
                    help="run the arms on this network: a bnlab model or package.module:factory "
                         "(arms that need the textbook's network are listed as not run)")
-    p.add_argument("--dataset", choices=sorted(DATASETS),
-                   help="run the arms on this dataset (default: each arm's own)")
+    p.add_argument("--dataset", type=ModelName(DATASETS, "data"), metavar="DATASET",
+                   help="run the arms on this dataset: a bnlab dataset or package.module:"
+                        "factory returning (train_data, test_data) (default: each arm's own)")
     p.set_defaults(func=_study)
 
     p = sub.add_parser("report", help="one HTML page (and Markdown) from study directories",

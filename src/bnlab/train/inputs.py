@@ -23,6 +23,7 @@ from bnlab.train.user_model import (
     ModelInput,
     build,
     import_path,
+    is_import_path,
     load_factory,
     takes_norm,
 )
@@ -49,6 +50,10 @@ def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: An
             raise UserError("this config's model is 'custom' (a network given as a Python "
                             "object): pass the network again, train(config, out, model=net)")
         config, net = _resolve_model(config, config.model if model is None else model)
+    source = None  # the data's import path (--dataset package.module:factory)
+    if train_data is None and test_data is None and is_import_path(config.dataset):
+        source = config.dataset
+        train_data, test_data = _load_data(source)
     if (train_data is None) != (test_data is None):
         raise UserError("pass both train_data and test_data (the textbook's train_iter and "
                         "test_iter), or neither to train on config.dataset")
@@ -60,11 +65,20 @@ def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: An
     if config.normalize:
         raise UserError("normalize=True standardizes bnlab's own datasets; standardize your "
                         "data in its Dataset (or tensors) and leave normalize off")
-    info = {"train": describe_data(train_data, "train_data"),
-            "test": describe_data(test_data, "test_data")}
+    info: dict[str, Any] = {"factory": source, "train": describe_data(train_data, "train_data"),
+                            "test": describe_data(test_data, "test_data")}
     batch = train_data.batch_size if isinstance(train_data, DataLoader) else config.batch_size
-    config = replace(config, dataset=CUSTOM, data_info=info, batch_size=batch)
+    config = replace(config, dataset=source or CUSTOM, data_info=info, batch_size=batch)
     return Inputs(config, net, train_data, test_data)
+
+
+def _load_data(path: str) -> tuple[Any, Any]:
+    """``package.module:factory`` returning ``(train_data, test_data)``."""
+    data = load_factory(path, "--dataset")()
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise UserError(f"--dataset {path}: returned a {type(data).__name__}, not a pair "
+                        f"(train_data, test_data); return the two, e.g. two Datasets")
+    return data[0], data[1]
 
 
 def _resolve_model(config: TrainConfig, model: ModelInput) -> tuple[TrainConfig, nn.Module]:

@@ -40,10 +40,10 @@ def is_import_path(text: str) -> bool:
     return bool(IMPORT_PATH.match(text))
 
 
-def load_factory(path: str) -> Callable[..., Any]:
+def load_factory(path: str, flag: str = "--model") -> Callable[..., Any]:
     """The object at ``package.module:attr``, importing from the current directory too."""
     if not is_import_path(path):
-        raise UserError(f"--model {path!r} is not an import path; {_HOW}")
+        raise UserError(f"{flag} {path!r} is not an import path; {_HOW}")
     module_name, attr = path.split(":")
     if os.getcwd() not in sys.path and "" not in sys.path:  # the `bnlab` script omits it
         sys.path.append(os.getcwd())
@@ -53,16 +53,17 @@ def load_factory(path: str) -> Callable[..., Any]:
         missing = getattr(e, "name", None)
         where = (f"module {module_name!r} was not found" if missing and
                  module_name.startswith(missing) else f"importing {module_name!r} failed ({e})")
-        raise UserError(f"--model {path}: {where}; {_HOW}") from e
+        raise UserError(f"{flag} {path}: {where}; {_HOW}") from e
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise UserError(f"--model {path}: module {module_name!r} has no attribute "
-                            f"{attr!r}; name a function or class in it that returns an "
-                            f"nn.Module")
+            raise UserError(f"{flag} {path}: module {module_name!r} has no attribute "
+                            f"{attr!r}; name a function or class in it that builds "
+                            f"{'the data' if flag == '--dataset' else 'an nn.Module'}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise UserError(f"--model {path}: {attr!r} is not callable (type {type(obj).__name__}); "
-                        f"name a function or nn.Module class that builds the network")
+        raise UserError(f"{flag} {path}: {attr!r} is not callable (type {type(obj).__name__}); "
+                        f"name a function that builds "
+                        f"{'the data' if flag == '--dataset' else 'the network'}")
     return obj
 
 
