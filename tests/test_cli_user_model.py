@@ -159,4 +159,4 @@ def test_user_data_from_the_command_line(user_dir, capsys):
     capsys.readouterr()
     assert main([*argv, "--dataset", "mymod:not_data", "--out", str(user_dir / "r")]) == 1
     err = capsys.readouterr().err
-    assert "--dataset mymod:not_data: returned a int, not a pair (train_data, test_data)" in err
+    assert "--dataset mymod:not_data: returned an object of type int, not a pair" in err

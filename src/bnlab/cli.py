@@ -127,7 +127,7 @@ def existing_dir(text: str) -> str:
     return text
 
 
-class ModelName:
+class NameOrFactory:
     """A registry name or ``package.module:factory`` (the user's network or data, loaded at run
     time: a missing module is a one-line error then, exit 1)."""
 
@@ -258,13 +258,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
 
     d = TrainConfig()
-    p.add_argument("--model", type=ModelName(MODELS), default=d.model, metavar="MODEL",
+    p.add_argument("--model", type=NameOrFactory(MODELS), default=d.model, metavar="MODEL",
                    help=f"network: {', '.join(sorted(MODELS))}, or package.module:factory "
                         f"for your own (a function returning an nn.Module, importable from "
                         f"the current directory or PYTHONPATH) (default: %(default)s)")
     p.add_argument("--norm", choices=norm_names(), default=d.norm,
                    help="normalization layer (default: %(default)s)")
-    p.add_argument("--dataset", type=ModelName(DATASETS, "data"), default=d.dataset,
+    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), default=d.dataset,
                    metavar="DATASET",
                    help=f"dataset: {', '.join(sorted(DATASETS))}, or package.module:factory "
                         f"returning your (train_data, test_data): tensors (x, y), Datasets or "
@@ -389,10 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild figure, table and verdict from the saved runs; train nothing")
     from bnlab.models import MODELS
 
-    p.add_argument("--model", type=ModelName(MODELS), metavar="MODEL",
+    p.add_argument("--model", type=NameOrFactory(MODELS), metavar="MODEL",
                    help="run the arms on this network: a bnlab model or package.module:factory "
                         "(arms that need the textbook's network are listed as not run)")
-    p.add_argument("--dataset", type=ModelName(DATASETS, "data"), metavar="DATASET",
+    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), metavar="DATASET",
                    help="run the arms on this dataset: a bnlab dataset or package.module:"
                         "factory returning (train_data, test_data) (default: each arm's own)")
     p.set_defaults(func=_study)

@@ -150,7 +150,7 @@ def test_a_factory_with_a_norm_parameter_gets_the_runs_norm(tmp_path):
     ({"train_data": (TRAIN[0], TRAIN[1][:10]), "test_data": TEST}, "256 inputs but 10 labels"),
     ({"train_data": [1, 2], "test_data": TEST}, "not an \\(input, label\\) pair"),
     ({"train_data": [("img", 0)], "test_data": TEST}, "item 0's input is a str, not a tensor"),
-    ({"model": 3}, "a int is not a network"),
+    ({"model": 3}, "an object of type int is not a network"),
     ({"model": lambda: 3}, "not a torch nn.Module"),
 ])
 def test_bad_user_inputs_name_the_problem_and_leave_nothing(tmp_path, kw, needle):

@@ -76,8 +76,8 @@ def _load_data(path: str) -> tuple[Any, Any]:
     """``package.module:factory`` returning ``(train_data, test_data)``."""
     data = load_factory(path, "--dataset")()
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise UserError(f"--dataset {path}: returned a {type(data).__name__}, not a pair "
-                        f"(train_data, test_data); return the two, e.g. two Datasets")
+        raise UserError(f"--dataset {path}: returned an object of type {type(data).__name__}, "
+                        f"not a pair (train_data, test_data); return the two, e.g. two Datasets")
     return data[0], data[1]
 
 
@@ -91,8 +91,8 @@ def _resolve_model(config: TrainConfig, model: ModelInput) -> tuple[TrainConfig,
         elif callable(model):
             factory, path = model, import_path(model)
         else:
-            raise UserError(f"model: a {type(model).__name__} is not a network; pass an "
-                            f"nn.Module, a function that returns one, or 'package.module:"
+            raise UserError(f"model: an object of type {type(model).__name__} is not a network; "
+                            f"pass an nn.Module, a function that returns one, or 'package.module:"
                             f"factory'")
         takes = takes_norm(factory)
         name = path or getattr(factory, "__qualname__", repr(factory))
