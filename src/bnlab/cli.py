@@ -128,6 +128,23 @@ def existing_dir(text: str) -> str:
     return text
 
 
+class NameOrFactory:
+    """A registry name or ``package.module:factory`` (the user's network or data, loaded at run
+    time: a missing module is a one-line error then, exit 1)."""
+
+    def __init__(self, names: Sequence[str], what: str = "network") -> None:
+        self.names, self.what = sorted(names), what
+
+    def __call__(self, text: str) -> str:
+        from bnlab.train.user_model import is_import_path
+
+        if text in self.names or is_import_path(text):
+            return text
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(self.names)}, or "
+            f"package.module:factory for your own {self.what})")
+
+
 def dir_name(text: str) -> str:
     """A non-empty directory name that may not exist yet (data fetch --data-dir)."""
     if not text.strip():
@@ -169,7 +186,8 @@ def _study(args: argparse.Namespace) -> int:
     study = get_study(args.name)
     out = args.out or f"runs/study-{args.name}{'-quick' if args.quick else ''}"
     run_study(study, out, quick=args.quick, seeds=args.seeds, analyze_only=args.analyze_only,
-              data_dir=args.data_dir, threads=args.threads)
+              data_dir=args.data_dir, threads=args.threads, model=args.model,
+              dataset=args.dataset)
     print(f"study written to {out}: figure.png, table.md, table.csv, verdict, study.json")
     return 0
 
@@ -291,12 +309,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", dest="config_file", metavar="FILE",
                    help="read settings from a JSON or YAML file (a run's config.json works); "
                         "flags given here win over it (default: none)")
-    p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network "
-                   "(default: %(default)s)")
+    p.add_argument("--model", type=NameOrFactory(MODELS), default=d.model, metavar="MODEL",
+                   help=f"network: {', '.join(sorted(MODELS))}, or package.module:factory "
+                        f"for your own (a function returning an nn.Module, importable from "
+                        f"the current directory or PYTHONPATH) (default: %(default)s)")
     p.add_argument("--norm", choices=norm_names(), default=d.norm,
                    help="normalization layer (default: %(default)s)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=d.dataset,
-                   help="dataset (default: %(default)s)")
+    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), default=d.dataset,
+                   metavar="DATASET",
+                   help=f"dataset: {', '.join(sorted(DATASETS))}, or package.module:factory "
+                        f"returning your (train_data, test_data): tensors (x, y), Datasets or "
+                        f"DataLoaders (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs,
                    help="passes over the training set (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
@@ -425,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=positive_int, help="seeds per arm (default: 3, quick: 1)")
     p.add_argument("--analyze-only", action="store_true",
                    help="rebuild figure, table and verdict from the saved runs; train nothing")
+    from bnlab.models import MODELS
+
+    p.add_argument("--model", type=NameOrFactory(MODELS), metavar="MODEL",
+                   help="run the arms on this network: a bnlab model or package.module:factory "
+                        "(arms that need the textbook's network are listed as not run)")
+    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), metavar="DATASET",
+                   help="run the arms on this dataset: a bnlab dataset or package.module:"
+                        "factory returning (train_data, test_data) (default: each arm's own)")
     p.set_defaults(func=_study)
 
     p = sub.add_parser("report", help="one HTML page (and Markdown) from study directories",

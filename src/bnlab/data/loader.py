@@ -83,13 +83,18 @@ class BatchLoader:
         start, stop = self.spans[i]
         return stop - start
 
-    def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """This rank's share of every global batch of `epoch` (the whole batch for one rank)."""
+    def shares(self, epoch: int = 0) -> Iterator[Tensor]:
+        """The example indices of this rank's share of every global batch of `epoch`."""
         idx = self.order(epoch)
         for start, stop in self.spans:
             take = idx[start:stop]
             if self.world > 1:  # shares differ in size by at most one example
                 take = torch.tensor_split(take, self.world)[self.rank]
+            yield take
+
+    def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's share of every global batch of `epoch` (the whole batch for one rank)."""
+        for take in self.shares(epoch):
             yield self.to_float(self.images[take]), self.labels[take]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -46,4 +46,5 @@ def analyze(results: list[ArmResult]) -> Findings:
     return Findings(rows, verdict, plot)
 
 
-STUDY = Study("axes", "Which axes should be averaged over?", arms, analyze)
+STUDY = Study("axes", "Which axes should be averaged over?", arms, analyze,
+              needs="its analysis compares every member of the norm family on LeNet-BN")

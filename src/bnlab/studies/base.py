@@ -5,6 +5,10 @@
 alone: ``table.md`` and ``table.csv`` (mean +- std over seeds), ``figure.png``, ``verdict`` (one
 line the data support) and ``study.json`` (question, arms, seeds, every config). With
 ``analyze_only=True`` nothing is trained: the report is rebuilt from the saved runs.
+
+With `model` and/or `dataset` (``bnlab.studies.subject``) the arms run on the user's network
+and data; the arms that do not apply to that network are listed, with the reason, at the end
+of the table and the verdict, and the study's analysis sees only the arms that ran.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bnlab.errors import UserError
+from bnlab.studies.subject import Subject
 from bnlab.train import Run, TrainConfig, train
 from bnlab.train.loop import Probe
 from bnlab.train.progress import Progress
@@ -34,6 +40,7 @@ class Arm:
     config: TrainConfig
     tags: dict[str, Any] = field(default_factory=dict)  # e.g. {"lr": 0.1, "norm": "bnlab"}
     probe: Callable[[], Probe] | None = None  # a fresh per-step measurement for each run
+    needs: str | None = None  # why it runs only on bnlab's own network (None: on any network)
 
 
 @dataclass
@@ -71,6 +78,8 @@ class Study:
     arms: Callable[[bool], list[Arm]]  # quick -> arms
     analyze: Callable[[list[ArmResult]], Findings]
     seeds: int = 3
+    # Why none of its arms runs on a user's network (None: each arm says, ``Arm.needs``).
+    needs: str | None = None
 
 
 def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
@@ -102,28 +111,61 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
         writer.writerows(rows)
 
 
+def _skip(study: Study, arms: list[Arm], subject: Subject) -> dict[str, str]:
+    """arm name -> why it does not apply to `subject`; a UserError when none applies."""
+    skip = {a.name: why for a in arms
+            if (why := subject.not_applicable(a.config, study.needs or a.needs))}
+    if len(skip) == len(arms):
+        raise UserError(f"study {study.name}: none of its arms applies to {subject.name} "
+                        f"({next(iter(skip.values()))}); run it without --model, or pick a "
+                        f"study that varies training settings (lr, batch-size)")
+    return skip
+
+
+def _not_run(rows: list[dict[str, Any]], arms: list[Arm], skip: dict[str, str],
+             subject: Subject) -> tuple[list[dict[str, Any]], str]:
+    """The table with the skipped arms as rows (status n/a), and the verdict's note on them."""
+    keys = list(rows[0]) if rows else ["arm"]
+    rows = [{**r, "status": "ran"} for r in rows]
+    skipped = [a for a in arms if a.name in skip]
+    rows += [{**dict.fromkeys(keys, ""), "arm": a.label, **a.tags,
+              "status": f"n/a: {skip[a.name]}"} for a in skipped]
+    reasons: dict[str, list[str]] = {}
+    for a in skipped:
+        reasons.setdefault(skip[a.name], []).append(a.label)
+    note = " ".join(f"Not run on {subject.name}: {'; '.join(labels)} ({why})."
+                    for why, labels in reasons.items())
+    return rows, note
+
+
 def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int | None = None,
               analyze_only: bool = False, data_dir: str | None = None,
               threads: int | None = None, log: Callable[[str], None] = print,
-              progress: bool = True) -> Findings:
+              progress: bool = True, model: str | Callable[..., Any] | None = None,
+              dataset: str | tuple[Any, Any] | None = None) -> Findings:
     """Train (or, `analyze_only`, read) every arm for every seed, then write the report files.
 
     With `progress`, one bar over the runs ("run 7 of 24, ETA 4:00"; see
-    ``bnlab.train.progress`` for where bars are drawn).
+    ``bnlab.train.progress`` for where bars are drawn). With `model` and `dataset` (a
+    factory or import path, and data), the arms run on the user's network and data; the arms
+    that cannot apply to it are named in the table and the verdict.
     """
     out = Path(out)
     n_seeds = seeds or (1 if quick else study.seeds)
+    subject = Subject(model, dataset)
+    arms = study.arms(quick)
+    skip = _skip(study, arms, subject)
     results = []
-    all_arms = study.arms(quick)
-    bar = Progress(len(all_arms) * n_seeds, f"[{study.name}]", progress and not analyze_only,
+    to_run = [a for a in arms if a.name not in skip]
+    bar = Progress(len(to_run) * n_seeds, f"[{study.name}]", progress and not analyze_only,
                    unit="run", bar_format="{desc} run {n_fmt} of {total_fmt}, "
                    "ETA {remaining} |{bar}| {elapsed}")
     say = bar.write if bar.enabled and log is print else log  # lines above the bar
-    for arm in all_arms:
+    for arm in to_run:
         runs = []
         for seed in range(n_seeds):
-            cfg = replace(arm.config, seed=seed, data_dir=data_dir, threads=threads,
-                          progress=False)
+            cfg = replace(subject.config(arm.config), seed=seed, data_dir=data_dir,
+                          threads=threads, progress=False)
             path = out / "runs" / f"{arm.name}-s{seed}"
             if analyze_only:
                 if not (path / "DONE").exists():
@@ -133,12 +175,15 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
             else:
                 say(f"[{study.name}] {arm.label}, seed {seed}")
                 run = train(cfg, path, resume=True, log=lambda m: None,
-                            probe=arm.probe() if arm.probe else None)
+                            probe=arm.probe() if arm.probe else None, **subject.train_kw())
             runs.append(run)
             bar.update(sum(len(r.runs) for r in results) + len(runs))
         results.append(ArmResult(arm, runs))
     bar.close()
     findings = study.analyze(results)
+    if skip:
+        findings.rows, note = _not_run(findings.rows, arms, skip, subject)
+        findings.verdict = f"{findings.verdict} {note}"
     if quick:  # one seed on a small subset: a smoke test of the pipeline, not evidence
         findings.verdict = f"[quick mode: {n_seeds} seed(s), small subset, not conclusive] " \
                            f"{findings.verdict}"
@@ -147,9 +192,10 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     (out / "verdict").write_text(findings.verdict.strip() + "\n")
     (out / "study.json").write_text(json.dumps({
         "name": study.name, "question": study.question, "quick": quick, "seeds": n_seeds,
+        **({} if subject.default else {"subject": subject.record(), "not_run": skip}),
         "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
                   "runs": [str(run.path.relative_to(out)) for run in r.runs],
-                  "config": r.arm.config.to_dict()} for r in results],
+                  "config": subject.config(r.arm.config).to_dict()} for r in results],
     }, indent=2) + "\n")
     log(f"[{study.name}] {findings.verdict}")
     return findings

@@ -44,12 +44,14 @@ def analyze(results: list[ArmResult]) -> Findings:
                 f"(its best: {best['test_acc']:.3f} +- {best['test_acc_std']:.3f} at batch "
                 f"{best['batch']})")
 
+    ran = [n for n in NORMS if any(r["norm"] == n for r in rows)]  # a user's net: maybe BN only
     verdict = (f"Test accuracy at batch {smallest} against each layer's best batch size: "
-               + "; ".join(loss_at_small(n) for n in NORMS) + ".")
+               + "; ".join(loss_at_small(n) for n in ran) + ".")
 
     def plot(path: Path) -> None:
         series = {}
-        for norm, label in NORMS.items():
+        for norm in ran:
+            label = NORMS[norm]
             pts = sorted((r for r in rows if r["norm"] == norm), key=lambda r: r["batch"])
             series[label] = ([r["batch"] for r in pts], [r["test_acc"] for r in pts],
                              [r["test_acc_std"] for r in pts])

@@ -63,4 +63,5 @@ def analyze(results: list[ArmResult]) -> Findings:
     return Findings(rows, verdict, plot)
 
 
-STUDY = Study("chapter", "Does BN help each of the chapter's networks?", arms, analyze)
+STUDY = Study("chapter", "Does BN help each of the chapter's networks?", arms, analyze,
+              needs="it compares the chapter's networks themselves")

@@ -112,4 +112,5 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 
 STUDY = Study("ics", "Ioffe & Szegedy's Figure 1: does BN stabilize a unit's input "
-              "distribution?", arms, analyze)
+              "distribution?", arms, analyze,
+              needs="it trains Ioffe & Szegedy's own sigmoid network and probes its units")

@@ -140,4 +140,5 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 
 STUDY = Study("inference-stats", "Why running averages at inference, and what is wrong with "
-              "them?", arms, analyze)
+              "them?", arms, analyze,
+              needs="it re-estimates the statistics of LeNet-BN's layers")

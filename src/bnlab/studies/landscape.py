@@ -117,4 +117,5 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 
 STUDY = Study("landscape", "Does BN make the loss landscape smoother (Santurkar et al.)?",
-              arms, analyze)
+              arms, analyze,
+              needs="its analysis pairs BN and no-BN runs of the textbook's LeNet")

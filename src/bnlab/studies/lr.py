@@ -9,6 +9,7 @@ argue BN's benefit is mostly this larger usable rate).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from bnlab.report.figures import new_figure, save
@@ -50,16 +51,24 @@ def analyze(results: list[ArmResult]) -> Findings:
         r = (min if lower else max)(pts, key=lambda r: r[key])
         return f"{r[key]:.3f} +- {r[f'{key}_std']:.3f} at lr {r['lr']:g}"
 
+    # Only the arms that ran: on a user's network without a `norm` parameter, BN alone.
+    ran = {n: w for n, w in (("none", "without BN"), ("bnlab", "with BN"))
+           if any(r["norm"] == n for r in rows)}
+
+    def each(part: Callable[[str], str]) -> str:
+        return ", ".join(f"{word} {part(n)}" for n, word in ran.items())
+
     verdict = (f"Learning rates that train (every seed's final train loss <= {bar:.3f}, twice "
-               f"the best): without BN {span(ranges['none'])}, with BN {span(ranges['bnlab'])}. "
-               f"Lowest train loss: without BN {best('none', 'train_loss', True)}, with BN "
-               f"{best('bnlab', 'train_loss', True)}; best test accuracy: without BN "
-               f"{best('none', 'test_acc', False)}, with BN {best('bnlab', 'test_acc', False)}.")
+               f"the best): {each(lambda n: span(ranges[n]))}. "
+               f"Lowest train loss: {each(lambda n: best(n, 'train_loss', True))}; "
+               f"best test accuracy: {each(lambda n: best(n, 'test_acc', False))}.")
 
     def plot(path: Path) -> None:
         fig, axes = new_figure(1, 2, figsize=(11, 4.0))
         for norm, label in NORMS.items():
             pts = [r for r in rows if r["norm"] == norm]
+            if not pts:  # an arm that did not apply to the user's network
+                continue
             for ax, key in zip(axes, ("train_loss", "test_acc"), strict=True):
                 ax.errorbar([r["lr"] for r in pts], [r[key] for r in pts],
                             yerr=[r[f"{key}_std"] for r in pts], marker="o", ms=4, capsize=3,

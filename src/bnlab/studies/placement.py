@@ -83,4 +83,5 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 
 STUDY = Study("placement", "Does BN go before or after the activation? Is the bias before it "
-              "needed?", arms, analyze)
+              "needed?", arms, analyze,
+              needs="it moves BN inside the textbook's sigmoid LeNet")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["MAX_DIST_TIMEOUT", "MAX_SEED", "MAX_THREADS", "RESUME_FREE_FIELDS", "TrainConfig"]
+__all__ = ["CUSTOM", "MAX_DIST_TIMEOUT", "MAX_SEED", "MAX_THREADS", "OWN_NORM",
+           "RESUME_FREE_FIELDS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
@@ -15,11 +17,18 @@ INITS = ("xavier", "default")
 # numbers on CPU): everything else must match the run directory's config.json.
 RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout",
                                 "tensorboard"})
+# Parts of a user model's description that may differ on resume (cosmetic: not the weights).
+UNMATCHED_INFO = frozenset({"repr"})
+_INFO = ("model_info", "data_info")
+# config.model/norm/dataset of a user network or user data (bnlab.train.user_model)
+CUSTOM = "custom"
+OWN_NORM = "own"  # a user network whose factory takes no norm: its own layers, as written
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 MAX_SEED = 2**32 - 1  # the batch order seeds a generator with seed * 1_000_003 + epoch
 MAX_THREADS = 1024  # torch's thread pool crashes the process (a signal) far beyond this
 MAX_DIST_TIMEOUT = 365 * 24 * 3600.0  # a year; far beyond it a timedelta overflows
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),
-                                       "bool": (bool,)}
+                                       "bool": (bool,), "dict": (dict,)}
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,10 @@ class TrainConfig:
     fuse: bool = True
     dist_timeout: float = 120.0  # seconds before a collective waiting on a dead rank fails
     tensorboard: bool = False  # also write TensorBoard events into RUN_DIR/tensorboard
+    # What a user network / user data were (bnlab.train.user_model, bnlab.data.custom): set by
+    # the trainer, None for bnlab's own models and datasets.
+    model_info: dict[str, Any] | None = None
+    data_info: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from bnlab.models import MODELS
@@ -60,15 +73,18 @@ class TrainConfig:
             return ValueError(f"invalid {name}={getattr(self, name)!r}: {why}")
 
         for f in fields(self):  # types first: a config.json may hold anything
-            value, kind = getattr(self, f.name), str(f.type).split("|")[0].strip()
+            value = getattr(self, f.name)
+            kind = str(f.type).split("|")[0].split("[")[0].strip()
             if value is None and str(f.type).endswith("None"):
                 continue
             if not isinstance(value, _TYPES[kind]) or (kind != "bool" and isinstance(value,
                                                                                  bool)):
                 raise bad(f.name, f"must be {'an' if kind == 'int' else 'a'} {kind}")
-        if self.model not in MODELS:
-            raise bad("model", f"choose one of {', '.join(sorted(MODELS))}")
-        if self.norm not in NORMS:
+        user_model = self.model == CUSTOM or bool(_IMPORT_PATH.match(self.model))
+        if self.model not in MODELS and not user_model:
+            raise bad("model", f"choose one of {', '.join(sorted(MODELS))}, or "
+                               f"package.module:factory for your own network")
+        if self.norm not in NORMS and not (user_model and self.norm == OWN_NORM):
             raise bad("norm", f"choose one of {', '.join(sorted(NORMS))}")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
@@ -101,7 +117,13 @@ class TrainConfig:
                              f"weight_decay={self.weight_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, less the user-input descriptions when unset (so a run of bnlab's own
+        model and dataset writes the same config.json as before they existed)."""
+        d = asdict(self)
+        for key in _INFO:
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -113,6 +135,29 @@ class TrainConfig:
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that differ (ignoring RESUME_FREE_FIELDS), as 'name: a != b' lines."""
-        a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a
-                if k not in RESUME_FREE_FIELDS and a[k] != b[k]]
+        a, b = _matched(self.to_dict()), _matched(other.to_dict())
+        out = []
+        for k in [*a, *(k for k in b if k not in a)]:  # field order
+            x, y = a.get(k), b.get(k)
+            if k in RESUME_FREE_FIELDS or x == y:
+                continue
+            if isinstance(x, dict) and isinstance(y, dict):  # name the part that differs
+                out += [f"{k}.{part}: {_short(x.get(part))} != {_short(y.get(part))}"
+                        for part in sorted(set(x) | set(y)) if x.get(part) != y.get(part)]
+            else:
+                out.append(f"{k}: {_short(x)} != {_short(y)}")
+        return out
+
+
+def _matched(d: dict[str, Any]) -> dict[str, Any]:
+    """The config as resuming compares it: the info dicts without their cosmetic parts."""
+    for key in _INFO:
+        if isinstance(d.get(key), dict):
+            d[key] = {k: v for k, v in d[key].items() if k not in UNMATCHED_INFO}
+    return d
+
+
+def _short(value: Any) -> str:
+    """A value for an error line: a user model's state or repr can be thousands of characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

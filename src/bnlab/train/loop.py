@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bnlab.data import BatchLoader, load_split
+from bnlab.data.custom import batches_of
 from bnlab.errors import CorruptFileError, RunDirError, UnavailableError, UserError
 from bnlab.models import build_model
 from bnlab.norm.convert import convert
@@ -27,10 +28,12 @@ from bnlab.norm.fused import fuse
 from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import Dist, setup
+from bnlab.train.inputs import Inputs, resolve
 from bnlab.train.progress import Progress
 from bnlab.train.run import Run, read_train_config
 from bnlab.train.rundir import CHECKPOINT, CONFIG, RunDir
 from bnlab.train.tensorboard_log import open_log
+from bnlab.train.user_model import ModelInput
 
 __all__ = ["Probe", "evaluate", "make_model", "pick_device", "train"]
 
@@ -50,14 +53,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_model(config: TrainConfig) -> nn.Module:
+def make_model(config: TrainConfig, network: nn.Module | None = None) -> nn.Module:
     """Build the model with the seed's initialization (Xavier-uniform on conv/linear weights).
+
+    `network`: the user's, built already; it is initialized as bnlab's models are (the
+    textbook's ``train_ch6`` applies Xavier to any net too; ``init="default"`` keeps its own).
 
     With ``config.fuse``, BatchNorm -> sigmoid (-> avg pool) runs become single fused layers:
     the same function and state-dict keys, fewer passes where bnlab's kernels serve them.
     """
     torch.manual_seed(config.seed)
-    model = build_model(config.model, config.norm)
+    model = build_model(config.model, config.norm) if network is None else network
     if config.init == "xavier":
         for m in model.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
@@ -94,7 +100,13 @@ def evaluate(model: nn.Module, loader: BatchLoader, progress: bool = False) -> f
 
 
 def _loaders(config: TrainConfig, device: torch.device, log: Callable[[str], None],
-             part: tuple[int, int]) -> tuple[BatchLoader, BatchLoader]:
+             part: tuple[int, int], inputs: Inputs) -> tuple[BatchLoader, BatchLoader]:
+    if inputs.train_data is not None:  # the user's data, in bnlab's order (bnlab.data.custom)
+        return (batches_of(inputs.train_data, config.batch_size, limit=config.limit_train,
+                           what="train_data", shuffle=True, seed=config.seed,
+                           drop_last=config.drop_last, part=part, device=device),
+                batches_of(inputs.test_data, EVAL_BATCH, limit=config.limit_test,
+                           what="test_data", shuffle=False, device=device))
     train = load_split(config.dataset, "train", config.data_dir, log=log)
     test = load_split(config.dataset, "test", config.data_dir, log=log)
     tr_x, tr_y = train.images[: config.limit_train], train.labels[: config.limit_train]
@@ -179,8 +191,17 @@ class Probe(Protocol):
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
-          log: Callable[[str], None] = print, probe: Probe | None = None) -> Run:
+          log: Callable[[str], None] = print, probe: Probe | None = None,
+          model: ModelInput | None = None, train_data: Any = None,
+          test_data: Any = None) -> Run:
     """Train `config` into run directory `out`; with `resume`, continue an interrupted run.
+
+    Any network and data, as the textbook's ``train_ch6(net, train_iter, test_iter, ...)``:
+    `model` is an ``nn.Module`` (trained in place), a zero-argument factory or
+    ``"package.module:factory"`` (also accepted as ``config.model``); `train_data` and
+    `test_data` are tensors ``(x, y)``, a ``Dataset`` or a ``DataLoader``
+    (``bnlab.data.custom``). config.json then describes them (``model_info``, ``data_info``)
+    and resuming refuses a network or data that do not match (``bnlab.train.user_model``).
 
     Under torchrun (or in an initialized process group) this is one rank of a data-parallel
     job: see ``bnlab.train.distributed``. With a `probe`, its measurements go to
@@ -191,10 +212,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False,
     first checkpoint removes what it wrote: a retry needs no `resume`. Damaged files raise
     ``CorruptFileError`` (``bnlab.errors``) naming the file and the fix.
     """
-    device = pick_device(config.device)
-    ddp = setup(device, config.dist_timeout)
+    inputs = resolve(config, model, train_data, test_data)
+    device = pick_device(inputs.config.device)
+    ddp = setup(device, inputs.config.dist_timeout)
     try:
-        return _train(config, RunDir(out), resume, log if ddp.main else _silent, device, ddp,
+        return _train(inputs, RunDir(out), resume, log if ddp.main else _silent, device, ddp,
                       probe)
     except RuntimeError as e:
         if not ddp.active or isinstance(e, UserError):
@@ -212,8 +234,9 @@ def _silent(msg: str) -> None:
     pass
 
 
-def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], None],
+def _train(inputs: Inputs, rd: RunDir, resume: bool, log: Callable[[str], None],
            device: torch.device, ddp: Dist, probe: Probe | None) -> Run:
+    config = inputs.config
     with ExitStack() as stack:
         checkpoint = None
         if ddp.main:  # the lock and the directory's checks; the other ranks learn the outcome
@@ -229,16 +252,17 @@ def _train(config: TrainConfig, rd: RunDir, resume: bool, log: Callable[[str], N
                                    f"says why")
         fresh = ddp.main and not rd.exists()
         try:
-            return _run(config, rd, checkpoint, fresh, log, device, ddp, probe)
+            return _run(inputs, rd, checkpoint, fresh, log, device, ddp, probe)
         except BaseException:
             if ddp.main and fresh and not rd.has_checkpoint:
                 rd.discard()  # failed before its first checkpoint: nothing blocks a retry
             raise
 
 
-def _run(config: TrainConfig, rd: RunDir, checkpoint: dict[str, Any] | None, fresh: bool,
+def _run(inputs: Inputs, rd: RunDir, checkpoint: dict[str, Any] | None, fresh: bool,
          log: Callable[[str], None], device: torch.device, ddp: Dist,
          probe: Probe | None) -> Run:
+    config = inputs.config
     if not ddp.main and rd.has_checkpoint:
         checkpoint = rd.load_checkpoint()
     if rd.done:
@@ -250,8 +274,8 @@ def _run(config: TrainConfig, rd: RunDir, checkpoint: dict[str, Any] | None, fre
                                  else None)
     if threads:
         torch.set_num_threads(threads)
-    train_loader, test_loader = _loaders(config, device, log, (ddp.rank, ddp.world))
-    raw = make_model(config).to(device)
+    train_loader, test_loader = _loaders(config, device, log, (ddp.rank, ddp.world), inputs)
+    raw = make_model(config, inputs.network).to(device)
     _check_shares(raw, train_loader, ddp.world)
     model: nn.Module = raw
     if ddp.active:

@@ -9,10 +9,11 @@ from typing import Any
 from torch import nn
 
 from bnlab.errors import CorruptFileError, RunDirError
-from bnlab.models import build_model
+from bnlab.models import MODELS, build_model
 from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.rundir import CHECKPOINT, CONFIG, METRICS, RunDir
+from bnlab.train.user_model import ModelInput
 
 __all__ = ["Run", "read_train_config"]
 
@@ -73,22 +74,34 @@ class Run:
     def done(self) -> bool:
         return self.dir.done
 
-    def model(self) -> nn.Module:
+    def model(self, factory: ModelInput | None = None) -> nn.Module:
         """The model as of the last checkpoint, in eval mode, on the CPU.
+
+        A run of your own network needs its `factory` (a function, ``"package.module:attr"``
+        or an instance to load into): the checkpoint's weights then load into a fresh one.
 
         Built plain (unfused, and with BatchNorm in place of SyncBatchNorm): the trainer's
         fused and synchronized layers compute the same function with the same state-dict
         keys, so the weights load as they are.
         """
         config = self.config
-        model = build_model(config.model, config.norm)
+        if config.model in MODELS:
+            model = build_model(config.model, config.norm)
+        else:  # the user's network, from its import path (bnlab.train.inputs)
+            from bnlab.train.inputs import build_user_model
+
+            model = build_user_model(config, factory)
         try:
-            load_state_dict(model, self.dir.load_checkpoint()["model"])  # all or nothing
+            load_state_dict(model, self.state_dict())  # all or nothing
         except (RuntimeError, TypeError, ValueError) as e:  # sizes or keys of another model
             raise CorruptFileError(self.path / CHECKPOINT, f"does not fit the model in "
                                    f"config.json ({str(e).strip().splitlines()[0]})",
                                    "restore the run's own checkpoint") from e
         return model.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The model's weights and buffers as of the last checkpoint (on the CPU)."""
+        return self.dir.load_checkpoint()["model"]
 
     def __repr__(self) -> str:
         state = "done" if self.done else f"{len(self.metrics)} epochs"
