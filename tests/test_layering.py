@@ -75,7 +75,9 @@ def test_a_circle_would_be_found():
     graph = {name: set(deps) for name, deps in GRAPH.items()}
     assert "bnlab.train.run" in graph["bnlab.train.loop"]
     graph["bnlab.train.run"].add("bnlab.train.loop")
-    assert "bnlab.train.loop -> bnlab.train.run -> bnlab.train.loop" in _cycles(graph)
+    # (reported from whichever of the two the search meets first)
+    assert any(set(c.split(" -> ")) == {"bnlab.train.loop", "bnlab.train.run"}
+               for c in _cycles(graph))
 
 
 # Lowest first: a module imports only modules of its own layer and of lower ones.

@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--model", type=NameOrFactory(MODELS), metavar="MODEL",
                    help="run the arms on this network: a bnlab model or package.module:factory "
-                        "(arms that need the textbook's network are listed as not run)")
+                        "(arms that need the textbook's network are listed as not run) "
+                        "(default: each arm's own)")
     p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), metavar="DATASET",
                    help="run the arms on this dataset: a bnlab dataset or package.module:"
                         "factory returning (train_data, test_data) (default: each arm's own)")
