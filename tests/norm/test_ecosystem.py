@@ -213,13 +213,53 @@ def test_func_grad_and_vmap_where_torch_has_them(name):
     assert (t1 - t2).abs().max() <= 1e-10
 
 
-def test_func_transforms_fail_where_torch_fails():
+def test_func_transforms_fail_where_torch_fails_and_change_nothing():
     """In training with running statistics both libraries refuse vmap (the buffers would be
-    updated per example); bnlab with torch's own message."""
+    updated per example) and grad/jacrev (the update would write tensors captured from outside
+    the transform); bnlab with torch's own messages and with every parameter and buffer as it
+    was (ATen's kernel writes the buffers before torch refuses: bnlab gives it copies; torch's
+    own layer advances num_batches_tracked before refusing, and without that counter it writes
+    its running statistics before refusing)."""
     model, x, _ = _model("cnn")
     for m in (model, _torch_twin(model)):
+        m.train()
+        state = copy.deepcopy(m.state_dict())
         with pytest.raises(RuntimeError, match="running_mean or running_var"):
-            torch.func.vmap(m.train())(x.unsqueeze(0).expand(2, *x.shape))
+            torch.func.vmap(m)(x.unsqueeze(0).expand(2, *x.shape))
+        with pytest.raises(RuntimeError, match="in-place operation"):
+            torch.func.jacrev(m)(x[:2])
+        params = dict(m.named_parameters())
+        with pytest.raises(RuntimeError, match="in-place operation"):
+            torch.func.grad(lambda p, m=m: torch.func.functional_call(m, p, (x,)).sum())(params)
+        changed = [k for k, v in m.state_dict().items() if not torch.equal(v, state[k])]
+        assert not changed or not isinstance(m[1], bnlab.BatchNorm2d), changed
+    assert isinstance(model[1], bnlab.BatchNorm2d)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_functionalize(mode):
+    """torch.func.functionalize: bnlab's layers run there as torch's do (on ATen: a
+    functionalized program cannot call an operator that writes its arguments)."""
+    model, x, _ = _model("resnet")
+    eager = copy.deepcopy(model).train(MODES[mode])
+    functional = copy.deepcopy(model).train(MODES[mode])
+    y = torch.func.functionalize(functional)(x)
+    assert (y - eager(x)).abs().max() <= 1e-12
+    for k, v in eager.state_dict().items():
+        assert (functional.state_dict()[k].double() - v.double()).abs().max() <= 1e-12, k
+
+
+@pytest.mark.parametrize("backend", backends.BACKENDS)
+def test_jit_trace_on_every_backend(backend):
+    """A traced training step folds each batch into the running statistics once, whichever
+    backend ran while tracing (the reference's update once sat inside its autograd node,
+    which the tracer records and replays, besides recording the update itself)."""
+    model, x, x2 = _model("resnet")
+    eager = copy.deepcopy(model)
+    with backends.forced(backend):
+        traced = torch.jit.trace(copy.deepcopy(model).train(), x, check_trace=False)
+        traced.load_state_dict(model.state_dict())
+        _assert_same(_step(traced, x2, True), _step(eager, x2, True), 1e-12)
 
 
 @pytest.mark.parametrize("name", ["lenet-bn", "cnn", "resnet"])

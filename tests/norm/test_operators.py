@@ -180,3 +180,66 @@ def test_hostile_calls_raise_never_crash():
     wrong = {n: o for n, o in outcomes.items() if not o.startswith(expected[n] + ":")}
     assert not wrong, wrong
     assert len(outcomes) >= 45
+
+
+EMPTY = r"""
+import torch
+import bnlab
+import bnlab.functional as BF
+from bnlab.norm import backends
+from bnlab.norm.fused import batch_norm_sigmoid
+
+for shape, fmt in [((0, 3, 4, 4), None), ((4, 3, 0), None), ((2, 3, 0, 4), None),
+                   ((0, 3, 4, 4), torch.channels_last), ((0, 3), None)]:
+    x = torch.randn(shape) if fmt is None else torch.randn(shape).contiguous(memory_format=fmt)
+    for training in (True, False):
+        print("START", shape, training, flush=True)
+        kind = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d}
+        ours, theirs = bnlab.BatchNorm(3).train(training), kind[x.dim()](3).train(training)
+        with torch.no_grad():
+            ours.running_var.fill_(2.0)
+            theirs.running_var.fill_(2.0)
+        assert ours(x).shape == theirs(x).shape == x.shape
+        y = torch.ops.bnlab.batch_norm(x, None, None, torch.zeros(3), torch.ones(3), training,
+                                       0.1, 1e-5)
+        assert y.shape == x.shape
+        if x.dim() == 4 and fmt is None:
+            assert batch_norm_sigmoid(x, torch.zeros(3), torch.ones(3), training=training,
+                                      pool=2).shape == (x.shape[0], 3, x.shape[2] // 2,
+                                                        x.shape[3] // 2)
+        assert ours.num_batches_tracked == 0 and torch.equal(ours.running_var, torch.full((3,), 2.0))
+print("ALL DONE", flush=True)
+"""
+
+
+def test_empty_inputs_in_every_mode_never_crash():
+    """An empty batch (N = 0, or a spatial size of 0) in training and in eval, through the
+    module, the operator and the fused layer: torch's output shape, buffers untouched. (In eval
+    the kernels once divided their work by a zero length: SIGFPE.)"""
+    proc = subprocess.run([sys.executable, "-c", EMPTY], capture_output=True, text=True,
+                          timeout=120, env=os.environ.copy())
+    started = [ln for ln in proc.stdout.splitlines() if ln.startswith("START")]
+    assert proc.returncode == 0, (proc.returncode, started[-1:], proc.stderr[-1500:])
+    assert proc.stdout.rstrip().endswith("ALL DONE")
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 4), (64, 3), (4, 3, 4, 4)])
+def test_overflowing_values_agree_across_backends(shape):
+    """|x| ~ 1e200 in float64: the squared deviations overflow; every backend gives torch's
+    answer (output 0, running variance inf), none a NaN (inf * 0 in a merge once did)."""
+    import bnlab.functional as BF
+    from bnlab.norm import backends
+
+    x = torch.randn(shape, dtype=torch.float64) * 1e200
+    if len(shape) == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for backend in backends.BACKENDS:
+        rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        with backends.forced(backend):
+            y = BF.batch_norm(x, rm, rv, training=True)
+        results.append((y, rm, rv))
+    for y, rm, rv in results:
+        assert not y.isnan().any() and torch.equal(y, results[2][0])
+        assert torch.equal(rv, results[2][2]) and rv.isinf().all()
+        assert torch.allclose(rm, results[2][1], rtol=1e-12)

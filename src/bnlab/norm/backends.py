@@ -87,6 +87,17 @@ def select(x: Tensor, guarded: bool = False) -> str:
 def _aten(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
           weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
           eps: float) -> Tensor:
+    if (training and running_mean is not None and running_var is not None
+            and not torch.compiler.is_compiling() and _transformed(input)):
+        # Inside torch.func transforms torch refuses to update buffers captured from outside
+        # (vmap, grad), but ATen's kernel has written them by then: update copies, then the
+        # buffers, each of which torch refuses (or accepts) before writing anything.
+        mean, var = running_mean.clone(), running_var.clone()
+        y = torch.batch_norm(input, weight, bias, mean, var, training, momentum, eps,
+                             torch.backends.cudnn.enabled)
+        running_mean.copy_(mean)
+        running_var.copy_(var)
+        return y
     return torch.batch_norm(input, weight, bias, running_mean, running_var, training, momentum,
                             eps, torch.backends.cudnn.enabled)
 

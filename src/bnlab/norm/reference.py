@@ -133,7 +133,8 @@ def update_running_stats(
 
     The running variance stores the unbiased estimate var * count / (count - 1).
     """
-    unbiased = var * (count / (count - 1))
+    # (not var * (count / (count - 1)): under jit.trace the factor would be rounded to float32)
+    unbiased = var * count / (count - 1)
     return blend_running_stats(running_mean, running_var, mean, unbiased, momentum, skipped)
 
 
@@ -218,8 +219,13 @@ def differentiable_backward(
 
 
 class BatchNormFunction(Function):
-    """Autograd node of the reference: forward normalizes (and updates running stats), backward
-    is closed-form. (The compiled kernels have their own node, in C++: see bnlab.norm.kernels.)"""
+    """Autograd node of the reference: forward normalizes, backward is closed-form. (The
+    compiled kernels have their own node, in C++: see bnlab.norm.kernels.)
+
+    Returns (y, mean, var): the output and the statistics it used (non-differentiable), so
+    that the running update happens outside the node, after it. A node without side effects
+    is what a tracer may record and replay (torch.jit.trace records the node *and* what runs
+    inside it: an update inside would be replayed twice)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -230,10 +236,8 @@ class BatchNormFunction(Function):
         running_mean: Tensor | None,
         running_var: Tensor | None,
         batch_stats: bool,
-        momentum: float,
         eps: float,
-        skipped: Tensor | None,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         ctx.batch_stats = batch_stats
         ctx.eps = eps
         ctx.bias_dtype = bias.dtype if bias is not None else x.dtype
@@ -250,18 +254,12 @@ class BatchNormFunction(Function):
             mean, var = batch_statistics(x)
         inv_std = torch.rsqrt(var + eps)  # (C,)
         y = normalize(x, mean, inv_std, weight, bias)
-
-        # Last, once nothing can fail any more: fold the batch into the running buffers.
-        if batch_stats and running_mean is not None and x.numel() > 0:
-            assert running_var is not None
-            count = x.numel() // x.shape[1]
-            update_running_stats(running_mean, running_var, mean, var, count, momentum, skipped)
-
         ctx.save_for_backward(x, weight, mean, inv_std)
-        return y
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, mean, inv_std = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if torch.is_grad_enabled():  # create_graph=True
@@ -270,7 +268,7 @@ class BatchNormFunction(Function):
         else:
             gx, gw, gb = normalize_backward(grad_out, x, weight, mean, inv_std, ctx.batch_stats,
                                              needs, ctx.bias_dtype)
-        return gx, gw, gb, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None
 
 
 def batch_norm(
@@ -291,5 +289,11 @@ def batch_norm(
     ``skipped`` (guarded statistics): a scalar counter; when given, a batch with a non-finite
     mean or variance is not folded into the running buffers and the counter is incremented.
     """
-    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, training,
-                                   float(momentum), float(eps), skipped)
+    y, mean, var = BatchNormFunction.apply(input, weight, bias, running_mean, running_var,
+                                           training, float(eps))
+    # Last, once nothing can fail any more: fold the batch into the running buffers.
+    if training and running_mean is not None and running_var is not None and input.numel() > 0:
+        count = input.numel() // input.shape[1]
+        update_running_stats(running_mean, running_var, mean, var, count, float(momentum),
+                             skipped)
+    return y

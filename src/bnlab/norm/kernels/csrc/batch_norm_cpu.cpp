@@ -98,12 +98,18 @@ inline double merged_mean(double mean, double mean_b, double f, double f_b) {
   return std::isfinite(delta) ? mean + delta * f_b : mean * f + mean_b * f_b;
 }
 
+// Chan's between-block term delta^2 * n_a n_b / n, which is 0 when one side is empty: said
+// explicitly, because delta^2 may overflow (|x| ~ 1e200 in double) and inf * 0 is NaN.
+inline double between(double delta, double f_m2) {
+  return f_m2 == 0 ? 0.0 : delta * delta * f_m2;
+}
+
 inline void merge(double& count, double& mean, double& m2, double nb, double mean_b,
                   double m2_b) {
   const double total = count + nb;
   const double delta = mean_b - mean;
   mean = merged_mean(mean, mean_b, count / total, nb / total);
-  m2 += m2_b + delta * delta * count * nb / total;
+  m2 += m2_b + between(delta, count * nb / total);
   count = total;
 }
 
@@ -244,7 +250,7 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
     for (int64_t j = 0; j < W; ++j) {
       const double delta = bm[j] - cm[j];
       cm[j] = merged_mean(cm[j], bm[j], f, f_b);
-      ca[j] += bq[j] + delta * delta * f_m2;
+      ca[j] += bq[j] + between(delta, f_m2);
     }
     cnt[k] = total;
   });
@@ -263,7 +269,7 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
     for (int64_t t = 0; t < L.k; ++t)
       for (int64_t c = 0; c < C; ++c) {
         const double d = km[t * C + c] - cm[c];
-        ca[c] += ka[t * C + c] + cnt[k] * d * d;
+        ca[c] += ka[t * C + c] + between(d, cnt[k]);
       }
     for (int64_t c = 0; c < C; ++c) merge(count[c], m[c], a[c], cnt[k] * L.k, cm[c], ca[c]);
   }
@@ -952,12 +958,15 @@ at::Tensor entry_plain(const at::Tensor& x, const c10::optional<at::Tensor>& wei
                                   eps, act, pool));
 }
 
-// Tensors that the autograd node cannot serve: functorch's wrappers (vmap, grad, jvp) and
-// forward-mode dual tensors. The caller gives such calls to ATen, which has their rules.
+// Tensors that the operator cannot serve: functorch's wrappers (vmap, grad, jvp), forward-mode
+// dual tensors, and torch.func.functionalize's wrappers (which refuse an operator that writes
+// its arguments). The caller gives such calls to ATen, which has their rules. (torch.compile
+// and torch.export functionalize at their own level, where the operator's schema serves.)
 bool transformed(const c10::optional<at::Tensor>& t) {
   if (!present(t)) return false;
   static const c10::DispatchKeySet wrappers({c10::DispatchKey::FuncTorchBatched,
-                                             c10::DispatchKey::FuncTorchGradWrapper});
+                                             c10::DispatchKey::FuncTorchGradWrapper,
+                                             c10::DispatchKey::Functionalize});
   return t->key_set().has_any(wrappers) || t->_fw_grad(/*level=*/0).defined();
 }
 
