@@ -1,6 +1,9 @@
-"""bnlab.models: the seed notebooks' networks, each taking ``norm=`` (a registry name or callable).
+"""bnlab.models: the seed notebooks' networks and CIFAR presets, each taking ``norm=`` (a registry
+name or callable).
 
-One table, name -> builder. ``build_model(name, norm)`` is what the trainer calls.
+One table, name -> builder, and one of the input each model expects, (C, H, W):
+``build_model(name, norm)`` is what the trainer calls, ``input_shape(name)`` what it checks a
+dataset against.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from functools import partial
 from torch import nn
 
 from bnlab.models.lenet import lenet, lenet_bn
+from bnlab.models.resnet import resnet18_cifar
 from bnlab.models.small import mlp, mlp3_sigmoid, small_cnn
+from bnlab.models.vgg import vgg_cifar
 from bnlab.norm.registry import NormSpec
 
-__all__ = ["MODELS", "build_model", "lenet", "lenet_bn", "mlp", "mlp3_sigmoid", "small_cnn"]
+__all__ = ["INPUTS", "MODELS", "build_model", "input_shape", "lenet", "lenet_bn", "mlp",
+           "mlp3_sigmoid", "resnet18_cifar", "small_cnn", "vgg_cifar"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
@@ -24,10 +30,30 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "mlp3": mlp3_sigmoid,
     "cnn": small_cnn,
+    "resnet18-cifar": resnet18_cifar,
+    "vgg-cifar": vgg_cifar,
+}
+
+# The (C, H, W) of one input image: the seed's networks read 28x28 grey images, the presets
+# 32x32 colour ones.
+INPUTS: dict[str, tuple[int, int, int]] = {
+    **{name: (1, 28, 28) for name in MODELS},
+    "resnet18-cifar": (3, 32, 32),
+    "vgg-cifar": (3, 32, 32),
 }
 
 
-def build_model(name: str, norm: NormSpec) -> nn.Module:
+def _check(name: str) -> None:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+
+
+def build_model(name: str, norm: NormSpec) -> nn.Module:
+    _check(name)
     return MODELS[name](norm=norm)
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The (C, H, W) of the images model `name` is built for."""
+    _check(name)
+    return INPUTS[name]
