@@ -102,6 +102,10 @@ def _loaders(config: TrainConfig, device: torch.device, log: Callable[[str], Non
                             f"({train.source.directory}) has the same value, so there is no "
                             f"spread to divide by; train without --normalize")
         mean, std = _pixel_statistics(tr_x)
+        if isinstance(std, list) and min(std) == 0:
+            raise UserError(f"--normalize: channel {std.index(0)} of the training images "
+                            f"({train.source.directory}) is constant, so there is no spread "
+                            f"to divide by; train without --normalize")
     kw: dict[str, Any] = {"mean": mean, "std": std, "device": device}
     return (BatchLoader(tr_x, tr_y, config.batch_size, shuffle=True, seed=config.seed,
                         drop_last=config.drop_last, part=part, augment=config.augment, **kw),
