@@ -10,7 +10,9 @@ from typing import TextIO
 
 class Progress:
     def __init__(self, total: int, label: str, enabled: bool = True,
-                 stream: TextIO = sys.stderr) -> None:
+                 stream: TextIO | None = None) -> None:
+        # sys.stderr as it is now, not as it was at import (a test's capture, since closed).
+        stream = sys.stderr if stream is None else stream
         self.total, self.label, self.stream = total, label, stream
         self.enabled = enabled and stream.isatty() and not os.environ.get("CI")
         self.start = time.perf_counter()
