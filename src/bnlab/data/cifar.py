@@ -141,18 +141,28 @@ def parse_meta(data: bytes, where: str) -> tuple[str, ...]:
     return tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names)
 
 
-def _read_member(tar: tarfile.TarFile, archive: Path, name: str) -> bytes:
-    where = f"{archive}:{FOLDER}/{name}"
-    try:
-        member = tar.getmember(f"{FOLDER}/{name}")
-    except KeyError:
-        raise CifarError(f"{archive}: has no {FOLDER}/{name}; {FIX}") from None
-    if not member.isfile() or member.size > MAX_MEMBER:
-        raise CifarError(f"{where}: not a regular file of at most {MAX_MEMBER} bytes; "
-                         f"{FIX}")
-    f = tar.extractfile(member)
-    assert f is not None  # a regular file
-    return f.read()
+def _read_members(tar: tarfile.TarFile, archive: Path, names: tuple[str, ...]) -> dict[
+        str, bytes]:
+    """The members `FOLDER/name`, in one pass over the stream (a .tar.gz cannot seek back
+    cheaply); a link or an oversized member is refused, never followed."""
+    wanted = {f"{FOLDER}/{n}": n for n in names}
+    out: dict[str, bytes] = {}
+    for member in tar:
+        name = wanted.get(member.name)
+        if name is None or name in out:
+            continue
+        if not member.isfile() or member.size > MAX_MEMBER:
+            raise CifarError(f"{archive}:{member.name}: not a regular file of at most "
+                             f"{MAX_MEMBER} bytes; {FIX}")
+        f = tar.extractfile(member)
+        assert f is not None  # a regular file
+        out[name] = f.read()
+        if len(out) == len(names):
+            break
+    missing = [f"{FOLDER}/{n}" for n in names if n not in out]
+    if missing:
+        raise CifarError(f"{archive}: has no {', '.join(missing)}; {FIX}")
+    return out
 
 
 def _open_archive(path: Path) -> tarfile.TarFile:
@@ -168,7 +178,7 @@ def read_batches(files: dict[str, Path], names: tuple[str, ...]) -> dict[str, by
         path = files["archive"]
         try:
             with _open_archive(path) as tar:
-                return {n: _read_member(tar, path, n) for n in names}
+                return _read_members(tar, path, names)
         except (tarfile.TarError, OSError, EOFError) as e:  # damage found while reading on
             raise CifarError(f"{path}: damaged archive ({e}); {FIX}") from None
     out = {}

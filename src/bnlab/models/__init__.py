@@ -34,12 +34,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg-cifar": vgg_cifar,
 }
 
-# The (C, H, W) of one input image: the seed's networks read 28x28 grey images, the presets
-# 32x32 colour ones.
+_GREY_28, _COLOUR_32 = (1, 28, 28), (3, 32, 32)
+# The (C, H, W) of one input image, one entry per model (the trainer checks the dataset's):
+# the seed's networks read 28x28 grey images, the presets 32x32 colour ones.
 INPUTS: dict[str, tuple[int, int, int]] = {
-    **{name: (1, 28, 28) for name in MODELS},
-    "resnet18-cifar": (3, 32, 32),
-    "vgg-cifar": (3, 32, 32),
+    "lenet": _GREY_28, "lenet-bn": _GREY_28, "lenet-bn-maxpool": _GREY_28,
+    "lenet-bn-after": _GREY_28, "mlp": _GREY_28, "mlp3": _GREY_28, "cnn": _GREY_28,
+    "resnet18-cifar": _COLOUR_32, "vgg-cifar": _COLOUR_32,
 }
 
 
