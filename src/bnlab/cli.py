@@ -27,6 +27,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from typing import Any
 
 from bnlab.errors import UserError, one_line
 
@@ -181,6 +182,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from bnlab.report.compare import compare
+
+    result = compare(args.runs, args.out)
+    print(f"figure: {result.figure}\ntable: {result.markdown}\npage: {result.html}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from bnlab.report.inspect import bn_layers, format_layers, load_state
 
@@ -214,15 +223,54 @@ def _kernels(args: argparse.Namespace) -> int:
 
 # ---- the parser --------------------------------------------------------------------------------
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, plus every flag's default: appended as ``(default: X)`` unless the text
+    already says it. A flag whose default is None must state it in words (``(default: all)``);
+    a switch shows ``(default: off)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.required \
+                or action.default is argparse.SUPPRESS or action.default is None:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose description may end with text computed only when help is shown
+    (`describe`): the study list needs the studies, which ``bnlab --help`` must not import."""
+
+    def __init__(self, *args: Any, describe: Callable[[], str] | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.describe = describe
+
+    def format_help(self) -> str:
+        if self.describe is not None:
+            self.description = f"{self.description or ''} {self.describe()}".strip()
+            self.describe = None
+        return super().format_help()
+
+
+def _study_description() -> str:
+    from bnlab.studies.registry import STUDIES
+
+    return "Studies: " + "; ".join(f"{n}: {s.question}" for n, s in STUDIES.items())
+
+
 def _run_flags() -> argparse.ArgumentParser:
     """--data-dir and --threads: the flags of every subcommand that trains."""
     from bnlab.train.config import MAX_THREADS
 
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--data-dir", type=existing_dir,
-                   help="directory holding the IDX files (else: auto)")
+                   help="directory holding the IDX files (default: found automatically, "
+                        "see `bnlab data info`)")
     p.add_argument("--threads", type=IntRange(MAX_THREADS, "a positive integer"),
-                   help="torch CPU threads")
+                   help="torch CPU threads (default: torch's choice, all cores)")
     return p
 
 
@@ -240,6 +288,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
 
     d = TrainConfig()
+    p.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="read settings from a JSON or YAML file (a run's config.json works); "
+                        "flags given here win over it (default: none)")
     p.add_argument("--model", choices=sorted(MODELS), default=d.model, help="network "
                    "(default: %(default)s)")
     p.add_argument("--norm", choices=norm_names(), default=d.norm,
@@ -255,7 +306,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="optimizer (default: %(default)s, plain SGD as the textbook)")
     p.add_argument("--momentum", type=fraction, default=d.momentum,
-                   help="SGD momentum, in [0, 1)")
+                   help="SGD momentum, in [0, 1) (default: %(default)s)")
     p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
                    help="L2 penalty (default: %(default)s)")
     p.add_argument("--init", choices=INITS, default=d.init,
@@ -271,10 +322,16 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="random crop (padding 4) and horizontal flip of each training batch "
                         "(the standard CIFAR augmentation)")
     p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
-    p.add_argument("--limit-train", type=positive_int, help="use the first N training examples")
-    p.add_argument("--limit-test", type=positive_int, help="use the first N test examples")
+    p.add_argument("--limit-train", type=positive_int,
+                   help="use the first N training examples (default: all)")
+    p.add_argument("--limit-test", type=positive_int,
+                   help="use the first N test examples (default: all)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar")
+                   help="no progress bars (default: bars on a terminal or in a notebook; "
+                        "BNLAB_PROGRESS=1 draws them into a pipe or file too)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events (per-step loss and lr, per-epoch "
+                        "metrics, BatchNorm statistics histograms) into OUT/tensorboard")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="keep BatchNorm, sigmoid and pooling as separate layers (by default "
                         "they run fused where bnlab's fast kernels are available)")
@@ -288,12 +345,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bnlab import __version__
     from bnlab.train.config import DEVICES, MAX_SEED
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bnlab",
         description="bnlab: a batch-normalization library and laboratory for PyTorch.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"bnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=Parser)
     run_flags = _run_flags()
 
     p = sub.add_parser("reproduce", parents=[run_flags],
@@ -328,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print every normalization layer's gamma, beta, running "
                        "mean and running variance from a checkpoint or run directory.")
     p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
-    p.add_argument("--show", type=positive_int, default=6, help="values shown per vector")
+    p.add_argument("--show", type=positive_int, default=6,
+                   help="values shown per vector (default: %(default)s)")
     p.set_defaults(func=_inspect)
 
     from bnlab.data.registry import DATASETS
@@ -341,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist",
                    help="dataset (default: %(default)s)")
     p.add_argument("--data-dir", type=dir_name,
-                   help="directory to read from (fetch: to download into)")
+                   help="directory to read from (fetch: to download into) (default: found "
+                        "automatically; fetch: the cache)")
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
     p.set_defaults(func=_data, parser=p)
 
@@ -353,15 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="build: recompile even if built")
     p.set_defaults(func=_kernels)
 
-    from bnlab.studies.registry import STUDIES
+    from bnlab.studies import STUDY_NAMES  # names only: the studies load when one runs
 
     p = sub.add_parser("study", parents=[run_flags],
                        help="run an experiment that answers a learner's question",
-                       description="Train every arm of a study for several seeds (finished runs "
-                       "are reused), then write figure.png, table.md/csv, verdict and "
-                       "study.json. Studies: " + "; ".join(
-                           f"{n}: {s.question}" for n, s in STUDIES.items()))
-    p.add_argument("name", choices=list(STUDIES), help="which study")
+                       description="Train every arm of a study for several seeds (finished "
+                       "runs are reused), then write figure.png, table.md/csv, verdict and "
+                       "study.json.", describe=_study_description)
+    p.add_argument("name", choices=STUDY_NAMES, help="which study")
     p.add_argument("--quick", action="store_true",
                    help="one seed on small subsets: a smoke test, not evidence")
     p.add_argument("--out", type=out_dir, help="output directory (default: runs/study-NAME)")
@@ -379,6 +440,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=out_dir, default="runs/report",
                    help="where to write (default: %(default)s)")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("compare", help="any runs side by side: one figure and one table",
+                       description="Plot train loss, train accuracy and test accuracy per "
+                       "epoch for every run given, and tabulate their differing settings "
+                       "and final results: compare.png, compare.md and compare.html in "
+                       "--out. Reads the run directories only.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (bnlab train)")
+    p.add_argument("--out", type=out_dir, default="runs/compare",
+                   help="where to write (default: %(default)s)")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("demo", help="compare bnlab's BatchNorm with torch.nn's on LeNet shapes",
                        description="Train bnlab and torch.nn BatchNorm layers side by side on "
@@ -404,15 +475,35 @@ def _check_combinations(args: argparse.Namespace) -> None:
         args.parser.error(f"argument --data-dir: {args.data_dir!r} is not a directory")
 
 
+def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      argv: Sequence[str] | None) -> argparse.Namespace:
+    """`args` again, with --config FILE's settings as the defaults: explicit flags win."""
+    if not getattr(args, "config_file", None):
+        return args
+    from bnlab.train.config_file import read_config_file
+
+    args.parser.set_defaults(**read_config_file(args.config_file))
+    return parser.parse_args(argv)
+
+
+def _fail(e: BaseException) -> int:
+    print(f"bnlab: error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+    return 1
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args = _with_config_file(parser, args, argv)
+    except (UserError, OSError) as e:  # the file is the user's to fix (exit 1, not usage's 2)
+        return _fail(e)
     _check_combinations(args)
     func: Command = args.func
     try:
         return func(args)
     except (UserError, OSError, RuntimeError) as e:  # the user's to fix: one line, no traceback
-        print(f"bnlab: error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
-        return 1
+        return _fail(e)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

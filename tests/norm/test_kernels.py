@@ -261,7 +261,7 @@ def test_switched_off_and_required(tmp_path):
 
 
 def test_bad_mode_is_named():
-    out = _python("import bnlab", BNLAB_FAST="yes")
+    out = _python("import bnlab.functional", BNLAB_FAST="yes")
     assert out.returncode != 0
     assert "BNLAB_FAST='yes' is not one of auto, 0, 1" in out.stderr
 

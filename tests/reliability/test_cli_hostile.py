@@ -23,7 +23,8 @@ from tests.reliability.conftest import QUICK, RUN_FLAGS, assert_usage_error, cop
 # A minimal valid command line per subcommand, to which one bad flag is added.
 BASE = {"reproduce": ["reproduce"], "train": ["train", "--out", "out"],
         "inspect": ["inspect", "x"], "data": ["data", "info"], "kernels": ["kernels", "status"],
-        "study": ["study", "axes"], "report": ["report", "x"], "demo": ["demo"]}
+        "study": ["study", "axes"], "report": ["report", "x"], "demo": ["demo"],
+        "compare": ["compare", "x"]}
 
 # Bad values per checked type; FILE and MISSING become an existing file / an absent path.
 BAD = {

@@ -1,4 +1,11 @@
-"""Figures as pure functions of run directories (matplotlib, no display needed)."""
+"""Figures as pure functions of run directories (matplotlib, no display needed).
+
+Every ``*_figure`` helper returns a ``matplotlib.figure.Figure`` (show it in a notebook, or
+change it before saving); ``save`` is the one place that writes a PNG. Figures are made with
+``Figure`` and drawn by ``FigureCanvasAgg`` directly, never through pyplot: importing bnlab or
+saving a figure leaves the user's matplotlib backend and pyplot's list of open figures as
+they were (no ``matplotlib.use``, no figure left to leak in a long notebook).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from bnlab.train.run import Run
 
-__all__ = ["plot_accuracy_and_loss", "plot_bars", "plot_curves", "plot_sweep", "save"]
+__all__ = ["bars_figure", "curves_figure", "new_figure", "plot_accuracy_and_loss", "plot_bars",
+           "plot_curves", "plot_sweep", "save", "sweep_figure"]
 
-def save(fig: Any, path: str | Path, title: str = "") -> Path:
-    """Title the figure, write it as a PNG and free it: the last step of every figure here."""
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.4, 4.0),
+               squeeze: bool = True) -> tuple[Figure, Any]:
+    """A pyplot-free ``plt.subplots``: (figure, axes) with a constrained layout."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save(fig: Figure, path: str | Path, title: str = "") -> Path:
+    """Title the figure and write it as a PNG: the last step of every figure here."""
     if title:
         fig.suptitle(title)
     path = Path(path)
+    FigureCanvasAgg(fig)  # draws with Agg whatever backend the user chose for their screen
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -29,11 +44,10 @@ PANELS = (("train_loss", "train loss"), ("train_acc", "train accuracy"),
           ("test_acc", "test accuracy"))
 
 
-def plot_curves(runs: Sequence[Run], path: str | Path, labels: Sequence[str] | None = None,
-                title: str = "") -> Path:
+def curves_figure(runs: Sequence[Run], labels: Sequence[str] | None = None) -> Figure:
     """Loss, train accuracy and test accuracy per epoch, one line per run, side by side."""
     labels = list(labels) if labels is not None else [r.name for r in runs]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
+    fig, axes = new_figure(1, 3, figsize=(12, 3.6))
     for run, label in zip(runs, labels, strict=True):
         rows = run.metrics
         epochs = [r["epoch"] for r in rows]
@@ -42,16 +56,23 @@ def plot_curves(runs: Sequence[Run], path: str | Path, labels: Sequence[str] | N
             ax.plot(epochs, [r[key] for r in rows], style, marker="o", ms=3, label=label)
     for ax, (_, name) in zip(axes, PANELS, strict=True):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    return save(fig, path, title)
+    return fig
 
 
-def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path,
-               xlabel: str, ylabel: str, title: str = "", logx: bool = True) -> Path:
+def plot_curves(runs: Sequence[Run], path: str | Path, labels: Sequence[str] | None = None,
+                title: str = "") -> Path:
+    """`curves_figure`, saved to `path`."""
+    return save(curves_figure(runs, labels), path, title)
+
+
+def sweep_figure(series: dict[str, tuple[list[float], list[float], list[float]]],
+                 xlabel: str, ylabel: str, logx: bool = True) -> Figure:
     """One line per label through (x, mean) with +-std error bars."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    fig, ax = new_figure()
     for label, (x, mean, std) in series.items():
         ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, label=label)
     if logx:
@@ -60,24 +81,36 @@ def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], 
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    return save(fig, path, title)
+    return fig
 
 
-def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
-              path: str | Path, ylabel: str, title: str = "",
-              more: Sequence[tuple[str, Sequence[float], Sequence[float]]] = ()) -> Path:
+def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path,
+               xlabel: str, ylabel: str, title: str = "", logx: bool = True) -> Path:
+    """`sweep_figure`, saved to `path`."""
+    return save(sweep_figure(series, xlabel, ylabel, logx), path, title)
+
+
+def bars_figure(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
+                ylabel: str,
+                more: Sequence[tuple[str, Sequence[float], Sequence[float]]] = ()) -> Figure:
     """One bar per label, mean with a +-std error bar; `more` adds (ylabel, means, stds)
     panels side by side for the same labels."""
     panels = [(ylabel, means, stds), *more]
     width = max(4.0, 1.1 * len(labels))
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.0),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = new_figure(1, len(panels), figsize=(width * len(panels), 4.0), squeeze=False)
     for ax, (name, m, sd) in zip(axes[0], panels, strict=True):
         ax.bar(range(len(labels)), m, yerr=sd, capsize=4, color="#4c72b0")
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_ylabel(name)
         ax.grid(axis="y", alpha=0.3)
-    return save(fig, path, title)
+    return fig
+
+
+def plot_bars(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],
+              path: str | Path, ylabel: str, title: str = "",
+              more: Sequence[tuple[str, Sequence[float], Sequence[float]]] = ()) -> Path:
+    """`bars_figure`, saved to `path`."""
+    return save(bars_figure(labels, means, stds, ylabel, more), path, title)
 
 
 def plot_accuracy_and_loss(rows: Sequence[dict[str, Any]], path: str | Path,

@@ -20,6 +20,7 @@ from typing import Any
 
 from bnlab.train import Run, TrainConfig, train
 from bnlab.train.loop import Probe
+from bnlab.train.progress import Progress
 
 __all__ = ["Arm", "ArmResult", "Findings", "Study", "run_study", "summarize"]
 
@@ -103,11 +104,22 @@ def write_table(rows: list[dict[str, Any]], out: Path) -> None:
 
 def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int | None = None,
               analyze_only: bool = False, data_dir: str | None = None,
-              threads: int | None = None, log: Callable[[str], None] = print) -> Findings:
+              threads: int | None = None, log: Callable[[str], None] = print,
+              progress: bool = True) -> Findings:
+    """Train (or, `analyze_only`, read) every arm for every seed, then write the report files.
+
+    With `progress`, one bar over the runs ("run 7 of 24, ETA 4:00"; see
+    ``bnlab.train.progress`` for where bars are drawn).
+    """
     out = Path(out)
     n_seeds = seeds or (1 if quick else study.seeds)
     results = []
-    for arm in study.arms(quick):
+    all_arms = study.arms(quick)
+    bar = Progress(len(all_arms) * n_seeds, f"[{study.name}]", progress and not analyze_only,
+                   unit="run", bar_format="{desc} run {n_fmt} of {total_fmt}, "
+                   "ETA {remaining} |{bar}| {elapsed}")
+    say = bar.write if bar.enabled and log is print else log  # lines above the bar
+    for arm in all_arms:
         runs = []
         for seed in range(n_seeds):
             cfg = replace(arm.config, seed=seed, data_dir=data_dir, threads=threads,
@@ -119,11 +131,13 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
                                             f"first (without --analyze-only)")
                 run = Run(path)
             else:
-                log(f"[{study.name}] {arm.label}, seed {seed}")
+                say(f"[{study.name}] {arm.label}, seed {seed}")
                 run = train(cfg, path, resume=True, log=lambda m: None,
                             probe=arm.probe() if arm.probe else None)
             runs.append(run)
+            bar.update(sum(len(r.runs) for r in results) + len(runs))
         results.append(ArmResult(arm, runs))
+    bar.close()
     findings = study.analyze(results)
     if quick:  # one seed on a small subset: a smoke test of the pipeline, not evidence
         findings.verdict = f"[quick mode: {n_seeds} seed(s), small subset, not conclusive] " \

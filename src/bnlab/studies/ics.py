@@ -13,12 +13,11 @@ import math
 import statistics
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from bnlab.data import load_split
-from bnlab.report.figures import save
+from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -90,7 +89,7 @@ def analyze(results: list[ArmResult]) -> Findings:
                f"{off['median_drift_std']:.3f}).")
 
     def plot(path: Path) -> None:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+        fig, axes = new_figure(1, 3, figsize=(13, 3.6))
         for res in results:
             p = res.runs[0].probes
             steps = [q["step"] for q in p]

@@ -14,12 +14,11 @@ import math
 import statistics
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnlab.report.figures import save
+from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -97,7 +96,7 @@ def analyze(results: list[ArmResult]) -> Findings:
                f"{ratio('grad_change')}; effective beta-smoothness {ratio('beta')}.")
 
     def plot(path: Path) -> None:
-        fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), constrained_layout=True)
+        fig, axes = new_figure(1, 3, figsize=(14, 3.6))
         keys = {"loss_range": "loss range along the gradient",
                 "grad_change": "largest gradient change", "beta": "effective beta-smoothness"}
         for res in results:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
-from bnlab.report.figures import save
+from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
 from bnlab.train import TrainConfig
 
@@ -59,7 +57,7 @@ def analyze(results: list[ArmResult]) -> Findings:
                f"{best('none', 'test_acc', False)}, with BN {best('bnlab', 'test_acc', False)}.")
 
     def plot(path: Path) -> None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), constrained_layout=True)
+        fig, axes = new_figure(1, 2, figsize=(11, 4.0))
         for norm, label in NORMS.items():
             pts = [r for r in rows if r["norm"] == norm]
             for ax, key in zip(axes, ("train_loss", "test_acc"), strict=True):

@@ -13,7 +13,8 @@ DEVICES = ("auto", "cpu", "cuda")
 INITS = ("xavier", "default")
 # Fields that may change between an interrupted run and its resumption (they do not change the
 # numbers on CPU): everything else must match the run directory's config.json.
-RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout"})
+RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout",
+                                "tensorboard"})
 MAX_SEED = 2**32 - 1  # the batch order seeds a generator with seed * 1_000_003 + epoch
 MAX_THREADS = 1024  # torch's thread pool crashes the process (a signal) far beyond this
 MAX_DIST_TIMEOUT = 365 * 24 * 3600.0  # a year; far beyond it a timedelta overflows
@@ -50,6 +51,7 @@ class TrainConfig:
     # bnlab.norm.fused); only where the fast kernels are available.
     fuse: bool = True
     dist_timeout: float = 120.0  # seconds before a collective waiting on a dead rank fails
+    tensorboard: bool = False  # also write TensorBoard events into RUN_DIR/tensorboard
 
     def __post_init__(self) -> None:
         from bnlab.data.registry import DATASETS

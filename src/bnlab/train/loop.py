@@ -30,6 +30,7 @@ from bnlab.train.distributed import Dist, setup
 from bnlab.train.progress import Progress
 from bnlab.train.run import Run, read_train_config
 from bnlab.train.rundir import CHECKPOINT, CONFIG, RunDir
+from bnlab.train.tensorboard_log import open_log
 
 __all__ = ["Probe", "evaluate", "make_model", "pick_device", "train"]
 
@@ -77,14 +78,17 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader) -> float:
+def evaluate(model: nn.Module, loader: BatchLoader, progress: bool = False) -> float:
     """Accuracy in eval mode (running statistics), restoring the model's previous mode."""
     was_training = model.training
     model.eval()
     correct = total = 0
-    for x, y in loader.batches(0):
+    bar = Progress(len(loader), "evaluate", progress)
+    for i, (x, y) in enumerate(loader.batches(0)):
         correct += int((model(x).argmax(dim=1) == y).sum())
         total += y.shape[0]
+        bar.update(i + 1)
+    bar.close()
     model.train(was_training)
     return correct / max(total, 1)
 
@@ -282,6 +286,8 @@ def _run(config: TrainConfig, rd: RunDir, checkpoint: dict[str, Any] | None, fre
         if probe is not None:
             rd.write_metrics(probes, name="probes.jsonl")
     wall = metrics[-1]["wall_time"] if metrics else 0.0
+    board = open_log(rd.path, config.tensorboard and ddp.main,
+                     purge_step=len(metrics) * len(train_loader))  # a no-op unless asked for
 
     for epoch in range(len(metrics), config.epochs):
         model.train()
@@ -303,11 +309,13 @@ def _run(config: TrainConfig, rd: RunDir, checkpoint: dict[str, Any] | None, fre
                 loss_sum += float(total)
                 correct += int((logits.argmax(dim=1) == y).sum())
                 seen += y.shape[0]
+            board.step(step, total.detach() / y.shape[0], optimizer)
             bar.update(i + 1, loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
         bar.close()
         loss_sum, correct, seen = ddp.sum([loss_sum, correct, seen], device)
         train_time = time.perf_counter() - t0
-        test_acc = ddp.broadcast(evaluate(raw, test_loader) if ddp.main else 0.0, device)
+        test_acc = ddp.broadcast(evaluate(raw, test_loader, config.progress) if ddp.main
+                                 else 0.0, device)
         epoch_time = time.perf_counter() - t0
         wall += epoch_time
         metrics.append({
@@ -322,9 +330,11 @@ def _run(config: TrainConfig, rd: RunDir, checkpoint: dict[str, Any] | None, fre
             rd.write_metrics(metrics)
             if probe is not None:
                 rd.write_metrics(probes, name="probes.jsonl")
+            board.epoch(metrics[-1], raw)
         m = metrics[-1]
         log(f"epoch {m['epoch']:>2}: loss {m['train_loss']:.3f}, train acc {m['train_acc']:.3f}, "
             f"test acc {m['test_acc']:.3f}, {m['examples_per_sec']:.0f} examples/sec")
+    board.close()
     if ddp.main:
         rd.mark_done({"final": metrics[-1], "device": str(device), "world_size": ddp.world})
     ddp.barrier()

@@ -1,36 +1,80 @@
-"""A one-line progress bar on a terminal; silent when output goes to a file, a pipe or CI."""
+"""Progress bars with an ETA (tqdm): training epochs, evaluation, the runs of a study.
+
+``tqdm.auto`` draws a widget in Jupyter and a text bar on a terminal. Bars are drawn only where
+someone watches: on a terminal or in a notebook, never into a file, a pipe or CI logs, where
+carriage returns become noise. ``BNLAB_PROGRESS=1`` asks for bars anyway (e.g. a log tailed
+live), ``BNLAB_PROGRESS=0`` turns them off everywhere.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import TextIO
+from typing import Any, TextIO
+
+__all__ = ["Progress", "wanted"]
+
+
+def _in_notebook() -> bool:
+    # A Jupyter kernel's stderr is no terminal, yet a widget there is what the user expects.
+    shell = sys.modules.get("IPython")
+    ip = getattr(shell, "get_ipython", lambda: None)() if shell else None
+    return type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def wanted(enabled: bool = True, stream: TextIO | None = None) -> bool:
+    """Whether to draw a bar: `enabled` by the caller, then BNLAB_PROGRESS, then where the
+    output goes (a terminal or a notebook, and not CI)."""
+    if not enabled:
+        return False
+    forced = os.environ.get("BNLAB_PROGRESS", "").strip().lower()
+    if forced in ("1", "true", "yes", "always"):
+        return True
+    if forced in ("0", "false", "no", "never") or os.environ.get("CI"):
+        return False
+    stream = stream if stream is not None else sys.stderr
+    return _in_notebook() or bool(getattr(stream, "isatty", lambda: False)())
 
 
 class Progress:
+    """``Progress(total, label)``; ``update(done, loss=...)`` per step; ``close()`` at the end.
+
+    A thin shell over tqdm (elapsed time, rate and ETA come from it); when not `wanted` it
+    creates no bar at all, so a quiet run pays nothing per step.
+    """
+
     def __init__(self, total: int, label: str, enabled: bool = True,
-                 stream: TextIO | None = None) -> None:
-        # sys.stderr as it is now, not as it was at import (a test's capture, since closed).
-        stream = sys.stderr if stream is None else stream
-        self.total, self.label, self.stream = total, label, stream
-        self.enabled = enabled and stream.isatty() and not os.environ.get("CI")
-        self.start = time.perf_counter()
-        self.last = 0.0
+                 stream: TextIO | None = None, unit: str = "batch",
+                 bar_format: str | None = None) -> None:
+        self.bar: Any = None
+        if wanted(enabled, stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit=unit, leave=False, dynamic_ncols=True,
+                            file=stream if stream is not None else sys.stderr,
+                            bar_format=bar_format, mininterval=0.1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.bar is not None
 
     def update(self, done: int, **values: float) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.1 and done < self.total):
+        """`done` steps of `total` so far; `values` (loss, accuracy) shown beside the bar."""
+        if self.bar is None:
             return
-        self.last = now
-        width = 24
-        filled = width * done // max(self.total, 1)
-        extra = " ".join(f"{k} {v:.3f}" for k, v in values.items())
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{done}/{self.total} {extra} {now - self.start:5.1f}s")
-        self.stream.flush()
+        if values:
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def write(self, message: str) -> None:
+        """Print a line above the bar (or plainly without one) without breaking the bar."""
+        if self.bar is None:
+            print(message)
+        else:
+            self.bar.write(message)
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.refresh()  # the final count, which tqdm's rate limit may have skipped
+            self.bar.close()
+            self.bar = None

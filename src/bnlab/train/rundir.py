@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -124,6 +125,7 @@ class RunDir:
         """Remove what a fresh run wrote before its first checkpoint (it failed to start)."""
         for name in (CONFIG, METRICS, "probes.jsonl"):
             (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "tensorboard", ignore_errors=True)  # --tensorboard events
 
     # ---- config ----
     def write_config(self, config: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ and renamed into place, so concurrent or interrupted builds never leave a torn f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -123,6 +124,20 @@ def _compile_command(output: Path) -> list[str]:
     ]
 
 
+def _announce(message: str) -> None:
+    """`message` on stderr, above any progress bar that is drawn there.
+
+    The build starts at a model's first call, so usually while an epoch's bar is on screen:
+    tqdm's external_write_mode clears the bars, and redraws them after the line. tqdm is used
+    only if the caller has imported it already (this package imports nothing of bnlab's).
+    """
+    tqdm = sys.modules.get("tqdm")
+    writing = (tqdm.tqdm.external_write_mode(file=sys.stderr) if tqdm is not None
+               else contextlib.nullcontext())
+    with writing:
+        print(message, file=sys.stderr, flush=True)
+
+
 def build(*, force: bool = False, quiet: bool = False) -> Path:
     """Compile the kernels unless a verified library is already there; return its path.
 
@@ -139,8 +154,8 @@ def build(*, force: bool = False, quiet: bool = False) -> Path:
             f"cannot create the kernel directory {path.parent}: {e}; set BNLAB_KERNELS to a "
             f"writable directory") from e
     if not quiet:
-        print(f"bnlab: compiling the fast BatchNorm kernels into {path.parent} (once, ~1 min)",
-              file=sys.stderr, flush=True)
+        _announce(f"bnlab: compiling the fast BatchNorm kernels into {path.parent} (once, "
+                  f"~1 min)")
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
