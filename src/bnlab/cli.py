@@ -339,7 +339,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="seed of the initial weights and batch order (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default=d.device,
                    help="auto picks cuda when available (default: %(default)s)")
-    p.add_argument("--normalize", action="store_true", help="standardize the input pixels")
+    p.add_argument("--normalize", action="store_true",  # per channel for colour images
+                   help="standardize the input pixels")
+    p.add_argument("--augment", action="store_true",
+                   help="random crop (padding 4) and horizontal flip of each training batch "
+                        "(the standard CIFAR augmentation)")
     p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
     p.add_argument("--limit-train", type=positive_int,
                    help="use the first N training examples (default: all)")

@@ -11,6 +11,7 @@ Every command line runs in its own child process (``forkserver.py``).
 
 from __future__ import annotations
 
+import ast
 import gzip
 import io
 import json
@@ -295,14 +296,31 @@ def test_python_api_readers_refuse_the_payload(pristine, tmp_path, monkeypatch):
 
 
 def test_every_load_in_bnlab_goes_through_the_safe_loader():
-    """torch.load and unpickling appear once in the sources: in bnlab.files, weights only."""
+    """torch.load and unpickling appear in two places only: bnlab.files (weights only) and the
+    CIFAR reader, whose one Unpickler is allowed because it is restricted (find_class answers
+    from an allow-list, and the payload below does not run through it)."""
     src = Path(__file__).resolve().parents[2] / "src" / "bnlab"
-    pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|\bUnpickler\(|weights_only\s*=\s*False")
+    pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|\bUnpickler\b|weights_only\s*=\s*False")
     hits = {str(p.relative_to(src)): pattern.findall(p.read_text())
             for p in src.rglob("*.py") if pattern.search(p.read_text())}
-    assert set(hits) == {"files.py"}, hits
+    assert set(hits) == {"files.py", "data/cifar.py"}, hits
     assert not [h for found in hits.values() for h in found if "weights_only" in h], hits
     assert re.search(r"torch\.load\([^)]*weights_only=True\)", (src / "files.py").read_text())
+    assert hits["data/cifar.py"] == ["Unpickler"], hits  # subclassed once, never used plain
+    tree = ast.parse((src / "data" / "cifar.py").read_text())
+    [cls] = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+             and any(ast.unparse(b) == "pickle.Unpickler" for b in n.bases)]
+    assert "find_class" in {f.name for f in cls.body if isinstance(f, ast.FunctionDef)}
+
+
+def test_the_cifar_reader_refuses_the_payload(tmp_path, monkeypatch):
+    from bnlab.data.cifar import CifarError, parse_batch
+
+    monkeypatch.chdir(tmp_path)
+    for protocol in (2, 4):
+        with pytest.raises(CifarError, match="refused"):
+            parse_batch(pickle.dumps({"data": Payload(), "labels": [0]}, protocol), "batch")
+    assert not (tmp_path / MARKER).exists()
 
 
 # ---- report: nothing written outside --out, every string escaped ---------------------------------

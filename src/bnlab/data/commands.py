@@ -19,7 +19,8 @@ def data_info(name: str, data_dir: str | None = None) -> str:
     lines = [f"{spec.title} ({name}): {len(spec.classes)} classes, "
              f"{spec.sizes['train']} train / {spec.sizes['test']} test examples"]
     lines.append(f"using: {chosen.directory} ({chosen.kind})" if chosen else
-                 "using: nothing found locally (`bnlab data fetch` downloads it)")
+                 f"using: nothing found locally (`bnlab data fetch --dataset {name}` "
+                 f"downloads it)")
     lines.append("looked in, in order:")
     for kind, d in candidate_dirs(spec, data_dir):
         mark = "*" if chosen and d == chosen.directory else " "

@@ -1,4 +1,7 @@
-"""Load a split of a registered dataset into memory, validated: uint8 images, int64 labels."""
+"""Load a split of a registered dataset into memory, validated: uint8 images, int64 labels.
+
+Images are (N, H, W) for the grey IDX datasets and (N, C, H, W) for colour ones (CIFAR-10).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from bnlab.data import cifar
 from bnlab.data.download import DownloadError
 from bnlab.data.idx import IdxError, read_idx
 from bnlab.data.registry import SPLITS, get_spec
@@ -21,7 +25,7 @@ __all__ = ["Split", "load_split", "locate"]
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, H, W) uint8
+    images: torch.Tensor  # (N, H, W) or (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
     classes: tuple[str, ...]
     source: Source
@@ -43,6 +47,13 @@ def _read_pair(img_path: Path, lbl_path: Path, img_stamp: tuple[int, int],
     return read_idx(img_path), read_idx(lbl_path)
 
 
+@functools.lru_cache(maxsize=4)
+def _read_cifar(files: tuple[tuple[str, Path], ...], split: str,
+                stamps: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `_read_pair`, for CIFAR-10 (the archive or the batch files)."""
+    return cifar.read_split(dict(files), split)
+
+
 def locate(name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
            log: Callable[[str], None] = print) -> Source:
     """The source the dataset will be read from, downloading into the cache if need be."""
@@ -51,10 +62,9 @@ def locate(name: str, data_dir: str | os.PathLike[str] | None = None, download: 
     if source is not None:
         return source
     if data_dir is not None:  # never a silent fall-back to another copy
-        names = ", ".join(fs.name + "[.gz]" for fs in spec.files.values())
         raise UserError(f"--data-dir {data_dir} holds no complete copy of {spec.title} "
-                        f"(needs {names}, in it, in {spec.name}/ or in "
-                        f"{spec.torchvision_folder}/raw/); copy the files there, run `bnlab "
+                        f"(needs {spec.describe_files()}, in it, in {spec.name}/ or in "
+                        f"{spec.torchvision_subdir}/); copy the files there, run `bnlab "
                         f"data fetch --dataset {name} --data-dir {data_dir}`, or drop "
                         f"--data-dir")
     if not download:
@@ -80,6 +90,13 @@ def load_split(name: str = "fashion-mnist", split: str = "train",
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     spec = get_spec(name)
     source = locate(name, data_dir, download, log)
+    if spec.layout == "cifar":  # parse_batch checked dtypes, shapes and labels
+        files = tuple(sorted(source.files.items()))
+        images, labels = _read_cifar(files, split, tuple(_stamp(p) for _, p in files))
+        if images.shape[0] == 0:
+            raise cifar.CifarError(f"{source.directory}: the {split} split holds no examples; "
+                                   f"{cifar.FIX}")
+        return Split(images, labels, spec.classes, source)
     img_path, lbl_path = source.files[f"{split}-images"], source.files[f"{split}-labels"]
     images, labels = _read_pair(img_path, lbl_path, _stamp(img_path), _stamp(lbl_path))
     if images.dim() != 3 or images.dtype != torch.uint8:

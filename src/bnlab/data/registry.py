@@ -3,6 +3,10 @@
 One table, name -> DatasetSpec. ``gz_md5`` is the checksum of the official compressed file (what
 a mirror serves); ``raw_md5`` is the checksum of the decompressed IDX content, which identifies
 the data whatever compressed it (distribution packages recompress). ``None`` = not known here.
+
+Two layouts: ``"idx"`` (four IDX files, (Fashion-)MNIST) and ``"cifar"`` (CIFAR-10's python
+batches, ``bnlab.data.cifar``): the mirrors serve one archive, ``files["archive"]``; a copy is
+that archive or the seven files extracted from it (MD5s as torchvision records them).
 """
 
 from __future__ import annotations
@@ -30,8 +34,27 @@ class DatasetSpec:
     sizes: dict[str, int]  # split -> number of examples
     mirrors: tuple[str, ...]  # base URLs, tried in order
     system_dirs: tuple[str, ...]  # distribution packages (Debian: dataset-fashion-mnist)
-    torchvision_folder: str  # <root>/<folder>/raw in torchvision's layout
+    torchvision_folder: str  # <root>/<folder>/raw in torchvision's layout (CIFAR: no /raw)
     image_size: tuple[int, int] = (28, 28)  # (H, W) of every image
+    channels: int = 1
+    layout: str = "idx"  # or "cifar"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image, as a model reads it."""
+        return (self.channels, *self.image_size)
+
+    @property
+    def torchvision_subdir(self) -> str:
+        """Where torchvision keeps the files under its root."""
+        return self.torchvision_folder + ("" if self.layout == "cifar" else "/raw")
+
+    def describe_files(self) -> str:
+        """The files a complete copy holds, for error messages."""
+        if self.layout == "cifar":
+            return (f"{self.files['archive'].name}, or its {self.torchvision_folder}/ folder "
+                    f"of {len(self.files) - 1} files")
+        return ", ".join(fs.name + "[.gz]" for fs in self.files.values())
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -83,6 +106,31 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         system_dirs=("/usr/share/datasets/mnist",),
         torchvision_folder="MNIST",
+    ),
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        title="CIFAR-10 (Krizhevsky)",
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                 "ship", "truck"),
+        files={
+            "archive": FileSpec("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                                None),
+            **{name: FileSpec(name, "", md5) for name, md5 in (
+                ("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+                ("test_batch", "40351d587109b95175f43aff81a1287e"),
+                ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"))},
+        },
+        sizes={"train": 50000, "test": 10000},
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),
+        system_dirs=(),
+        torchvision_folder="cifar-10-batches-py",
+        image_size=(32, 32),
+        channels=3,
+        layout="cifar",
     ),
 }
 

@@ -6,13 +6,15 @@ holds no complete copy is an error, never a silent fall-back to another copy. Ot
 
 1. the ``BNLAB_DATA`` environment variable;
 2. the distribution package's location (Debian ``dataset-fashion-mnist``);
-3. torchvision's ``<root>/FashionMNIST/raw`` and ``<root>/MNIST/raw`` layouts under the roots
-   above and ``./data`` and ``~/data``, so existing torchvision downloads are reused;
+3. torchvision's ``<root>/FashionMNIST/raw``, ``<root>/MNIST/raw`` and
+   ``<root>/cifar-10-batches-py`` layouts under the roots above and ``./data`` and ``~/data``,
+   so existing torchvision downloads are reused;
 4. bnlab's cache (``BNLAB_CACHE``, else ``$XDG_CACHE_HOME/bnlab``, else ``~/.cache/bnlab``),
    filled by a verified download from the official mirrors.
 
-A directory is *complete* when it holds all four files, gzipped or not. A complete copy whose
-files fail validation is an error naming the file, never silently skipped.
+A directory is *complete* when it holds all four IDX files, gzipped or not (CIFAR-10: the seven
+batch files, or the official archive). A complete copy whose files fail validation is an error
+naming the file, never silently skipped.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -
     if data_dir is not None:  # the user's choice: that directory and nothing else
         root = Path(data_dir)
         return [("data-dir", root), ("data-dir", root / spec.name),
-                ("data-dir", root / spec.torchvision_folder / "raw")]
+                ("data-dir", root / spec.torchvision_subdir)]
     roots: list[tuple[str, Path]] = []
     if os.environ.get("BNLAB_DATA"):
         roots.append(("BNLAB_DATA", Path(os.environ["BNLAB_DATA"])))
@@ -60,12 +62,18 @@ def candidate_dirs(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -
         dirs += [(kind, root), (kind, root / spec.name)]
     dirs += [("system", Path(d)) for d in spec.system_dirs]
     tv_roots = [root for _, root in roots] + [Path.cwd() / "data", Path.home() / "data"]
-    dirs += [("torchvision", r / spec.torchvision_folder / "raw") for r in tv_roots]
+    dirs += [("torchvision", r / spec.torchvision_subdir) for r in tv_roots]
     dirs.append(("cache", cache_dir() / spec.name))
     return dirs
 
 
 def _files_in(spec: DatasetSpec, directory: Path) -> dict[str, Path] | None:
+    if spec.layout == "cifar":  # the extracted batches, else the archive
+        batches = {k: directory / fs.name for k, fs in spec.files.items() if k != "archive"}
+        if all(p.is_file() for p in batches.values()):
+            return batches
+        archive = directory / spec.files["archive"].name
+        return {"archive": archive} if archive.is_file() else None
     found = {}
     for key, fs in spec.files.items():
         for name in (fs.name + ".gz", fs.name):
@@ -97,6 +105,11 @@ def find_source(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = Non
 def fetch_to_cache(spec: DatasetSpec, log=print, directory: Path | None = None) -> Source:
     """Download every file of `spec` into the cache (verified), skipping ones already there."""
     directory = directory or cache_dir() / spec.name
+    if spec.layout == "cifar":  # one archive, read in place (bnlab.data.cifar)
+        fs = spec.files["archive"]
+        urls = [m + fs.name for m in spec.mirrors]
+        return Source("cache", directory, {"archive": fetch(urls, directory / fs.name,
+                                                            fs.gz_md5, log=log)})
     files = {}
     for key, fs in spec.files.items():
         dest = directory / (fs.name + ".gz")
@@ -108,6 +121,9 @@ def fetch_to_cache(spec: DatasetSpec, log=print, directory: Path | None = None) 
 def verify_checksum(spec: DatasetSpec, key: str, path: Path) -> str:
     """'ok', 'unknown' (no checksum on record) or a description of the mismatch."""
     fs = spec.files[key]
+    if spec.layout == "cifar" and key == "archive":  # served as is: only one right answer
+        got = md5sum(path)
+        return "ok" if got == fs.gz_md5 else f"md5 {got} != {fs.gz_md5}"
     if path.suffix == ".gz" and md5sum(path) == fs.gz_md5:
         return "ok"
     if fs.raw_md5 is None:

@@ -6,7 +6,9 @@ twin; ``to="torch"`` does the reverse. Parameters, buffers, dtype, device, train
 ``freeze(model)`` and ``unfreeze(model)`` are two more swaps: to the frozen kind and back.
 
 One table per target, class -> class: a new target (a synchronized or frozen variant) is one
-more row, not more code.
+more row, not more code. Every other name of the norm registry re-normalizes the model instead
+(``to="group"``, ``"renorm"``, ``"per-activation"``...): every normalization layer is rebuilt
+as that kind with the state that means the same there (``bnlab.norm.renormalize``).
 
 All or nothing: with ``inplace=True`` the swaps run inside ``all_or_nothing(model)``, so a layer
 that cannot be built (a torch layer with ``momentum=2``, an untracked layer to freeze, a buffer
@@ -17,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Any
 
 from torch import nn
 
 from bnlab.norm.base import NormBase, is_batch_norm
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.checks import check_tool_args
+from bnlab.norm.registry import NORMS
+from bnlab.norm.renormalize import renormalize
 from bnlab.norm.transaction import all_or_nothing
 from bnlab.norm.variants.frozen import (
     FrozenBatchNorm,
@@ -32,7 +37,7 @@ from bnlab.norm.variants.frozen import (
 )
 from bnlab.norm.variants.sync import SyncBatchNorm
 
-__all__ = ["CONVERSIONS", "convert", "freeze", "unfreeze"]
+__all__ = ["CONVERSIONS", "convert", "freeze", "targets", "unfreeze"]
 
 _TORCH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _BNLAB = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
@@ -81,14 +86,30 @@ def _swap_named(name: str, old: nn.Module, cls: type[nn.Module], to: str) -> nn.
                       f"{cls.__name__}: {e}") from e
 
 
-def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn.Module:
-    """Return `model` with every BatchNorm layer swapped to the `to` implementation.
+def targets() -> list[str]:
+    """Every name ``convert`` accepts: the implementation swaps and the norm registry."""
+    return sorted(set(CONVERSIONS) | set(NORMS))
+
+
+def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False,
+            example_input: Any = None) -> nn.Module:
+    """Return `model` with every BatchNorm layer swapped to the `to` implementation, or with
+    every normalization layer re-normalized as the registry's `to`.
 
     Args:
-        model: any module tree (a single BatchNorm layer works too).
-        to: ``"bnlab"``, ``"torch"``, ``"sync"`` or ``"frozen"`` (see ``CONVERSIONS``).
+        model: any module tree (a single normalization layer works too).
+        to: an implementation swap, ``"bnlab"``, ``"torch"``, ``"sync"`` or ``"frozen"`` (see
+            ``CONVERSIONS``: the same function, every BatchNorm changes class only), or any
+            other name of the norm registry (``"ghost"``, ``"renorm"``, ``"group"``,
+            ``"layer"``, ``"instance"``, ``"per-activation"``, ``"none"``...): every
+            normalization layer becomes that kind, keeping the state that means the same
+            there (``bnlab.norm.renormalize``).
         inplace: modify `model` itself instead of a deep copy (all or nothing: on an error
             the model is left exactly as it was).
+        example_input: one batch of the model's input (a tensor, or a tuple of the forward's
+            arguments), for targets that need each layer's input rank or spatial shape
+            (``"per-activation"``, ``"instance"``, ``"textbook"``) where the layers' classes
+            do not tell it; one forward pass in eval mode measures them. Unused by the swaps.
 
     Layers already of the target kind are left as they are (for ``"bnlab"``: every bnlab
     layer). A normalization layer with no counterpart (``bnlab.BatchNorm`` of any rank or a
@@ -99,14 +120,19 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False) -> nn
     if not isinstance(to, str):
         raise TypeError(f"convert: to must be a str naming the target, got {to!r}; choose one "
                         f"of {sorted(CONVERSIONS)}")
+    if to not in CONVERSIONS and to not in NORMS:
+        raise ValueError(f"convert: unknown target {to!r}; choose one of {targets()}")
     if to not in CONVERSIONS:
-        raise ValueError(f"convert: unknown target {to!r}; choose one of {sorted(CONVERSIONS)}")
+        if not inplace:
+            return renormalize(copy.deepcopy(model), to, example_input)
+        with all_or_nothing(model):
+            return renormalize(model, to, example_input)
     table = CONVERSIONS[to]
-    targets = set(table.values())
+    target_classes = set(table.values())
 
     def left_alone(m: nn.Module) -> bool:
         # Already of the target kind (any bnlab layer counts as "bnlab").
-        return type(m) in targets or (to == "bnlab" and isinstance(m, NormBase)
+        return type(m) in target_classes or (to == "bnlab" and isinstance(m, NormBase)
                                       and type(m) not in table)
 
     # Check the whole tree first: the common error costs no work and names the layer.

@@ -49,7 +49,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     data_dir: str | None = None
-    normalize: bool = False  # standardize inputs with the training set's mean/std
+    normalize: bool = False  # standardize inputs with the training set's mean/std (per channel)
+    augment: bool = False  # random crop (padding 4) + horizontal flip per batch (CIFAR's)
     drop_last: bool = False
     limit_train: int | None = None  # use only the first N training examples (quick runs)
     limit_test: int | None = None
@@ -66,7 +67,8 @@ class TrainConfig:
     data_info: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        from bnlab.models import MODELS
+        from bnlab.data.registry import DATASETS
+        from bnlab.models import MODELS, input_shape
         from bnlab.norm.registry import NORMS
 
         def bad(name: str, why: str) -> ValueError:
@@ -84,6 +86,12 @@ class TrainConfig:
         if self.model not in MODELS and not user_model:
             raise bad("model", f"choose one of {', '.join(sorted(MODELS))}, or "
                                f"package.module:factory for your own network")
+        user_data = self.dataset == CUSTOM or bool(_IMPORT_PATH.match(self.dataset))
+        if self.dataset not in DATASETS and not user_data:
+            raise bad("dataset", f"choose one of {', '.join(sorted(DATASETS))}, or "
+                                 f"package.module:factory for your own data")
+        if not (user_model or user_data):  # (a user's network or data: checked when it runs)
+            self._check_pairing(DATASETS[self.dataset], input_shape(self.model))
         if self.norm not in NORMS and not (user_model and self.norm == OWN_NORM):
             raise bad("norm", f"choose one of {', '.join(sorted(NORMS))}")
         if self.optimizer not in OPTIMIZERS:
@@ -115,6 +123,23 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1) and weight_decay >= 0 (finite numbers)"
                              f", got momentum={self.momentum!r}, "
                              f"weight_decay={self.weight_decay!r}")
+
+    def _check_pairing(self, spec: Any, wants: tuple[int, int, int]) -> None:
+        """The model must read the dataset's images: say which models and datasets fit."""
+        from bnlab.data.registry import DATASETS
+        from bnlab.models import INPUTS
+
+        has = spec.image_shape
+        if wants == has:
+            return
+        models = sorted(m for m, shape in INPUTS.items() if shape == has)
+        datasets = sorted(d for d, s in DATASETS.items() if s.image_shape == wants)
+        size = "x".join(map(str, has))
+        raise ValueError(
+            f"invalid model={self.model!r} for dataset={self.dataset!r}: the model reads "
+            f"{'x'.join(map(str, wants))} images, {self.dataset} images are {size}; choose a "
+            f"model for {self.dataset} ({', '.join(models) or 'none yet'}) or a dataset for "
+            f"{self.model} ({', '.join(datasets) or 'none yet'})")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, less the user-input descriptions when unset (so a run of bnlab's own

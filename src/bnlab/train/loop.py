@@ -113,16 +113,29 @@ def _loaders(config: TrainConfig, device: torch.device, log: Callable[[str], Non
     te_x, te_y = test.images[: config.limit_test], test.labels[: config.limit_test]
     mean = std = None
     if config.normalize:
-        pixels = tr_x.float().div(255)
-        mean, std = float(pixels.mean()), float(pixels.std())
         if bool(tr_x.max() == tr_x.min()):  # (float rounding leaves std a hair above 0)
             raise UserError(f"--normalize: every pixel of the training images "
                             f"({train.source.directory}) has the same value, so there is no "
                             f"spread to divide by; train without --normalize")
+        mean, std = _pixel_statistics(tr_x)
+        if isinstance(std, list) and min(std) == 0:
+            raise UserError(f"--normalize: channel {std.index(0)} of the training images "
+                            f"({train.source.directory}) is constant, so there is no spread "
+                            f"to divide by; train without --normalize")
     kw: dict[str, Any] = {"mean": mean, "std": std, "device": device}
     return (BatchLoader(tr_x, tr_y, config.batch_size, shuffle=True, seed=config.seed,
-                        drop_last=config.drop_last, part=part, **kw),
+                        drop_last=config.drop_last, part=part, augment=config.augment, **kw),
             BatchLoader(te_x, te_y, EVAL_BATCH, shuffle=False, **kw))
+
+
+def _pixel_statistics(images: torch.Tensor) -> tuple[Any, Any]:
+    """Mean and std of the pixels in [0, 1]: one number for grey (N, H, W) images, one per
+    channel for (N, C, H, W) ones (a channel at a time: CIFAR's train split is 150M pixels)."""
+    if images.dim() == 3:
+        pixels = images.float().div(255)
+        return float(pixels.mean()), float(pixels.std())
+    stats = [torch.std_mean(images[:, c].double().div(255)) for c in range(images.shape[1])]
+    return [float(m) for _, m in stats], [float(s) for s, _ in stats]
 
 
 def _prepare(config: TrainConfig, rd: RunDir, resume: bool) -> dict[str, Any] | None:
