@@ -43,6 +43,8 @@ def bad_values(kind: object) -> list[str]:
         return [str(kind.low - 1), str(kind.limit + 1), "x", "1.5"]
     if isinstance(kind, cli.FloatAtMost):
         return BAD[cli.positive_float] + [f"{kind.limit * 10:g}"]
+    if isinstance(kind, cli.NameOrFactory):  # neither a registry name nor an import path
+        return ["", "no-such-name", "1mod:make", "mod:", "mod:make:more"]
     return BAD[kind]
 
 
@@ -70,7 +72,8 @@ def test_the_table_covers_every_subcommand_and_type():
 def test_every_typed_flag_uses_a_checked_type():
     """A plain `type=float` would let nan and inf through: every typed flag uses a checked one."""
     for cmd, flag, kind in typed_flags():
-        assert kind in BAD or isinstance(kind, (cli.IntRange, cli.FloatAtMost)), (cmd, flag)
+        assert kind in BAD or isinstance(kind, (cli.IntRange, cli.FloatAtMost,
+                                                cli.NameOrFactory)), (cmd, flag)
 
 
 @pytest.mark.parametrize("cmd,flag,value", FLAG_CASES,
