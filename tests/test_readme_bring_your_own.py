@@ -7,12 +7,12 @@ the data: a synthetic CIFAR-10 archive in ``data/`` (the real one cannot be fetc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-import json
 from pathlib import Path
 
 from tests.data.cifar_fakes import fake_batches, write_archive
