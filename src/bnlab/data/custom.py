@@ -32,8 +32,8 @@ DataInput = Union[tuple[Tensor, Tensor], "Dataset[Any]", "DataLoader[Any]"]
 class TensorBatches(BatchLoader):
     """``BatchLoader`` over the user's (x, y) tensors: x is used as given (no /255, no channel)."""
 
-    def to_float(self, images: Tensor) -> Tensor:
-        return images
+    def to_float(self, images: Tensor, augment: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return images  # (bnlab's augmentation is for its own image datasets: never set here)
 
 
 class DatasetBatches(BatchLoader):

@@ -73,7 +73,8 @@ class BatchLoader:
         if (mean is None) != (std is None) or (std_t is not None and bool(
                 torch.as_tensor(std_t).le(0).any())):
             raise ValueError("normalization needs both mean and a positive std (or neither)")
-        channels = 1 if images.dim() == 3 else images.shape[1]
+        # (B, H, W) images have one channel, (B, C, H, W) C; others (a user's rows) none here
+        channels = images.shape[1] if images.dim() == 4 else 1
         for name, v in (("mean", mean_t), ("std", std_t)):
             if isinstance(v, Tensor) and v.numel() != channels:
                 raise ValueError(f"{name} has {v.numel()} values for {channels}-channel images")
