@@ -472,7 +472,7 @@ md("""
 ### 4.3 Which axes should the statistics be averaged over?
 
 **Measured** (study `axes`): on LeNet, per-channel BatchNorm 0.776 ≈ per-activation BatchNorm
-0.759 > InstanceNorm 0.714 > GroupNorm 0.667 ≈ LayerNorm 0.664 > no normalization 0.531 (test
+0.759 > InstanceNorm (convolutions; BN after the linear layers) 0.714 > GroupNorm 0.667 ≈ LayerNorm 0.664 > no normalization 0.531 (test
 accuracy, 3 seeds). The `batch-size` study adds the other side: per-sample statistics (GroupNorm,
 LayerNorm) do not care about the batch size, while BatchNorm collapses at batch 2.
 
@@ -490,7 +490,7 @@ batch's mean image after each normalization.
 ### 4.3 统计量应该在哪些轴上求平均？
 
 **测量结果**（研究 `axes`）：在 LeNet 上，按通道的 BatchNorm 0.776 ≈ 按激活位置的 BatchNorm 0.759 >
-InstanceNorm 0.714 > GroupNorm 0.667 ≈ LayerNorm 0.664 > 不做归一化 0.531（测试准确率，3 个种子）。
+InstanceNorm（用于卷积层，线性层后仍用 BN）0.714 > GroupNorm 0.667 ≈ LayerNorm 0.664 > 不做归一化 0.531（测试准确率，3 个种子）。
 研究 `batch-size` 补上了另一面：按样本计算统计量的层（GroupNorm、LayerNorm）不受批量大小影响，
 而 BatchNorm 在批量为 2 时明显崩溃。
 
