@@ -41,7 +41,7 @@ reproduce: data
 
 ## Fast suite (CPU) plus the linter: what CI runs.
 test: data browser
-	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff check src tests benchmarks examples notebooks
 	$(PY) -m pytest -q -m "not slow"
 
 ## Everything, including the long property and fault-injection runs.
@@ -49,7 +49,7 @@ test-slow: data browser
 	$(PY) -m pytest -q
 
 lint: setup
-	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff check src tests benchmarks examples notebooks
 
 ## Speed: op level (bnlab vs ATen vs composite), end to end (vs the textbook recipe), profile.
 bench: data
