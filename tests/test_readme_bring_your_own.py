@@ -49,3 +49,7 @@ def test_readme_bring_your_own_runs_as_written(tmp_path):
     table = (out / "compare.md").read_text()
     assert (out / "compare.png").stat().st_size > 0 and (out / "compare.html").exists()
     assert "mine-bn" in table and "mine-ghost" in table
+    assert "model_info" not in table  # (a user network's repr and shapes: not a table cell)
+    losses = [json.loads((tmp_path / "runs" / n / "metrics.jsonl").read_text().splitlines()[-1])
+              ["train_loss"] for n in ("mine-bn", "mine-ghost")]
+    assert losses[0] != losses[1]  # ghost batches of 32 in batches of 64: other statistics

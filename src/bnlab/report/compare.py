@@ -28,6 +28,9 @@ __all__ = ["Comparison", "compare", "comparison_rows"]
 
 # Configuration shown first when it differs between runs; the rest of config.json follows.
 KEY_FIELDS = ("model", "norm", "dataset", "optimizer", "lr", "batch_size", "epochs", "seed")
+# Descriptions the trainer derives from `model` and `dataset` (a user network's repr and every
+# state shape): they differ whenever the norm does, and would fill the table; left out.
+DERIVED_FIELDS = ("model_info", "data_info")
 RESULTS = (("epochs_done", "epochs done"), ("train_loss", "train loss"),
            ("train_acc", "train acc"), ("test_acc", "test acc"),
            ("best_test_acc", "best test acc"), ("wall_time", "wall time (s)"))
@@ -51,7 +54,7 @@ def _labels(directories: Sequence[str | os.PathLike[str]]) -> list[str]:
 def comparison_rows(runs: Sequence[Run], labels: Sequence[str]) -> list[dict[str, Any]]:
     """One row per run: its label, the config fields that differ between runs, its results."""
     configs = [run.config.to_dict() for run in runs]
-    keys = [*KEY_FIELDS, *(k for k in configs[0] if k not in KEY_FIELDS)]
+    keys = [*KEY_FIELDS, *(k for k in configs[0] if k not in (*KEY_FIELDS, *DERIVED_FIELDS))]
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     rows = []
     for run, label, config in zip(runs, labels, configs, strict=True):
