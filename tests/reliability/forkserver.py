@@ -61,6 +61,9 @@ def child(case: dict) -> None:
     """In the forked child: run the command line; never returns."""
     code, calls = 1, [0]
     try:
+        # Ctrl-C as at a terminal: a shell starts background jobs (a CI script's `make test &`)
+        # with SIGINT ignored, and Python then leaves it ignored; these cases press Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.chdir(case["cwd"])
         os.environ.update(case.get("env", {}))
         for fd, name in ((1, case["stdout"]), (2, case["stderr"])):

@@ -186,6 +186,7 @@ def test_ctrl_c_in_training_resumes_to_the_same_numbers(bnlab_cli, pristine, tmp
 # itself SIGINT when the import begins), so the moment is exact, not a race.
 INTERRUPT_AT_IMPORT = """
 import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (see forkserver)
 target = sys.argv.pop(1)
 class CtrlC:
     def find_spec(self, name, path=None, target_=None):
