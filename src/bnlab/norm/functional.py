@@ -49,10 +49,11 @@ def batch_norm(
     Every argument is checked before anything is computed, so an error never leaves a running
     buffer half-updated.
     """
-    args = (input, running_mean, running_var, weight, bias, training, momentum, eps)
     if torch.jit.is_tracing():
-        traced_with_constant_shapes(check_batch_norm_args, *args)
+        traced_with_constant_shapes(check_batch_norm_args, input, running_mean, running_var,
+                                    weight, bias, training, momentum, eps)
     else:
-        check_batch_norm_args(*args)
+        check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
+                              eps)
     return backends.batch_norm(input, running_mean, running_var, weight, bias, training,
                                float(momentum), float(eps), skipped)
