@@ -106,12 +106,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
                eps: float, skipped: Tensor | None = None) -> Tensor:
     """Run one checked call on the backend ``select`` picks."""
-    dtype = input.dtype
-    if (skipped is None and _forced[0] is None and input.is_cpu and kernels.loaded()
-            and (dtype is torch.float32 or dtype is torch.float64)):
-        name = "kernels"  # select's answer for the common case, without the call
-    else:
-        name = select(input, skipped is not None)
+    name = select(input, skipped is not None)
     if name == "kernels":
         y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
                                momentum, eps)

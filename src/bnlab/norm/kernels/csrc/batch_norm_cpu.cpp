@@ -944,6 +944,15 @@ bool requires_grad(const c10::optional<at::Tensor>& t) {
   return present(t) && t->requires_grad();
 }
 
+// The keys of torch.func's wrappers (vmap, grad, jvp) and of torch.func.functionalize's: tensors
+// the operator cannot serve (see `transformed`), and that the direct path below must not take.
+const c10::DispatchKeySet& transform_keys() {
+  static const c10::DispatchKeySet keys({c10::DispatchKey::FuncTorchBatched,
+                                         c10::DispatchKey::FuncTorchGradWrapper,
+                                         c10::DispatchKey::Functionalize});
+  return keys;
+}
+
 // bnlab::batch_norm at the Autograd key: a node where there is something to differentiate.
 at::Tensor entry_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& weight,
                           const c10::optional<at::Tensor>& bias,
@@ -957,11 +966,9 @@ at::Tensor entry_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& 
   // Nothing to differentiate, plain CPU tensors: the CPU kernel is where the dispatcher would
   // go next, so go there directly (a microsecond less on small layers). Tensors with a Python
   // or transform key (fake, functional, meta ...) take the dispatcher, which knows them.
-  static const c10::DispatchKeySet others({c10::DispatchKey::Python,
-                                           c10::DispatchKey::PythonTLSSnapshot,
-                                           c10::DispatchKey::Functionalize,
-                                           c10::DispatchKey::FuncTorchBatched,
-                                           c10::DispatchKey::FuncTorchGradWrapper});
+  static const c10::DispatchKeySet others =
+      transform_keys() |
+      c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot});
   bool plain = x.is_cpu() && x.layout() == at::kStrided && !x.key_set().has_any(others);
   for (const auto* t : {&weight, &bias, &running_mean, &running_var})
     plain = plain && (!present(*t) || ((*t)->is_cpu() && !(*t)->key_set().has_any(others)));
@@ -989,10 +996,7 @@ at::Tensor entry_plain(const at::Tensor& x, const c10::optional<at::Tensor>& wei
 // and torch.export functionalize at their own level, where the operator's schema serves.)
 bool transformed(const c10::optional<at::Tensor>& t) {
   if (!present(t)) return false;
-  static const c10::DispatchKeySet wrappers({c10::DispatchKey::FuncTorchBatched,
-                                             c10::DispatchKey::FuncTorchGradWrapper,
-                                             c10::DispatchKey::Functionalize});
-  return t->key_set().has_any(wrappers) || t->_fw_grad(/*level=*/0).defined();
+  return t->key_set().has_any(transform_keys()) || t->_fw_grad(/*level=*/0).defined();
 }
 
 // The eager entry point from Python: a direct call costs about a microsecond, a torch.ops call
