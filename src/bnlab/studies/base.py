@@ -16,19 +16,22 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bnlab.errors import UserError
+from bnlab.provenance import provenance
+from bnlab.studies.stats import FAILED_ACCURACY, Comparison, Summary, compare, fmt, p_text, summary
 from bnlab.studies.subject import Subject
 from bnlab.train import Run, TrainConfig, train
 from bnlab.train.loop import Probe
 from bnlab.train.progress import Progress
 
-__all__ = ["Arm", "ArmResult", "Findings", "Study", "run_study", "summarize"]
+__all__ = ["Arm", "ArmResult", "Findings", "Study", "accuracy_comparisons", "accuracy_text",
+           "compare_arms", "run_study", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -43,25 +46,85 @@ class Arm:
     needs: str | None = None  # why it runs only on bnlab's own network (None: on any network)
 
 
+# What makes two arms' seed-s runs see the same batches in the same order.
+BATCH_ORDER = ("seed", "dataset", "batch_size", "limit_train", "epochs", "drop_last")
+PRECISE_EXAMPLES = 10_000  # PreciseBN re-estimation per evaluation (Wu & Johnson: ~10^4)
+
+
 @dataclass
 class ArmResult:
     arm: Arm
     runs: list[Run]
 
     def finals(self, key: str) -> list[float]:
-        return [r.final[key] for r in self.runs]
+        """Each seed's final value of `key` (NaN where the run did not record it)."""
+        return [float(r.final.get(key, math.nan)) for r in self.runs]
+
+    def summary(self, key: str) -> Summary:
+        return summary(self.finals(key))
 
     def mean_std(self, key: str) -> tuple[float, float]:
-        values = self.finals(key)
-        if any(not math.isfinite(v) for v in values):
-            return math.nan, math.nan
-        return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+        """Mean and sample std over seeds (NaN if any seed's value is not finite)."""
+        s = self.summary(key)
+        return s.mean, s.std
+
+    def has(self, key: str) -> bool:
+        return bool(self.runs) and all(key in r.final for r in self.runs)
+
+    @property
+    def diverged(self) -> int:
+        """Seeds whose final train loss is not finite (``bnlab.studies.stats``)."""
+        return sum(1 for v in self.finals("train_loss") if not math.isfinite(v))
 
     @property
     def failed(self) -> int:
-        """Seeds that diverged (non-finite loss) or never beat chance (test accuracy <= 0.15)."""
-        return sum(1 for r in self.runs if not math.isfinite(r.final["train_loss"])
-                   or r.final["test_acc"] <= 0.15)
+        """Seeds that diverged or never beat chance (``bnlab.studies.stats``)."""
+        return sum(1 for loss, acc in zip(self.finals("train_loss"), self.finals("test_acc"),
+                                          strict=True)
+                   if not math.isfinite(loss) or acc <= FAILED_ACCURACY)
+
+    def paired_with(self, other: ArmResult) -> bool:
+        """Whether seed s of both arms saw the same batches in the same order."""
+        if len(self.runs) != len(other.runs):
+            return False
+        for a, b in zip(self.runs, other.runs, strict=True):
+            ca, cb = a.config.to_dict(), b.config.to_dict()
+            if any(ca.get(k) != cb.get(k) for k in BATCH_ORDER):
+                return False
+        return True
+
+
+def compare_arms(a: ArmResult, b: ArmResult, key: str, label: str, *,
+                 higher_is_better: bool = True) -> Comparison:
+    """`b` against `a` on the final `key`, paired when they share seeds and batches. The
+    study's analysis passes all its comparisons through ``stats.holm`` before wording them."""
+    return compare(a.finals(key), b.finals(key), metric=key, label=label,
+                   paired=a.paired_with(b), higher_is_better=higher_is_better)
+
+
+def accuracy_comparisons(a: ArmResult, b: ArmResult, label: str) -> list[Comparison]:
+    """Test accuracy with the running averages and, where both arms have it, with PreciseBN
+    statistics (the accuracy the weights deserve): the fair accuracy is both."""
+    out = [compare_arms(a, b, "test_acc", label)]
+    if a.has("test_acc_precise") or b.has("test_acc_precise"):
+        # an arm without BN has no statistics to re-estimate: its plain accuracy stands in
+        fa = a.finals("test_acc_precise") if a.has("test_acc_precise") else a.finals("test_acc")
+        fb = b.finals("test_acc_precise") if b.has("test_acc_precise") else b.finals("test_acc")
+        out.append(compare(fa, fb, metric="test_acc_precise", label=label,
+                           paired=a.paired_with(b)))
+    return out
+
+
+def accuracy_text(running: Comparison, precise: Comparison | None) -> str:
+    """Both accuracies' verdicts, and a warning when they disagree."""
+    text = f"test accuracy {running.text()}"
+    if precise is None:
+        return text
+    text += f"; with PreciseBN statistics {precise.text()}"
+    if running.word != precise.word:
+        text += (" [the two evaluations disagree: the running averages' lag decides the "
+                 "first]")
+    return text
 
 
 @dataclass
@@ -69,6 +132,12 @@ class Findings:
     rows: list[dict[str, Any]]  # the table
     verdict: str
     plot: Callable[[Path], None]  # draws figure.png at the given path
+    # Every test the verdict rests on, Holm-corrected together (``stats.holm``).
+    comparisons: list[Comparison] = field(default_factory=list)
+    # One computed sentence for the summary table of docs/studies.md, and the computed
+    # statement of whether the result agrees with the literature the study cites.
+    headline: str = ""
+    literature: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,33 +149,79 @@ class Study:
     seeds: int = 3
     # Why none of its arms runs on a user's network (None: each arm says, ``Arm.needs``).
     needs: str | None = None
+    # For docs/studies.md (``bnlab.report.studies_doc``): the design in prose (what is
+    # trained, how long, what is measured), and what limits the result. Static text only:
+    # every number from the runs goes into Findings.
+    setup: str = ""
+    caveats: str = ""
 
 
 def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
-    """The default table: final test accuracy and train loss, mean +- std over seeds."""
+    """The default table: final test accuracy (with the running averages, and with PreciseBN
+    statistics where the arm has BN layers) and train loss, mean +- sample std over seeds,
+    with the failed and diverged seed counts."""
     rows = []
     for res in results:
-        acc, acc_sd = res.mean_std("test_acc")
-        loss, loss_sd = res.mean_std("train_loss")
-        rows.append({"arm": res.arm.label, **res.arm.tags, "seeds": len(res.runs),
-                     "test_acc": acc, "test_acc_std": acc_sd, "train_loss": loss,
-                     "train_loss_std": loss_sd, "failed": res.failed})
+        row: dict[str, Any] = {"arm": res.arm.label, **res.arm.tags, "seeds": len(res.runs)}
+        keys = ["test_acc", "test_acc_precise", "train_loss"]
+        for key in keys:
+            if key != "test_acc_precise" or any(r.has(key) for r in results):
+                mean, std = res.mean_std(key) if res.has(key) else (math.nan, math.nan)
+                row[key], row[f"{key}_std"] = mean, std
+        row["failed"], row["diverged"] = res.failed, res.diverged
+        rows.append(row)
     return rows
 
 
-def _fmt(v: Any) -> str:
+HEADERS = {"test_acc": "test acc", "test_acc_precise": "test acc (PreciseBN)",
+           "train_loss": "train loss"}
+
+
+def _cell(v: Any) -> str:
     if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
+        return "n/a" if math.isnan(v) else f"{v:.4g}"
     return str(v)
 
 
-def write_table(rows: list[dict[str, Any]], out: Path) -> None:
-    keys = list(rows[0]) if rows else []
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_fmt(r[k]) for k in keys) + " |" for r in rows]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as Markdown: a column ``k`` with a partner ``k_std`` becomes one "mean +- std"
+    column, rounded to the spread (``stats.fmt``); other floats get 4 significant figures."""
+    keys = [k for k in (list(rows[0]) if rows else []) if not (
+        k.endswith("_std") and k[:-4] in rows[0])]
+    paired = {k for k in keys if f"{k}_std" in rows[0]}
+
+    def cell(r: dict[str, Any], k: str) -> str:
+        if k in paired and isinstance(r[k], float):
+            return "n/a" if math.isnan(r[k]) else fmt(r[k], r[f"{k}_std"])
+        return _cell(r[k])
+
+    heads = [HEADERS.get(k, k.replace("_", " ")) + (" (mean +- std)" if k in paired else "")
+             for k in keys]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r, k) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def comparisons_table(comparisons: Sequence[Comparison]) -> str:
+    """Every test the verdict rests on: difference, 95% CI, test, p and Holm-adjusted p."""
+    lines = ["| comparison | metric | difference (95% CI) | test | p | Holm p | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c.label} | {HEADERS.get(c.metric, c.metric)} | {c.diff_text()} | "
+                     f"{c.test.split(':')[0]} | {p_text(c.p)} | {p_text(c.p_holm)} | "
+                     f"{c.word} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict[str, Any]], out: Path,
+                comparisons: Sequence[Comparison] = ()) -> None:
+    text = markdown_table(rows)
+    if comparisons:
+        text += "\n" + comparisons_table(comparisons)
+    (out / "table.md").write_text(text)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -151,6 +266,7 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     that cannot apply to it are named in the table and the verdict.
     """
     out = Path(out)
+    started = time.perf_counter()
     n_seeds = seeds or (1 if quick else study.seeds)
     subject = Subject(model, dataset)
     arms = study.arms(quick)
@@ -164,7 +280,7 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     for arm in to_run:
         runs = []
         for seed in range(n_seeds):
-            cfg = replace(subject.config(arm.config), seed=seed, data_dir=data_dir,
+            cfg = replace(arm_config(arm, subject), seed=seed, data_dir=data_dir,
                           threads=threads, progress=False)
             path = out / "runs" / f"{arm.name}-s{seed}"
             if analyze_only:
@@ -181,21 +297,67 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
         results.append(ArmResult(arm, runs))
     bar.close()
     findings = study.analyze(results)
+    unadjusted = [c.label for c in findings.comparisons if c.testable and math.isnan(c.p_holm)]
+    if unadjusted:
+        raise AssertionError(f"study {study.name}: comparisons {unadjusted} were worded "
+                             f"before Holm's correction (pass them through stats.holm)")
     if skip:
         findings.rows, note = _not_run(findings.rows, arms, skip, subject)
         findings.verdict = f"{findings.verdict} {note}"
     if quick:  # one seed on a small subset: a smoke test of the pipeline, not evidence
         findings.verdict = f"[quick mode: {n_seeds} seed(s), small subset, not conclusive] " \
                            f"{findings.verdict}"
-    write_table(findings.rows, out)
+    elif n_seeds < 2:
+        findings.verdict = f"[{n_seeds} seed: no difference can be tested] {findings.verdict}"
+    write_table(findings.rows, out, findings.comparisons)
     findings.plot(out / "figure.png")
     (out / "verdict").write_text(findings.verdict.strip() + "\n")
-    (out / "study.json").write_text(json.dumps({
+    runs = [run for r in results for run in r.runs]
+    (out / "study.json").write_text(json.dumps(_finite({
         "name": study.name, "question": study.question, "quick": quick, "seeds": n_seeds,
         **({} if subject.default else {"subject": subject.record(), "not_run": skip}),
+        "provenance": {"analysis": provenance(threads), "runs": _run_versions(runs)},
+        "wall_time": {"training": sum(_wall(run) for run in runs),
+                      "this_call": time.perf_counter() - started},
+        "headline": findings.headline, "literature": findings.literature,
+        "setup": study.setup, "caveats": study.caveats,
+        "comparisons": [c.record() for c in findings.comparisons],
         "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
                   "runs": [str(run.path.relative_to(out)) for run in r.runs],
-                  "config": subject.config(r.arm.config).to_dict()} for r in results],
-    }, indent=2) + "\n")
+                  "config": arm_config(r.arm, subject).to_dict()} for r in results],
+    }), indent=2, allow_nan=False) + "\n")
     log(f"[{study.name}] {findings.verdict}")
     return findings
+
+
+def arm_config(arm: Arm, subject: Subject) -> TrainConfig:
+    """The config an arm trains with: its own on `subject`, evaluated also with PreciseBN
+    statistics each epoch (``Study``'s fair accuracy)."""
+    return replace(subject.config(arm.config), precise_bn=PRECISE_EXAMPLES)
+
+
+def _wall(run: Run) -> float:
+    done = run.dir.read_done() or {}
+    return float(done.get("wall_time", run.final.get("wall_time", 0.0)))
+
+
+def _run_versions(runs: list[Run]) -> list[dict[str, Any]]:
+    """The distinct code versions (and torch versions) the runs were trained with."""
+    seen: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        prov = run.dir.read_config().get("provenance") or {"code": "unrecorded"}
+        key = json.dumps([prov.get("code"), prov.get("torch")], sort_keys=True)
+        seen.setdefault(key, {"code": prov.get("code"), "torch": prov.get("torch"),
+                              "runs": 0})["runs"] += 1
+    return list(seen.values())
+
+
+def _finite(v: Any) -> Any:
+    """`v` with every non-finite float as None (JSON has no NaN)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v

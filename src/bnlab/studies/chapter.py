@@ -2,7 +2,9 @@
 
 LeNet without BN (the LeNet chapter's) vs LeNet-BN with bnlab's and torch's BatchNorm (the BN
 chapter's recipe), and the MNIST notebook's MLP and small CNN with and without BN (its recipe:
-SGD lr 0.1, batch 32), all on Fashion-MNIST by default.
+SGD lr 0.1, batch 32), all on Fashion-MNIST by default. Each pair is tested on the final train
+loss and on test accuracy, with the running averages and with PreciseBN statistics
+(``bnlab.studies.stats``: paired t over seeds, Holm over the study's comparisons).
 """
 
 from __future__ import annotations
@@ -10,8 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnlab.report.figures import plot_accuracy_and_loss
-from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
+from bnlab.studies.base import (
+    Arm,
+    ArmResult,
+    Findings,
+    Study,
+    accuracy_comparisons,
+    accuracy_text,
+    compare_arms,
+    summarize,
+)
+from bnlab.studies.stats import holm
 from bnlab.train import TrainConfig
+
+SEEDS = 5
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -32,36 +46,37 @@ def arms(quick: bool) -> list[Arm]:
             for name, label, kw in spec]
 
 
+PAIRS = [("LeNet", "lenet-none", "lenet-bnlab"), ("MLP", "mlp-none", "mlp-bnlab"),
+         ("CNN", "cnn-none", "cnn-bnlab")]
+
+
 def analyze(results: list[ArmResult]) -> Findings:
     rows = summarize(results)
-    by = {(r["model"], r["norm"]): r for r in rows}
-    pairs = [("LeNet", ("lenet", "none"), ("lenet-bn", "bnlab")),
-             ("MLP", ("mlp", "none"), ("mlp", "bnlab")),
-             ("CNN", ("cnn", "none"), ("cnn", "bnlab"))]
-    def compare(a: dict, b: dict, key: str, lower_is_better: bool) -> str:
-        diff = b[key] - a[key]
-        noise = 2 * max(a[f"{key}_std"], b[f"{key}_std"], 1e-9)
-        better = (diff < -noise) if lower_is_better else (diff > noise)
-        worse = (diff > noise) if lower_is_better else (diff < -noise)
-        word = "better" if better else ("worse" if worse else "within noise")
-        return (f"{a[key]:.3f} +- {a[f'{key}_std']:.3f} -> {b[key]:.3f} +- "
-                f"{b[f'{key}_std']:.3f} ({word})")
-
+    by = {r.arm.name: r for r in results}
+    tests = []
+    for name, off, on in PAIRS:
+        tests.append(compare_arms(by[off], by[on], "train_loss", f"{name}: BN vs none",
+                                  higher_is_better=False))
+        tests += accuracy_comparisons(by[off], by[on], f"{name}: BN vs none")
+    tests.append(compare_arms(by["lenet-torch"], by["lenet-bnlab"], "test_acc",
+                              "LeNet-BN: bnlab vs torch"))
+    tests = holm(tests)
     parts = []
-    for name, off, on in pairs:
-        a, b = by[off], by[on]
-        parts.append(f"{name}: train loss {compare(a, b, 'train_loss', True)}, test accuracy "
-                     f"{compare(a, b, 'test_acc', False)}")
-    twin = abs(by[("lenet-bn", "bnlab")]["test_acc"] - by[("lenet-bn", "torch")]["test_acc"])
-    verdict = ("With BN (2 std = the bar for 'better'): " + "; ".join(parts)
-               + f". bnlab and torch BN differ by {twin:.4f} in test accuracy.")
+    for i, (name, _, _) in enumerate(PAIRS):
+        loss, acc, precise = tests[3 * i: 3 * i + 3]
+        parts.append(f"{name}: train loss {loss.text()}, {accuracy_text(acc, precise)}")
+    twin = tests[-1]
+    verdict = ("With BN (paired t over seeds, Holm-corrected; 'better' needs p < 0.05): "
+               + "; ".join(parts) + f". bnlab's and torch's BatchNorm differ by "
+               f"{twin.diff:+.4f} in test accuracy ({twin.word}).")
 
     def plot(path: Path) -> None:
         plot_accuracy_and_loss(
-            rows, path, "The chapter's networks with and without BN (mean +- std, 3 seeds)")
+            rows, path, f"The chapter's networks with and without BN (mean +- sample std, "
+            f"{len(results[0].runs)} seeds)")
 
-    return Findings(rows, verdict, plot)
+    return Findings(rows, verdict, plot, tests)
 
 
 STUDY = Study("chapter", "Does BN help each of the chapter's networks?", arms, analyze,
-              needs="it compares the chapter's networks themselves")
+              seeds=SEEDS, needs="it compares the chapter's networks themselves")

@@ -20,6 +20,7 @@ RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout
 # Parts of a user model's description that may differ on resume (cosmetic: not the weights).
 UNMATCHED_INFO = frozenset({"repr"})
 _INFO = ("model_info", "data_info")
+PROVENANCE = "provenance"  # config.json's key for bnlab.provenance.provenance()
 # config.model/norm/dataset of a user network or user data (bnlab.train.user_model)
 CUSTOM = "custom"
 OWN_NORM = "own"  # a user network whose factory takes no norm: its own layers, as written
@@ -61,6 +62,12 @@ class TrainConfig:
     fuse: bool = True
     dist_timeout: float = 120.0  # seconds before a collective waiting on a dead rank fails
     tensorboard: bool = False  # also write TensorBoard events into RUN_DIR/tensorboard
+    # Also evaluate each epoch with BatchNorm statistics re-estimated by PreciseBN over this
+    # many training examples (metric "test_acc_precise"; 0: off). Models without BN skip it.
+    precise_bn: int = 0
+    # The running-average momentum of every BatchNorm layer (torch's meaning: the weight of the
+    # new batch); None leaves each layer's own (0.1 for bnlab's and torch's layers).
+    bn_momentum: float | None = None
     # What a user network / user data were (bnlab.train.user_model, bnlab.data.custom): set by
     # the trainer, None for bnlab's own models and datasets.
     model_info: dict[str, Any] | None = None
@@ -109,6 +116,11 @@ class TrainConfig:
                 raise bad(name, "must be a positive integer (or unset)")
         if self.threads is not None and self.threads > MAX_THREADS:
             raise bad("threads", f"at most {MAX_THREADS}")
+        if self.precise_bn < 0 or self.precise_bn == 1:
+            raise bad("precise_bn", "must be 0 (off) or a number of examples >= 2")
+        if self.bn_momentum is not None and not (math.isfinite(self.bn_momentum)
+                                                 and 0 < self.bn_momentum <= 1):
+            raise bad("bn_momentum", "must be in (0, 1] (or unset for the layers' own)")
         if not 0 <= self.seed <= MAX_SEED:
             raise bad("seed", f"must be in [0, {MAX_SEED}]")
         if self.data_dir is not None and not self.data_dir.strip():
@@ -153,6 +165,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
+        # config.json also records where the run came from (bnlab.provenance): not a setting
+        data = {k: v for k, v in data.items() if k != PROVENANCE}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config fields {unknown}")

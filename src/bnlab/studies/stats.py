@@ -1,0 +1,225 @@
+"""The statistics every study's verdict rests on: one failure rule, one test, one correction.
+
+Each seed of an arm gives one value of a metric (its final epoch's, unless a study says
+otherwise). From those values:
+
+* **Failed seeds.** A seed *diverged* when its final training loss is not finite, and *failed*
+  when it diverged or never beat chance (test accuracy <= ``FAILED_ACCURACY``). Tables count
+  both. A metric with a non-finite value in any seed has no mean: it is shown as "diverged k/n"
+  and never enters a test, so a NaN can neither read as "within noise" nor vanish silently.
+  (Test accuracy is always finite: a diverged network's accuracy is counted as what it is.)
+* **Summary.** The mean and the *sample* standard deviation (``ddof=1``) over seeds.
+* **Comparison** of arm B against arm A: the difference of means ``B - A``, its 95% confidence
+  interval and a two-sided p value from
+
+  - a *paired* t-test on the per-seed differences when the arms share seeds and batches (the
+    same seeds, dataset, batch size, training subset and epochs: seed s of both arms saw the
+    same batches in the same order), which removes the seed-to-seed variation they share;
+  - *Welch's* t-test otherwise (unequal variances).
+
+  With zero spread the t statistic is infinite (p = 0) when the means differ and the
+  difference is 0 (p = 1) when they do not.
+* **Multiple comparisons.** Holm's step-down correction over all comparisons a study makes.
+  A difference is *clear* only when its Holm-adjusted p < ``ALPHA`` (0.05). An arm with fewer
+  than two usable seeds is *not testable*: one seed never yields "clear".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from scipy import stats as sps
+
+__all__ = ["ALPHA", "FAILED_ACCURACY", "Comparison", "Summary", "compare", "fmt", "holm",
+           "p_text", "summary"]
+
+ALPHA = 0.05
+FAILED_ACCURACY = 0.15  # chance is 0.10 on the 10-class datasets bnlab ships
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One metric of one arm over its seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(1 for v in self.values if not math.isfinite(v))
+
+    @property
+    def mean(self) -> float:
+        return math.nan if self.nonfinite or not self.values else statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (ddof 1); NaN with fewer than two finite values."""
+        if self.nonfinite or self.n < 2:
+            return math.nan
+        return statistics.stdev(self.values)
+
+    def text(self) -> str:
+        """'0.825 +- 0.022', 'diverged 2/5' or '0.825 (1 seed)'."""
+        if self.nonfinite:
+            return f"diverged {self.nonfinite}/{self.n}"
+        if self.n == 1:
+            return f"{fmt(self.mean, math.nan)} (1 seed)"
+        return f"{fmt(self.mean, self.std)}"
+
+
+def summary(values: Sequence[float]) -> Summary:
+    return Summary(tuple(float(v) for v in values))
+
+
+def _digits(spread: float, reference: float) -> int:
+    """Decimal places that show `spread` with two significant figures (at most 6)."""
+    scale = spread if math.isfinite(spread) and spread > 0 else abs(reference) * 1e-3
+    if not math.isfinite(scale) or scale == 0:
+        return 3
+    return max(0, min(6, 1 - math.floor(math.log10(scale))))
+
+
+def fmt(mean: float, std: float, *, digits: int | None = None) -> str:
+    """'mean +- std' rounded to the std's second significant figure ('0.825 +- 0.022',
+    '2.30300 +- 0.00007'); the mean alone when `std` is NaN; 'nan' for a NaN mean."""
+    if not math.isfinite(mean):
+        return "nan" if math.isnan(mean) else f"{mean}"
+    d = _digits(std, mean) if digits is None else digits
+    if math.isnan(std):
+        return f"{mean:.{d}f}"
+    return f"{mean:.{d}f} +- {std:.{d}f}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Arm `b` against arm `a` on `metric`: the difference ``b - a`` and its test."""
+
+    label: str  # what is compared, e.g. "LeNet: BN vs no BN"
+    metric: str
+    a: Summary
+    b: Summary
+    higher_is_better: bool
+    test: str  # "paired t", "Welch t" or "not testable: <why>"
+    diff: float
+    low: float  # 95% confidence interval of diff
+    high: float
+    p: float
+    p_holm: float = math.nan  # set by `holm` over the study's comparisons
+
+    @property
+    def testable(self) -> bool:
+        return not self.test.startswith("not testable")
+
+    @property
+    def clear(self) -> bool:
+        return self.testable and self.p_holm < ALPHA
+
+    @property
+    def word(self) -> str:
+        """'better', 'worse', 'no clear difference' or 'not testable (...)'."""
+        if not self.testable:
+            return self.test
+        if not self.clear:
+            return "no clear difference"
+        return "better" if (self.diff > 0) == self.higher_is_better else "worse"
+
+    def digits(self) -> int:
+        """Decimal places fitted to the smaller spread of the two arms (or of the interval)."""
+        spreads = [v for v in (self.a.std, self.b.std) if math.isfinite(v) and v > 0]
+        if not spreads and math.isfinite(self.high - self.low) and self.high > self.low:
+            spreads = [(self.high - self.low) / 4]
+        return _digits(min(spreads) if spreads else math.nan, self.b.mean)
+
+    def diff_text(self) -> str:
+        """'+0.111 (95% CI +0.050 to +0.172)', or 'n/a' when not testable."""
+        if not self.testable:
+            return "n/a"
+        d = self.digits()
+        return f"{self.diff:+.{d}f} (95% CI {self.low:+.{d}f} to {self.high:+.{d}f})"
+
+    def text(self) -> str:
+        """For a verdict: '0.714 -> 0.825 (+0.111, 95% CI +0.050 to +0.172, Holm p = 0.003:
+        better)'; the spreads and the test are in the study's comparisons table."""
+        if not self.testable:
+            return f"{self.a.text()} -> {self.b.text()} ({self.test})"
+        d = self.digits()
+        return (f"{self.a.mean:.{d}f} -> {self.b.mean:.{d}f} ({self.diff:+.{d}f}, 95% CI "
+                f"{self.low:+.{d}f} to {self.high:+.{d}f}, Holm p = {p_text(self.p_holm)}: "
+                f"{self.word})")
+
+    def record(self) -> dict[str, object]:
+        """The comparison as study.json stores it."""
+        return {"label": self.label, "metric": self.metric, "test": self.test,
+                "a": list(self.a.values), "b": list(self.b.values), "diff": self.diff,
+                "ci95": [self.low, self.high], "p": self.p, "p_holm": self.p_holm,
+                "clear": self.clear, "verdict": self.word}
+
+
+def p_text(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _untestable(label: str, metric: str, a: Summary, b: Summary, hib: bool,
+                why: str) -> Comparison:
+    return Comparison(label, metric, a, b, hib, f"not testable: {why}", math.nan, math.nan,
+                      math.nan, math.nan)
+
+
+def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
+            paired: bool, higher_is_better: bool = True) -> Comparison:
+    """Test arm `b`'s values against arm `a`'s (see the module docstring for the rule)."""
+    sa, sb = summary(a), summary(b)
+    for s, name in ((sa, "first"), (sb, "second")):
+        if s.nonfinite:
+            return _untestable(label, metric, sa, sb, higher_is_better,
+                               f"{s.nonfinite} of {s.n} seeds of the {name} arm diverged")
+        if s.n < 2:
+            return _untestable(label, metric, sa, sb, higher_is_better,
+                               f"{s.n} seed(s) in the {name} arm")
+    if paired and sa.n != sb.n:
+        raise ValueError(f"{label}: a paired test needs one value per seed in both arms "
+                         f"({sa.n} vs {sb.n})")
+    diff = sb.mean - sa.mean
+    if paired:
+        d = [y - x for x, y in zip(sa.values, sb.values, strict=True)]
+        se, df, test = statistics.stdev(d) / math.sqrt(len(d)), len(d) - 1.0, "paired t"
+    else:
+        va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
+        se, test = math.sqrt(va + vb), "Welch t"
+        # Welch-Satterthwaite degrees of freedom
+        df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se > 0 else \
+            float(sa.n + sb.n - 2)
+    if se == 0:  # no spread at all: the t statistic is 0 or infinite
+        p = 1.0 if diff == 0 else 0.0
+        return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff, diff, p)
+    half = float(sps.t.ppf(0.975, df)) * se
+    p = float(2 * sps.t.sf(abs(diff) / se, df))
+    return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff - half,
+                      diff + half, p)
+
+
+def holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons with Holm-adjusted p values (same order); untestable ones unchanged.
+
+    Sorted by p, the k-th smallest of m tests gets ``max over j <= k of min(1, (m - j + 1) p_j)``
+    (monotone), which controls the family-wise error rate at ALPHA.
+    """
+    testable = [i for i, c in enumerate(comparisons) if c.testable]
+    m = len(testable)
+    order = sorted(testable, key=lambda i: comparisons[i].p)
+    adjusted: dict[int, float] = {}
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * comparisons[i].p))
+        adjusted[i] = running
+    return [replace(c, p_holm=adjusted[i]) if i in adjusted else c
+            for i, c in enumerate(comparisons)]
