@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.bnlab-installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: setup data browser reproduce test test-slow lint bench demo clean
+.PHONY: setup data browser reproduce docs test test-slow lint bench demo clean
 
 $(STAMP): pyproject.toml src/bnlab/norm/kernels/csrc/batch_norm_cpu.cpp
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ browser:
 ## The main job: the textbook's LeNet comparison (no BN / bnlab BN / torch BN), 10 epochs.
 reproduce: data
 	$(BNLAB) reproduce --epochs 10 --out runs/reproduce
+
+## Every study's default run (finished runs reused), then docs/studies.md and docs/report/
+## rebuilt from the results (tests/test_docs_fresh.py checks they match the code).
+docs: data
+	$(PY) -m bnlab.studies.publish --runs runs/studies --docs docs
 
 ## Fast suite (CPU) plus the linter: what CI runs.
 test: data browser

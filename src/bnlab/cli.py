@@ -118,6 +118,15 @@ def out_dir(text: str) -> str:
     return text
 
 
+def out_file(text: str) -> str:
+    """A file to write: a non-empty name that is not an existing directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name, got an empty one")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
+    return text
+
+
 def existing_dir(text: str) -> str:
     """A directory that exists (--data-dir): never a silent fall-back to another copy."""
     if not text.strip():
@@ -197,6 +206,13 @@ def _report(args: argparse.Namespace) -> int:
 
     page, text = build_report(args.directories, args.out)
     print(f"report: {page}\nmarkdown: {text}")
+    if args.docs:
+        from pathlib import Path
+
+        from bnlab.report.studies_doc import write_studies_doc
+
+        doc = write_studies_doc(args.directories, args.docs, Path(args.out) / "figures")
+        print(f"studies page: {doc}")
     return 0
 
 
@@ -471,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directories", nargs="+", help="study or reproduce directories")
     p.add_argument("--out", type=out_dir, default="runs/report",
                    help="where to write (default: %(default)s)")
+    p.add_argument("--docs", type=out_file, default=None, metavar="FILE",
+                   help="also write the studies page (docs/studies.md) from the study "
+                   "directories, its figures linked from OUT/figures")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("compare", help="any runs side by side: one figure and one table",

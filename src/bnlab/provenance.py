@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +46,18 @@ def code_version() -> dict[str, Any]:
     result made from an uncommitted edit says so. The commit is looked up once per process;
     cleanliness each call (the tree may change while a long study runs).
     """
-    from bnlab import __version__
-
     commit = _commit()
     if commit is None:
-        return {"package": __version__}
+        return {"package": _package_version()}
     status = _git("status", "--porcelain", "--untracked-files=normal")
-    return {"commit": commit, "clean": status == "", "package": __version__}
+    return {"commit": commit, "clean": status == "", "package": _package_version()}
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("bnlab")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "not installed"
 
 
 def provenance(threads: int | None = None) -> dict[str, Any]:

@@ -79,11 +79,13 @@ def summary(values: Sequence[float]) -> Summary:
 
 
 def _digits(spread: float, reference: float) -> int:
-    """Decimal places that show `spread` with two significant figures (at most 6)."""
-    scale = spread if math.isfinite(spread) and spread > 0 else abs(reference) * 1e-3
-    if not math.isfinite(scale) or scale == 0:
-        return 3
-    return max(0, min(6, 1 - math.floor(math.log10(scale))))
+    """Decimal places that show `spread` with two significant figures, or `reference` with
+    three when there is no spread (at most 6)."""
+    if math.isfinite(spread) and spread > 0:
+        return max(0, min(6, 1 - math.floor(math.log10(spread))))
+    if math.isfinite(reference) and reference != 0:
+        return max(0, min(6, 2 - math.floor(math.log10(abs(reference)))))
+    return 3
 
 
 def fmt(mean: float, std: float, *, digits: int | None = None) -> str:

@@ -1,0 +1,115 @@
+"""docs/studies.md, computed: every word that depends on a run comes from the study directories.
+
+``write_studies_doc(directories, path, figures)`` writes one Markdown page: how the studies
+decide (the statistics of ``bnlab.studies.stats``), a summary table built from each study's
+``headline`` and ``literature`` (computed by its analysis), and per study its question, setup,
+figure, tables, verdict, caveats and provenance (the commit and tree state its runs were
+trained and analysed with, torch, machine, threads, wall time). Nothing in it is typed by hand:
+``tests/test_docs_fresh.py`` rebuilds it from the committed study records and compares.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bnlab.files import read_json, read_text
+
+__all__ = ["write_studies_doc"]
+
+INTRO = """\
+# Studies: the learner's questions, measured
+
+Each study is `bnlab study NAME` (Python: `bnlab.studies.base.run_study(get_study(NAME), out)`):
+every arm is trained for every seed into its own run directory, then a table, a figure and a
+verdict are computed from those directories alone. This page is generated from the study
+directories in `docs/studies/` by `bnlab report docs/studies/* --out docs/report --docs
+docs/studies.md`; each section says which commit trained and analysed it. The same results as
+one HTML page with every run's configuration: [docs/report/report.html](report/report.html).
+
+**How a verdict is decided** (`bnlab.studies.stats`, the same rule in every study):
+
+* Each seed gives one value per arm (the final epoch's unless a study says otherwise); tables
+  show the mean +- the *sample* standard deviation over seeds, rounded to the spread.
+* A difference between two arms is tested with a *paired* t-test when the arms share seeds and
+  batches (seed s of both saw the same batches in the same order), Welch's t-test otherwise,
+  with a 95% confidence interval. Holm's correction runs over all the comparisons of a study;
+  a difference is **clear** only at a Holm-adjusted p < 0.05, and it is then called "better" or
+  "worse"; otherwise "no clear difference". An arm with one seed is "not testable".
+* A seed *diverged* when its final training loss is not finite, and *failed* when it diverged
+  or its test accuracy stayed at chance (<= 0.15 on 10 classes). A metric with a diverged seed
+  has no mean and enters no test.
+* Test accuracy of every arm with BatchNorm is measured twice: with the running averages the
+  layers trained with (what `model.eval()` uses) and with statistics re-estimated by PreciseBN
+  over 10,000 training examples (the accuracy the weights deserve, free of the averages' lag).
+  Verdicts on accuracy give both and say when they disagree.
+"""
+
+
+def _commit(code: Any) -> str:
+    if not isinstance(code, dict):
+        return "unrecorded"
+    if "commit" not in code:
+        return f"package {code.get('package', '?')}"
+    return f"`{str(code['commit'])[:10]}`" + ("" if code.get("clean") else " (uncommitted changes)")
+
+
+def _minutes(seconds: Any) -> str:
+    s = float(seconds or 0.0)
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def _provenance(meta: dict[str, Any]) -> str:
+    prov = meta.get("provenance") or {}
+    analysis = prov.get("analysis") or {}
+    runs = prov.get("runs") or []
+    trained = "; ".join(f"{_commit(r.get('code'))} ({r.get('runs', '?')} runs, torch "
+                        f"{r.get('torch', '?')})" for r in runs) or "unrecorded"
+    machine = analysis.get("machine") or {}
+    wall = meta.get("wall_time") or {}
+    return (f"Trained at {trained}; analysed at {_commit(analysis.get('code'))}; "
+            f"{machine.get('cpus', '?')}-CPU {machine.get('arch', '?')} machine, "
+            f"{analysis.get('threads', '?')} threads; training wall time "
+            f"{_minutes(wall.get('training'))}.")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_studies_doc(directories: list[str | Path], path: str | Path,
+                      figures: str | Path) -> Path:
+    """Write the page to `path`; `figures` is the directory holding ``NAME.png`` copies
+    (``build_report``'s ``figures/``), linked relative to the page."""
+    path = Path(path)
+    studies = []
+    for d in map(Path, directories):
+        fix = f"rebuild it with `bnlab study NAME --analyze-only --out {d}`"
+        meta = read_json(d / "study.json", fix)
+        studies.append((meta, read_text(d / "table.md", fix).strip(),
+                        read_text(d / "verdict", fix).strip()))
+    rel = Path(os.path.relpath(Path(figures), path.parent))
+    lines = [INTRO, "## What the studies say, in one place", "",
+             "| study | seeds | finding | against the literature |", "|---|---|---|---|"]
+    for meta, _, verdict in studies:
+        quick = " (quick mode: not evidence)" if meta.get("quick") else ""
+        lines.append(f"| [`{meta['name']}`](#{meta['name']}) | {meta.get('seeds', '?')}{quick} "
+                     f"| {_cell(meta.get('headline') or verdict)} | "
+                     f"{_cell(meta.get('literature') or 'not stated')} |")
+    lines.append("")
+    for meta, table, verdict in studies:
+        name = meta["name"]
+        lines += [f'<a id="{name}"></a>', "", f"## `{name}`: {meta['question']}", ""]
+        if meta.get("setup"):
+            lines += [f"**Setup.** {meta['setup']}", ""]
+        lines += [f"![{name}]({(rel / f'{name}.png').as_posix()})", "", table, "",
+                  f"**Verdict** ({meta.get('seeds', '?')} seeds). {verdict}", ""]
+        if meta.get("literature"):
+            lines += [f"**Against the literature.** {meta['literature']}", ""]
+        if meta.get("caveats"):
+            lines += [f"**Caveats.** {meta['caveats']}", ""]
+        lines += [f"**Provenance.** {_provenance(meta)}", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path

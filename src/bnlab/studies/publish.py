@@ -1,0 +1,59 @@
+"""``make docs``: every study's default run, then docs/ rebuilt from the results.
+
+``python -m bnlab.studies.publish`` trains each registered study into ``runs/studies/NAME``
+(finished runs are reused, interrupted ones resumed), copies its record (study.json, table.md,
+table.csv, verdict, figure.png; not the run directories) into ``docs/studies/NAME``, and then
+builds docs/report/ and docs/studies.md from those records alone, so
+``tests/test_docs_fresh.py`` can rebuild the pages and compare. ``--analyze-only`` rebuilds
+from the saved runs without training (after a change to analysis code only); ``--only NAME``
+limits the studies redone (the pages always cover every record in docs/studies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from bnlab.report.html import build_report
+from bnlab.report.studies_doc import write_studies_doc
+from bnlab.studies.base import run_study
+from bnlab.studies.registry import STUDIES
+
+__all__ = ["RECORD", "publish"]
+
+RECORD = ("study.json", "table.md", "table.csv", "verdict", "figure.png")
+
+
+def publish(runs: Path, docs: Path, only: Sequence[str] = (), *, analyze_only: bool = False,
+            threads: int | None = None) -> None:
+    for name in only or STUDIES:
+        out = runs / name
+        run_study(STUDIES[name], out, analyze_only=analyze_only, threads=threads)
+        record = docs / "studies" / name
+        if record.exists():
+            shutil.rmtree(record)
+        record.mkdir(parents=True)
+        for f in RECORD:
+            shutil.copy2(out / f, record / f)
+    records = [docs / "studies" / n for n in STUDIES if (docs / "studies" / n).is_dir()]
+    build_report(records, docs / "report")
+    write_studies_doc(records, docs / "studies.md", docs / "report" / "figures")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bnlab.studies.publish", description=__doc__)
+    p.add_argument("--runs", type=Path, default=Path("runs/studies"))
+    p.add_argument("--docs", type=Path, default=Path("docs"))
+    p.add_argument("--only", nargs="+", default=(), choices=list(STUDIES), metavar="NAME")
+    p.add_argument("--analyze-only", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    publish(args.runs, args.docs, args.only, analyze_only=args.analyze_only,
+            threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""docs/ is regenerated from the current code: a stale figure or verdict fails here.
+
+The committed study records (``docs/studies/NAME/``: study.json, table.md, verdict, figure)
+say which commit trained their runs and which analysed them (``bnlab.provenance``). They are
+fresh when
+
+* every registered study has a full (not --quick) record, made from clean trees;
+* the analysis ran on exactly the current ``src/`` (any change since fails);
+* the runs were trained by the current training code: ``src/`` as now outside the analysis
+  and reporting code (``ANALYSIS_ONLY``), and with the configs the study's arms give now (so
+  a changed design in ``studies/`` is caught too);
+* docs/studies.md and docs/report/report.md are exactly what ``bnlab report`` builds from the
+  records (nothing in them is edited by hand).
+
+The fix is always the same: ``make docs`` (reruns what changed, then rebuilds the pages).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bnlab.studies.base import arm_config
+from bnlab.studies.registry import STUDIES
+from bnlab.studies.subject import Subject
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+RECORDS = DOCS / "studies"
+ANALYSIS_ONLY = ("src/bnlab/report", "src/bnlab/studies", "src/bnlab/cli.py")
+FIX = "run `make docs` (it retrains only what changed) and commit docs/"
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          check=False)
+
+
+@pytest.fixture(scope="module")
+def records() -> dict[str, dict]:
+    if shutil.which("git") is None or _git("rev-parse", "HEAD").returncode != 0:
+        pytest.skip("not a git checkout: the docs' recorded commits cannot be compared")
+    return {p.parent.name: json.loads(p.read_text()) for p in RECORDS.glob("*/study.json")}
+
+
+def _changed(commit: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        pytest.fail(f"recorded commit {commit} is not in this repository's history")
+    spec = ["src", *(f":(exclude){p}" for p in exclude)]
+    out = _git("diff", "--name-only", commit, "HEAD", "--", *spec)
+    return out.stdout.split()
+
+
+def test_every_study_has_a_full_record(records):
+    assert sorted(records) == sorted(STUDIES), f"studies without a record in docs/: {FIX}"
+    for name, meta in records.items():
+        assert meta["name"] == name and not meta["quick"], f"{name}: a --quick record; {FIX}"
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_a_record_comes_from_the_current_code(records, name):
+    meta = records.get(name)
+    if meta is None:
+        pytest.fail(f"{name}: no record in docs/studies; {FIX}")
+    analysis = meta["provenance"]["analysis"]["code"]
+    assert analysis.get("clean"), f"{name}: analysed from an uncommitted tree; {FIX}"
+    changed = _changed(analysis["commit"])
+    assert not changed, f"{name}: src/ changed since its analysis ({changed[:5]}); {FIX}"
+    for version in meta["provenance"]["runs"]:
+        code = version["code"]
+        assert isinstance(code, dict) and code.get("clean"), \
+            f"{name}: runs trained from an uncommitted or unrecorded tree; {FIX}"
+        changed = _changed(code["commit"], ANALYSIS_ONLY)
+        assert not changed, f"{name}: training code changed since its runs ({changed[:5]}); {FIX}"
+    study = STUDIES[name]
+    now = {a.name: arm_config(a, Subject()).to_dict() for a in study.arms(False)}
+    recorded = {a["name"]: a["config"] for a in meta["arms"]}
+    assert recorded == now, f"{name}: the study's arms changed since its runs; {FIX}"
+    assert meta["seeds"] == study.seeds, f"{name}: recorded with another seed count; {FIX}"
+
+
+def test_pages_are_built_from_the_records(records, tmp_path):
+    from bnlab.report.html import build_report
+    from bnlab.report.studies_doc import write_studies_doc
+
+    order = [RECORDS / n for n in STUDIES if (RECORDS / n).is_dir()]  # publish's order
+    build_report(order, tmp_path / "report")
+    write_studies_doc(order, tmp_path / "studies.md", tmp_path / "report" / "figures")
+    for built, committed in ((tmp_path / "studies.md", DOCS / "studies.md"),
+                             (tmp_path / "report" / "report.md", DOCS / "report" / "report.md")):
+        assert built.read_text() == committed.read_text(), f"{committed} differs; {FIX}"
