@@ -1,0 +1,40 @@
+"""Synthetic arm results for testing a study's analysis without training: a fake run has the
+three things an analysis reads (``config``, ``metrics``, ``final``)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bnlab.studies.base import Arm, ArmResult
+from bnlab.train import TrainConfig
+
+
+@dataclass
+class FakeRun:
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1]
+
+
+def results(arms: list[Arm], seeds: int,
+            curve: Callable[[Arm, int, float], list[dict[str, Any]]]) -> list[ArmResult]:
+    """One ArmResult per arm; `curve(arm, seed, noise)` gives the seed's per-epoch metrics.
+    `noise` is shared by seed s of every arm (as a shared batch order makes it) plus a little
+    of the arm's own, with mean 0 over seeds: paired differences have a spread, and arms that
+    differ by nothing else have exactly equal means."""
+    shared = [random.Random(s).gauss(0, 1) for s in range(seeds)]
+    out = []
+    for i, arm in enumerate(arms):
+        rng = random.Random(1000 + i)
+        own = [rng.gauss(0, 1) for _ in range(seeds)]
+        own = [v - sum(own) / seeds for v in own]
+        runs = [FakeRun(replace(arm.config, seed=s), curve(arm, s, shared[s] + 0.3 * own[s]))
+                for s in range(seeds)]
+        out.append(ArmResult(arm, runs))  # type: ignore[arg-type]
+    return out

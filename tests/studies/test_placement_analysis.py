@@ -1,0 +1,82 @@
+"""The placement study's analysis on synthetic runs: train loss and fair accuracy before vs
+after, Holm-corrected, and the bias measurement in its own row."""
+
+import math
+
+from bnlab.studies import placement
+from tests.studies.fakes import results
+
+
+def study(loss_shift=-0.1, acc_shift=0.0, seeds=5, nan_after=False):
+    """The after arm's train loss and accuracy shifted from the before arm's."""
+    def curve(arm, seed, noise):
+        after = arm.tags["placement"] == "after"
+        loss = 0.5 + 0.01 * noise + (loss_shift if after else 0.0)
+        if after and nan_after and seed == 0:
+            loss = math.nan
+        acc = 0.82 + 0.004 * noise + (acc_shift if after else 0.0)
+        return [{"epoch": 1, "train_loss": loss, "test_acc": acc,
+                 "test_acc_precise": acc + 0.001}]
+
+    return placement.analyze(results(placement.arms(False), seeds, curve))
+
+
+def by_metric(f):
+    return {c.metric: c for c in f.comparisons}
+
+
+def test_lower_train_loss_after_is_reported_with_accuracy():
+    f = study(loss_shift=-0.1)
+    c = by_metric(f)
+    assert c["train_loss"].word == "better" and c["train_loss"].test == "paired t"
+    assert c["test_acc"].word == c["test_acc_precise"].word == "no clear difference"
+    assert "after lower (clear)" in f.verdict and "after lower (clear)" in f.headline
+    assert "no clear accuracy difference" in f.headline
+    assert f.literature.startswith("Neither confirms nor contradicts Ioffe & Szegedy 2015")
+    assert all(not math.isnan(x.p_holm) for x in f.comparisons)
+
+
+def test_reversed_effect_flips_the_verdict():
+    f = study(loss_shift=+0.1, acc_shift=-0.05)
+    c = by_metric(f)
+    assert c["train_loss"].word == "worse" and "before lower (clear)" in f.verdict
+    assert c["test_acc"].word == c["test_acc_precise"].word == "worse"
+    assert f.literature.startswith("Agrees with Ioffe & Szegedy 2015")
+    f = study(acc_shift=+0.05)
+    assert f.literature.startswith("Does not reproduce")
+
+
+def test_equal_arms_give_no_clear_difference():
+    f = study(loss_shift=0.0)
+    assert {c.word for c in f.comparisons} == {"no clear difference"}
+    assert "(clear)" not in f.verdict
+
+
+def test_the_bias_measurement_has_its_own_row():
+    f = study()
+    *arms, bias = f.rows
+    assert bias["arm"] == placement.BIAS_ROW and bias["test_acc"] == ""
+    assert bias["biases removed"] == "conv 1, conv 2, linear 1, linear 2"
+    assert bias["parameters saved"] == 6 + 16 + 120 + 84
+    assert float(bias["max output diff"]) < 1e-12
+    assert all(r["biases removed"] == "" and isinstance(r["test_acc"], float) for r in arms)
+    assert [r["placement"] for r in arms] == ["before", "after"]
+
+
+def test_a_diverged_seed_is_not_tested_on_loss():
+    f = study(nan_after=True)
+    c = by_metric(f)
+    assert c["train_loss"].word.startswith("not testable") and "diverged" in c["train_loss"].test
+    assert f.rows[1]["diverged"] == 1
+
+
+def test_one_seed_is_never_clear():
+    f = study(loss_shift=-0.5, seeds=1)
+    assert all(not c.clear for c in f.comparisons)
+    assert f.literature.startswith("Not tested")
+
+
+def test_the_verdict_says_which_accuracy_is_higher():
+    f = study(acc_shift=-0.05)
+    assert "before higher (clear) with the running averages" in f.verdict
+    assert "before higher (clear) with PreciseBN" in f.verdict
