@@ -30,7 +30,7 @@ from bnlab.norm.base import tracked_batch_norms
 from bnlab.norm.precise import precise_bn
 from bnlab.report.figures import plot_bars
 from bnlab.studies.base import Arm, ArmResult, Findings, Study
-from bnlab.studies.stats import Comparison, compare, holm, summary
+from bnlab.studies.stats import Comparison, Summary, compare, fmt, holm, summary
 from bnlab.train import TrainConfig, evaluate
 
 SEEDS = 5
@@ -112,6 +112,11 @@ def method_values(bn: ArmResult) -> dict[str, list[float]]:
             for name, fn in methods(train, test, len(train.labels)).items()}
 
 
+def _value(s: Summary) -> str:
+    """'0.825 +- 0.022', or '0.825' for one seed."""
+    return fmt(s.mean, s.std, digits=3) if s.n == 1 else s.text()
+
+
 def literature(precise: Comparison | None) -> str:
     """Whether PreciseBN's population statistics beat the EMA, as Wu & Johnson (2021) find."""
     paper = ("Wu & Johnson 2021 (Rethinking \"Batch\" in BatchNorm), where PreciseBN's "
@@ -141,17 +146,22 @@ def analyze_values(values: dict[str, list[float]]) -> tuple[list[dict[str, Any]]
         s = summary(v)
         rows.append({"arm": name, "test_acc": s.mean, "test_acc_std": s.std, "seeds": s.n,
                      "vs EMA as trained": "reference" if name == REFERENCE else
-                     "undefined" if name in undefined else by[name].word})
+                     "undefined" if name in undefined else
+                     by[name].word if by[name].testable else "not testable"})
     n = len(ref)
-    parts = [f"{name} {by[name].text()}" for name in tested]
+    parts = [f"{name} {by[name].text() if by[name].testable else _value(by[name].b)}"
+             for name in tested]
+    untested = sorted({c.word for c in tests if not c.testable})
     verdict = (f"Test accuracy of the same trained models ({n} seed{'s' if n != 1 else ''}), "
-               f"each method against the EMA they trained with (paired t over seeds, "
-               f"Holm-corrected, 'better'/'worse' need p < 0.05): " + "; ".join(parts) + "."
+               f"each method against the EMA they trained with ({_value(summary(ref))}; paired "
+               f"t over seeds, Holm-corrected, 'better'/'worse' need p < 0.05): "
+               + "; ".join(parts) + "."
                + (f" Undefined (one value per channel): {', '.join(undefined)}."
-                  if undefined else ""))
+                  if undefined else "")
+               + (f" [{'; '.join(untested)}]" if untested else ""))
     better = [name for name in tested if by[name].word == "better"]
     worse = [name for name in tested if by[name].word == "worse"]
-    headline = (f"EMA as trained {summary(ref).text()}; clearly better: "
+    headline = (f"EMA as trained {_value(summary(ref))}; clearly better: "
                 f"{', '.join(better) or 'none'}; clearly worse: {', '.join(worse) or 'none'} "
                 f"({n} seed{'s' if n != 1 else ''}, same models)")
     return rows, verdict, tests, headline, literature(by.get(PRECISE))
