@@ -1,5 +1,6 @@
 """The bnlab command end to end (quick mode), its help, and its errors."""
 
+import json
 import subprocess
 import sys
 
@@ -74,6 +75,14 @@ def test_reproduce_quick_train_inspect_end_to_end(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for arm in ("no-bn", "bnlab-bn", "torch-bn"):
         assert (out / arm / "DONE").exists()
+    # ... and a study directory like any other (`bnlab report` reads it as one)
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["name"] == "reproduce" and meta["seeds"] == 1
+    assert [a["runs"] for a in meta["arms"]] == [["no-bn"], ["bnlab-bn"], ["torch-bn"]]
+    assert "not testable" in (out / "verdict").read_text()
+    assert (out / "figure.png").exists() and "| comparison |" in (out / "table.md").read_text()
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "id='reproduce'" in (tmp_path / "rep" / "report.html").read_text()
 
     # Re-running reuses the finished runs (no retraining): same numbers, same report.
     before = (out / "bnlab-bn" / "metrics.jsonl").read_text()
@@ -103,7 +112,7 @@ def test_study_and_report_end_to_end(tmp_path, capsys):
     assert "report: " in capsys.readouterr().out
     assert (tmp_path / "rep" / "report.html").exists()
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r2")]) == 1
-    assert "neither a study directory" in capsys.readouterr().err
+    assert "not a study directory" in capsys.readouterr().err
 
 
 def test_data_info_check_fetch(capsys):

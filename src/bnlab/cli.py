@@ -179,12 +179,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from bnlab.studies.reproduce import reproduce
+    from bnlab.studies.reproduce import reproduce, textbook_line
 
     result = reproduce(epochs=args.epochs, out=args.out, quick=args.quick, seed=args.seed,
                        data_dir=args.data_dir, threads=args.threads, device=args.device)
-    print("\n" + result.table)
-    print(f"report: {result.report}\ncurves: {result.curves}")
+    lines = [f"{name:>9}: {textbook_line(run)}" for name, run in result.runs.items()]
+    print("\n" + "\n".join(lines) + "\n\n" + result.table)
+    print(f"report: {result.report}\ncurves: {result.curves}\n"
+          f"study: {result.out}: figure.png, table.md, table.csv, verdict, study.json")
     return 0
 
 
@@ -400,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "vs torch BN, with table, curves.png and REPORT.md",
                        description="Train LeNet without BN, with bnlab's BN and with torch's BN "
                        "on Fashion-MNIST (the textbook recipe), then write the comparison "
-                       "table, curves.png and REPORT.md into --out. Finished runs are reused "
-                       "and interrupted ones resumed.")
+                       "table, curves.png and REPORT.md into --out, with the files of a study "
+                       "(the `reproduce` study, one seed: table.md, verdict, study.json). "
+                       "Finished runs are reused and interrupted ones resumed.")
     p.add_argument("--epochs", type=positive_int, default=10,
                    help="epochs per run (default: %(default)s, as the textbook)")
     p.add_argument("--out", type=out_dir, default="runs/reproduce", help="output directory "

@@ -359,9 +359,9 @@ def test_report_escapes_every_string_from_a_file(bnlab_cli, pristine, tmp_path):
     (study / "verdict").write_text(f"{HOSTILE} & more\n")
     (study / "table.md").write_text(f"| arm {HOSTILE} |\n|---|\n| {ATTRIBUTE} |\n")
     _edit_json(study / RUN / "config.json", lambda d: d.update(data_dir=HOSTILE))
-    repro = copy_of(pristine, "reproduce", tmp_path)
-    with (repro / "REPORT.md").open("a") as f:
-        f.write(f"\n| {HOSTILE} |\n- x: loss {HOSTILE}\n")
+    repro = copy_of(pristine, "reproduce", tmp_path)  # a study directory too
+    (repro / "verdict").write_text(f"- x: loss {HOSTILE}\n")
+    (repro / "table.md").write_text(f"| {HOSTILE} |\n|---|\n| {ATTRIBUTE} |\n")
     r = bnlab_cli("report", study, repro, "--out", tmp_path / "report", cwd=tmp_path)
     assert r.rc == 0, r
     page = (tmp_path / "report" / "report.html").read_text()

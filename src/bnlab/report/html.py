@@ -1,7 +1,7 @@
-"""One self-contained page (and a Markdown twin) from study and reproduce directories.
+"""One self-contained page (and a Markdown twin) from study directories.
 
 Reads only what the runs wrote: ``study.json``, ``table.md``, ``verdict``, ``figure.png`` and
-each run's ``config.json`` (or a reproduce directory's ``REPORT.md`` and ``curves.png``).
+each run's ``config.json``. A ``bnlab reproduce`` directory is a study directory too.
 Figures are embedded as base64 PNG, so the HTML file can be mailed or opened offline; the
 layout is one column that reflows on a phone.
 
@@ -97,29 +97,20 @@ def _study_fields(meta: dict[str, Any], source: Path, fix: str) -> tuple[str, st
 
 def load_section(directory: str | Path) -> Section:
     d = Path(directory)
-    if (d / "study.json").exists():
-        source = d / "study.json"
-        fix = (f"rebuild the study's files with `bnlab study NAME --analyze-only --out {d}` "
-               f"(or restore them)")
-        name, question, runs = _study_fields(read_json(source, fix), source, fix)
-        inside(d, name, source, flat=True)  # it names the figure's copy: checked here
-        configs = {}
-        for run in runs:
-            cfg = inside(d, run, source) / "config.json"
-            configs[run] = read_json(cfg, fix) if cfg.exists() else {}
-        return Section(name, question, read_text(d / "verdict", fix).strip(),
-                       read_text(d / "table.md", fix), _png(d / "figure.png"), configs, source)
-    if (d / "REPORT.md").exists():  # a `bnlab reproduce` directory
-        fix = f"rerun `bnlab reproduce --out {d}` (finished runs are reused) to rewrite it"
-        configs = {p.parent.name: read_json(p, fix) for p in sorted(d.glob("*/config.json"))}
-        lines = read_text(d / "REPORT.md", fix).splitlines()
-        table = "\n".join(ln for ln in lines if ln.startswith("|"))
-        summary = "; ".join(ln.strip() for ln in lines if ": loss " in ln)  # textbook lines
-        return Section("reproduce", "The textbook's LeNet comparison", summary, table,
-                       _png(d / "curves.png"), configs, d / "REPORT.md")
-    raise FileNotFoundError(f"{d}: neither a study directory (study.json) nor a reproduce "
-                            f"directory (REPORT.md); pass directories written by bnlab study "
-                            f"or bnlab reproduce")
+    if not (d / "study.json").exists():
+        raise FileNotFoundError(f"{d}: not a study directory (no study.json); pass directories "
+                                f"written by bnlab study or bnlab reproduce")
+    source = d / "study.json"
+    fix = (f"rebuild the study's files with `bnlab study NAME --analyze-only --out {d}` "
+           f"(or restore them)")
+    name, question, runs = _study_fields(read_json(source, fix), source, fix)
+    inside(d, name, source, flat=True)  # it names the figure's copy: checked here
+    configs = {}
+    for run in runs:
+        cfg = inside(d, run, source) / "config.json"
+        configs[run] = read_json(cfg, fix) if cfg.exists() else {}
+    return Section(name, question, read_text(d / "verdict", fix).strip(),
+                   read_text(d / "table.md", fix), _png(d / "figure.png"), configs, source)
 
 
 def _img(png: bytes | None) -> Markup:

@@ -1,10 +1,11 @@
 """A study: a question, the arms that answer it, and an analysis of their run directories.
 
-``run_study(study, out)`` trains every arm for every seed into ``out/runs/<arm>-s<seed>``
-(finished runs are reused, interrupted ones resumed), then writes, from those directories
-alone: ``table.md`` and ``table.csv`` (mean +- std over seeds), ``figure.png``, ``verdict`` (one
-line the data support) and ``study.json`` (question, arms, seeds, every config). With
-``analyze_only=True`` nothing is trained: the report is rebuilt from the saved runs.
+``run_study(study, out)`` trains every arm for every seed into ``out/runs/<arm>-s<seed>`` (or
+where the study's ``run_path`` puts it; finished runs are reused, interrupted ones resumed),
+then writes, from those directories alone: ``table.md`` and ``table.csv`` (mean +- std over
+seeds), ``figure.png``, ``verdict`` (one line the data support) and ``study.json`` (question,
+arms, seeds, every config). With ``analyze_only=True`` nothing is trained: the report is
+rebuilt from the saved runs.
 
 With `model` and/or `dataset` (``bnlab.studies.subject``) the arms run on the user's network
 and data; the arms that do not apply to that network are listed, with the reason, at the end
@@ -154,6 +155,14 @@ class Study:
     # every number from the runs goes into Findings.
     setup: str = ""
     caveats: str = ""
+    # Where seed `seed` of arm `arm` (of `n_seeds`) lives, relative to the study's directory;
+    # None: ``runs/<arm>-s<seed>`` (``default_run_path``).
+    run_path: Callable[[str, int, int], str] | None = None
+
+
+def default_run_path(arm: str, seed: int, n_seeds: int) -> str:
+    """``runs/<arm>-s<seed>``: every study's layout unless it names its own."""
+    return f"runs/{arm}-s{seed}"
 
 
 def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
@@ -257,13 +266,14 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
               analyze_only: bool = False, data_dir: str | None = None,
               threads: int | None = None, log: Callable[[str], None] = print,
               progress: bool = True, model: str | Callable[..., Any] | None = None,
-              dataset: str | tuple[Any, Any] | None = None) -> Findings:
+              dataset: str | tuple[Any, Any] | None = None, first_seed: int = 0) -> Findings:
     """Train (or, `analyze_only`, read) every arm for every seed, then write the report files.
 
     With `progress`, one bar over the runs ("run 7 of 24, ETA 4:00"; see
     ``bnlab.train.progress`` for where bars are drawn). With `model` and `dataset` (a
     factory or import path, and data), the arms run on the user's network and data; the arms
-    that cannot apply to it are named in the table and the verdict.
+    that cannot apply to it are named in the table and the verdict. The seeds are
+    ``first_seed, first_seed + 1, ...``.
     """
     out = Path(out)
     started = time.perf_counter()
@@ -279,10 +289,10 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     say = bar.write if bar.enabled and log is print else log  # lines above the bar
     for arm in to_run:
         runs = []
-        for seed in range(n_seeds):
+        for seed in range(first_seed, first_seed + n_seeds):
             cfg = replace(arm_config(arm, subject), seed=seed, data_dir=data_dir,
                           threads=threads, progress=False)
-            path = out / "runs" / f"{arm.name}-s{seed}"
+            path = out / (study.run_path or default_run_path)(arm.name, seed, n_seeds)
             if analyze_only:
                 if not (path / "DONE").exists():
                     raise FileNotFoundError(f"{path} is not a finished run: train the study "

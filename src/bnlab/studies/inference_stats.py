@@ -9,17 +9,18 @@ statistics in their BN layers:
 * the test batch's own statistics, at test batch 256 and 1 (with one example, the linear
   layers' BN has one value per channel: undefined, reported as such).
 
-A separate arm trains with BN normalizing by the running averages instead of the batch's
-statistics (``norm="running-stats"``), the learner's alternative, to show what breaks.
+Each method is compared with the EMA as trained on the same models, paired over seeds, Holm
+over all methods (``bnlab.studies.stats``). Training that normalizes with the running averages
+(the learner's alternative) is the study ``train-with-running-averages``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,17 +29,18 @@ from bnlab.data import BatchLoader, load_split
 from bnlab.norm.base import tracked_batch_norms
 from bnlab.norm.precise import precise_bn
 from bnlab.report.figures import plot_bars
-from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
+from bnlab.studies.base import Arm, ArmResult, Findings, Study
+from bnlab.studies.stats import Comparison, Summary, compare, fmt, holm, summary
 from bnlab.train import TrainConfig, evaluate
+
+SEEDS = 5
 
 
 def arms(quick: bool) -> list[Arm]:
     base = {"model": "lenet-bn", "lr": 1.0, "epochs": 1 if quick else 5,
             "limit_train": 2048 if quick else None, "limit_test": 1000 if quick else None}
     return [Arm("bn", "BN (batch statistics in training)", TrainConfig(norm="bnlab", **base),
-                {"norm": "bnlab"}),
-            Arm("running", "normalize with running averages in training",
-                TrainConfig(norm="running-stats", **base), {"norm": "running-stats"})]
+                {"norm": "bnlab"})]
 
 
 def _reestimate(model: nn.Module, loader: BatchLoader, momentum: float | None,
@@ -93,40 +95,82 @@ def methods(train: BatchLoader, test: BatchLoader, n_train: int) -> dict[
             "test batch 1": test_batch(1)}
 
 
-def analyze(results: list[ArmResult]) -> Findings:
-    bn, running = results
+REFERENCE = "EMA as trained (0.1)"
+PRECISE = "PreciseBN 10^4"
+
+
+def method_values(bn: ArmResult) -> dict[str, list[float]]:
+    """Each method's test accuracy on each seed's trained model (NaN: undefined)."""
     cfg = bn.runs[0].config
     tr = load_split(cfg.dataset, "train", cfg.data_dir, log=lambda m: None)
     te = load_split(cfg.dataset, "test", cfg.data_dir, log=lambda m: None)
     n_test = cfg.limit_test or len(te)
     train = BatchLoader(tr.images[: cfg.limit_train], tr.labels[: cfg.limit_train], 256, seed=0)
     test = BatchLoader(te.images[:n_test], te.labels[:n_test], 1000, shuffle=False)
-    one_batch = methods(train, test, len(train.labels))
-    rows = []
-    for name, fn in one_batch.items():
-        accs = [fn(run.model()) for run in bn.runs]
-        finite = [a for a in accs if not math.isnan(a)]
-        rows.append({"arm": name, "test_acc": statistics.fmean(finite) if finite else math.nan,
-                     "test_acc_std": statistics.pstdev(finite) if len(finite) > 1 else 0.0,
-                     "seeds": len(bn.runs)})
-    trained = summarize([running])[0]
-    rows.append({"arm": "trained normalizing with running averages",
-                 "test_acc": trained["test_acc"], "test_acc_std": trained["test_acc_std"],
-                 "seeds": trained["seeds"]})
-    by = {r["arm"]: r for r in rows}
+    models = [run.model() for run in bn.runs]
+    return {name: [fn(m) for m in models]
+            for name, fn in methods(train, test, len(train.labels)).items()}
 
-    def acc(name: str) -> str:
-        r = by[name]
-        return "undefined" if math.isnan(r["test_acc"]) else \
-            f"{r['test_acc']:.3f} +- {r['test_acc_std']:.3f}"
 
-    verdict = (f"Test accuracy of the same models: EMA as trained {acc('EMA as trained (0.1)')}, "
-               f"the same momentum re-estimated over 200 batches with the weights frozen "
-               f"{acc('EMA 0.1, 200 batches')} (momentum 0.01: {acc('EMA 0.01, 200 batches')}), "
-               f"PreciseBN 10^4 {acc('PreciseBN 10^4')}, test-batch statistics at 256 "
-               f"{acc('test batch 256')} and at 1 {acc('test batch 1')}; training that "
-               f"normalizes with the running averages reaches "
-               f"{acc('trained normalizing with running averages')}.")
+def _value(s: Summary) -> str:
+    """'0.825 +- 0.022', or '0.825' for one seed."""
+    return fmt(s.mean, s.std, digits=3) if s.n == 1 else s.text()
+
+
+def literature(precise: Comparison | None) -> str:
+    """Whether PreciseBN's population statistics beat the EMA, as Wu & Johnson (2021) find."""
+    paper = ("Wu & Johnson 2021 (Rethinking \"Batch\" in BatchNorm), where PreciseBN's "
+             "population statistics evaluate better than the EMA, most when the EMA lags "
+             "(large lr, no decay)")
+    if precise is None or not precise.testable:
+        why = "PreciseBN 10^4 did not run" if precise is None else precise.word
+        return f"cannot be tested against {paper}: {why}"
+    if precise.word == "better":
+        return f"agrees with {paper}: PreciseBN 10^4 {precise.text()}"
+    return f"does not reproduce {paper}: PreciseBN 10^4 {precise.text()}"
+
+
+def analyze_values(values: dict[str, list[float]]) -> tuple[list[dict[str, Any]], str,
+                                                           list[Comparison], str, str]:
+    """Table rows, verdict, Holm-corrected comparisons, headline and literature sentence from
+    each method's per-seed accuracies on the same models (``REFERENCE`` first)."""
+    ref = values[REFERENCE]
+    undefined = [name for name, v in values.items() if all(math.isnan(x) for x in v)]
+    tested = [name for name in values if name != REFERENCE and name not in undefined]
+    # The same models, seed by seed: paired over seeds.
+    tests = holm([compare(ref, values[name], metric="test_acc",
+                          label=f"{name} vs {REFERENCE}", paired=True) for name in tested])
+    by = dict(zip(tested, tests, strict=True))
+    rows: list[dict[str, Any]] = []
+    for name, v in values.items():
+        s = summary(v)
+        rows.append({"arm": name, "test_acc": s.mean, "test_acc_std": s.std, "seeds": s.n,
+                     "vs EMA as trained": "reference" if name == REFERENCE else
+                     "undefined" if name in undefined else
+                     by[name].word if by[name].testable else "not testable"})
+    n = len(ref)
+    parts = [f"{name} {by[name].text() if by[name].testable else _value(by[name].b)}"
+             for name in tested]
+    untested = sorted({c.word for c in tests if not c.testable})
+    verdict = (f"Test accuracy of the same trained models ({n} seed{'s' if n != 1 else ''}), "
+               f"each method against the EMA they trained with ({_value(summary(ref))}; paired "
+               f"t over seeds, Holm-corrected, 'better'/'worse' need p < 0.05): "
+               + "; ".join(parts) + "."
+               + (f" Undefined (one value per channel): {', '.join(undefined)}."
+                  if undefined else "")
+               + (f" [{'; '.join(untested)}]" if untested else ""))
+    better = [name for name in tested if by[name].word == "better"]
+    worse = [name for name in tested if by[name].word == "worse"]
+    headline = (f"EMA as trained {_value(summary(ref))}; clearly better: "
+                f"{', '.join(better) or 'none'}; clearly worse: {', '.join(worse) or 'none'} "
+                f"({n} seed{'s' if n != 1 else ''}, same models)")
+    return rows, verdict, tests, headline, literature(by.get(PRECISE))
+
+
+def analyze(results: list[ArmResult]) -> Findings:
+    (bn,) = results
+    rows, verdict, tests, headline, lit = analyze_values(method_values(bn))
+    n = len(bn.runs)
 
     def plot(path: Path) -> None:
         shown = [r for r in rows if not math.isnan(r["test_acc"])]
@@ -134,11 +178,28 @@ def analyze(results: list[ArmResult]) -> Findings:
         note = f"; undefined, not shown: {', '.join(missing)}" if missing else ""
         plot_bars([r["arm"] for r in shown], [r["test_acc"] for r in shown],
                   [r["test_acc_std"] for r in shown], path, "test accuracy",
-                  f"Statistics used at inference (same trained models, mean +- std{note})")
+                  f"Statistics used at inference (same trained models, mean +- sample std, "
+                  f"{n} seed{'s' if n != 1 else ''}{note})")
 
-    return Findings(rows, verdict, plot)
+    return Findings(rows, verdict, plot, tests, headline, lit)
 
 
-STUDY = Study("inference-stats", "Why running averages at inference, and what is wrong with "
-              "them?", arms, analyze,
-              needs="it re-estimates the statistics of LeNet-BN's layers")
+STUDY = Study(
+    "inference-stats", "Why running averages at inference, and what is wrong with them?", arms,
+    analyze, seeds=SEEDS, needs="it re-estimates the statistics of LeNet-BN's layers",
+    setup="LeNet-BN (bnlab's BN) on Fashion-MNIST (60k train, 10k test), batch 256, plain SGD "
+    "at lr 1.0, 5 epochs, 5 seeds. Each seed's trained model is evaluated on the test set with "
+    "different statistics in its BN layers: the EMA it trained with (momentum 0.1); the EMA "
+    "re-estimated from scratch over 200 training batches with the weights frozen (momentum "
+    "0.01, 0.1, 0.5, and the cumulative average); PreciseBN population statistics over 10^2, "
+    "10^3 and 10^4 training examples; the test batch's own statistics at batch 256 and 1. "
+    "Verdict: each method against the EMA as trained, on the same models, by a paired t-test "
+    "over seeds, Holm-corrected over all the methods. The learner's other question, training "
+    "that normalizes with the running averages instead of the batch's statistics, is answered "
+    "by the study train-with-running-averages.",
+    caveats="All methods evaluate the same few models, so the comparison says how much the "
+    "statistics matter for these weights, not how training would change with them. The "
+    "models end at a constant lr 1.0, where the EMA lags the weights most; with a decaying "
+    "lr the EMA and the population statistics converge. Re-estimation and PreciseBN see the "
+    "training set in one fixed order. Test-batch statistics at batch 1 are undefined for the "
+    "linear layers' BN (one value per channel) and are reported as such, not tested.")

@@ -11,12 +11,13 @@ from bnlab.studies import (
     landscape,
     lr,
     placement,
+    reproduce,
 )
 from bnlab.studies.base import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
-    chapter.STUDY, lr.STUDY, batch_size.STUDY, inference_stats.STUDY, axes.STUDY, ics.STUDY,
-    placement.STUDY, landscape.STUDY)}
+    reproduce.STUDY, chapter.STUDY, lr.STUDY, batch_size.STUDY, inference_stats.STUDY,
+    axes.STUDY, ics.STUDY, placement.STUDY, landscape.STUDY)}
 
 
 def get_study(name: str) -> Study:

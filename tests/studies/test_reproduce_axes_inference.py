@@ -1,0 +1,219 @@
+"""The analyses of reproduce, axes and inference-stats on synthetic results (no training):
+a clear effect is worded from the Holm-corrected test, a reversed one flips it, equal arms
+are "no clear difference", one seed is never clear, diverged seeds count as failed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from bnlab.studies import axes, inference_stats, reproduce
+from bnlab.studies.base import ArmResult
+from bnlab.studies.stats import ALPHA
+
+SPREAD = [0.00, 0.03, -0.02, 0.015, -0.025]  # seed-to-seed variation shared by every arm
+JITTER = [0.001, -0.001, 0.0005, -0.0005, 0.0]  # per-arm noise, much smaller than an effect
+
+
+class FakeDir:
+    def read_done(self) -> dict[str, Any]:
+        return {"device": "cpu"}
+
+
+@dataclass
+class FakeRun:
+    config: Any
+    final: dict[str, float]
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    dir: FakeDir = field(default_factory=FakeDir)
+
+
+def arm_result(arm, accs: list[float], *, losses: list[float] | None = None,
+               precise: bool = True) -> ArmResult:
+    runs = []
+    for seed, acc in enumerate(accs):
+        loss = 1.0 - acc if losses is None else losses[seed]
+        final = {"test_acc": acc, "train_loss": loss, "train_acc": acc + 0.02,
+                 "examples_per_sec": 1000.0, "wall_time": 1.0, "epoch": 2}
+        if precise:
+            final["test_acc_precise"] = acc  # the no-BN arms stand in with test_acc
+        metrics = [{**final, "epoch": 1}, final]
+        runs.append(FakeRun(replace(arm.config, seed=seed), final, metrics))
+    return ArmResult(arm, runs)
+
+
+def accs(mean: float, seeds: int = 5, jitter: int = 0) -> list[float]:
+    return [mean + SPREAD[s] + JITTER[(s + jitter) % 5] for s in range(seeds)]
+
+
+# --- reproduce -------------------------------------------------------------------------------
+
+def repro(none: float, bn: float, torch: float, seeds: int, **kw: Any) -> Any:
+    arms = {a.name: a for a in reproduce.arms(False)}
+    return reproduce.analyze([
+        arm_result(arms["no-bn"], accs(none, seeds, 1), precise=False, **kw),
+        arm_result(arms["bnlab-bn"], accs(bn, seeds, 2)),
+        arm_result(arms["torch-bn"], accs(torch, seeds, 3))])
+
+
+def test_reproduce_one_seed_tests_nothing_and_reports_the_runs():
+    f = repro(0.78, 0.86, 0.86, 1)
+    assert f.comparisons and not any(c.testable or c.clear for c in f.comparisons)
+    assert "better" not in f.verdict and "not testable" in f.verdict
+    assert "no-bn: loss" in f.verdict and "bnlab-bn: loss" in f.verdict
+    assert f.literature.startswith("cannot be tested against Dive into Deep Learning")
+    assert "0.860 vs 0.779 without BN" in f.headline and "(1 seed)" in f.headline
+
+
+def test_reproduce_bn_clearly_better_agrees_with_the_textbook():
+    f = repro(0.78, 0.86, 0.86, 5)
+    acc = next(c for c in f.comparisons if c.label.startswith("LeNet: BN")
+               and c.metric == "test_acc")
+    assert acc.test == "paired t" and acc.clear and acc.word == "better"
+    assert f.literature.startswith("agrees with Dive into Deep Learning")
+    twin = next(c for c in f.comparisons if "torch" in c.label and c.metric == "test_acc")
+    assert twin.word == "no clear difference"
+
+
+def test_reproduce_reversed_effect_does_not_reproduce():
+    f = repro(0.86, 0.78, 0.78, 5)
+    acc = next(c for c in f.comparisons if c.metric == "test_acc")
+    assert acc.word == "worse" and f.literature.startswith("does not reproduce")
+
+
+def test_reproduce_equal_arms_no_clear_difference():
+    f = repro(0.80, 0.80, 0.80, 5)
+    assert all(c.word == "no clear difference" for c in f.comparisons if c.metric != "train_loss")
+    assert f.literature.startswith("does not reproduce")
+
+
+def test_reproduce_diverged_seed_is_failed_and_untestable():
+    f = repro(0.78, 0.86, 0.86, 5, losses=[math.nan, 0.5, 0.5, 0.5, 0.5])
+    assert f.rows[0]["diverged"] >= 1 and f.rows[0]["failed"] >= 1
+    loss = next(c for c in f.comparisons if c.metric == "train_loss")
+    assert not loss.testable and not loss.clear
+
+
+def test_reproduce_run_layout_keeps_the_documented_paths():
+    assert reproduce.STUDY.seeds == 1
+    assert reproduce.run_path("no-bn", 0, 1) == "no-bn"
+    assert reproduce.run_path("no-bn", 3, 5) == "no-bn-s3"
+
+
+# --- axes ------------------------------------------------------------------------------------
+
+AXES = {"none": 0.70, "bnlab": 0.86, "per-activation": 0.84, "layer": 0.83, "group": 0.85,
+        "instance-conv": 0.80}
+
+
+def axes_findings(means: dict[str, float], seeds: int = 5) -> Any:
+    arms = axes.arms(False)
+    return axes.analyze([arm_result(a, accs(means[a.name], seeds, i),
+                                    precise=a.name in ("bnlab", "per-activation"))
+                         for i, a in enumerate(arms)])
+
+
+def _word(f: Any, label_start: str) -> str:
+    return next(c.word for c in f.comparisons if c.label.startswith(label_start)
+                and c.metric == "test_acc")
+
+
+def test_axes_other_layers_behind_bn_agree_with_wu_he():
+    f = axes_findings(AXES)
+    assert len(f.comparisons) == 2 * (len(AXES) - 1)
+    assert all(c.test == "paired t" and not math.isnan(c.p_holm) for c in f.comparisons)
+    assert _word(f, "LayerNorm") == "worse" and _word(f, "no norm") == "worse"
+    assert f.literature.startswith("agrees with Wu & He 2018")
+
+
+def test_axes_reversed_effect_flips_the_verdict():
+    f = axes_findings({**AXES, "layer": 0.89})
+    assert _word(f, "LayerNorm") == "better"
+    assert f.literature.startswith("does not reproduce Wu & He 2018")
+    assert "clearly better: LayerNorm" in f.headline
+
+
+def test_axes_equal_arms_no_clear_difference():
+    f = axes_findings(dict.fromkeys(AXES, 0.85))
+    assert all(c.word == "no clear difference" for c in f.comparisons)
+    assert f.literature.startswith("does not reproduce Wu & He 2018")
+    assert "at this scale" in f.literature and "ahead of per-channel" not in f.literature
+
+
+def test_axes_one_seed_is_never_clear():
+    f = axes_findings(AXES, seeds=1)
+    assert not any(c.clear for c in f.comparisons)
+    assert f.literature.startswith("cannot be tested")
+
+
+def test_axes_holm_is_stricter_than_the_raw_p():
+    f = axes_findings({**AXES, "group": 0.8605})
+    c = next(c for c in f.comparisons if c.label.startswith("GroupNorm"))
+    assert c.p_holm >= c.p
+
+
+# --- inference-stats -------------------------------------------------------------------------
+
+def values(delta: dict[str, float], seeds: int = 5) -> dict[str, list[float]]:
+    """Every method's accuracy on the same models: the models' own spread (shared) plus the
+    method's effect."""
+    names = ["EMA as trained (0.1)", "EMA 0.1, 200 batches", "PreciseBN 10^2",
+             "PreciseBN 10^4", "test batch 256", "test batch 1"]
+    out = {}
+    for i, name in enumerate(names):
+        out[name] = [0.80 + SPREAD[s] + delta.get(name, 0.0) + JITTER[(s + i) % 5] / 5
+                     for s in range(seeds)]
+    out["test batch 1"] = [math.nan] * seeds
+    return out
+
+
+def test_inference_precise_better_agrees_with_wu_johnson_and_is_paired():
+    rows, verdict, tests, headline, lit = inference_stats.analyze_values(
+        values({"PreciseBN 10^4": 0.01, "PreciseBN 10^2": -0.02}))
+    by = {c.label.split(" vs ")[0]: c for c in tests}
+    assert all(c.test == "paired t" for c in tests)
+    # the models' spread (+-0.02) dwarfs the effect (0.01): only pairing makes it clear
+    assert by["PreciseBN 10^4"].word == "better" and by["PreciseBN 10^2"].word == "worse"
+    assert by["PreciseBN 10^4"].p_holm < ALPHA
+    assert lit.startswith("agrees with Wu & Johnson 2021")
+    assert "test batch 1" not in by and "Undefined" in verdict
+    assert {r["arm"]: r["vs EMA as trained"] for r in rows}["test batch 1"] == "undefined"
+    assert "clearly better: PreciseBN 10^4" in headline
+
+
+def test_inference_reversed_effect_flips_the_verdict():
+    _, _, tests, _, lit = inference_stats.analyze_values(values({"PreciseBN 10^4": -0.01}))
+    by = {c.label.split(" vs ")[0]: c for c in tests}
+    assert by["PreciseBN 10^4"].word == "worse"
+    assert lit.startswith("does not reproduce Wu & Johnson 2021")
+
+
+def test_inference_equal_methods_no_clear_difference():
+    _, _, tests, _, lit = inference_stats.analyze_values(values({}))
+    assert all(c.word == "no clear difference" for c in tests)
+    assert lit.startswith("does not reproduce")
+
+
+@pytest.mark.parametrize("seeds", [1])
+def test_inference_one_seed_is_not_testable(seeds):
+    _, _, tests, _, lit = inference_stats.analyze_values(
+        values({"PreciseBN 10^4": 0.05}, seeds))
+    assert tests and not any(c.testable or c.clear for c in tests)
+    assert lit.startswith("cannot be tested")
+
+
+def test_inference_a_nan_seed_is_not_testable():
+    v = values({"PreciseBN 10^4": 0.05})
+    v["PreciseBN 10^4"][2] = math.nan
+    _, _, tests, _, _ = inference_stats.analyze_values(v)
+    c = next(c for c in tests if c.label.startswith("PreciseBN 10^4"))
+    assert not c.testable and not c.clear
+
+
+def test_inference_stats_has_no_running_average_training_arm():
+    assert [a.name for a in inference_stats.arms(False)] == ["bn"]
+    assert "train-with-running-averages" in inference_stats.STUDY.setup
+    assert inference_stats.STUDY.seeds == axes.STUDY.seeds == 5
