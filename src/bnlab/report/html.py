@@ -36,6 +36,7 @@ th { background: #f3f3f3; }
 nav a { margin-right: 1rem; }
 .verdict { background: #eef6ee; border-left: 4px solid #4a4; padding: 0.5rem 1rem; }
 pre { background: #f7f7f7; overflow-x: auto; padding: 0.5rem; font-size: 0.8rem; }
+.provenance { color: #555; font-size: 0.85rem; }
 """
 
 
@@ -60,6 +61,7 @@ class Section:
     figure: bytes | None  # PNG bytes, or None when missing or not a PNG
     configs: dict[str, dict]  # run path -> config
     source: Path  # the file the section was read from
+    provenance: str = ""  # code versions, torch, machine, threads, wall time (one line)
 
 
 def _md_table_to_html(md: str) -> Markup:
@@ -103,14 +105,48 @@ def load_section(directory: str | Path) -> Section:
     source = d / "study.json"
     fix = (f"rebuild the study's files with `bnlab study NAME --analyze-only --out {d}` "
            f"(or restore them)")
-    name, question, runs = _study_fields(read_json(source, fix), source, fix)
+    meta = read_json(source, fix)
+    name, question, runs = _study_fields(meta, source, fix)
     inside(d, name, source, flat=True)  # it names the figure's copy: checked here
+    # A published record (docs/studies/NAME) has no run directories: the arm's config stands in.
+    arm_of = {run: arm.get("config", {}) for arm in meta["arms"] for run in arm["runs"]}
     configs = {}
     for run in runs:
         cfg = inside(d, run, source) / "config.json"
-        configs[run] = read_json(cfg, fix) if cfg.exists() else {}
+        configs[run] = read_json(cfg, fix) if cfg.exists() else arm_of.get(run, {})
     return Section(name, question, read_text(d / "verdict", fix).strip(),
-                   read_text(d / "table.md", fix), _png(d / "figure.png"), configs, source)
+                   read_text(d / "table.md", fix), _png(d / "figure.png"), configs, source,
+                   provenance_line(meta))
+
+
+def _commit(code: Any) -> str:
+    if not isinstance(code, dict):
+        return "unrecorded"
+    if "commit" not in code:
+        return f"package {code.get('package', '?')}"
+    return str(code["commit"])[:10] + ("" if code.get("clean") else " (uncommitted changes)")
+
+
+def provenance_line(meta: dict[str, Any]) -> str:
+    """Where a study's numbers come from, in one line (empty for a record without one)."""
+    prov = meta.get("provenance")
+    if not isinstance(prov, dict):
+        return ""
+    analysis = prov.get("analysis") if isinstance(prov.get("analysis"), dict) else {}
+    runs = [r for r in prov.get("runs") or [] if isinstance(r, dict)]
+    machine = analysis.get("machine") if isinstance(analysis.get("machine"), dict) else {}
+    wall = meta.get("wall_time") if isinstance(meta.get("wall_time"), dict) else {}
+    try:
+        seconds = float(wall.get("training") or 0.0)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    trained = "; ".join(f"{_commit(r.get('code'))} ({r.get('runs', '?')} runs, torch "
+                        f"{r.get('torch', '?')})" for r in runs) or "unrecorded"
+    return (f"Trained at {trained}; analysed at {_commit(analysis.get('code'))}; "
+            f"{machine.get('cpus', '?')}-CPU {machine.get('arch', '?')} machine, "
+            f"{analysis.get('threads', '?')} threads; {meta.get('seeds', '?')} seeds; "
+            f"training wall time "
+            f"{f'{seconds / 60:.1f} min' if seconds >= 60 else f'{seconds:.0f} s'}.")
 
 
 def _img(png: bytes | None) -> Markup:
@@ -132,12 +168,14 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
                "<h1>bnlab report</h1><nav>{}</nav>", Markup(CSS), nav)]
     md = ["# bnlab report", ""]
     for s in sections:
+        tables = Markup("".join(_md_table_to_html(block) for block in
+                                s.table_md.strip().split("\n\n") if block.strip()))
         parts.append(h("<section id='{}'><h2>{}: {}</h2><p class='verdict'>{}</p>{}{}"
+                       "<p class='provenance'>{}</p>"
                        "<details><summary>configuration of every run ({})</summary>"
                        "<pre>{}</pre></details></section>",
-                       s.name, s.name, s.title, s.verdict, _img(s.figure),
-                       _md_table_to_html(s.table_md), len(s.configs),
-                       json.dumps(s.configs, indent=1)))
+                       s.name, s.name, s.title, s.verdict, _img(s.figure), tables,
+                       s.provenance, len(s.configs), json.dumps(s.configs, indent=1)))
         figure_md = ""
         if s.figure is not None:  # a copy beside the Markdown file
             figure = inside(out, f"figures/{s.name}.png", s.source)
@@ -145,7 +183,7 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
             figure.write_bytes(s.figure)
             figure_md = f"![{s.name}](figures/{s.name}.png)"
         md += [f"## {s.name}: {s.title}", "", f"**Verdict:** {s.verdict}", "", figure_md, "",
-               s.table_md, ""]
+               s.table_md, ""] + ([f"**Provenance:** {s.provenance}", ""] if s.provenance else [])
     # Records, once the page has loaded, how many figures decoded and whether the page fits the
     # window's width (read back by the headless-browser test; harmless for a reader).
     parts.append(Markup(

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from bnlab.files import read_json, read_text
+from bnlab.report.html import provenance_line
 
 __all__ = ["write_studies_doc"]
 
@@ -45,33 +45,6 @@ one HTML page with every run's configuration: [docs/report/report.html](report/r
   over 10,000 training examples (the accuracy the weights deserve, free of the averages' lag).
   Verdicts on accuracy give both and say when they disagree.
 """
-
-
-def _commit(code: Any) -> str:
-    if not isinstance(code, dict):
-        return "unrecorded"
-    if "commit" not in code:
-        return f"package {code.get('package', '?')}"
-    return f"`{str(code['commit'])[:10]}`" + ("" if code.get("clean") else " (uncommitted changes)")
-
-
-def _minutes(seconds: Any) -> str:
-    s = float(seconds or 0.0)
-    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
-
-
-def _provenance(meta: dict[str, Any]) -> str:
-    prov = meta.get("provenance") or {}
-    analysis = prov.get("analysis") or {}
-    runs = prov.get("runs") or []
-    trained = "; ".join(f"{_commit(r.get('code'))} ({r.get('runs', '?')} runs, torch "
-                        f"{r.get('torch', '?')})" for r in runs) or "unrecorded"
-    machine = analysis.get("machine") or {}
-    wall = meta.get("wall_time") or {}
-    return (f"Trained at {trained}; analysed at {_commit(analysis.get('code'))}; "
-            f"{machine.get('cpus', '?')}-CPU {machine.get('arch', '?')} machine, "
-            f"{analysis.get('threads', '?')} threads; training wall time "
-            f"{_minutes(wall.get('training'))}.")
 
 
 def _cell(text: str) -> str:
@@ -109,7 +82,7 @@ def write_studies_doc(directories: list[str | Path], path: str | Path,
             lines += [f"**Against the literature.** {meta['literature']}", ""]
         if meta.get("caveats"):
             lines += [f"**Caveats.** {meta['caveats']}", ""]
-        lines += [f"**Provenance.** {_provenance(meta)}", ""]
+        lines += [f"**Provenance.** {provenance_line(meta)}", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
