@@ -33,6 +33,7 @@ BAD = {
     cli.non_negative_float: ["-1", "nan", "-inf", "x"],
     cli.fraction: ["1", "-0.1", "nan", "x"],
     cli.out_dir: ["", " ", "FILE"],
+    cli.out_file: ["", " ", "DIR"],
     cli.existing_dir: ["", "MISSING", "FILE"],
     cli.dir_name: ["", " "],
 }
@@ -80,8 +81,8 @@ def test_every_typed_flag_uses_a_checked_type():
                          ids=[f"{c}{f}={v!r}" for c, f, v in FLAG_CASES])
 def test_bad_flag_value_is_a_usage_error(bnlab_cli, tmp_path, cmd, flag, value):
     (tmp_path / "FILE").write_text("a file, not a directory\n")
-    value = {"FILE": str(tmp_path / "FILE"), "MISSING": str(tmp_path / "missing")}.get(value,
-                                                                                         value)
+    value = {"FILE": str(tmp_path / "FILE"), "MISSING": str(tmp_path / "missing"),
+             "DIR": str(tmp_path)}.get(value, value)
     r = bnlab_cli(*BASE[cmd], flag, value, cwd=tmp_path)
     assert_usage_error(r, f"argument {flag}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]  # nothing written
