@@ -57,7 +57,7 @@ def test_gaussian_init_has_the_asked_std_and_zero_biases():
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     first = linears[0].weight.detach()  # 100 x 784: 78,400 draws, the std within 1%
     assert abs(float(first.std()) - 0.01) < 1e-4 and abs(float(first.mean())) < 1e-4
-    assert all(float(m.bias.abs().max()) == 0 for m in linears)
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in linears)
     wide = make_model(TrainConfig(model="mlp3", norm="none", init="gaussian-0.5", fuse=False))
     assert abs(float(next(wide.parameters()).detach().std()) - 0.5) < 5e-3
 
