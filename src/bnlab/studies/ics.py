@@ -257,7 +257,9 @@ def _plot(results: list[ArmResult], path: Path) -> None:
         runs = res.runs
         steps = [p["step"] for p in runs[0].probes]
         _band(axes[0], steps, [[p["test_acc"] for p in r.probes] for r in runs], res.arm.label)
-        moves = [[p["drift"] for p in r.probes[1:]] for r in runs]
+        # (a move is None at the first probe after a resume: a gap in the line)
+        moves = [[math.nan if p["drift"] is None else p["drift"] for p in r.probes[1:]]
+                 for r in runs]
         _band(axes[1], steps[1:], moves, res.arm.label)
         _band(axes[1], steps, [[p["noise"] for p in r.probes] for r in runs],
               f"{res.arm.label}: noise floor", ":")
