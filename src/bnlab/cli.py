@@ -321,7 +321,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         MAX_SEED,
         OPTIMIZERS,
         TrainConfig,
+        gaussian_std,
     )
+
+    def init_name(text: str) -> str:
+        if text in INITS[:2] or gaussian_std(text) is not None:
+            return text
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(INITS)} (STD a positive "
+                                         f"number, e.g. gaussian-0.01), got {text!r}")
 
     d = TrainConfig()
     p.add_argument("--config", dest="config_file", metavar="FILE",
@@ -350,9 +357,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="SGD momentum, in [0, 1) (default: %(default)s)")
     p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
                    help="L2 penalty (default: %(default)s)")
-    p.add_argument("--init", choices=INITS, default=d.init,
+    p.add_argument("--init", type=init_name, default=d.init, metavar="{" + ",".join(INITS) + "}",
                    help="xavier: Xavier-uniform conv/linear weights as the textbook; default: "
-                        "PyTorch's own (default: %(default)s)")
+                        "PyTorch's own; gaussian-STD: weights ~ N(0, STD^2), biases 0 "
+                        "(default: %(default)s)")
     p.add_argument("--seed", type=IntRange(MAX_SEED, "a seed", low=0), default=d.seed,
                    help="seed of the initial weights and batch order (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default=d.device,

@@ -30,6 +30,12 @@ def test_probed_runs_train_exactly_like_unprobed(tmp_path):
     assert numbers(ics) == numbers(plain)
     p = ics.probes[-1]
     assert p["p15"] <= p["p50"] <= p["p85"] and 0 <= p["test_acc"] <= 1
+    assert ics.probes[0]["drift"] is None and p["drift"] > 0 and p["noise"] > 0
+    # noisy BN draws its noise from the global RNG: the probe's forwards must give it back
+    noisy = replace(cfg, norm="noisy-bn")
+    plain = train(noisy, tmp_path / "plain-noisy", log=lambda m: None)
+    probed = train(noisy, tmp_path / "noisy", log=lambda m: None, probe=UnitInputProbe(5, 200))
+    assert numbers(probed) == numbers(plain)
     state = torch.load(tmp_path / "ics" / "checkpoint.pt", weights_only=True)
     assert state["probes"] == ics.probes  # kept in the checkpoint, so a resume keeps them
 

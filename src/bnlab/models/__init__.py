@@ -15,12 +15,12 @@ from torch import nn
 
 from bnlab.models.lenet import lenet, lenet_bn
 from bnlab.models.resnet import resnet18_cifar
-from bnlab.models.small import mlp, mlp3_sigmoid, small_cnn
+from bnlab.models.small import mlp, mlp3_sigmoid, mlp_deep, small_cnn
 from bnlab.models.vgg import vgg_cifar
 from bnlab.norm.registry import NormSpec
 
 __all__ = ["INPUTS", "MODELS", "build_model", "input_shape", "lenet", "lenet_bn", "mlp",
-           "mlp3_sigmoid", "resnet18_cifar", "small_cnn", "vgg_cifar"]
+           "mlp3_sigmoid", "mlp_deep", "resnet18_cifar", "small_cnn", "vgg_cifar"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
@@ -29,6 +29,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet-bn-after": partial(lenet_bn, after=True),
     "mlp": mlp,
     "mlp3": mlp3_sigmoid,
+    "mlp-deep": mlp_deep,
     "cnn": small_cnn,
     "resnet18-cifar": resnet18_cifar,
     "vgg-cifar": vgg_cifar,
@@ -39,7 +40,8 @@ _GREY_28, _COLOUR_32 = (1, 28, 28), (3, 32, 32)
 # the seed's networks read 28x28 grey images, the presets 32x32 colour ones.
 INPUTS: dict[str, tuple[int, int, int]] = {
     "lenet": _GREY_28, "lenet-bn": _GREY_28, "lenet-bn-maxpool": _GREY_28,
-    "lenet-bn-after": _GREY_28, "mlp": _GREY_28, "mlp3": _GREY_28, "cnn": _GREY_28,
+    "lenet-bn-after": _GREY_28, "mlp": _GREY_28, "mlp3": _GREY_28, "mlp-deep": _GREY_28,
+    "cnn": _GREY_28,
     "resnet18-cifar": _COLOUR_32, "vgg-cifar": _COLOUR_32,
 }
 

@@ -2,6 +2,8 @@
 
 ``mlp``: 784 -> 100 -> 10 with ReLU, a norm layer after the hidden linear layer.
 ``mlp3_sigmoid``: Ioffe & Szegedy's 3 x 100 sigmoid MLP (their Figure 1).
+``mlp_deep``: a deep ReLU MLP, 784 -> 6 x (linear 128 -> norm -> ReLU) -> 10 (185k weights):
+the landscape study's deeper network, cheap enough on CPU for several learning rates and seeds.
 ``small_cnn``: conv 3x3 (pad 1) -> norm -> ReLU -> max pool -> conv 5x5 -> norm -> ReLU ->
 max pool -> linear 400 -> 10.
 """
@@ -12,7 +14,7 @@ from torch import nn
 
 from bnlab.norm.registry import NormSpec, resolve
 
-__all__ = ["mlp", "mlp3_sigmoid", "small_cnn"]
+__all__ = ["mlp", "mlp3_sigmoid", "mlp_deep", "small_cnn"]
 
 
 def mlp(norm: NormSpec = "bnlab", hidden: int = 100) -> nn.Sequential:
@@ -21,6 +23,15 @@ def mlp(norm: NormSpec = "bnlab", hidden: int = 100) -> nn.Sequential:
         nn.Linear(28 * 28, hidden), *resolve(norm, hidden, 2), nn.ReLU(),
         nn.Linear(hidden, 10),
     )
+
+
+def mlp_deep(norm: NormSpec = "bnlab", hidden: int = 128, depth: int = 6) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]  # (B,1,28,28) -> (B,784)
+    width = 28 * 28
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), *resolve(norm, hidden, 2), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(hidden, 10))
 
 
 def small_cnn(norm: NormSpec = "bnlab") -> nn.Sequential:

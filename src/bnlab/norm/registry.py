@@ -23,6 +23,7 @@ from bnlab.norm.variants import (
     GroupNorm,
     InstanceNorm,
     LayerNorm,
+    NoisyBatchNorm,
     PerActivationBatchNorm,
     SyncBatchNorm,
 )
@@ -71,6 +72,8 @@ NORMS: dict[str, Builder | None] = {
     # renorm equal to BatchNorm for 5k steps and reaches these limits at 25k-40k).
     "renorm-fixed": lambda c, rank, spatial, **kw: BatchRenorm(c, warmup=False, **kw),
     "ghost": _any_rank(GhostBatchNorm),
+    # Santurkar et al.'s intervention: BN, then a random per-channel scale and shift each step.
+    "noisy-bn": _any_rank(NoisyBatchNorm),
     "sync": _any_rank(SyncBatchNorm),
     "frozen": _any_rank(FrozenBatchNorm),
     "per-activation": lambda c, rank, spatial, **kw: PerActivationBatchNorm(c, spatial, **kw),

@@ -6,6 +6,13 @@ on the same batch, and records: the range of the loss over those points ("loss l
 the largest change of the gradient ||g(w - eta g) - g(w)|| ("gradient predictiveness"), and
 the effective beta-smoothness, max ||g(w - eta g) - g(w)|| / ||eta g||. It restores weights,
 gradients and BN buffers afterwards, so the probed run trains exactly like an unprobed one.
+
+The arms with and without BN differ in their weights, so a step is paired by seed and step
+index: seed s of both arms sees the same batches in the same order, and at each probed step t
+the ratio r_t = m_BN(t) / m_none(t) of each measure m is taken. Per seed, the ratios are
+summarized by their geometric mean over steps, exp(mean_t log r_t); over seeds, the mean log
+ratio is tested against 0 (a paired t on the per-seed mean logs), at each learning rate, and
+all tests of the study go through one Holm correction. A ratio below 1 means smoother with BN.
 """
 
 from __future__ import annotations
@@ -13,17 +20,23 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bnlab.report.figures import new_figure, save
-from bnlab.studies.base import Arm, ArmResult, Findings, Study, summarize
-from bnlab.train import TrainConfig
+from bnlab.studies.base import Arm, ArmResult, Findings, Study, accuracy_comparisons, summarize
+from bnlab.studies.stats import Comparison, compare, holm, p_text
+from bnlab.train import Run, TrainConfig
 
 ETAS = (0.5, 1.0, 2.0, 4.0)
+LRS = (0.02, 0.1, 0.5)
 LABELS = {"none": "without BN", "bnlab": "with BN"}
+MEASURES = {"loss_range": "loss range", "grad_change": "gradient change",
+            "beta": "beta-smoothness"}
+SEEDS = 5
 
 
 class LandscapeProbe:
@@ -63,59 +76,185 @@ class LandscapeProbe:
                 "beta": max(betas), "grad_norm": gnorm}
 
 
+def arm_name(norm: str, lr: float) -> str:
+    return f"{norm}-lr{lr:g}"
+
+
 def arms(quick: bool) -> list[Arm]:
-    # The MNIST notebook's ReLU CNN: it trains without BN too (a sigmoid LeNet without BN sits
-    # on a flat plateau for a short run, which would make its landscape look smooth for the
-    # wrong reason). With lr 0.1 the probe's steps are 0.05 to 0.4, Santurkar et al.'s range.
-    lr = 0.1
-    cfg = {"model": "cnn", "lr": lr, "batch_size": 64, "epochs": 1 if quick else 2,
-           "limit_train": 1024 if quick else 20000, "limit_test": 1000 if quick else 5000}
-    every = 4 if quick else 20
-    return [Arm(norm, LABELS[norm], TrainConfig(norm=norm, **cfg), {"norm": norm},
-                probe=lambda: LandscapeProbe(every, lr)) for norm in LABELS]
+    # A deep ReLU MLP (7 linear layers, BN before each hidden ReLU): it trains without BN at
+    # every learning rate here, so a smooth landscape cannot come from a stalled network.
+    cfg = {"model": "mlp-deep", "batch_size": 128, "epochs": 1 if quick else 2,
+           "limit_train": 1024 if quick else None, "limit_test": 1000 if quick else None}
+    every = 2 if quick else 10
+    out = []
+    for lr in LRS[1:2] if quick else LRS:
+        for norm, label in LABELS.items():
+            out.append(Arm(arm_name(norm, lr), f"{label}, lr {lr:g}",
+                           TrainConfig(norm=norm, lr=lr, **cfg), {"norm": norm, "lr": lr},
+                           probe=lambda lr=lr: LandscapeProbe(every, lr)))
+    return out
+
+
+def _log(v: Any) -> float:
+    return math.log(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 \
+        else math.nan
+
+
+def paired_logs(off: Run, on: Run, key: str) -> tuple[float, float]:
+    """Mean over the steps both runs probed of log m_none and log m_BN (their difference is
+    the mean log ratio); NaN when a value is not finite or positive, or no step is shared."""
+    a = {p["step"]: _log(p.get(key)) for p in off.probes}
+    b = {p["step"]: _log(p.get(key)) for p in on.probes}
+    steps = sorted(set(a) & set(b))
+    if not steps:
+        return math.nan, math.nan
+    return (statistics.fmean(a[s] for s in steps), statistics.fmean(b[s] for s in steps))
+
+
+def ratio_comparison(off: ArmResult, on: ArmResult, key: str, label: str) -> Comparison:
+    """BN against none on the per-seed mean log of `key` over shared steps (paired by seed when
+    the arms share batches): ``diff`` is the mean log ratio, exp(diff) the typical ratio."""
+    pairs = [paired_logs(r0, r1, key) for r0, r1 in zip(off.runs, on.runs, strict=False)]
+    return compare([a for a, _ in pairs], [b for _, b in pairs], metric=f"log {MEASURES[key]}",
+                   label=label, paired=off.paired_with(on), higher_is_better=False)
+
+
+def ratio_text(c: Comparison) -> str:
+    """'0.42x (95% CI 0.30x to 0.58x, Holm p = 0.003: BN smoother)'."""
+    if not c.testable:
+        return c.test
+    word = {"better": "BN smoother", "worse": "BN rougher"}.get(c.word, c.word)
+    return (f"{math.exp(c.diff):.2g}x (95% CI {math.exp(c.low):.2g}x to {math.exp(c.high):.2g}x, "
+            f"Holm p = {p_text(c.p_holm)}: {word})")
+
+
+def tests(by: dict[str, ArmResult], lrs: list[float]) -> dict[tuple[float, str], Comparison]:
+    """Every comparison, Holm-corrected together: (lr, measure or accuracy key) -> test."""
+    raw: dict[tuple[float, str], Comparison] = {}
+    for lr in lrs:
+        off, on = by[arm_name("none", lr)], by[arm_name("bnlab", lr)]
+        for key in MEASURES:
+            raw[lr, key] = ratio_comparison(off, on, key, f"lr {lr:g}: BN / none")
+        acc, precise = accuracy_comparisons(off, on, f"lr {lr:g}: BN vs none")
+        raw[lr, "test_acc"], raw[lr, "test_acc_precise"] = acc, precise
+    return dict(zip(raw, holm(list(raw.values())), strict=True))
+
+
+def literature(t: dict[tuple[float, str], Comparison]) -> str:
+    """Agreement with Santurkar et al.'s smoothness claim, from the corrected ratio tests."""
+    ratios = {k: c for k, c in t.items() if k[1] in MEASURES}
+    smoother = [k for k, c in ratios.items() if c.word == "better"]
+    rougher = [k for k, c in ratios.items() if c.word == "worse"]
+    testable = [k for k, c in ratios.items() if c.testable]
+
+    def names(keys: list[tuple[float, str]]) -> str:
+        return ", ".join(f"{MEASURES[m]} at lr {lr:g}" for lr, m in keys)
+
+    if rougher:
+        return (f"does not reproduce Santurkar et al. (2018), 'How does batch normalization "
+                f"help optimization?': BN is clearly rougher in {names(rougher)}.")
+    if testable and len(smoother) == len(ratios):
+        return ("agrees with Santurkar et al. (2018), 'How does batch normalization help "
+                "optimization?': with BN the loss range, the gradient change and the effective "
+                "beta-smoothness along the gradient are all clearly smaller, at every "
+                "learning rate.")
+    if smoother:
+        return (f"partly agrees with Santurkar et al. (2018), 'How does batch normalization "
+                f"help optimization?': BN is clearly smoother in {len(smoother)} of "
+                f"{len(ratios)} tests ({names(smoother)}), with no clear difference (or no "
+                f"test) in the others.")
+    return (f"does not reproduce Santurkar et al. (2018), 'How does batch normalization help "
+            f"optimization?': no clear smoothing with BN in any of the {len(ratios)} tests"
+            f"{'' if testable else ' (none was testable)'}.")
 
 
 def analyze(results: list[ArmResult]) -> Findings:
     rows = summarize(results)
+    by = {r.arm.name: r for r in results}
+    lrs = sorted({r.arm.tags["lr"] for r in results})
     for row, res in zip(rows, results, strict=True):
-        for key in ("loss_range", "grad_change", "beta"):
-            medians = [statistics.median(p[key] for p in r.probes) for r in res.runs]
-            row[f"median_{key}"] = statistics.fmean(medians)
-            row[f"median_{key}_std"] = statistics.pstdev(medians)
-    off, on = rows[0], rows[1]
+        for key in MEASURES:  # per seed: the geometric mean ("gmean") over its probed steps
+            means = [math.exp(statistics.fmean(_log(p.get(key)) for p in r.probes))
+                     if r.probes else math.nan for r in res.runs]
+            finite = all(math.isfinite(v) for v in means)
+            row[f"{key}_gmean"] = statistics.fmean(means) if finite else math.nan
+            row[f"{key}_gmean_std"] = statistics.stdev(means) if finite and len(means) > 1 \
+                else math.nan
+    t = tests(by, lrs)
+    parts = [f"lr {lr:g}: " + "; ".join(f"{MEASURES[k]} {ratio_text(t[lr, k])}"
+                                         for k in MEASURES)
+             + f"; test accuracy {t[lr, 'test_acc'].word} (PreciseBN "
+               f"{t[lr, 'test_acc_precise'].word})" for lr in lrs]
+    verdict = ("Along the gradient, BN / no-BN ratio per step (same seed and step; geometric "
+               "mean over steps, paired t over seeds on the log ratio, Holm): "
+               + ". ".join(parts) + ".")
+    smoother = sum(1 for k, c in t.items() if k[1] in MEASURES and c.word == "better")
 
-    def ratio(key: str) -> str:
-        a, b = off[f"median_{key}"], on[f"median_{key}"]
-        sa, sb = off[f"median_{key}_std"], on[f"median_{key}_std"]
-        clear = "BN smoother" if a - b > 2 * max(sa, sb) else (
-            "BN rougher" if b - a > 2 * max(sa, sb) else "within noise")
-        return f"{a:.3g} +- {sa:.2g} vs {b:.3g} +- {sb:.2g} ({a / max(b, 1e-12):.2g}x, {clear})"
+    def ratios(key: str) -> str:
+        return "/".join(f"{math.exp(t[lr, key].diff):.2g}" if t[lr, key].testable else "n/a"
+                        for lr in lrs)
 
-    verdict = (f"Along the gradient, without BN vs with BN (medians over training, mean +- std "
-               f"over seeds): loss range {ratio('loss_range')}; gradient change "
-               f"{ratio('grad_change')}; effective beta-smoothness {ratio('beta')}.")
+    headline = (f"BN / no-BN per-step ratio at lr {'/'.join(f'{lr:g}' for lr in lrs)}: loss "
+                f"range {ratios('loss_range')}, gradient change {ratios('grad_change')}, "
+                f"beta-smoothness {ratios('beta')} ({smoother} of {3 * len(lrs)} clearly "
+                f"smoother).")
 
     def plot(path: Path) -> None:
-        fig, axes = new_figure(1, 3, figsize=(14, 3.6))
-        keys = {"loss_range": "loss range along the gradient",
-                "grad_change": "largest gradient change", "beta": "effective beta-smoothness"}
-        for res in results:
-            p = res.runs[0].probes
-            steps = [q["step"] for q in p]
-            for ax, key in zip(axes, keys, strict=True):
-                ax.plot(steps, [q[key] for q in p], label=res.arm.label)
-        for ax, title in zip(axes, keys.values(), strict=True):
-            ax.set_title(f"{title} (seed 0)")
-        for ax in axes:
-            ax.set_yscale("log")
-            ax.set_xlabel("training step")
-            ax.grid(alpha=0.3)
-            ax.legend()
-        save(fig, path)
+        _plot(by, lrs, path)
 
-    return Findings(rows, verdict, plot)
+    return Findings(rows, verdict, plot, list(t.values()), headline, literature(t))
 
 
-STUDY = Study("landscape", "Does BN make the loss landscape smoother (Santurkar et al.)?",
-              arms, analyze,
-              needs="its analysis pairs BN and no-BN runs of the textbook's LeNet")
+def _plot(by: dict[str, ArmResult], lrs: list[float], path: Path) -> None:
+    """Per-step BN / no-BN ratio of each measure, geometric mean +- sample std over seeds."""
+    fig, axes = new_figure(1, 3, figsize=(14, 3.8))
+    n = 0
+    for lr in lrs:
+        off, on = by[arm_name("none", lr)], by[arm_name("bnlab", lr)]
+        n = len(off.runs)
+        for ax, key in zip(axes, MEASURES, strict=True):
+            per_seed = []
+            for r0, r1 in zip(off.runs, on.runs, strict=False):
+                b = {p["step"]: _log(p.get(key)) for p in r1.probes}
+                per_seed.append({p["step"]: b[p["step"]] - _log(p.get(key))
+                                 for p in r0.probes if p["step"] in b})
+            steps = sorted(set.intersection(*(set(s) for s in per_seed)))
+            mean = [statistics.fmean(s[t] for s in per_seed) for t in steps]
+            line = ax.plot(steps, [math.exp(m) for m in mean], label=f"lr {lr:g}")[0]
+            if len(per_seed) > 1:
+                std = [statistics.stdev(s[t] for s in per_seed) for t in steps]
+                ax.fill_between(steps, [math.exp(m - s) for m, s in zip(mean, std, strict=True)],
+                                [math.exp(m + s) for m, s in zip(mean, std, strict=True)],
+                                color=line.get_color(), alpha=0.2)
+    for ax, title in zip(axes, MEASURES.values(), strict=True):
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_title(f"{title}: BN / no BN")
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, path, f"Per-step ratio along the gradient (geometric mean +- sample std, {n} "
+                    f"seeds; below 1: smoother with BN)")
+
+
+STUDY = Study(
+    "landscape", "Does BN make the loss landscape smoother (Santurkar et al.)?", arms, analyze,
+    seeds=SEEDS, needs="its analysis pairs BN and no-BN runs of bnlab's deep MLP step by step",
+    setup=("A deep ReLU MLP on Fashion-MNIST (784 -> six hidden layers of 128 -> 10, about "
+           "185k weights; with BN, a BatchNorm before each hidden ReLU), Xavier init, plain "
+           "SGD, batch 128, 2 epochs, at three learning rates (0.02, 0.1, 0.5), 5 seeds. Every "
+           "10 steps a probe moves the weights along the step's gradient by 0.5, 1, 2 and 4 "
+           "times the learning rate on the step's batch and records the loss range, the "
+           "largest gradient change and the effective beta-smoothness, then restores "
+           "everything. For each seed and probed step, the BN / no-BN ratio of each measure "
+           "(both arms saw the same batch); per seed the geometric mean over steps; over seeds "
+           "a paired t on the log ratios, with the test accuracies, Holm-corrected together. "
+           "A difference is clear at Holm p < 0.05."),
+    caveats=("Santurkar et al. measured a VGG on CIFAR-10; a conv net of that size does not fit "
+             "this study's CPU budget, so the deeper network here is a ReLU MLP (no "
+             "convolutions) and training is 2 epochs. The probe's step sizes scale with the "
+             "learning rate, so the three learning rates also probe three ranges of the "
+             "landscape. The arms have different weights at the same step: the ratio compares "
+             "the landscapes each arm's own training reached, not one point in weight space. "
+             "A diverged run has no finite measures and makes its learning rate untestable."),
+)

@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 __all__ = ["CUSTOM", "MAX_DIST_TIMEOUT", "MAX_SEED", "MAX_THREADS", "OWN_NORM",
-           "RESUME_FREE_FIELDS", "TrainConfig"]
+           "RESUME_FREE_FIELDS", "TrainConfig", "gaussian_std"]
 
 OPTIMIZERS = ("sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
-INITS = ("xavier", "default")
+INITS = ("xavier", "default", "gaussian-STD")
+GAUSSIAN_INIT = "gaussian-"  # "gaussian-0.01": weights ~ N(0, 0.01^2), biases 0
 # Fields that may change between an interrupted run and its resumption (they do not change the
 # numbers on CPU): everything else must match the run directory's config.json.
 RESUME_FREE_FIELDS = frozenset({"threads", "data_dir", "progress", "dist_timeout",
@@ -45,7 +46,10 @@ class TrainConfig:
     optimizer: str = "sgd"  # plain SGD, no momentum, as the textbook
     momentum: float = 0.0
     weight_decay: float = 0.0
-    init: str = "xavier"  # Xavier-uniform on conv/linear weights, as the textbook
+    # "xavier": Xavier-uniform on conv/linear weights, as the textbook; "default": each
+    # layer's own (torch's); "gaussian-STD" (e.g. "gaussian-0.01"): weights ~ N(0, STD^2) and
+    # zero biases, Ioffe & Szegedy's "small random Gaussian values" (their Figure 1).
+    init: str = "xavier"
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -105,8 +109,9 @@ class TrainConfig:
             raise bad("optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
         if self.device not in DEVICES:
             raise bad("device", f"choose one of {', '.join(DEVICES)}")
-        if self.init not in INITS:
-            raise bad("init", f"choose one of {', '.join(INITS)}")
+        if self.init not in INITS[:2] and gaussian_std(self.init) is None:
+            raise bad("init", f"choose one of {', '.join(INITS)} (STD a positive number, "
+                              f"e.g. gaussian-0.01)")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be a positive integer")
@@ -186,6 +191,17 @@ class TrainConfig:
             else:
                 out.append(f"{k}: {_short(x)} != {_short(y)}")
         return out
+
+
+def gaussian_std(init: str) -> float | None:
+    """The STD of a "gaussian-STD" init (a positive finite number), else None."""
+    if not init.startswith(GAUSSIAN_INIT):
+        return None
+    try:
+        std = float(init[len(GAUSSIAN_INIT):])
+    except ValueError:
+        return None
+    return std if math.isfinite(std) and std > 0 else None
 
 
 def _matched(d: dict[str, Any]) -> dict[str, Any]:

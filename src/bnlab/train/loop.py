@@ -30,7 +30,7 @@ from bnlab.norm.fused import fuse
 from bnlab.norm.precise import precise_bn
 from bnlab.norm.state import load_state_dict
 from bnlab.provenance import provenance
-from bnlab.train.config import TrainConfig
+from bnlab.train.config import TrainConfig, gaussian_std
 from bnlab.train.distributed import Dist, setup
 from bnlab.train.inputs import Inputs, resolve
 from bnlab.train.progress import Progress
@@ -64,16 +64,23 @@ def make_model(config: TrainConfig, network: nn.Module | None = None) -> nn.Modu
 
     `network`: the user's, built already; it is initialized as bnlab's models are (the
     textbook's ``train_ch6`` applies Xavier to any net too; ``init="default"`` keeps its own).
+    ``init="gaussian-STD"``: weights ~ N(0, STD^2), biases 0.
 
     With ``config.fuse``, BatchNorm -> sigmoid (-> avg pool) runs become single fused layers:
     the same function and state-dict keys, fewer passes where bnlab's kernels serve them.
     """
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.norm) if network is None else network
-    if config.init == "xavier":
-        for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.xavier_uniform_(m.weight)
+    std = gaussian_std(config.init)
+    for m in model.modules():
+        if not isinstance(m, (nn.Linear, nn.Conv2d)):
+            continue
+        if config.init == "xavier":
+            nn.init.xavier_uniform_(m.weight)
+        elif std is not None:  # Ioffe & Szegedy's small Gaussian weights
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     if config.bn_momentum is not None:
         for bn in tracked_batch_norms(model):
             bn.momentum = config.bn_momentum

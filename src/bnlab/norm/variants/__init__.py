@@ -14,6 +14,7 @@ from bnlab.norm.variants.frozen import (
     FrozenBatchNorm3d,
 )
 from bnlab.norm.variants.ghost import GhostBatchNorm
+from bnlab.norm.variants.noisy import NoisyBatchNorm
 from bnlab.norm.variants.renorm import BatchRenorm
 from bnlab.norm.variants.sync import SyncBatchNorm
 
@@ -27,6 +28,7 @@ __all__ = [
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
+    "NoisyBatchNorm",
     "PerActivationBatchNorm",
     "SyncBatchNorm",
     "group_norm",

@@ -1,0 +1,200 @@
+"""The ics and landscape analyses on synthetic runs: a reversed effect flips the verdict, equal
+arms give no clear difference, NaN seeds are failed and untestable, one seed is never clear."""
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from bnlab.studies import ics, landscape
+from bnlab.studies.base import Arm, ArmResult
+from bnlab.train import TrainConfig
+
+JITTER = (0.011, -0.017, 0.004, 0.013, -0.009)  # per seed, shared by the arms (paired)
+WOBBLE = (0.002, -0.001, 0.0015, -0.002, 0.0005)  # per seed, differs between arms
+
+
+@dataclass
+class FakeRun:
+    """What the analyses read from a Run: final metrics, config, metrics and probes."""
+
+    config: TrainConfig
+    final: dict[str, float]
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> list[dict[str, float]]:
+        return [self.final]
+
+    def has(self, key: str) -> bool:
+        return key in self.final
+
+
+def result(arm: Arm, seeds: int, make) -> ArmResult:
+    return ArmResult(arm, [FakeRun(replace(arm.config, seed=s), *make(s)) for s in range(seeds)])
+
+
+# ---- ics ----------------------------------------------------------------------------------------
+
+def ics_results(drift: dict[str, float], acc: dict[str, float], seeds: int = 5,
+                nan_arm: str | None = None) -> list[ArmResult]:
+    out = []
+    for k, arm in enumerate(ics.arms(False)):
+        def make(s: int, arm: Arm = arm, k: int = k):
+            d = drift[arm.name] + JITTER[s] * 0.1 + WOBBLE[(s + k) % 5] * 0.1
+            nan = arm.name == nan_arm and s == 1
+            probes = [{"step": 50 * i, "test_acc": acc[arm.name], "noise": 0.05,
+                       "drift": None if i == 0 else (math.nan if nan and i == 3 else d),
+                       "width": 1.0, "p15": -1.0, "p50": 0.0, "p85": 1.0} for i in range(6)]
+            a = acc[arm.name] + JITTER[s] + WOBBLE[(s + k) % 5]
+            final = {"train_loss": math.nan if nan else 1.0 - a, "test_acc": a}
+            if arm.name != "none":
+                final["test_acc_precise"] = a + 0.001
+            return final, probes
+        out.append(result(arm, seeds, make))
+    return out
+
+
+PICTURE = {"none": 0.3, "bnlab": 0.1, "noisy-bn": 0.9}  # drift: BN less, noisy BN far more
+GOOD = {"none": 0.70, "bnlab": 0.85, "noisy-bn": 0.85}
+
+
+def test_ics_bn_reducing_drift_and_noisy_bn_training_well_agree_with_both_papers():
+    f = ics.analyze(ics_results(PICTURE, GOOD))
+    t = {c.label + c.metric: c for c in f.comparisons}
+    assert t["drift: BN vs nonedrift above noise"].word == "better"
+    assert t["drift: noisy BN vs BNdrift above noise"].word == "worse"
+    assert t["noisy BN vs BNtest_acc"].word == "no clear difference"
+    assert f.literature.startswith("agrees with Ioffe & Szegedy")
+    assert "agrees with Santurkar et al." in f.literature
+    assert all(not math.isnan(c.p_holm) for c in f.comparisons)  # all went through holm
+    assert "0.0501 +- 0.0012 with BN" in f.headline and "clearly above its floor" in f.verdict
+
+
+def test_ics_reversed_effects_flip_both_verdicts():
+    drift = {"none": 0.1, "bnlab": 0.3, "noisy-bn": 0.9}
+    acc = {"none": 0.70, "bnlab": 0.85, "noisy-bn": 0.60}  # noisy BN now trains clearly worse
+    f = ics.analyze(ics_results(drift, acc))
+    t = {c.label + c.metric: c for c in f.comparisons}
+    assert t["drift: BN vs nonedrift above noise"].word == "worse"
+    assert t["noisy BN vs BNtest_acc"].word == "worse"
+    assert "does not reproduce Ioffe & Szegedy" in f.literature
+    assert "BN clearly increases the drift" in f.literature
+    assert "does not reproduce Santurkar et al." in f.literature
+
+
+def test_ics_equal_arms_give_no_clear_difference():
+    same = {"none": 0.3, "bnlab": 0.3, "noisy-bn": 0.3}
+    f = ics.analyze(ics_results(same, {k: 0.8 for k in same}))
+    drift = [c for c in f.comparisons if c.metric == "drift above noise"]
+    assert [c.word for c in drift] == ["no clear difference"] * 2
+    assert "does not clearly reduce" in f.literature and "inconclusive" in f.literature
+
+
+def test_ics_nan_seed_is_failed_and_untestable():
+    results = ics_results(PICTURE, GOOD, nan_arm="bnlab")
+    bn = results[1]
+    assert bn.diverged == 1 and bn.failed == 1
+    f = ics.analyze(results)
+    t = {c.label + c.metric: c for c in f.comparisons}
+    assert t["drift: BN vs nonedrift above noise"].word.startswith("not testable")
+    assert not t["drift: BN vs nonedrift above noise"].clear
+    assert math.isnan(f.rows[1]["drift"])
+    assert "could not be tested" in f.literature
+
+
+def test_ics_one_seed_is_never_clear():
+    f = ics.analyze(ics_results(PICTURE, GOOD, seeds=1))
+    assert not any(c.clear for c in f.comparisons)
+    assert all(c.word.startswith("not testable") for c in f.comparisons)
+
+
+def test_ics_drift_ignores_the_first_probe_and_propagates_nan():
+    probes = [{"drift": None, "noise": 0.1}, {"drift": 0.3, "noise": 0.1},
+              {"drift": 0.5, "noise": 0.3}]
+    assert ics.drift_and_noise(probes) == pytest.approx((0.4, 0.5 / 3))
+    probes[1]["noise"] = math.inf
+    assert math.isnan(ics.drift_and_noise(probes)[1])
+    assert all(math.isnan(v) for v in ics.drift_and_noise(probes[:1]))
+
+
+def test_ics_figure_draws_from_synthetic_runs(tmp_path):
+    f = ics.analyze(ics_results(PICTURE, GOOD))
+    f.plot(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- landscape ----------------------------------------------------------------------------------
+
+def land_results(ratio: float, seeds: int = 5, nan_seed: int | None = None,
+                 extra_step: bool = False) -> list[ArmResult]:
+    """Every measure of the BN arm is `ratio` times the no-BN arm's at the same step, up to a
+    per-seed, per-step wobble."""
+    out = []
+    for arm in landscape.arms(False):
+        bn = arm.tags["norm"] == "bnlab"
+
+        def make(s: int, bn: bool = bn):
+            probes = []
+            for i in range(8 + (1 if extra_step and bn else 0)):
+                base = 1.0 + 0.5 * math.sin(i + s)  # varies over steps and seeds: pairing
+                w = 1.0 + (0.05 * math.cos(3 * i + 7 * s) if bn else 0.0)
+                v = base * (ratio * w if bn else 1.0)
+                if bn and s == nan_seed and i == 2:
+                    v = math.nan
+                probes.append({"step": 10 * i, **{k: v for k in landscape.MEASURES}})
+            loss = math.nan if bn and s == nan_seed else 0.4
+            final = {"train_loss": loss, "test_acc": 0.8 + JITTER[s]}
+            if bn:
+                final["test_acc_precise"] = 0.8 + JITTER[s]
+            return final, probes
+        out.append(result(arm, seeds, make))
+    return out
+
+
+def ratio_tests(f):
+    return [c for c in f.comparisons if c.metric.startswith("log ")]
+
+
+def test_landscape_smoother_with_bn_agrees_with_santurkar():
+    f = landscape.analyze(land_results(0.5))
+    tests = ratio_tests(f)
+    assert len(tests) == 9 and all(c.word == "better" for c in tests)
+    assert all(c.diff == pytest.approx(math.log(0.5), abs=0.02) for c in tests)
+    assert f.literature.startswith("agrees with Santurkar et al.")
+    assert "0.5x" in f.verdict and "BN smoother" in f.verdict
+
+
+def test_landscape_reversed_ratio_flips_the_verdict():
+    f = landscape.analyze(land_results(2.0))
+    assert all(c.word == "worse" for c in ratio_tests(f))
+    assert f.literature.startswith("does not reproduce Santurkar et al.")
+    assert "BN rougher" in f.verdict
+
+
+def test_landscape_equal_arms_give_no_clear_difference():
+    f = landscape.analyze(land_results(1.0))
+    assert all(c.word == "no clear difference" for c in ratio_tests(f))
+    assert "no clear smoothing" in f.literature
+
+
+def test_landscape_nan_seed_is_failed_and_untestable():
+    results = land_results(0.5, nan_seed=3)
+    assert results[1].diverged == 1 and results[1].failed == 1
+    f = landscape.analyze(results)
+    assert all(c.word.startswith("not testable") for c in ratio_tests(f))
+    assert "none was testable" in f.literature
+
+
+def test_landscape_one_seed_is_never_clear():
+    f = landscape.analyze(land_results(0.5, seeds=1))
+    assert not any(c.clear for c in f.comparisons)
+
+
+def test_landscape_pairs_by_step_and_plots(tmp_path):
+    # a step only the BN arm probed is left out of the ratio: still exactly the 0.5 picture
+    f = landscape.analyze(land_results(0.5, extra_step=True))
+    assert all(c.word == "better" for c in ratio_tests(f))
+    f.plot(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
