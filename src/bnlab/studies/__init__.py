@@ -4,4 +4,4 @@
 # the command line offers them as choices and must start without matplotlib (a test keeps the
 # two lists equal).
 STUDY_NAMES = ("chapter", "lr", "batch-size", "inference-stats", "axes", "ics", "placement",
-               "landscape")
+               "landscape", "train-with-running-averages", "momentum")

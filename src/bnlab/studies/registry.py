@@ -10,13 +10,15 @@ from bnlab.studies import (
     inference_stats,
     landscape,
     lr,
+    momentum,
     placement,
+    running_averages,
 )
 from bnlab.studies.base import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     chapter.STUDY, lr.STUDY, batch_size.STUDY, inference_stats.STUDY, axes.STUDY, ics.STUDY,
-    placement.STUDY, landscape.STUDY)}
+    placement.STUDY, landscape.STUDY, running_averages.STUDY, momentum.STUDY)}
 
 
 def get_study(name: str) -> Study:
