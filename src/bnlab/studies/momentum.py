@@ -54,7 +54,7 @@ REFERENCE = 0.1
 
 def arms(quick: bool) -> list[Arm]:
     base = {"model": "lenet-bn", "norm": "bnlab", "lr": 1.0, "batch_size": 256,
-            "epochs": 2 if quick else 8, "limit_train": 1024 if quick else 20_000,
+            "epochs": 2 if quick else 8, "limit_train": 1024 if quick else 15_000,
             "limit_test": 500 if quick else 5000}
     momenta = (0.01, REFERENCE, 0.9) if quick else MOMENTA
     return [Arm(f"m{m:g}", f"momentum {m:g}", TrainConfig(bn_momentum=m, **base),
@@ -243,7 +243,7 @@ def _std(v: float) -> float:
 
 SETUP = (
     "The textbook's recipe: LeNet-BN (sigmoid) on Fashion-MNIST, plain SGD at lr 1.0, batch "
-    "256, 8 epochs over the first 20,000 training examples, evaluated each epoch on 5,000 test "
+    "256, 8 epochs over the first 15,000 training examples, evaluated each epoch on 5,000 test "
     "examples twice: with the running averages and with PreciseBN statistics re-estimated "
     "over 10^4 training examples (weights frozen). The BN momentum of every layer is 0.01, "
     "0.03, 0.1 (torch's default), 0.3 or 0.9; 5 seeds, the same batches for every momentum "
@@ -258,7 +258,7 @@ SETUP = (
     "seeds, all Holm-corrected together.")
 
 CAVEATS = (
-    "Eight short epochs on a third of the data: the textbook's 10 full epochs take more "
+    "Eight short epochs on a quarter of the data: the textbook's 10 full epochs take more "
     "steps per epoch, so each epoch's lag spans more weight change there. The swing over "
     "the second half still includes genuine learning progress, the same for both accuracies "
     "of a seed. PreciseBN's 10^4 examples are themselves a sample: a small gap is within "

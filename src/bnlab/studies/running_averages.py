@@ -118,6 +118,18 @@ def last_probe(res: ArmResult, key: str) -> list[float]:
     return [float(r.probes[-1].get(key, math.nan)) if r.probes else math.nan for r in res.runs]
 
 
+def growth(res: ArmResult, key: str) -> list[float]:
+    """Each seed's log10(last / first probed value of `key`): how many decades the norm grew
+    (NaN where a value is not finite or the first is 0, e.g. a network without biases)."""
+    out = []
+    for r in res.runs:
+        first = float(r.probes[0].get(key, math.nan)) if r.probes else math.nan
+        last = float(r.probes[-1].get(key, math.nan)) if r.probes else math.nan
+        ok = math.isfinite(first) and math.isfinite(last) and first > 0 and last > 0
+        out.append(math.log10(last / first) if ok else math.nan)
+    return out
+
+
 def broke_at(metrics: Sequence[dict[str, Any]]) -> int | None:
     """The first epoch from which every epoch fails by ``stats``' rule (train loss not finite
     or test accuracy <= FAILED_ACCURACY); None when the last epoch does not fail."""
@@ -141,6 +153,7 @@ def table(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
         for key, name in (("w_norm", "pre-norm weight norm"), ("b_norm", "pre-norm bias norm"),
                           ("gamma_norm", "gamma norm"), ("beta_norm", "beta norm")):
             row[f"final {name}"] = summary(last_probe(res, key)).text()
+        row["bias norm growth (log10)"] = summary(growth(res, "b_norm")).text()
     return rows
 
 
@@ -159,8 +172,10 @@ def comparisons(results: Sequence[ArmResult]) -> dict[tuple[Any, ...], Compariso
                 keyed.append(((lr, norm, m, c.metric), c))
         det = by.get(("batch-stats-detached", lr, DEFAULT_MOMENTUM))
         if det is not None:
+            # in decades: a blow-up is multiplicative, and a raw norm's spread would be too
             keyed.append(((lr, "bias drift"), compare(
-                last_probe(bn, "b_norm"), last_probe(det, "b_norm"), metric="pre-norm bias norm",
+                growth(bn, "b_norm"), growth(det, "b_norm"),
+                metric="pre-norm bias norm growth (log10 last/first)",
                 label=f"lr {lr:g}: detached vs BN", paired=bn.paired_with(det),
                 higher_is_better=False)))
             run = by.get(("running-stats", lr, DEFAULT_MOMENTUM))
@@ -198,7 +213,8 @@ def verdict_text(results: Sequence[ArmResult],
                 "" if precise is None else f" (with PreciseBN statistics: {precise.word})")
             items.append(f"{_name(norm, m)} {_state(res)}{vs}")
         why = []
-        for key, text in (("bias drift", "pre-norm bias norm, detached vs BN"),
+        for key, text in (("bias drift", "growth of the pre-norm bias norm (decades), "
+                                         "detached vs BN"),
                           ("staleness", "stale vs fresh statistics without gradient")):
             if (lr, key) in tests:
                 why.append(f"{text}: {tests[(lr, key)].text()}")
@@ -357,7 +373,8 @@ SETUP = (
     "gamma and beta. A seed fails by the stats rule (train loss not finite, or test accuracy "
     "at chance); 'broke at epoch' is the first epoch from which every epoch fails by that "
     "rule. Verdicts: each arm against BN at the same learning rate (both accuracies), the "
-    "final pre-norm bias norm of the detached arm against BN's, and running averages against "
+    "growth of the pre-norm bias norm (log10 of last over first probe) of the detached arm "
+    "against BN's, and running averages against "
     "detached batch statistics at momentum 0.1, paired t over seeds, all Holm-corrected "
     "together.")
 
