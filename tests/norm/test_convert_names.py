@@ -14,8 +14,9 @@ from bnlab.norm.variants import PerActivationBatchNorm
 # Targets whose eval-mode function is BatchNorm's with the running statistics: after
 # conversion the model computes what it computed before (per-activation repeats each channel's
 # statistics over its positions, so it too).
-SAME_IN_EVAL = {"bnlab", "torch", "guarded", "renorm", "renorm-fixed", "ghost", "sync",
-                "frozen", "running-stats", "textbook", "per-activation"}
+SAME_IN_EVAL = {"bnlab", "torch", "guarded", "renorm", "renorm-fixed", "renorm-wide", "ghost",
+                "sync", "frozen", "running-stats", "batch-stats-detached", "textbook",
+                "per-activation"}
 # Targets without running statistics: only gamma and beta carry over.
 PER_SAMPLE = {"group", "layer", "instance", "instance-conv"}
 

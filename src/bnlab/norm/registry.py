@@ -27,7 +27,7 @@ from bnlab.norm.variants import (
     PerActivationBatchNorm,
     SyncBatchNorm,
 )
-from bnlab.norm.variants.teaching import RunningStatsBatchNorm
+from bnlab.norm.variants.teaching import DetachedBatchNorm, RunningStatsBatchNorm
 
 __all__ = ["NORMS", "NormSpec", "create_norm", "norm_names", "resolve"]
 
@@ -71,6 +71,10 @@ NORMS: dict[str, Builder | None] = {
     # Fixed rmax=3, dmax=5 from the first step: for short runs (the paper's warm-up keeps
     # renorm equal to BatchNorm for 5k steps and reaches these limits at 25k-40k).
     "renorm-fixed": lambda c, rank, spatial, **kw: BatchRenorm(c, warmup=False, **kw),
+    # Effectively unclipped (r, d never reach the limits), no warm-up: normalizes with the
+    # running averages in the forward pass while the gradient flows through the batch's.
+    "renorm-wide": lambda c, rank, spatial, **kw: BatchRenorm(
+        c, warmup=False, **{"rmax": 1e3, "dmax": 1e3, **kw}),
     "ghost": _any_rank(GhostBatchNorm),
     # Santurkar et al.'s intervention: BN, then a random per-channel scale and shift each step.
     "noisy-bn": _any_rank(NoisyBatchNorm),
@@ -82,6 +86,8 @@ NORMS: dict[str, Builder | None] = {
     "instance": _instance,
     # Teaching experiment: normalize with the running averages during training too.
     "running-stats": _any_rank(RunningStatsBatchNorm),
+    # Teaching experiment: BatchNorm's forward, no gradient through the batch statistics.
+    "batch-stats-detached": _any_rank(DetachedBatchNorm),
     # Instance norm where there are spatial axes (after convolutions), BatchNorm elsewhere.
     "instance-conv": lambda c, rank, spatial, **kw: (
         InstanceNorm(c, **kw) if rank > 2 else BatchNorm1d(c, **kw)),

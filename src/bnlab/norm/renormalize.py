@@ -43,10 +43,11 @@ __all__ = ["is_norm_layer", "renormalize"]
 _PER_SAMPLE = (GroupNorm, LayerNorm, InstanceNorm, nn.GroupNorm, _InstanceNorm)
 # Targets whose layers take BatchNorm's constructor (momentum, track_running_stats) ...
 # ("bnlab", "torch", "sync" and "frozen" are class swaps in convert.py and never come here.)
-_BN_LIKE = {"guarded", "renorm", "renorm-fixed", "ghost", "per-activation", "running-stats"}
+_BN_LIKE = {"guarded", "renorm", "renorm-fixed", "renorm-wide", "ghost", "per-activation",
+            "running-stats", "batch-stats-detached"}
 # ... and those whose layer does not depend on the input's rank.
-_RANK_FREE = {"guarded", "renorm", "renorm-fixed", "ghost", "layer", "group", "running-stats",
-              "none"}
+_RANK_FREE = {"guarded", "renorm", "renorm-fixed", "renorm-wide", "ghost", "layer", "group",
+              "running-stats", "batch-stats-detached", "none"}
 _RANK_OF_CLASS = {"1d": 2, "2d": 4, "3d": 5}
 
 

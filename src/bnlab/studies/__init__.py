@@ -3,5 +3,6 @@
 # The names of ``bnlab.studies.registry.STUDIES``, in its order, without importing any study:
 # the command line offers them as choices and must start without matplotlib (a test keeps the
 # two lists equal).
-STUDY_NAMES = ("reproduce", "chapter", "lr", "batch-size", "inference-stats", "axes", "ics",
-               "placement", "landscape")
+STUDY_NAMES = ("reproduce", "chapter", "lr", "batch-size", "inference-stats",
+               "train-with-running-averages", "momentum", "axes", "ics", "placement",
+               "landscape")

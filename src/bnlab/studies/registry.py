@@ -10,14 +10,17 @@ from bnlab.studies import (
     inference_stats,
     landscape,
     lr,
+    momentum,
     placement,
     reproduce,
+    running_averages,
 )
 from bnlab.studies.base import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     reproduce.STUDY, chapter.STUDY, lr.STUDY, batch_size.STUDY, inference_stats.STUDY,
-    axes.STUDY, ics.STUDY, placement.STUDY, landscape.STUDY)}
+    running_averages.STUDY, momentum.STUDY, axes.STUDY, ics.STUDY, placement.STUDY,
+    landscape.STUDY)}
 
 
 def get_study(name: str) -> Study:

@@ -1,0 +1,396 @@
+r"""Why not normalize with the moving averages during training? What breaks, when, and why.
+
+BatchNorm in training does two things the learner's alternative ("use the running averages,
+as at inference") gives up: it normalizes with *fresh* statistics (this batch's, not an average
+that lags behind the weights), and its gradient flows *through* those statistics. Four layers
+on the BN chapter's LeNet (sigmoid, SGD, batch 256) take them apart:
+
+==========================  =======================  ==================================
+layer (``norm=``)           statistics in forward    gradient through the statistics
+==========================  =======================  ==================================
+BN (``bnlab``)              the batch's (fresh)      yes
+``batch-stats-detached``    the batch's (fresh)      no
+``renorm-wide``             running averages         yes (Batch Renorm, r and d never
+                                                     clipped: x_hat = (x - mu) / sigma)
+``running-stats``           running averages         no (the learner's proposal)
+==========================  =======================  ==================================
+
+``running-stats`` is swept over BN momenta (how stale the averages are: momentum 1 would be the
+last batch's statistics, i.e. ``batch-stats-detached``), and every layer over learning rates.
+Without the gradient through the statistics, the loss does not see a shift of the layer's input
+(Ioffe & Szegedy 2015, section 2): with u = Wx + b and x_hat = u - E[u] where E[u] is a constant
+of the backward pass, the gradient still moves b, the normalization cancels the move in the next
+forward pass, and b drifts without bound. A probe records, every few steps, the norms of the
+weights and biases feeding the norm layers and of their gamma and beta, so the drift is measured.
+
+Every arm-vs-BN comparison at each learning rate (test accuracy with the running averages and
+with PreciseBN statistics), the drift of the pre-norm biases (detached vs BN), and staleness
+alone (running averages vs detached batch statistics, momentum 0.1) go through one Holm
+correction (``bnlab.studies.stats``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+
+from bnlab.report.figures import new_figure, save
+from bnlab.studies.base import (
+    Arm,
+    ArmResult,
+    Findings,
+    Study,
+    accuracy_comparisons,
+    compare_arms,
+    summarize,
+)
+from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, holm, summary
+from bnlab.train import TrainConfig
+
+SEEDS = 5
+LRS = (0.1, 1.0)
+RUNNING_MOMENTA = (0.01, 0.1, 0.5)
+DEFAULT_MOMENTUM = 0.1
+KINDS = {"bnlab": "BN", "batch-stats-detached": "batch stats, detached",
+         "renorm-wide": "Batch Renorm (wide)", "running-stats": "running averages"}
+NORM_KEYS = ("w_norm", "b_norm", "gamma_norm", "beta_norm")
+
+
+class NormWeightsProbe:
+    """Every `every` steps: the L2 norms, over all norm layers of the model, of the weights and
+    biases of the convolution / linear layer feeding each one (``w_norm``, ``b_norm``) and of
+    the layers' own gamma and beta. Reads parameters only: training is unchanged."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return norm_weights(model)
+
+
+def norm_weights(model: nn.Module) -> dict[str, float]:
+    """{w_norm, b_norm, gamma_norm, beta_norm} of `model` (see ``NormWeightsProbe``)."""
+    sums = dict.fromkeys(NORM_KEYS, 0.0)
+    feeding: nn.Module | None = None
+
+    def add(key: str, p: torch.Tensor | None) -> None:
+        if p is not None:
+            sums[key] += float(p.detach().double().square().sum())
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            feeding = m
+        elif getattr(m, "running_mean", None) is not None and feeding is not None:
+            add("w_norm", feeding.weight)
+            add("b_norm", feeding.bias)
+            add("gamma_norm", getattr(m, "weight", None))
+            add("beta_norm", getattr(m, "bias", None))
+            feeding = None
+    return {k: math.sqrt(v) for k, v in sums.items()}
+
+
+def arms(quick: bool) -> list[Arm]:
+    base = {"model": "lenet-bn", "batch_size": 256, "epochs": 1 if quick else 3,
+            "limit_train": 512 if quick else 12_000, "limit_test": 300 if quick else 5000}
+    every = 1 if quick else 10
+    momenta = (DEFAULT_MOMENTUM,) if quick else RUNNING_MOMENTA
+    out = []
+    for lr in LRS:
+        for norm, label in KINDS.items():
+            for m in momenta if norm == "running-stats" else (DEFAULT_MOMENTUM,):
+                name = f"{norm}-lr{lr:g}" + (f"-m{m:g}" if norm == "running-stats" else "")
+                text = f"{label}, lr {lr:g}" + (f", momentum {m:g}"
+                                                 if norm == "running-stats" else "")
+                out.append(Arm(name, text, TrainConfig(norm=norm, lr=lr, bn_momentum=m, **base),
+                               {"norm": norm, "lr": lr, "bn_momentum": m},
+                               probe=lambda: NormWeightsProbe(every)))
+    return out
+
+
+def last_probe(res: ArmResult, key: str) -> list[float]:
+    """Each seed's last probed value of `key` (NaN where the run has no probes)."""
+    return [float(r.probes[-1].get(key, math.nan)) if r.probes else math.nan for r in res.runs]
+
+
+def growth(res: ArmResult, key: str) -> list[float]:
+    """Each seed's log10(last / first probed value of `key`): how many decades the norm grew
+    (NaN where a value is not finite or the first is 0, e.g. a network without biases)."""
+    out = []
+    for r in res.runs:
+        first = float(r.probes[0].get(key, math.nan)) if r.probes else math.nan
+        last = float(r.probes[-1].get(key, math.nan)) if r.probes else math.nan
+        ok = math.isfinite(first) and math.isfinite(last) and first > 0 and last > 0
+        out.append(math.log10(last / first) if ok else math.nan)
+    return out
+
+
+def broke_at(metrics: Sequence[dict[str, Any]]) -> int | None:
+    """The first epoch from which every epoch fails by ``stats``' rule (train loss not finite
+    or test accuracy <= FAILED_ACCURACY); None when the last epoch does not fail."""
+    first = None
+    for row in metrics:
+        bad = not math.isfinite(float(row["train_loss"])) or row["test_acc"] <= FAILED_ACCURACY
+        first = (first or row["epoch"]) if bad else None
+    return first
+
+
+def _key(res: ArmResult) -> tuple[str, float, float]:
+    t = res.arm.tags
+    return t["norm"], float(t["lr"]), float(t["bn_momentum"])
+
+
+def table(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
+    rows = summarize(results)
+    for row, res in zip(rows, results, strict=True):
+        ends = [broke_at(r.metrics) for r in res.runs]
+        row["broke at epoch (per seed)"] = ", ".join("-" if e is None else str(e) for e in ends)
+        for key, name in (("w_norm", "pre-norm weight norm"), ("b_norm", "pre-norm bias norm"),
+                          ("gamma_norm", "gamma norm"), ("beta_norm", "beta norm")):
+            row[f"final {name}"] = summary(last_probe(res, key)).text()
+        row["bias norm growth (log10)"] = summary(growth(res, "b_norm")).text()
+    return rows
+
+
+def comparisons(results: Sequence[ArmResult]) -> dict[tuple[Any, ...], Comparison]:
+    """Every test of the study, Holm-corrected together, by (lr, what, metric)."""
+    by = {_key(r): r for r in results}
+    keyed: list[tuple[tuple[Any, ...], Comparison]] = []
+    for lr in sorted({k[1] for k in by}):
+        bn = by.get(("bnlab", lr, DEFAULT_MOMENTUM))
+        if bn is None:
+            continue
+        for (norm, arm_lr, m), res in by.items():
+            if arm_lr != lr or norm == "bnlab":
+                continue
+            for c in accuracy_comparisons(bn, res, f"lr {lr:g}: {_name(norm, m)} vs BN"):
+                keyed.append(((lr, norm, m, c.metric), c))
+        det = by.get(("batch-stats-detached", lr, DEFAULT_MOMENTUM))
+        if det is not None:
+            # in decades: a blow-up is multiplicative, and a raw norm's spread would be too
+            keyed.append(((lr, "bias drift"), compare(
+                growth(bn, "b_norm"), growth(det, "b_norm"),
+                metric="pre-norm bias norm growth (log10 last/first)",
+                label=f"lr {lr:g}: detached vs BN", paired=bn.paired_with(det),
+                higher_is_better=False)))
+            run = by.get(("running-stats", lr, DEFAULT_MOMENTUM))
+            if run is not None:
+                keyed.append(((lr, "staleness"), compare_arms(
+                    det, run, "test_acc", f"lr {lr:g}: running averages vs detached batch "
+                    f"stats (momentum {DEFAULT_MOMENTUM:g})")))
+    tested = holm([c for _, c in keyed])
+    return {k: c for (k, _), c in zip(keyed, tested, strict=True)}
+
+
+def _name(norm: str, m: float) -> str:
+    return KINDS[norm] + (f" (momentum {m:g})" if norm == "running-stats" else "")
+
+
+def _state(res: ArmResult) -> str:
+    """'k/n seeds failed' by stats' rule, or the accuracy it reaches."""
+    if res.failed:
+        return f"{res.failed}/{len(res.runs)} seeds failed (diverged: {res.diverged})"
+    return f"trains to {res.summary('test_acc').text()}"
+
+
+def verdict_text(results: Sequence[ArmResult],
+                 tests: dict[tuple[Any, ...], Comparison]) -> str:
+    by = {_key(r): r for r in results}
+    parts = []
+    for lr in sorted({k[1] for k in by}):
+        items = []
+        for (norm, arm_lr, m), res in by.items():
+            if arm_lr != lr:
+                continue
+            run = tests.get((lr, norm, m, "test_acc"))
+            precise = tests.get((lr, norm, m, "test_acc_precise"))
+            vs = "" if run is None else f"; vs BN: {run.word}" + (
+                "" if precise is None else f" (with PreciseBN statistics: {precise.word})")
+            items.append(f"{_name(norm, m)} {_state(res)}{vs}")
+        why = []
+        for key, text in (("bias drift", "growth of the pre-norm bias norm (decades), "
+                                         "detached vs BN"),
+                          ("staleness", "stale vs fresh statistics without gradient")):
+            if (lr, key) in tests:
+                why.append(f"{text}: {tests[(lr, key)].text()}")
+        parts.append(f"At lr {lr:g}: " + "; ".join(items) + (". " + "; ".join(why)
+                                                              if why else ""))
+    return ("Training normalized four ways (verdicts against BN at the same learning rate: "
+            "paired t over seeds, Holm-corrected, 'better'/'worse' need p < 0.05). "
+            + ". ".join(parts) + ". " + attribution(tests))
+
+
+def attribution(tests: dict[tuple[Any, ...], Comparison]) -> str:
+    """Which ingredient's loss hurts, per learning rate, from the corrected comparisons."""
+    out = []
+    for lr in sorted({k[0] for k in tests}):
+        det = tests.get((lr, "batch-stats-detached", DEFAULT_MOMENTUM, "test_acc"))
+        ren = tests.get((lr, "renorm-wide", DEFAULT_MOMENTUM, "test_acc"))
+        stale = tests.get((lr, "staleness"))
+        if det is None or ren is None:
+            continue
+        if not (det.testable and ren.testable):
+            out.append(f"at lr {lr:g} the ingredients cannot be separated (not testable)")
+            continue
+        lost = {"the gradient through the statistics": det.word == "worse",
+                "fresh statistics (with the gradient kept)": ren.word == "worse"}
+        hurt = [k for k, v in lost.items() if v]
+        text = (f"at lr {lr:g}, losing " + " and losing ".join(hurt) + " is clearly worse "
+                "than BN" if hurt else f"at lr {lr:g}, neither losing the gradient nor losing "
+                "fresh statistics alone is clearly worse than BN")
+        if stale is not None and stale.testable:
+            text += (f"; without the gradient, stale averages vs fresh batch statistics: "
+                     f"{stale.word}")
+        out.append(text)
+    return ("Attribution: " + "; ".join(out) + ".") if out else ""
+
+
+def literature(tests: dict[tuple[Any, ...], Comparison]) -> str:
+    lrs = sorted({k[0] for k in tests})
+
+    def words(kind: str, metric: str = "test_acc") -> list[Comparison]:
+        return [c for lr in lrs if (c := tests.get((lr, kind, DEFAULT_MOMENTUM, metric)))]
+
+    det = words("batch-stats-detached")
+    drift = [c for lr in lrs if (c := tests.get((lr, "bias drift")))]
+    ren = words("renorm-wide")
+    if not any(c.testable for c in det + drift + ren):
+        return ("Ioffe & Szegedy 2015 (section 2) and Ioffe 2017 (Batch Renorm): not testable "
+                "with fewer than two usable seeds per arm.")
+    grows = [c for c in drift if c.word == "worse"]
+    hurts = [c.label.split(":")[0] for c in det if c.word == "worse"]
+    if grows and hurts:
+        first = ("agrees with Ioffe & Szegedy 2015 (section 2): without the gradient through "
+                 "the batch statistics the pre-norm biases grow beyond BN's and accuracy falls "
+                 f"({', '.join(hurts)})")
+    elif grows or hurts:
+        first = ("partly reproduces Ioffe & Szegedy 2015 (section 2): without the gradient "
+                 "through the statistics " + ("the pre-norm biases grow beyond BN's but "
+                                              "accuracy is not clearly worse" if grows else
+                                              "accuracy falls but the pre-norm biases do not "
+                                              "clearly grow beyond BN's"))
+    else:
+        first = ("does not reproduce Ioffe & Szegedy 2015 (section 2) in this short run: "
+                 "without the gradient through the statistics neither the pre-norm biases "
+                 "nor the accuracy differ clearly from BN")
+    worse = [c.label.split(":")[0] for c in ren if c.word == "worse"]
+    if not worse:
+        second = ("agrees with Ioffe 2017 (Batch Renorm): normalizing with the running "
+                  "averages while the gradient goes through the batch statistics is not "
+                  "clearly worse than BN at any learning rate tried")
+    else:
+        second = ("does not reproduce Ioffe 2017 (Batch Renorm) without its warm-up: wide "
+                  f"limits from the first step are worse than BN at {', '.join(worse)} (the "
+                  "paper starts at rmax = 1, dmax = 0)")
+    return f"{first}; {second}."
+
+
+def headline(results: Sequence[ArmResult]) -> str:
+    by = {_key(r): r for r in results}
+
+    def acc(norm: str, lr: float) -> str:
+        res = by.get((norm, lr, DEFAULT_MOMENTUM))
+        return "n/a" if res is None else res.summary("test_acc").text()
+
+    lrs = sorted({k[1] for k in by})
+    return ("Test accuracy at lr " + " / ".join(f"{lr:g}" for lr in lrs) + ": BN "
+            + " / ".join(acc("bnlab", lr) for lr in lrs) + ", running averages (momentum "
+            f"{DEFAULT_MOMENTUM:g}) " + " / ".join(acc("running-stats", lr) for lr in lrs)
+            + ", detached batch statistics " + " / ".join(acc("batch-stats-detached", lr)
+                                                          for lr in lrs)
+            + ", Batch Renorm (wide) " + " / ".join(acc("renorm-wide", lr) for lr in lrs)
+            + ".")
+
+
+def _band(ax: Any, xs: list[float], series: list[list[float]], label: str) -> None:
+    """Mean line and a +- sample-std band over seeds, at the points every seed has finite."""
+    pts = [(x, summary(v)) for x, v in zip(xs, zip(*series, strict=True), strict=False)]
+    pts = [(x, s) for x, s in pts if math.isfinite(s.mean)]
+    if not pts:
+        return
+    x = [p[0] for p in pts]
+    mean = [p[1].mean for p in pts]
+    std = [p[1].std if math.isfinite(p[1].std) else 0.0 for p in pts]
+    line, = ax.plot(x, mean, marker="o" if len(x) < 12 else None, ms=3, label=label)
+    ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                    [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15,
+                    color=line.get_color())
+
+
+def analyze(results: list[ArmResult]) -> Findings:
+    rows = table(results)
+    tests = comparisons(results)
+    n = len(results[0].runs) if results else 0
+
+    def plot(path: Path) -> None:
+        lrs = sorted({_key(r)[1] for r in results})
+        fig, axes = new_figure(2, len(lrs), figsize=(6 * len(lrs), 7.5), squeeze=False)
+        for col, lr in enumerate(lrs):
+            for res in (r for r in results if _key(r)[1] == lr):
+                norm, _, m = _key(res)
+                label = _name(norm, m)
+                epochs = [float(row["epoch"]) for row in res.runs[0].metrics]
+                _band(axes[0][col], epochs, [[float(row["train_loss"]) for row in r.metrics]
+                                             for r in res.runs], label)
+                steps = [float(p["step"]) for p in res.runs[0].probes]
+                _band(axes[1][col], steps, [[float(p["b_norm"]) for p in r.probes]
+                                            for r in res.runs], label)
+            axes[0][col].set_title(f"train loss per epoch, lr {lr:g}")
+            axes[0][col].set_xlabel("epoch")
+            axes[1][col].set_title(f"pre-norm bias norm, lr {lr:g}")
+            axes[1][col].set_xlabel("training step")
+            axes[1][col].set_yscale("log")
+            for ax in (axes[0][col], axes[1][col]):
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+            axes[0][col].xaxis.set_major_locator(MaxNLocator(integer=True))
+        save(fig, path, f"Normalizing with running averages in training, LeNet-BN "
+                        f"(mean +- sample std, {n} seed{'s' if n != 1 else ''}; a gap: a seed "
+                        f"diverged)")
+
+    ordered = list(tests.values())
+    return Findings(rows, verdict_text(results, tests), plot, ordered, headline(results),
+                    literature(tests))
+
+
+SETUP = (
+    "The BN chapter's LeNet (sigmoid) on Fashion-MNIST, plain SGD, batch 256, 3 epochs over "
+    "the first 12,000 training examples, evaluated on 5,000 test examples; 5 seeds, the same "
+    "batches for every arm of a seed. Four normalizations: BN; BN whose batch mean and "
+    "variance are constants of the backward pass (batch-stats-detached: fresh statistics, no "
+    "gradient through them); Batch Renorm with limits so wide (rmax = dmax = 1000) that r "
+    "and d are never clipped and no warm-up (running averages in the forward pass, gradient "
+    "through the batch statistics); and normalizing with the running averages (running-stats: "
+    "stale statistics, no gradient), the latter at BN momenta 0.01, 0.1 and 0.5, all at "
+    "learning rates 0.1 and 1.0 (the chapter's). Measured: per-epoch train loss and test "
+    "accuracy (with the running averages and with PreciseBN statistics over 10^4 examples), "
+    "and every 10 steps the norms of the weights and biases feeding the norm layers and of "
+    "gamma and beta. A seed fails by the stats rule (train loss not finite, or test accuracy "
+    "at chance); 'broke at epoch' is the first epoch from which every epoch fails by that "
+    "rule. Verdicts: each arm against BN at the same learning rate (both accuracies), the "
+    "growth of the pre-norm bias norm (log10 of last over first probe) of the detached arm "
+    "against BN's, and running averages against "
+    "detached batch statistics at momentum 0.1, paired t over seeds, all Holm-corrected "
+    "together.")
+
+CAVEATS = (
+    "Short training (about 140 steps) on a fifth of the data: a failure that needs thousands "
+    "of steps to show, or a slow recovery, is not seen, and accuracies are far from the "
+    "chapter's 10-epoch figures. Two learning rates only, and the momentum sweep only for "
+    "running-stats. LeNet's pre-norm layers have biases, which the normalization makes "
+    "redundant: their drift is Ioffe & Szegedy's example, but weight-norm growth depends on "
+    "the network. Batch Renorm's running averages are those before this batch's update, "
+    "running-stats' those after it. The renorm arm departs from the paper on purpose (no "
+    "warm-up, no clipping), so it does not test the recipe Ioffe 2017 recommends. 'No clear "
+    "difference' with 5 seeds is not evidence of equality.")
+
+STUDY = Study("train-with-running-averages", "Why not normalize with the moving averages "
+              "during training? What breaks, when, and is it the stale statistics or the "
+              "missing gradient?", arms, analyze, seeds=SEEDS,
+              needs="it swaps LeNet-BN's norm layers for BatchNorm variants",
+              setup=SETUP, caveats=CAVEATS)

@@ -1,0 +1,140 @@
+"""train-with-running-averages: the analysis on synthetic runs (no training)."""
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+import torch
+
+from bnlab.models import build_model
+from bnlab.studies import running_averages as ra
+from bnlab.studies.base import ArmResult
+from bnlab.train import TrainConfig
+
+
+@dataclass
+class FakeRun:
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1]
+
+
+def noise(seed: int, arm: int = 0) -> float:
+    """Seed-to-seed scatter of +-0.02, a different pattern for each arm, mean 0 over 5 seeds."""
+    return 0.01 * (((seed + 1) * (7 * arm + 1)) % 5 - 2)
+
+
+def fake(acc, loss=None, bias=None, seeds=5, epochs=3):
+    """Synthetic results for the study's arms: `acc(norm, lr)` the final test accuracy,
+    `loss(norm, lr, seed)` the final train loss, `bias(norm, lr)` the final pre-norm bias norm."""
+    loss = loss or (lambda norm, lr, seed: 0.5 + noise(seed))
+    bias = bias or (lambda norm, lr: 1.0)
+    out = []
+    for k, arm in enumerate(ra.arms(False)):
+        norm, lr = arm.tags["norm"], arm.tags["lr"]
+        runs = []
+        for s in range(seeds):
+            a = acc(norm, lr) + noise(s, k)
+            metrics = [{"epoch": e, "train_loss": loss(norm, lr, s) + (epochs - e) * 0.1,
+                        "train_acc": a, "test_acc": a - 0.01 * (epochs - e),
+                        "test_acc_precise": a + 0.01} for e in range(1, epochs + 1)]
+            probes = [{"step": k * 10, "epoch": 1, "w_norm": 16.0, "b_norm": 0.7 + k *
+                       (bias(norm, lr) - 0.7) / 3 + abs(noise(s)), "gamma_norm": 15.0,
+                       "beta_norm": 0.1} for k in range(4)]
+            runs.append(FakeRun(replace(arm.config, seed=s), metrics, probes))
+        out.append(ArmResult(arm, runs))
+    return out
+
+
+def ioffe(norm, lr):
+    """Ioffe & Szegedy's story: without the gradient, training fails at the larger rate."""
+    if norm in ("batch-stats-detached", "running-stats") and lr == 1.0:
+        return 0.12  # at chance: failed by the stats rule
+    return 0.80
+
+
+def test_missing_gradient_is_worse_and_the_verdict_flips_when_reversed(tmp_path):
+    findings = ra.analyze(fake(ioffe, bias=lambda n, lr: 30.0 if n != "bnlab" else 1.0))
+    tests = ra.comparisons(fake(ioffe, bias=lambda n, lr: 30.0 if n != "bnlab" else 1.0))
+    assert tests[(1.0, "batch-stats-detached", 0.1, "test_acc")].word == "worse"
+    assert tests[(1.0, "renorm-wide", 0.1, "test_acc")].word == "no clear difference"
+    assert tests[(1.0, "bias drift")].word == "worse"
+    assert tests[(0.1, "batch-stats-detached", 0.1, "test_acc")].word == "no clear difference"
+    assert findings.literature.startswith("agrees with Ioffe & Szegedy 2015")
+    assert "agrees with Ioffe 2017" in findings.literature
+    assert "losing the gradient through the statistics is clearly worse" in findings.verdict
+    assert all(not c.testable or not math.isnan(c.p_holm) for c in findings.comparisons)
+    findings.plot(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+    def reversed_(norm, lr):
+        return 0.80 if norm in ("batch-stats-detached", "running-stats") else 0.5
+
+    rev = ra.analyze(fake(reversed_))
+    tests = ra.comparisons(fake(reversed_))
+    assert tests[(1.0, "batch-stats-detached", 0.1, "test_acc")].word == "better"
+    assert tests[(1.0, "renorm-wide", 0.1, "test_acc")].word == "no clear difference"
+    assert rev.literature.startswith("does not reproduce Ioffe & Szegedy 2015")
+
+    def renorm_bad(norm, lr):
+        return 0.3 if norm == "renorm-wide" else 0.8
+
+    assert "does not reproduce Ioffe 2017" in ra.analyze(fake(renorm_bad)).literature
+
+
+def test_equal_arms_give_no_clear_difference():
+    tests = ra.comparisons(fake(lambda n, lr: 0.8))
+    assert {c.word for c in tests.values()} == {"no clear difference"}
+    assert ra.analyze(fake(lambda n, lr: 0.8)).literature.startswith("does not reproduce")
+
+
+def test_diverged_seeds_fail_by_the_stats_rule_and_do_not_crash(tmp_path):
+    def loss(norm, lr, seed):
+        return math.nan if norm == "running-stats" and lr == 1.0 and seed < 2 else 0.5
+
+    def bias(norm, lr):
+        return math.nan if norm == "batch-stats-detached" and lr == 1.0 else 1.0
+
+    results = fake(lambda n, lr: 0.8, loss=loss, bias=bias)
+    findings = ra.analyze(results)
+    rows = {r["arm"]: r for r in findings.rows}
+    bad = rows["running averages, lr 1, momentum 0.1"]
+    assert bad["diverged"] == 2 and bad["failed"] == 2
+    assert bad["broke at epoch (per seed)"] == "1, 1, -, -, -"  # NaN in every epoch
+    assert rows["batch stats, detached, lr 1"]["final pre-norm bias norm"] == "diverged 5/5"
+    tests = ra.comparisons(results)
+    assert not tests[(1.0, "bias drift")].testable
+    findings.plot(tmp_path / "f.png")
+
+
+def test_at_chance_counts_as_failed_and_broke_at_reports_the_epoch():
+    metrics = [{"epoch": 1, "train_loss": 1.0, "test_acc": 0.5},
+               {"epoch": 2, "train_loss": 2.3, "test_acc": 0.1},
+               {"epoch": 3, "train_loss": 2.3, "test_acc": 0.1}]
+    assert ra.broke_at(metrics) == 2
+    assert ra.broke_at(metrics[:1]) is None
+    assert ra.broke_at([*metrics, {"epoch": 4, "train_loss": 0.9, "test_acc": 0.6}]) is None
+    results = fake(lambda n, lr: 0.11 if n == "running-stats" else 0.8)
+    assert all(r.failed == 5 for r in results if r.arm.tags["norm"] == "running-stats")
+
+
+def test_one_seed_is_never_clear():
+    findings = ra.analyze(fake(ioffe, seeds=1))
+    assert findings.comparisons and not any(c.clear for c in findings.comparisons)
+    assert "not testable" in findings.literature
+
+
+def test_norm_weights_probe_reads_the_layers_feeding_each_norm():
+    model = build_model("lenet-bn", "batch-stats-detached")
+    got = ra.norm_weights(model)
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    fed = convs[:4]  # the last linear layer feeds no norm layer
+    expected = math.sqrt(sum(float(m.weight.detach().square().sum()) for m in fed))
+    assert got["w_norm"] == pytest.approx(expected)
+    assert got["gamma_norm"] == pytest.approx(math.sqrt(6 + 16 + 120 + 84))
+    assert got["beta_norm"] == 0.0
