@@ -130,12 +130,15 @@ def test_study_on_a_user_resnet_lists_the_arms_that_do_not_apply(user_dir, capsy
                  "fashion-mnist", "--threads", "2", "--out", str(out)]) == 0
     rows = (out / "table.md").read_text().splitlines()[2:]
     ran = [r for r in rows if r.endswith("| ran |")]
-    assert [r.split(" | ")[0] for r in ran] == ["| BN, batch 4", "| BN, batch 64"]
+    assert [r.split(" | ")[0] for r in ran] == ["| BN, batch 4, equal epochs", "| BN, batch 64",
+                                                "| BN, batch 4, equal steps"]
+    # 4 other layers x 3 arms, and Ghost BN
     assert sum("n/a: varies the normalization layer, and mymod:make takes no `norm`" in r
-               for r in rows) == 8
+               for r in rows) == 13
     verdict = (out / "verdict").read_text()
-    assert "Not run on mymod:make: Batch Renorm, batch 4; Batch Renorm, batch 64;" in verdict
-    config = json.loads((out / "runs" / "bnlab-b4-s0" / "config.json").read_text())
+    assert "Not run on mymod:make: Batch Renorm, batch 4, equal epochs; Batch Renorm, " \
+        "batch 64;" in verdict
+    config = json.loads((out / "runs" / "bnlab-b4-epochs-s0" / "config.json").read_text())
     assert config["model"] == "mymod:make" and config["batch_size"] == 4
     study = json.loads((out / "study.json").read_text())
     assert study["subject"] == {"model": "mymod:make", "dataset": "fashion-mnist"}

@@ -127,6 +127,16 @@ def out_file(text: str) -> str:
     return text
 
 
+def init_name(text: str) -> str:
+    """A weight initialization: xavier, default or gaussian-STD (STD positive and finite)."""
+    from bnlab.train.config import INITS, gaussian_std
+
+    if text in INITS[:2] or gaussian_std(text) is not None:
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(INITS)} (STD a positive "
+                                     f"number, e.g. gaussian-0.01), got {text!r}")
+
+
 def existing_dir(text: str) -> str:
     """A directory that exists (--data-dir): never a silent fall-back to another copy."""
     if not text.strip():
@@ -321,14 +331,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         MAX_SEED,
         OPTIMIZERS,
         TrainConfig,
-        gaussian_std,
     )
-
-    def init_name(text: str) -> str:
-        if text in INITS[:2] or gaussian_std(text) is not None:
-            return text
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(INITS)} (STD a positive "
-                                         f"number, e.g. gaussian-0.01), got {text!r}")
 
     d = TrainConfig()
     p.add_argument("--config", dest="config_file", metavar="FILE",
@@ -500,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write (default: %(default)s)")
     p.add_argument("--docs", type=out_file, default=None, metavar="FILE",
                    help="also write the studies page (docs/studies.md) from the study "
-                   "directories, its figures linked from OUT/figures")
+                   "directories, its figures linked from OUT/figures (default: not written)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("compare", help="any runs side by side: one figure and one table",

@@ -34,6 +34,8 @@ BAD = {
     cli.fraction: ["1", "-0.1", "nan", "x"],
     cli.out_dir: ["", " ", "FILE"],
     cli.out_file: ["", " ", "DIR"],
+    cli.init_name: ["", "x", "gaussian-", "gaussian-0", "gaussian--1", "gaussian-nan",
+                    "gaussian-inf", "gaussian-1e400"],
     cli.existing_dir: ["", "MISSING", "FILE"],
     cli.dir_name: ["", " "],
 }

@@ -76,8 +76,9 @@ def analyze(results: list[ArmResult]) -> Findings:
     literature = (("agrees with the textbook (d2l, Batch Normalization chapter): with BN the "
                    "LeNet reaches a clearly lower training loss in the same epochs")
                   if lenet_faster else
-                  ("does not show the textbook's claim (d2l, Batch Normalization chapter) "
-                   f"at this budget: LeNet's training loss with BN is {loss_words['LeNet']}"))
+                  ("does not confirm the textbook's claim (d2l, Batch Normalization chapter) "
+                   f"at this budget: LeNet's final training loss with BN against without: "
+                   f"{loss_words['LeNet']}"))
     verdict = ("With BN (paired t over seeds, Holm-corrected; 'better' needs p < 0.05): "
                + "; ".join(parts) + f". bnlab's and torch's BatchNorm differ by "
                f"{twin.diff:+.4f} in test accuracy ({twin.word}).")
