@@ -62,9 +62,10 @@ Run it from the repository (it finds `docs/` by walking up from the working dire
 code("""
 %matplotlib inline
 import inspect
+import json
 import os
-import re
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -311,17 +312,23 @@ print({k: round(v, 4) for k, v in run.final.items()})
 md("""
 ## 3. What the studies measured
 
-Each bnlab study trains several arms over 3 seeds and writes a table, a figure and a one-line
-verdict from the run directories. The full runs are committed in `docs/` (`docs/studies.md`,
-`docs/report/report.md`); this cell reads them as files, so nothing is retrained here. First the
-one-line summary of every study, then each verdict as the report states it:
+Each bnlab study trains several arms over several seeds and computes a table, a figure and a
+one-line verdict from the run directories alone. Its record is committed in
+`docs/studies/<name>/`: `study.json` (the question, the number of seeds, a computed headline,
+the computed comparison with the literature, the setup, the caveats and every Holm-corrected
+test) and `verdict`; the figure is `docs/report/figures/<name>.png`. No result is typed into
+this notebook: the cells below read those records as files, so every number shown is the
+committed run's, and nothing is retrained here. First one line per study, with the number of
+seeds read from its record, then each verdict as the study wrote it:
 """, """
 ## 3. 各项研究测到了什么
 
-bnlab 的每项研究（study）都会用 3 个随机种子训练若干组对照，再仅根据运行目录生成一张表、一幅图和一句结论。
-完整运行的结果已提交在 `docs/` 中（`docs/studies.md` 与 `docs/report/report.md`）；下面的单元只把它们
-当作文件读取，这里不重新训练任何东西。先列出每项研究的一句话总结，再逐条给出报告中的结论原文
-（这些文件是英文的）：
+bnlab 的每项研究（study）都会用若干个随机种子训练若干组对照，再仅根据运行目录计算出一张表、一幅图和一句结论。
+每项研究的记录提交在 `docs/studies/<name>/` 中：`study.json`（研究的问题、种子个数、计算得到的一句话总结、
+计算得到的与文献的对照、实验设置、注意事项以及每一项经 Holm 校正的检验）和 `verdict`（结论）；图在
+`docs/report/figures/<name>.png`。本笔记本里没有手写任何实验结果：下面的单元只把这些记录当作文件读取，
+所以显示的每个数字都来自已提交的运行，这里不重新训练任何东西。先列出每项研究的一行总结（种子个数读自其记录），
+再逐条给出研究写下的结论原文（这些记录是英文的）：
 """)
 
 code("""
@@ -333,33 +340,55 @@ def find_docs() -> Path:
                             "the notebook from inside the bnlab repository")
 
 
-def summary_table(studies_md: Path) -> str:
-    \"\"\"The table under 'What the studies say, in one place' in docs/studies.md.\"\"\"
-    lines, inside = [], False
-    for line in studies_md.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            inside = line.startswith("## What the studies say")
-        elif inside and line.startswith("|"):
-            lines.append(line)
-    return "\\n".join(lines)
-
-
-def read_verdicts(report_md: Path) -> dict[str, tuple[str, str]]:
-    \"\"\"{study: (question, verdict)} from the report's '## name: question' sections.\"\"\"
-    verdicts, study, question = {}, None, None
-    for line in report_md.read_text(encoding="utf-8").splitlines():
-        if m := re.match(r"## (\\S+): (.+)", line):
-            study, question = m.groups()
-        elif line.startswith("**Verdict:**") and study:
-            verdicts[study] = (question, line.removeprefix("**Verdict:**").strip())
-    return verdicts
-
-
 DOCS = find_docs()
-display(Markdown(summary_table(DOCS / "studies.md")))
-VERDICTS = read_verdicts(DOCS / "report" / "report.md")
-for study, (question, verdict) in VERDICTS.items():
-    print(f"[{study}] {question}\\n    verdict: {verdict}\\n")
+# The studies this notebook quotes: a missing record stops here, naming the missing file.
+QUOTED = ("chapter", "lr", "batch-size", "train-with-running-averages", "momentum", "axes")
+
+
+def study_record(name: str) -> tuple[dict, str]:
+    \"\"\"docs/studies/NAME/study.json (parsed) and docs/studies/NAME/verdict, as committed.\"\"\"
+    folder = DOCS / "studies" / name
+    for path in (folder / "study.json", folder / "verdict"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: the study {name!r} has no committed "
+                                    f"record (publish its runs into {folder.parent} first)")
+    meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    return meta, (folder / "verdict").read_text(encoding="utf-8").strip()
+
+
+def seeds_text(meta: dict) -> str:
+    return f"{meta['seeds']}" + (" (quick mode: not evidence)" if meta.get("quick") else "")
+
+
+def show_study(name: str) -> None:
+    \"\"\"Print one study's committed record: question, seeds, headline, verdict, literature,
+    caveats (the record's own English text).\"\"\"
+    meta, verdict = study_record(name)
+    print(f"[{meta['name']}] {meta['question']}\\n    seeds: {seeds_text(meta)}")
+    for label, text in (("headline", meta.get("headline")), ("verdict", verdict),
+                        ("against the literature", meta.get("literature")),
+                        ("caveats", meta.get("caveats"))):
+        if text:
+            print(textwrap.fill(f"{label}: {text}", width=100, initial_indent="    ",
+                                subsequent_indent="        "))
+    print()
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\\\|").replace("\\n", " ")
+
+
+for name in QUOTED:
+    study_record(name)
+RECORDS = {d.name: study_record(d.name) for d in sorted((DOCS / "studies").iterdir())
+           if (d / "study.json").is_file()}
+rows = ["| study | seeds | finding | against the literature |", "|---|---|---|---|"]
+for name, (meta, verdict) in RECORDS.items():
+    rows.append(f"| `{name}` | {seeds_text(meta)} | {cell(meta.get('headline') or verdict)} | "
+                f"{cell(meta.get('literature') or 'not stated')} |")
+display(Markdown("\\n".join(rows)))
+for name, (meta, verdict) in RECORDS.items():
+    print(f"[{name}] {meta['question']}\\n    verdict: {verdict}\\n")
 """)
 
 md("""
@@ -367,10 +396,25 @@ md("""
 
 ### 4.1 Why can the learning rate go up with BatchNorm?
 
-**Measured** (study `lr`, figure `docs/report/figures/lr.png`): with BN every learning rate
-from 0.03 to 10 trains LeNet; without BN only a narrow window around 1 makes progress, and 10
-fails on every seed.
+**Measured** (study `lr`, figure `docs/report/figures/lr.png`): the study `lr` trains the same
+LeNet with plain SGD at log-spaced learning rates, with and without BN, and judges each seed on
+its own curve: which learning rates train, which make no progress and which diverge. Its
+result, read from the committed record:
+""", """
+## 4. 学习者的三个问题
 
+### 4.1 为什么加了 BatchNorm 之后学习率可以调大？
+
+**测量结果**（研究 `lr`，图 `docs/report/figures/lr.png`）：研究 `lr` 用普通 SGD 在按对数间隔取的一组学习率上，
+分别训练有 BN 和没有 BN 的同一个 LeNet，并根据每个种子自己的曲线判断：哪些学习率能训练起来，哪些没有进展，
+哪些发散。它的结果读自已提交的记录（记录原文为英文）：
+""")
+
+code("""
+show_study("lr")
+""")
+
+md("""
 ![lr study](../docs/report/figures/lr.png)
 
 **Why.** Two effects, both visible in a few lines. (1) A layer followed by BN no longer cares
@@ -381,13 +425,6 @@ pre-activations stay centred with unit spread, so the sigmoids after them do not
 the gradients do not vanish when a big step moves the weights far. Below: the same loss at
 weight scales 1 and 10, and the gradient shrinking tenfold, with BN; without BN, both change.
 """, """
-## 4. 学习者的三个问题
-
-### 4.1 为什么加了 BatchNorm 之后学习率可以调大？
-
-**测量结果**（研究 `lr`，图 `docs/report/figures/lr.png`）：有 BN 时，从 0.03 到 10 的每个学习率都能把
-LeNet 训练起来；没有 BN 时只有 1 附近很窄的一段能取得进展，而学习率 10 在每个种子上都失败。
-
 ![lr study](../docs/report/figures/lr.png)
 
 **原因。** 有两个效应，都能用几行代码看到。(1) 后面接着 BN 的层不再在乎自身权重的*尺度*：对任意
@@ -398,7 +435,6 @@ a > 0，BN(a·Wx) = BN(Wx)。而损失对 W 的梯度按 1/a 缩小，所以一�
 """)
 
 code("""
-print("lr study:", VERDICTS["lr"][1], "\\n")
 torch.manual_seed(0)
 inputs, target = torch.randn(64, 20), torch.randn(64, 8)
 w0 = torch.randn(8, 20) / 20**0.5
@@ -416,10 +452,34 @@ for with_bn in (True, False):
 md("""
 ### 4.2 Why not normalize with the moving averages during training?
 
-**Measured** (study `inference-stats`): a LeNet trained with the layer
-`RunningStatsBatchNorm` (bnlab's teaching layer: it updates the averages as BatchNorm does,
-then normalizes with them) stays at chance, 0.100 test accuracy, on every seed, while the same
-network with BatchNorm reaches 0.825.
+**Measured** (study `train-with-running-averages`, figure
+`docs/report/figures/train-with-running-averages.png`): the study takes BatchNorm's training
+step apart with four layers in the chapter's LeNet: BN itself; `batch-stats-detached` (the
+batch's fresh statistics, but no gradient through them); `renorm-wide` (the running averages,
+with the gradient through the statistics: Batch Renorm without clipping); and `running-stats`,
+the learner's proposal (bnlab's teaching layer `RunningStatsBatchNorm`: it updates the averages
+as BatchNorm does, then normalizes with them, and no gradient flows through them), over learning
+rates and, for `running-stats`, BN momenta. It measures test accuracy and the drift of the
+biases feeding the norm layers, and asks what breaks: the stale statistics or the missing
+gradient. Its result, read from the committed record:
+""", """
+### 4.2 训练时为什么不直接用移动平均来做标准化？
+
+**测量结果**（研究 `train-with-running-averages`，图 `docs/report/figures/train-with-running-averages.png`）：
+这项研究在本章的 LeNet 中用四种层把 BatchNorm 的训练步骤拆开：BN 本身；`batch-stats-detached`（用当前批量的新鲜统计量，
+但梯度不穿过它们）；`renorm-wide`（用移动平均，但梯度穿过统计量：不做截断的 Batch Renorm）；以及
+`running-stats`，即学习者提出的做法（bnlab 的教学用层 `RunningStatsBatchNorm`：它像 BatchNorm 一样更新移动平均，
+然后用这些平均值做标准化，梯度不穿过它们）。每种层都在多个学习率上训练，`running-stats` 还扫描了 BN 的动量。
+研究测量测试准确率以及送入归一化层的偏置的漂移，并回答究竟是什么出了问题：是过时的统计量，还是缺失的梯度。
+它的结果读自已提交的记录（记录原文为英文）：
+""")
+
+code("""
+show_study("train-with-running-averages")
+""")
+
+md("""
+![train-with-running-averages study](../docs/report/figures/train-with-running-averages.png)
 
 **Why.** With batch statistics, μ and σ are functions of the weights, and the gradient flows
 through them: the loss "knows" that shifting or scaling the layer's input changes nothing, so
@@ -431,11 +491,7 @@ the missing gradient: the derivative of the mean output with respect to a common
 input is 0 with BatchNorm and not with the running-average layer. The second trains both layers
 in LeNet under the same budget as part 2.
 """, """
-### 4.2 训练时为什么不直接用移动平均来做标准化？
-
-**测量结果**（研究 `inference-stats`）：用 `RunningStatsBatchNorm`（bnlab 的教学用层：它像 BatchNorm
-一样更新移动平均，然后用这些平均值做标准化）训练的 LeNet 在每个种子上都停留在随机猜测水平，测试准确率
-0.100；同一个网络换成 BatchNorm 则达到 0.825。
+![train-with-running-averages study](../docs/report/figures/train-with-running-averages.png)
 
 **原因。** 用批量统计量时，μ 和 σ 是权重的函数，梯度会穿过它们传回去：损失函数"知道"把这一层的输入
 整体平移或缩放不会改变任何结果，于是优化器没有理由去推动输入的分布。用移动平均时，统计量对梯度而言只是常数，
@@ -446,7 +502,6 @@ in LeNet under the same budget as part 2.
 """)
 
 code("""
-print("inference-stats study:", VERDICTS["inference-stats"][1], "\\n")
 torch.manual_seed(0)
 h = torch.randn(32, 4) * 2 + 3
 for layer in (BatchNorm1d(4), RunningStatsBatchNorm(4)):
@@ -469,13 +524,50 @@ for label, r in runs.items():
 """)
 
 md("""
+BatchNorm itself uses the moving averages at inference, and there their lag costs something
+too: trained with the chapter's recipe, the test accuracy swings from epoch to epoch. The study
+`momentum` (figure `docs/report/figures/momentum.png`) measures how BN's running-average
+momentum changes the test accuracy, and whether the running averages explain those
+epoch-to-epoch swings: it compares, on the very same weights, the accuracy with the running
+averages and with statistics re-estimated exactly (PreciseBN). Its result, read from the
+committed record:
+""", """
+BatchNorm 自己在推理时也使用移动平均，而在那里它们的滞后同样有代价：按本章的做法训练时，测试准确率在相邻两轮之间
+来回波动。研究 `momentum`（图 `docs/report/figures/momentum.png`）测量 BN 移动平均的动量如何改变测试准确率，
+以及移动平均能否解释这种逐轮的波动：它在完全相同的权重上，比较用移动平均和用精确重新估计的统计量（PreciseBN）
+得到的准确率。它的结果读自已提交的记录（记录原文为英文）：
+""")
+
+code("""
+show_study("momentum")
+""")
+
+md("""
 ### 4.3 Which axes should the statistics be averaged over?
 
-**Measured** (study `axes`): on LeNet, per-channel BatchNorm 0.776 ≈ per-activation BatchNorm
-0.759 > InstanceNorm (convolutions; BN after the linear layers) 0.714 > GroupNorm 0.667 ≈ LayerNorm 0.664 > no normalization 0.531 (test
-accuracy, 3 seeds). The `batch-size` study adds the other side: per-sample statistics (GroupNorm,
-LayerNorm) do not care about the batch size, while BatchNorm collapses at batch 2.
+**Measured** (study `axes`, figure `docs/report/figures/axes.png`): the study `axes` trains the
+same LeNet with each member of the normalization-axes family (per-channel BatchNorm,
+per-activation BatchNorm, InstanceNorm on the convolutions with BN after the linear layers,
+GroupNorm, LayerNorm) and without normalization, and compares each with per-channel BatchNorm
+on test accuracy, paired over seeds. The `batch-size` study adds the other side: how BatchNorm,
+its small-batch remedies and the per-sample layers (GroupNorm, LayerNorm) hold up as the batch
+shrinks. Their results, read from the committed records:
+""", """
+### 4.3 统计量应该在哪些轴上求平均？
 
+**测量结果**（研究 `axes`，图 `docs/report/figures/axes.png`）：研究 `axes` 用归一化轴族中的每一种层
+（按通道的 BatchNorm、按激活位置的 BatchNorm、用于卷积层的 InstanceNorm（线性层后仍用 BN）、GroupNorm、LayerNorm）
+以及不做归一化，分别训练同一个 LeNet，并在测试准确率上把每一种与按通道的 BatchNorm 做按种子配对的比较。
+研究 `batch-size` 补上了另一面：批量变小时，BatchNorm、针对小批量的改进方法以及按样本计算统计量的层
+（GroupNorm、LayerNorm）各自表现如何。它们的结果读自已提交的记录（记录原文为英文）：
+""")
+
+code("""
+show_study("axes")
+show_study("batch-size")
+""")
+
+md("""
 ![axes study](../docs/report/figures/axes.png)
 
 **Why.** For a fully connected layer (N, C) the rule is one mean per feature, over the batch.
@@ -487,13 +579,6 @@ also erases whatever all images share at a position. Below, on a batch of 64 Fas
 (one channel): the statistics' shapes, how much each fluctuates between two batches, and the
 batch's mean image after each normalization.
 """, """
-### 4.3 统计量应该在哪些轴上求平均？
-
-**测量结果**（研究 `axes`）：在 LeNet 上，按通道的 BatchNorm 0.776 ≈ 按激活位置的 BatchNorm 0.759 >
-InstanceNorm（用于卷积层，线性层后仍用 BN）0.714 > GroupNorm 0.667 ≈ LayerNorm 0.664 > 不做归一化 0.531（测试准确率，3 个种子）。
-研究 `batch-size` 补上了另一面：按样本计算统计量的层（GroupNorm、LayerNorm）不受批量大小影响，
-而 BatchNorm 在批量为 2 时明显崩溃。
-
 ![axes study](../docs/report/figures/axes.png)
 
 **原因。** 对全连接层 (N, C) 而言，规则是每个特征在批量维上求一个均值。卷积在每个位置上使用同一个卷积核，
@@ -505,7 +590,6 @@ InstanceNorm（用于卷积层，线性层后仍用 BN）0.714 > GroupNorm 0.667
 """)
 
 code("""
-print("axes study:", VERDICTS["axes"][1], "\\n")
 test_images = load_split("fashion-mnist", "test", log=lambda _: None).images
 batch_a = test_images[:64].float().div(255).unsqueeze(1)  # (N, H, W) -> (64, 1, 28, 28)
 batch_b = test_images[64:128].float().div(255).unsqueeze(1)

@@ -60,8 +60,11 @@ def check_outputs(nb: nbformat.NotebookNode) -> None:
                                 r"\(M/\(M-1\) = \d+/\d+ = ([0-9.]+)\)", text).groups()
     assert abs(float(ratio) - float(expected)) < 1e-4
     assert re.search(r"'test_acc': 0\.\d+", text), "the training run's final metrics"
-    for study in ("chapter", "lr", "batch-size", "inference-stats", "axes"):
+    # Section 3 and the learner's questions print the committed records (docs/studies/NAME).
+    for study in ("chapter", "lr", "batch-size", "train-with-running-averages", "momentum",
+                  "axes"):
         assert f"[{study}] " in text and "verdict: " in text, study
+    assert len(re.findall(r"^\[\S+\] .+\n    seeds: \d+", text, re.M)) == 5, "show_study"
     # Scale invariance with BN: the same loss at weight scales 1 and 10, the gradient / 10.
     bn = re.findall(r"with BN\s+weight scale\s+\S+: loss\s+(\S+), \|grad W\|\s+(\S+)", text)
     assert len(bn) == 2 and bn[0][0] == bn[1][0], bn
