@@ -87,3 +87,22 @@ def test_bn_momentum_sets_every_layer(tmp_path):
 def test_bad_values_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_a_diverged_network_is_evaluated_not_an_error():
+    """NaN weights or NaN statistics: PreciseBN has nothing to re-estimate, the accuracy is
+    what the network gives (the studies count such a seed as failed), and no exception."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (300,))
+    train_l = BatchLoader(x[:200], y[:200], 100, shuffle=True, seed=0)
+    test_l = BatchLoader(x[200:], y[200:], 100, shuffle=False)
+    nan_weights = build_model("lenet-bn", "bnlab")
+    with torch.no_grad():
+        nan_weights[0].weight.fill_(float("nan"))
+    huge = build_model("lenet-bn", "bnlab")  # finite weights whose activations overflow
+    with torch.no_grad():
+        huge[0].weight.fill_(3e38)
+    for model in (nan_weights, huge):
+        acc = precise_accuracy(model, train_l, test_l, 200)
+        assert acc == evaluate(model.eval(), test_l)  # the statistics it has

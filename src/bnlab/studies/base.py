@@ -314,11 +314,11 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     if skip:
         findings.rows, note = _not_run(findings.rows, arms, skip, subject)
         findings.verdict = f"{findings.verdict} {note}"
-    if quick:  # one seed on a small subset: a smoke test of the pipeline, not evidence
-        findings.verdict = f"[quick mode: {n_seeds} seed(s), small subset, not conclusive] " \
-                           f"{findings.verdict}"
-    elif n_seeds < 2:
-        findings.verdict = f"[{n_seeds} seed: no difference can be tested] {findings.verdict}"
+    mark = ("[quick mode: a small subset, not evidence] " if quick else
+            f"[{n_seeds} seed: no difference can be tested] " if n_seeds < 2 else "")
+    if mark:  # on every computed sentence that may be quoted alone
+        findings.verdict, findings.headline = mark + findings.verdict, mark + findings.headline
+        findings.literature = mark + findings.literature if findings.literature else ""
     write_table(findings.rows, out, findings.comparisons)
     findings.plot(out / "figure.png")
     (out / "verdict").write_text(findings.verdict.strip() + "\n")

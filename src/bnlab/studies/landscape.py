@@ -72,6 +72,10 @@ class LandscapeProbe:
                     p.grad = g
                 for n, b in model.named_buffers():
                     b.copy_(buffers[n])
+        if not all(math.isfinite(v) for v in (*losses, *changes)):
+            # a step that blew up: no range to measure (max/min would skip a NaN unless first)
+            return {"loss_range": math.nan, "grad_change": math.nan, "beta": math.nan,
+                    "grad_norm": gnorm}
         return {"loss_range": max(losses) - min(losses), "grad_change": max(changes),
                 "beta": max(betas), "grad_norm": gnorm}
 

@@ -105,13 +105,22 @@ def precise_accuracy(model: nn.Module, train: BatchLoader, test: BatchLoader,
     """Test accuracy of a copy of `model` whose BatchNorm statistics are re-estimated by
     PreciseBN over `examples` training examples (``bnlab.norm.precise``): the accuracy the
     weights deserve, free of the running averages' lag. The model, its buffers and the global
-    RNG are left as they were; the batches are those of a fixed, unused epoch."""
+    RNG are left as they were; the batches are those of a fixed, unused epoch.
+
+    A diverged network (non-finite weights, or statistics that are not finite) has nothing to
+    re-estimate: its accuracy is what it gives with the statistics it has, as the studies'
+    failure rule counts it (``bnlab.studies.stats``), never an error that ends the run.
+    """
     copy = deepcopy(model)
-    rng = torch.get_rng_state()
-    try:
-        precise_bn(copy, train.batches(PRECISE_EPOCH), examples)
-    finally:
-        torch.set_rng_state(rng)
+    if all(bool(torch.isfinite(p).all()) for p in copy.parameters()):
+        rng = torch.get_rng_state()
+        try:
+            precise_bn(copy, train.batches(PRECISE_EPOCH), examples)
+        except ValueError as e:  # precise_bn changed nothing: the copy keeps its statistics
+            if "not finite" not in str(e):
+                raise
+        finally:
+            torch.set_rng_state(rng)
     return evaluate(copy, test)
 
 
