@@ -61,9 +61,16 @@ def test_diverged_seeds_make_a_metric_untestable_not_noise():
     assert math.isnan(summary([1.0, math.nan, 2.0]).mean)  # no order-dependent max/mean
 
 
-def test_zero_spread_gives_p_0_or_1():
+def test_no_spread_uses_the_exact_test_never_an_infinite_t():
+    # two arms completely separated: permutation p = 2 / C(6, 3) = 0.1, not 0
     c = compare([1.0, 1.0, 1.0], [2.0, 2.0, 2.0], metric="m", label="x", paired=False)
-    assert c.p == 0.0 and (c.low, c.high) == (1.0, 1.0)
+    assert c.p == pytest.approx(0.1) and (c.low, c.high) == (1.0, 1.0)
+    # paired differences that all agree (one test image of 5000 per seed): sign test
+    two = compare([0.8, 0.81], [0.8002, 0.8102], metric="m", label="x", paired=True)
+    assert two.p == pytest.approx(0.5) and not holm([two])[0].clear
+    five = compare(A, [a + 0.0002 for a in A], metric="m", label="x", paired=True)
+    assert five.p == pytest.approx(2 ** -4) and five.test.startswith("sign test")
+    assert compare(A, list(A), metric="m", label="x", paired=False).p == 1.0
 
 
 def test_holm_matches_a_hand_computation():
@@ -98,3 +105,13 @@ def test_holm_makes_a_marginal_difference_not_clear_in_a_family():
 ])
 def test_fmt_rounds_to_the_spread(mean, std, text):
     assert fmt(mean, std) == text
+
+
+def test_run_study_refuses_comparisons_split_into_two_holm_families(tmp_path, monkeypatch):
+    """Two holm calls give each family a smaller m: run_study recomputes and refuses it."""
+    from bnlab.studies import base
+
+    comps = [compare(A, B, metric="m", label=str(i), paired=True) for i in range(4)]
+    split = holm(comps[:2]) + holm(comps[2:])
+    one = holm(comps)
+    assert base.same_family(one) and not base.same_family(split)

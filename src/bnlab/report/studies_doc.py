@@ -34,7 +34,9 @@ one HTML page with every run's configuration: [docs/report/report.html](report/r
   show the mean +- the *sample* standard deviation over seeds, rounded to the spread.
 * A difference between two arms is tested with a *paired* t-test when the arms share seeds and
   batches (seed s of both saw the same batches in the same order), Welch's t-test otherwise,
-  with a 95% confidence interval. Holm's correction runs over all the comparisons of a study;
+  with an (unadjusted) 95% confidence interval; where arms do not vary at all (accuracies
+  come in steps of 1/n_test) the exact sign or permutation test replaces the t-test. Holm's
+  correction runs over all the comparisons of a study;
   a difference is **clear** only at a Holm-adjusted p < 0.05, and it is then called "better" or
   "worse"; otherwise "no clear difference". An arm with one seed is "not testable".
 * A seed *diverged* when its final training loss is not finite, and *failed* when it diverged

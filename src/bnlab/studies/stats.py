@@ -17,9 +17,11 @@ otherwise). From those values:
     same batches in the same order), which removes the seed-to-seed variation they share;
   - *Welch's* t-test otherwise (unequal variances).
 
-  With zero spread the t statistic is infinite (p = 0) when the means differ and the
-  difference is 0 (p = 1) when they do not.
-* **Multiple comparisons.** Holm's step-down correction over all comparisons a study makes.
+  Accuracies come in steps of 1/n_test, so arms can tie exactly: with no spread at all the
+  exact test that needs none is used (the sign test for paired differences, the permutation
+  test for two separated arms), never an infinite t.
+* **Multiple comparisons.** Holm's step-down correction over all comparisons a study makes
+  (the confidence intervals are the unadjusted 95% ones).
   A difference is *clear* only when its Holm-adjusted p < ``ALPHA`` (0.05). An arm with fewer
   than two usable seeds is *not testable*: one seed never yields "clear".
 """
@@ -153,7 +155,7 @@ class Comparison:
             return f"{self.a.text()} -> {self.b.text()} ({self.test})"
         d = self.digits()
         return (f"{self.a.mean:.{d}f} -> {self.b.mean:.{d}f} ({self.diff:+.{d}f}, 95% CI "
-                f"{self.low:+.{d}f} to {self.high:+.{d}f}, Holm p = {p_text(self.p_holm)}: "
+                f"{self.low:+.{d}f} to {self.high:+.{d}f}, Holm {_p_is(self.p_holm)}: "
                 f"{self.word})")
 
     def record(self) -> dict[str, object]:
@@ -168,6 +170,12 @@ def p_text(p: float) -> str:
     if math.isnan(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_is(p: float) -> str:
+    """'p < 0.001' or 'p = 0.031'."""
+    text = p_text(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def _untestable(label: str, metric: str, a: Summary, b: Summary, hib: bool,
@@ -200,13 +208,28 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
         # Welch-Satterthwaite degrees of freedom
         df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se > 0 else \
             float(sa.n + sb.n - 2)
-    if se == 0:  # no spread at all: the t statistic is 0 or infinite
-        p = 1.0 if diff == 0 else 0.0
-        return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff, diff, p)
+    if se <= 1e-12 * max(1.0, abs(diff)):  # no spread (up to float rounding): t is 0 or inf
+        return _without_spread(label, metric, sa, sb, higher_is_better, paired, diff)
     half = float(sps.t.ppf(0.975, df)) * se
     p = float(2 * sps.t.sf(abs(diff) / se, df))
     return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff - half,
                       diff + half, p)
+
+
+def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, paired: bool,
+                    diff: float) -> Comparison:
+    """Arms whose values do not vary (accuracies are multiples of 1/n_test, so two seeds can
+    tie exactly). A t statistic would be infinite and p = 0 from two seeds; instead the exact
+    test that needs no spread: the sign test for paired differences that all agree (p =
+    2 * 0.5^n), or the permutation test for two arms completely separated (p = 2 / C(na+nb,
+    na)). Equal means give p = 1. The interval is the observed difference."""
+    if diff == 0:
+        p, test = 1.0, "exact (no spread)"
+    elif paired:
+        p, test = min(1.0, 2.0 ** (1 - a.n)), "sign test (no spread)"
+    else:
+        p, test = min(1.0, 2.0 / math.comb(a.n + b.n, a.n)), "permutation test (no spread)"
+    return Comparison(label, metric, a, b, hib, test, diff, diff, diff, p)
 
 
 def holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
