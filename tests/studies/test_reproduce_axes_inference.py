@@ -127,6 +127,33 @@ def test_axes_other_layers_behind_bn_agree_with_wu_he():
     assert all(c.test == "paired t" and not math.isnan(c.p_holm) for c in f.comparisons)
     assert _word(f, "LayerNorm") == "worse" and _word(f, "no norm") == "worse"
     assert f.literature.startswith("agrees with Wu & He 2018")
+    assert "each of them is clearly behind" in f.literature
+
+
+def test_axes_one_layer_behind_is_only_partial_agreement():
+    """LayerNorm clearly behind, GroupNorm and InstanceNorm level with BN: not 'agrees'."""
+    f = axes_findings({**AXES, "group": 0.86, "instance-conv": 0.86})
+    assert f.literature.startswith("partly agrees with Wu & He 2018")
+    assert "clearly behind per-channel BN are only LayerNorm" in f.literature
+    assert "(not shown equal): GroupNorm, InstanceNorm" in f.literature
+
+
+def test_axes_behind_needs_both_evaluations():
+    """BN's running averages lag (0.03 below its PreciseBN accuracy): LayerNorm at 0.845 is
+    behind BN's PreciseBN accuracy but ahead of its running-average one."""
+    arms = axes.arms(False)
+    means = {**AXES, "layer": 0.845, "bnlab": 0.83}
+    res = [arm_result(a, accs(means[a.name], 5, i),
+                      precise=a.name in ("bnlab", "per-activation"))
+           for i, a in enumerate(arms)]
+    for run in next(r for r in res if r.arm.name == "bnlab").runs:
+        run.final["test_acc_precise"] += 0.03
+    f = axes.analyze(res)
+    assert "LayerNorm: the two evaluations disagree (running averages: better; PreciseBN: " \
+        "worse)" in f.literature
+    assert "LayerNorm (running averages: better; PreciseBN: worse)" in f.headline
+    assert "the two evaluations disagree: " in f.headline
+    assert "clearly better: none" in f.headline
 
 
 def test_axes_reversed_effect_flips_the_verdict():

@@ -29,7 +29,8 @@ def test_quick_study_writes_everything(quick_studies, name):
     rows = list(csv.DictReader((out / "table.csv").open()))
     assert len(rows) >= len(arms) and "test_acc" in rows[0]  # inference-stats: per method
     verdict = (out / "verdict").read_text().strip()
-    assert verdict == verdicts[name] and verdict.startswith("[quick mode: a small subset, not evidence]")
+    assert verdict == verdicts[name]
+    assert verdict.startswith("[quick mode: a small subset, not evidence]")
     for arm in meta["arms"]:
         for run in arm["runs"]:
             assert (out / run / "DONE").exists()
