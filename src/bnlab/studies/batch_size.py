@@ -154,9 +154,10 @@ def _fair(res: ArmResult, metric: str) -> list[float]:
 def drop_comparisons(bn_small: ArmResult, bn_ref: ArmResult, small: ArmResult, ref: ArmResult,
                      label: str) -> list[Comparison]:
     """Per seed, drop = acc(small batch) - acc(reference batch) of the layer and of BN; the
-    layer's drop against BN's, paired over seeds when the layer's arms share seeds and batches with BN's at each batch
-    (Welch otherwise), on test accuracy with the running averages and, where BN has them, with
-    PreciseBN statistics. 'better': the layer loses clearly less than BN."""
+    layer's drop against BN's, paired over seeds when the layer's arms share seeds and batches
+    with BN's at each batch size (Welch otherwise), on test accuracy with the running averages
+    and, where BN has them, with PreciseBN statistics. 'better': the layer loses clearly less
+    than BN."""
     metrics = ["test_acc"] + (["test_acc_precise"] if bn_small.has("test_acc_precise") else [])
     # seed s's drops share their batches when the layer's arms share BN's at each batch size
     paired = bn_small.paired_with(small) and bn_ref.paired_with(ref)
