@@ -24,6 +24,7 @@ from bnlab.studies.base import (
     summarize,
 )
 from bnlab.studies.stats import Comparison, holm
+from bnlab.studies.wording import fair_word
 from bnlab.train import TrainConfig
 
 SEEDS = 5
@@ -40,17 +41,6 @@ def arms(quick: bool) -> list[Arm]:
                        limit_train=2048 if quick else 30000, limit_test=1000 if quick else 10000)
     return [Arm(norm, label, TrainConfig(**{**base.to_dict(), "norm": norm}), {"norm": norm})
             for norm, label in NORMS.items()]
-
-
-def fair_word(cs: tuple[Comparison, ...] | list[Comparison]) -> str:
-    """One word for a layer against BN from both evaluations (running averages, PreciseBN):
-    'better' or 'worse' only when every evaluation says it; 'no clear difference' when none is
-    clear; otherwise 'the two evaluations disagree (running averages: X; PreciseBN: Y)'."""
-    words = [c.word for c in cs]
-    if len(set(words)) == 1:
-        return words[0]
-    return (f"the two evaluations disagree (running averages: {words[0]}; PreciseBN: "
-            f"{words[1]})")
 
 
 def literature(tests: dict[str, tuple[Comparison, Comparison]]) -> str:
