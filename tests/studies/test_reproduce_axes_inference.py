@@ -78,6 +78,23 @@ def test_reproduce_bn_clearly_better_agrees_with_the_textbook():
     assert twin.word == "no clear difference"
 
 
+def test_reproduce_agrees_only_when_both_evaluations_say_better():
+    """BN clearly better with the running averages, but level with no BN with PreciseBN
+    statistics: not 'agrees'; the headline names both."""
+    arms = {a.name: a for a in reproduce.arms(False)}
+    bn = arm_result(arms["bnlab-bn"], accs(0.86, 5, 2))
+    wobble = [0.003, -0.004, 0.002, -0.001, 0.0]
+    for run, none_acc, w in zip(bn.runs, accs(0.78, 5, 1), wobble, strict=True):
+        run.final["test_acc_precise"] = none_acc + w
+    f = reproduce.analyze([arm_result(arms["no-bn"], accs(0.78, 5, 1), precise=False), bn,
+                           arm_result(arms["torch-bn"], accs(0.86, 5, 3))])
+    assert not f.literature.startswith("agrees")
+    assert f.literature.startswith("neither agrees with nor contradicts Dive into Deep")
+    assert ("the two evaluations disagree (running averages: better; PreciseBN: no clear "
+            "difference)") in f.literature
+    assert "with PreciseBN statistics (the two evaluations disagree" in f.headline
+
+
 def test_reproduce_reversed_effect_does_not_reproduce():
     f = repro(0.86, 0.78, 0.78, 5)
     acc = next(c for c in f.comparisons if c.metric == "test_acc")
