@@ -261,3 +261,18 @@ def test_inference_stats_has_no_running_average_training_arm():
     assert [a.name for a in inference_stats.arms(False)] == ["bn"]
     assert "train-with-running-averages" in inference_stats.STUDY.setup
     assert inference_stats.STUDY.seeds == axes.STUDY.seeds == 5
+
+
+def test_inference_ema_label_states_the_weight_left_on_the_reset_values():
+    assert inference_stats.ema_name(0.01, 200) == (
+        "EMA 0.01 from reset, 200 batches (13% of the weight still on the reset values)")
+    assert inference_stats.ema_name(0.1, 200) == "EMA 0.1, 200 batches"  # 0.9^200 ~ 7e-10
+    import torch
+
+    from bnlab.data import BatchLoader
+
+    tiny = BatchLoader(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.long),
+                       2, shuffle=False)
+    names = list(inference_stats.methods(tiny, tiny, 2))
+    assert "EMA 0.01, 200 batches" not in names
+    assert inference_stats.ema_name(0.01) in names and "EMA 0.1, 200 batches" in names
