@@ -15,7 +15,7 @@ STUCK = [2.31, 2.305]
     (STUCK, 0.10, "stuck"),  # on the chance plateau after every epoch
     ([2.30, math.nan], 0.10, "diverged"),  # a NaN at any epoch
     ([math.inf, 1.0], 0.70, "diverged"),  # even if a later epoch looks fine
-    ([2.5, 4.0], 0.10, "diverged"),  # finite but far above chance: blown up
+    ([2.5, 4.0], 0.10, "blew up"),  # finite but far above chance: not "diverged" (stats)
     ([2.30, 0.9], 0.70, "trains"),  # falling
     ([2.30, 2.25], 0.45, "trains"),  # leaving the plateau: accuracy already beats chance
 ])
@@ -23,7 +23,7 @@ def test_each_seed_is_judged_on_its_own_curve(losses, acc, state):
     assert lr.classify(losses, acc) == state
 
 
-def sweep(bn_loss_shift=-0.2, none=None, seeds=5, nan_at=None):
+def sweep(bn_loss_shift=-0.2, none=None, seeds=5, nan_at=None, bad_seeds=None):
     """No BN: stuck at lr 0.03 and 0.1, trains at 0.3..3, blown up at 10 (unless `none` says
     otherwise); BN trains everywhere, its loss shifted by `bn_loss_shift` from no BN's."""
     none = none if none is not None else {0.03: "stuck", 0.1: "stuck", 10.0: "diverged"}
@@ -31,6 +31,8 @@ def sweep(bn_loss_shift=-0.2, none=None, seeds=5, nan_at=None):
     def curve(arm, seed, noise):
         norm, rate = arm.tags["norm"], arm.tags["lr"]
         state = "trains" if norm == "bnlab" else none.get(rate, "trains")
+        if bad_seeds is not None and seed not in bad_seeds:
+            state = "trains"
         if state == "stuck":
             return [{"epoch": e, "train_loss": v, "test_acc": 0.10}
                     for e, v in enumerate(STUCK, 1)]
@@ -60,9 +62,15 @@ def test_usable_ranges_and_bn_lower_loss():
     assert all(c.word == "better" and c.test == "paired t" for c in loss_tests(f))
     assert all(not math.isnan(c.p_holm) for c in f.comparisons)
     assert f.literature.startswith("Agrees with") and "Bjorck" in f.literature
+    shares = {c.label: c for c in f.comparisons if c.metric == lr.TRAINS}
+    assert shares["lr 0.1: BN vs no BN"].word == "better"  # 5/5 vs 0/5, Fisher exact
+    assert shares["lr 1: BN vs no BN"].word == "no clear difference"  # 5/5 vs 5/5
+    assert "clearly more seeds at lr 0.03 to 0.1, 10" in f.literature
     assert "clearly lower at 3 of 3 learning rates" in f.headline
     states = {r["arm"]: r["seed states (own curve)"] for r in f.rows}
-    assert states["no BN, lr 0.1"] == "5 stuck" and states["no BN, lr 10"] == "5 diverged"
+    assert states["no BN, lr 0.1"] == "5 stuck" and states["no BN, lr 10"] == "5 blew up"
+    # the table's diverged column (stats: a non-finite loss) agrees with the states
+    assert next(r for r in f.rows if r["arm"] == "no BN, lr 10")["diverged"] == 0
     assert states["BN, lr 10"] == "5 trains"
 
 
@@ -80,7 +88,21 @@ def test_equal_arms_give_no_clear_difference():
 
 def test_same_range_does_not_reproduce_the_claim():
     f = sweep(none={})  # no BN trains everywhere too
-    assert f.literature.startswith("Does not reproduce")
+    assert f.literature.startswith("Does not show the claim")
+    assert {c.word for c in f.comparisons if c.metric == lr.TRAINS} == {"no clear difference"}
+
+
+def test_one_failing_seed_does_not_widen_the_range():
+    """Without BN one seed of five blows up at lr 10: the usable ranges differ, but 4/5 vs 5/5
+    is no clear difference (Fisher exact, Holm)."""
+    f = sweep(none={10.0: "diverged"}, bad_seeds={0})
+    assert "without BN 0.03 to 3; with BN 0.03 to 10" in f.verdict
+    c = next(c for c in f.comparisons if c.metric == lr.TRAINS and c.label.startswith("lr 10:"))
+    assert c.test == "Fisher exact" and c.word == "no clear difference"
+    assert c.diff == pytest.approx(0.2) and c.low < 0 < c.high and not math.isnan(c.p_holm)
+    assert "lr 10: 5/5 with BN vs 4/5 without" in f.verdict
+    assert not f.literature.startswith("Agrees")
+    assert f.literature.startswith("Does not show the claim")
 
 
 def test_a_nan_seed_makes_its_learning_rate_unusable():
@@ -95,3 +117,6 @@ def test_one_seed_is_never_clear():
     f = sweep(seeds=1)
     assert f.comparisons and all(not c.clear for c in f.comparisons)
     assert all(c.word.startswith("not testable") for c in f.comparisons)
+    # one seed's states never decide "wider"
+    assert not f.literature.startswith("Agrees")
+    assert f.literature.startswith("Cannot test")

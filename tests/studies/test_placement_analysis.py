@@ -7,7 +7,7 @@ from bnlab.studies import placement
 from tests.studies.fakes import results
 
 
-def study(loss_shift=-0.1, acc_shift=0.0, seeds=5, nan_after=False):
+def study(loss_shift=-0.1, acc_shift=0.0, seeds=5, nan_after=False, precise_shift=None):
     """The after arm's train loss and accuracy shifted from the before arm's."""
     def curve(arm, seed, noise):
         after = arm.tags["placement"] == "after"
@@ -15,8 +15,9 @@ def study(loss_shift=-0.1, acc_shift=0.0, seeds=5, nan_after=False):
         if after and nan_after and seed == 0:
             loss = math.nan
         acc = 0.82 + 0.004 * noise + (acc_shift if after else 0.0)
-        return [{"epoch": 1, "train_loss": loss, "test_acc": acc,
-                 "test_acc_precise": acc + 0.001}]
+        shift = acc_shift if precise_shift is None else precise_shift
+        precise = 0.82 + 0.004 * noise + (shift if after else 0.0) + 0.001
+        return [{"epoch": 1, "train_loss": loss, "test_acc": acc, "test_acc_precise": precise}]
 
     return placement.analyze(results(placement.arms(False), seeds, curve))
 
@@ -80,3 +81,23 @@ def test_the_verdict_says_which_accuracy_is_higher():
     f = study(acc_shift=-0.05)
     assert "before higher (clear) with the running averages" in f.verdict
     assert "before higher (clear) with PreciseBN" in f.verdict
+
+
+def test_literature_words_each_evaluation_when_they_disagree():
+    f = study(acc_shift=-0.05, precise_shift=0.0)
+    c = by_metric(f)
+    assert c["test_acc"].word == "worse" and c["test_acc_precise"].word == "no clear difference"
+    assert "with both" not in f.literature
+    assert ("the two evaluations disagree on the test accuracy after the sigmoid (running "
+            "averages: worse; PreciseBN: no clear difference)") in f.literature
+
+
+def test_biases_are_redundant_only_below_rounding(monkeypatch):
+    assert "redundant there" in study().verdict
+    monkeypatch.setattr(placement, "bias_redundancy", lambda: {
+        "layers": "conv 1", "parameters_saved": 6, "max_output_diff": 3e-4,
+        "max_weight_grad_diff": 1e-5})
+    f = study()
+    assert "redundant there" not in f.verdict
+    assert "NOT redundant: the output changes by 3.0e-04" in f.verdict
+    assert "biases before BN are not redundant" in f.headline

@@ -78,6 +78,23 @@ def test_reproduce_bn_clearly_better_agrees_with_the_textbook():
     assert twin.word == "no clear difference"
 
 
+def test_reproduce_agrees_only_when_both_evaluations_say_better():
+    """BN clearly better with the running averages, but level with no BN with PreciseBN
+    statistics: not 'agrees'; the headline names both."""
+    arms = {a.name: a for a in reproduce.arms(False)}
+    bn = arm_result(arms["bnlab-bn"], accs(0.86, 5, 2))
+    wobble = [0.003, -0.004, 0.002, -0.001, 0.0]
+    for run, none_acc, w in zip(bn.runs, accs(0.78, 5, 1), wobble, strict=True):
+        run.final["test_acc_precise"] = none_acc + w
+    f = reproduce.analyze([arm_result(arms["no-bn"], accs(0.78, 5, 1), precise=False), bn,
+                           arm_result(arms["torch-bn"], accs(0.86, 5, 3))])
+    assert not f.literature.startswith("agrees")
+    assert f.literature.startswith("neither agrees with nor contradicts Dive into Deep")
+    assert ("the two evaluations disagree (running averages: better; PreciseBN: no clear "
+            "difference)") in f.literature
+    assert "with PreciseBN statistics (the two evaluations disagree" in f.headline
+
+
 def test_reproduce_reversed_effect_does_not_reproduce():
     f = repro(0.86, 0.78, 0.78, 5)
     acc = next(c for c in f.comparisons if c.metric == "test_acc")
@@ -127,6 +144,33 @@ def test_axes_other_layers_behind_bn_agree_with_wu_he():
     assert all(c.test == "paired t" and not math.isnan(c.p_holm) for c in f.comparisons)
     assert _word(f, "LayerNorm") == "worse" and _word(f, "no norm") == "worse"
     assert f.literature.startswith("agrees with Wu & He 2018")
+    assert "each of them is clearly behind" in f.literature
+
+
+def test_axes_one_layer_behind_is_only_partial_agreement():
+    """LayerNorm clearly behind, GroupNorm and InstanceNorm level with BN: not 'agrees'."""
+    f = axes_findings({**AXES, "group": 0.86, "instance-conv": 0.86})
+    assert f.literature.startswith("partly agrees with Wu & He 2018")
+    assert "clearly behind per-channel BN are only LayerNorm" in f.literature
+    assert "(not shown equal): GroupNorm, InstanceNorm" in f.literature
+
+
+def test_axes_behind_needs_both_evaluations():
+    """BN's running averages lag (0.03 below its PreciseBN accuracy): LayerNorm at 0.845 is
+    behind BN's PreciseBN accuracy but ahead of its running-average one."""
+    arms = axes.arms(False)
+    means = {**AXES, "layer": 0.845, "bnlab": 0.83}
+    res = [arm_result(a, accs(means[a.name], 5, i),
+                      precise=a.name in ("bnlab", "per-activation"))
+           for i, a in enumerate(arms)]
+    for run in next(r for r in res if r.arm.name == "bnlab").runs:
+        run.final["test_acc_precise"] += 0.03
+    f = axes.analyze(res)
+    assert "LayerNorm: the two evaluations disagree (running averages: better; PreciseBN: " \
+        "worse)" in f.literature
+    assert "LayerNorm (running averages: better; PreciseBN: worse)" in f.headline
+    assert "the two evaluations disagree: " in f.headline
+    assert "clearly better: none" in f.headline
 
 
 def test_axes_reversed_effect_flips_the_verdict():
@@ -217,3 +261,18 @@ def test_inference_stats_has_no_running_average_training_arm():
     assert [a.name for a in inference_stats.arms(False)] == ["bn"]
     assert "train-with-running-averages" in inference_stats.STUDY.setup
     assert inference_stats.STUDY.seeds == axes.STUDY.seeds == 5
+
+
+def test_inference_ema_label_states_the_weight_left_on_the_reset_values():
+    assert inference_stats.ema_name(0.01, 200) == (
+        "EMA 0.01 from reset, 200 batches (13% of the weight still on the reset values)")
+    assert inference_stats.ema_name(0.1, 200) == "EMA 0.1, 200 batches"  # 0.9^200 ~ 7e-10
+    import torch
+
+    from bnlab.data import BatchLoader
+
+    tiny = BatchLoader(torch.zeros(2, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.long),
+                       2, shuffle=False)
+    names = list(inference_stats.methods(tiny, tiny, 2))
+    assert "EMA 0.01, 200 batches" not in names
+    assert inference_stats.ema_name(0.01) in names and "EMA 0.1, 200 batches" in names

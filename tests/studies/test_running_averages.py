@@ -66,7 +66,9 @@ def test_missing_gradient_is_worse_and_the_verdict_flips_when_reversed(tmp_path)
     assert tests[(1.0, "bias drift")].word == "worse"
     assert tests[(0.1, "batch-stats-detached", 0.1, "test_acc")].word == "no clear difference"
     assert findings.literature.startswith("agrees with Ioffe & Szegedy 2015")
-    assert "agrees with Ioffe 2017" in findings.literature
+    # renorm not clearly worse is not shown equal: consistent with, never "agrees"
+    assert "agrees with Ioffe 2017" not in findings.literature
+    assert "consistent with Ioffe 2017 (Batch Renorm), not a confirmation" in findings.literature
     assert "losing the gradient through the statistics is clearly worse" in findings.verdict
     assert all(not c.testable or not math.isnan(c.p_holm) for c in findings.comparisons)
     findings.plot(tmp_path / "f.png")
@@ -85,6 +87,31 @@ def test_missing_gradient_is_worse_and_the_verdict_flips_when_reversed(tmp_path)
         return 0.3 if norm == "renorm-wide" else 0.8
 
     assert "does not reproduce Ioffe 2017" in ra.analyze(fake(renorm_bad)).literature
+
+
+def test_untestable_renorm_cannot_be_tested_not_agreement():
+    def acc(norm, lr):
+        return math.nan if norm == "renorm-wide" else ioffe(norm, lr)
+
+    lit = ra.analyze(fake(acc, bias=lambda n, lr: 30.0 if n != "bnlab" else 1.0)).literature
+    assert "Ioffe 2017 (Batch Renorm) cannot be tested at lr 0.1, 1" in lit
+    assert "agrees with Ioffe 2017" not in lit and "consistent with Ioffe 2017" not in lit
+
+
+def test_attribution_needs_both_evaluations():
+    """Detached at lr 1: at chance with the running averages, level with BN with PreciseBN
+    statistics: not 'clearly worse', the disagreement is worded."""
+    results = fake(ioffe, bias=lambda n, lr: 30.0 if n != "bnlab" else 1.0)
+    for k, res in enumerate(results):
+        if res.arm.name == "batch-stats-detached-lr1":
+            for s, run in enumerate(res.runs):
+                run.metrics[-1]["test_acc_precise"] = 0.81 + noise(s, k)
+    findings = ra.analyze(results)
+    assert "losing the gradient through the statistics is clearly worse" not in \
+        findings.verdict
+    assert ("losing the gradient through the statistics: the two evaluations disagree "
+            "(running averages: worse; PreciseBN: no clear difference)") in findings.verdict
+    assert findings.literature.startswith("partly reproduces Ioffe & Szegedy 2015")
 
 
 def test_equal_arms_give_no_clear_difference():

@@ -24,6 +24,7 @@ from bnlab.studies.base import (
     summarize,
 )
 from bnlab.studies.stats import Comparison, holm
+from bnlab.studies.wording import fair_word
 from bnlab.train import TrainConfig
 
 SEEDS = 5
@@ -43,7 +44,9 @@ def arms(quick: bool) -> list[Arm]:
 
 
 def literature(tests: dict[str, tuple[Comparison, Comparison]]) -> str:
-    """Whether LN, IN and GN trail per-channel BN, as in Wu & He (2018) at a normal batch."""
+    """Whether LN, IN and GN trail per-channel BN, as in Wu & He (2018) at a normal batch.
+    A layer is behind (or ahead) only when both evaluations say so; "agrees" needs every one
+    of LN, GN and IN clearly behind."""
     paper = ("Wu & He 2018 (Group Normalization), where at 32 images per batch BN is ahead "
              "of GN, LN and IN")
     present = [n for n in WU_HE if n in tests]
@@ -51,18 +54,26 @@ def literature(tests: dict[str, tuple[Comparison, Comparison]]) -> str:
         return f"not comparable with {paper}: none of LN, IN, GN ran"
     if not all(c.testable for n in present for c in tests[n]):
         return f"cannot be tested against {paper}: " + tests[present[0]][0].word
-    ahead = [NORMS[n] for n in present if "better" in (tests[n][0].word, tests[n][1].word)]
-    behind = [NORMS[n] for n in present if "worse" in (tests[n][0].word, tests[n][1].word)]
-    tied = [NORMS[n] for n in present if NORMS[n] not in ahead + behind]
+    fair = {n: fair_word(tests[n]) for n in present}
+    ahead = [NORMS[n] for n in present if fair[n] == "better"]
+    behind = [NORMS[n] for n in present if fair[n] == "worse"]
+    split = [f"{NORMS[n]}: {fair[n]}" for n in present if fair[n].startswith("the two")]
+    tied = [NORMS[n] for n in present if fair[n] == "no clear difference"]
+    missing = [NORMS[n] for n in WU_HE if n not in tests]
     detail = "; ".join(part for part in (
         f"clearly behind BN: {', '.join(behind)}" if behind else "",
-        f"no clear difference from BN: {', '.join(tied)}" if tied else "") if part)
+        f"no clear difference from BN (not shown equal): {', '.join(tied)}" if tied else "",
+        "; ".join(split),
+        f"did not run: {', '.join(missing)}" if missing else "") if part)
     if ahead:
         return (f"does not reproduce {paper}: {', '.join(ahead)} clearly ahead of per-channel "
                 f"BN" + (f" ({detail})" if detail else ""))
     if not behind:
         return f"does not reproduce {paper} at this scale: {detail}"
-    return f"agrees with {paper}: none is ahead of per-channel BN ({detail})"
+    if len(behind) == len(WU_HE):
+        return f"agrees with {paper}: each of them is clearly behind per-channel BN ({detail})"
+    return (f"partly agrees with {paper}: clearly behind per-channel BN are only "
+            f"{', '.join(behind)} ({detail})")
 
 
 def analyze(results: list[ArmResult]) -> Findings:
@@ -78,12 +89,17 @@ def analyze(results: list[ArmResult]) -> Findings:
     verdict = (f"Against {base.arm.label} ({base.summary('test_acc').text()} test accuracy; "
                f"paired t over {n} seed(s), Holm-corrected, 'better'/'worse' need p < 0.05): "
                + "; ".join(parts) + ".")
-    words = {r.arm.label: pairs[r.arm.name][0].word for r in others}
+    # the fair accuracy: 'worse'/'better' only when both evaluations say it
+    words = {r.arm.label: fair_word(pairs[r.arm.name]) for r in others}
     worse = [k for k, w in words.items() if w == "worse"]
     better = [k for k, w in words.items() if w == "better"]
+    split = [f"{k} ({w.split('disagree ')[1][1:-1]})" for k, w in words.items()
+             if w.startswith("the two")]
     headline = (f"{base.arm.label} {base.summary('test_acc').text()} test accuracy; clearly "
-                f"worse: {', '.join(worse) or 'none'}; clearly better: "
-                f"{', '.join(better) or 'none'} ({n} seed{'s' if n != 1 else ''})")
+                f"worse (running averages and PreciseBN): {', '.join(worse) or 'none'}; "
+                f"clearly better: {', '.join(better) or 'none'}"
+                + (f"; the two evaluations disagree: {', '.join(split)}" if split else "")
+                + f" ({n} seed{'s' if n != 1 else ''})")
 
     def plot(path: Path) -> None:
         plot_accuracy_and_loss(

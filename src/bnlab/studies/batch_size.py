@@ -21,7 +21,11 @@ batch size (32 instead of 128) at the same steps, examples and gradients.
 Verdict: each layer at the smallest batch against its own batch 128, under each control, on
 test accuracy with the running averages and, for layers with running statistics, with PreciseBN
 statistics (Welch t: the batch sizes see different batches); Ghost BN against BN at batch 128
-(paired t). All comparisons Holm-corrected together.
+(paired t). The literature's claims are about an interaction (BN loses *more* than GroupNorm;
+Batch Renorm loses *less* than BN), so they are tested as one: per seed, each layer's drop
+acc(batch 2) - acc(batch 128) under equal epochs against BN's drop, paired over seeds (arms at
+the same batch size share seeds and batches). All comparisons Holm-corrected together; a layer
+whose own drop is not clear is never read as "does not lose accuracy".
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from bnlab.studies.base import (
     accuracy_text,
     summarize,
 )
-from bnlab.studies.stats import Comparison, holm
+from bnlab.studies.stats import Comparison, compare, holm
 from bnlab.train import TrainConfig
 
 NORMS = {"bnlab": "BN", "renorm-fixed": "Batch Renorm", "group": "GroupNorm",
@@ -105,9 +109,20 @@ def analyze(results: list[ArmResult]) -> Findings:
         groups.append((GHOST, "both", accuracy_comparisons(
             by[("bnlab", ref, "both")], by[(GHOST, ref, "both")],
             f"batch {ref}: Ghost BN (virtual 32) vs BN")))
-    flat = holm([c for _, _, cs in groups for c in cs])
+    # The interaction the literature is about: per seed, each layer's drop (batch `small`
+    # minus batch `ref`, equal epochs) against BN's, paired (same seeds and batches).
+    drops: dict[str, list[Comparison]] = {}
+    if ("bnlab", small, "epochs") in by:
+        for norm in ("group", "renorm-fixed"):
+            if norm in ran and (norm, small, "epochs") in by:
+                drops[norm] = drop_comparisons(
+                    at("bnlab", small, "epochs"), at("bnlab", ref, "epochs"),
+                    at(norm, small, "epochs"), at(norm, ref, "epochs"),
+                    f"drop at batch {small} (vs {ref}), equal epochs: {NORMS[norm]} vs BN")
+    flat = holm([c for _, _, cs in groups for c in cs] + [c for cs in drops.values() for c in cs])
     it = iter(flat)
     groups = [(n, c, [next(it) for _ in cs]) for n, c, cs in groups]
+    drops = {n: [next(it) for _ in cs] for n, cs in drops.items()}
 
     parts, survives = [], {}
     for norm, control, cs in groups:
@@ -125,13 +140,51 @@ def analyze(results: list[ArmResult]) -> Findings:
         verdict += (f" Ghost BN (statistics of 32) against BN (statistics of {ref}) at batch "
                     f"{ref}: {accuracy_text(ghost[0], ghost[1] if len(ghost) > 1 else None)}.")
     headline = _survival(survives, small)
-    literature = _literature(survives, small, all(c.testable for c in flat))
+    literature = _literature(survives, small, all(c.testable for c in flat), drops)
     n_seeds = max(len(r.runs) for r in results)
 
     def plot(path: Path) -> None:
         _plot(by, ran, batches, path, n_seeds)
 
     return Findings(rows, verdict, plot, flat, headline, literature)
+
+
+def _fair(res: ArmResult, metric: str) -> list[float]:
+    """Each seed's `metric`; an arm without running statistics counts its plain accuracy for
+    PreciseBN's (as ``accuracy_comparisons`` does)."""
+    return res.finals(metric if res.has(metric) else "test_acc")
+
+
+def drop_comparisons(bn_small: ArmResult, bn_ref: ArmResult, small: ArmResult, ref: ArmResult,
+                     label: str) -> list[Comparison]:
+    """Per seed, drop = acc(small batch) - acc(reference batch) of the layer and of BN; the
+    layer's drop against BN's, paired over seeds when the layer's arms share seeds and batches
+    with BN's at each batch size (Welch otherwise), on test accuracy with the running averages
+    and, where BN has them, with PreciseBN statistics. 'better': the layer loses clearly less
+    than BN."""
+    metrics = ["test_acc"] + (["test_acc_precise"] if bn_small.has("test_acc_precise") else [])
+    # seed s's drops share their batches when the layer's arms share BN's at each batch size
+    paired = bn_small.paired_with(small) and bn_ref.paired_with(ref)
+    out = []
+    for metric in metrics:
+        bn = [s - r for s, r in zip(_fair(bn_small, metric), _fair(bn_ref, metric), strict=True)]
+        other = [s - r for s, r in zip(_fair(small, metric), _fair(ref, metric), strict=True)]
+        out.append(compare(bn, other, metric=metric, label=label, paired=paired))
+    return out
+
+
+def _drop_word(cs: list[Comparison] | None) -> str:
+    """'smaller' (the layer's drop is clearly smaller than BN's on every accuracy), 'larger',
+    'untestable', 'unclear' or 'absent' (not run)."""
+    if cs is None:
+        return "absent"
+    if not all(c.testable for c in cs):
+        return "untestable"
+    if all(c.word == "better" for c in cs):
+        return "smaller"
+    if all(c.word == "worse" for c in cs):
+        return "larger"
+    return "unclear"
 
 
 def _worse(cs: list[Comparison]) -> bool:
@@ -152,34 +205,55 @@ def _survival(survives: dict[str, dict[str, bool]], small: int) -> str:
             f"steps only: {names(lambda s: bool(s.get('steps')) and not s.get('epochs'))}.")
 
 
-def _literature(survives: dict[str, dict[str, bool]], small: int, testable: bool) -> str:
+def _literature(survives: dict[str, dict[str, bool]], small: int, testable: bool,
+                drops: dict[str, list[Comparison]] | None = None) -> str:
     """Wu & He 2018: BN degrades at small batches, GroupNorm (and LayerNorm) do not; Ioffe
-    2017: Batch Renorm reduces the degradation."""
+    2017: Batch Renorm reduces the degradation. Both are claims about the *difference* of
+    drops (an interaction), so they are decided by the paired test of each layer's drop
+    against BN's, never by a layer's own drop not being clear (absence of evidence)."""
+    drops = drops or {}
     if "bnlab" not in survives:
         return "Not tested: BN did not run on this network."
     if not testable:
         return ("Not tested against Wu & He 2018 (BN loses accuracy at small batches, "
                 "GroupNorm does not): fewer than two usable seeds per arm.")
     bn = survives["bnlab"].get("epochs", False)
-    gn = survives.get("group", {}).get("epochs")
-    rn = survives.get("renorm-fixed", {}).get("epochs")
+    gn_own = survives.get("group", {}).get("epochs")
+    gn = _drop_word(drops.get("group"))
+    rn = _drop_word(drops.get("renorm-fixed"))
     claim = ("Wu & He 2018 (BN loses accuracy at small batches, GroupNorm does not) under "
              "their equal-epochs control")
-    if bn and gn is False:
-        head = f"Agrees with {claim}: at batch {small} BN is clearly worse, GroupNorm is not"
+    gn_self = ("GroupNorm is clearly worse there too" if gn_own else
+               "GroupNorm's own drop is not clear (not shown to be absent)")
+    if gn == "absent":
+        head = (f"{'Partly agrees with' if bn else 'Does not reproduce'} {claim}: at batch "
+                f"{small} BN is {'' if bn else 'not '}clearly worse; GroupNorm did not run")
+    elif gn == "untestable":
+        head = (f"Cannot test {claim}: GroupNorm's drop against BN's is not testable "
+                f"({drops['group'][0].test})")
+    elif bn and gn == "smaller":
+        head = (f"Agrees with {claim}: at batch {small} BN is clearly worse, and its drop is "
+                f"clearly larger than GroupNorm's ({gn_self})")
     elif bn:
-        head = f"Partly agrees with {claim}: at batch {small} BN is clearly worse, but so is " \
-               f"GroupNorm"
+        how = ("GroupNorm drops clearly more" if gn == "larger" else
+               "no clear difference of the drops")
+        head = (f"Partly agrees with {claim}: at batch {small} BN is clearly worse, but its "
+                f"drop is not shown to be larger than GroupNorm's ({how}; {gn_self})")
     else:
         head = f"Does not reproduce {claim}: at batch {small} BN is not clearly worse"
-    if rn is None:
+    if rn == "absent":
         renorm = ""
-    elif rn:
-        renorm = "; Batch Renorm (Ioffe 2017) is clearly worse there too"
-    elif bn:
-        renorm = "; Batch Renorm is not clearly worse there, as Ioffe 2017 claims"
+    elif rn == "untestable":
+        renorm = "; Batch Renorm's drop against BN's (Ioffe 2017) cannot be tested"
+    elif rn == "smaller":
+        renorm = "; Batch Renorm's drop is clearly smaller than BN's, as Ioffe 2017 claims"
+    elif rn == "larger":
+        renorm = "; Batch Renorm's drop is clearly larger than BN's, against Ioffe 2017"
     else:
-        renorm = "; neither is Batch Renorm (Ioffe 2017)"
+        renorm = ("; Batch Renorm's drop is not shown to be smaller than BN's (Ioffe 2017's "
+                  "claim not shown" + ("; it is clearly worse at that batch itself)"
+                                       if survives.get("renorm-fixed", {}).get("epochs")
+                                       else ")"))
     return head + renorm + "."
 
 
@@ -219,8 +293,10 @@ SETUP = (
     "(virtual batches of 32) runs at batch 128 only: below 32 it is BN. Test accuracy is "
     "measured with the running averages and with PreciseBN statistics (10000 training "
     "examples). Each layer's smallest batch is tested against its own batch 128 under each "
-    "control (Welch t over seeds), Ghost BN against BN at batch 128 (paired t), all Holm-"
-    "corrected together; a difference is clear at Holm p < 0.05.")
+    "control (Welch t over seeds), Ghost BN against BN at batch 128 (paired t), and, under "
+    "equal epochs, GroupNorm's and Batch Renorm's drop (smallest batch minus 128, per seed) "
+    "against BN's drop (paired t), all Holm-corrected together; a difference is clear at Holm "
+    "p < 0.05.")
 CAVEATS = (
     "Both controls are biased by design, in opposite directions: equal epochs gives small "
     "batches many more steps, equal steps gives them far fewer examples; only an effect under "

@@ -9,30 +9,41 @@ Each seed is judged on **its own curve** (per-epoch train loss L_e, e = 1..E, an
 test accuracy a; for BN the PreciseBN accuracy, the weights' own, where recorded). Chance is
 the loss of a uniform guess over 10 classes, ln 10 = 2.303, and accuracy 0.10:
 
-* **diverged**: L_e is not finite at any epoch, or the final L_E > ln 10 + 0.5 = 2.803. A loss
-  above the uniform guess's means confidently wrong outputs, which only blown-up weights give;
-  0.5 is far above the seed-to-seed spread of a network at chance (< 0.05).
-  (This includes ``bnlab.studies.stats``' rule, a non-finite final loss; a NaN loss also never
-  enters a comparison.)
-* **stuck** on the plateau: not diverged, L_E >= ln 10 - 0.1 = 2.203 *and* a <= 0.15 (stats'
-  chance bar). The sigmoid LeNet without BN starts on a plateau at chance loss and leaves it
-  only after enough steps: a train loss averaged over an epoch within 0.1 of ln 10 with test
-  accuracy at chance means it never left. A seed whose accuracy already beats chance while the
-  epoch-averaged loss still sits near 2.3 is leaving the plateau, and counts as training.
+* **diverged**: L_e is not finite at any epoch (``bnlab.studies.stats``' rule, which the
+  table's ``diverged`` column counts on the final loss; a NaN loss never enters a comparison).
+* **blew up**: every L_e finite, but the final L_E > ln 10 + 0.5 = 2.803. A loss above the
+  uniform guess's means confidently wrong outputs, which only blown-up weights give; 0.5 is
+  far above the seed-to-seed spread of a network at chance (< 0.05). Not "diverged" in the
+  stats sense: the table's ``diverged`` column does not count it (``failed`` does when its
+  accuracy is at chance).
+* **stuck** on the plateau: not diverged or blown up, L_E >= ln 10 - 0.1 = 2.203 *and*
+  a <= 0.15 (stats' chance bar). The sigmoid LeNet without BN starts on a plateau at chance
+  loss and leaves it only after enough steps: a train loss averaged over an epoch within 0.1
+  of ln 10 with test accuracy at chance means it never left. A seed whose accuracy already
+  beats chance while the epoch-averaged loss still sits near 2.3 is leaving the plateau, and
+  counts as training.
 * **trains**: otherwise.
 
 The *usable range* of a normalization is the set of learning rates at which **every** seed
-trains. Where both normalizations train on every seed, BN is compared with no BN (paired t over
-seeds: the arms share seeds and batches) on the final train loss and on test accuracy with the
-running averages and with PreciseBN statistics; all comparisons Holm-corrected together.
+trains. At each learning rate, the share of seeds that train with BN is tested against the
+share without (two-sided Fisher exact test on the 2x2 table of trains / does not train; the
+difference of the shares with a Newcombe hybrid-score 95% interval). Where both normalizations
+train on every seed, BN is compared with no BN (paired t over seeds: the arms share seeds and
+batches) on the final train loss and on test accuracy with the running averages and with
+PreciseBN statistics. All comparisons, Fisher's included, are Holm-corrected together. BN
+"widens the usable range" only where it trains on clearly more seeds (Holm p < 0.05) at some
+learning rate and on clearly fewer at none: one seed, or a handful, never decides it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from scipy.stats import fisher_exact
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import (
@@ -45,7 +56,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
-from bnlab.studies.stats import FAILED_ACCURACY, Comparison, holm
+from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, holm, p_text
 from bnlab.train import TrainConfig
 
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -54,7 +65,8 @@ SEEDS = 5
 CHANCE_LOSS = math.log(10)
 DIVERGED_MARGIN = 0.5  # final loss above ln 10 + this: blown up
 PLATEAU_MARGIN = 0.1  # final loss within this of ln 10 (and accuracy at chance): stuck
-STATES = ("trains", "stuck", "diverged")
+STATES = ("trains", "stuck", "blew up", "diverged")
+TRAINS = "trains (share of seeds)"  # the Fisher tests' metric
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -71,9 +83,10 @@ def arms(quick: bool) -> list[Arm]:
 
 def classify(losses: Sequence[float], accuracy: float) -> str:
     """One seed's state from its per-epoch train losses and final test accuracy (docstring)."""
-    if not losses or any(not math.isfinite(v) for v in losses) or \
-            losses[-1] > CHANCE_LOSS + DIVERGED_MARGIN:
+    if not losses or any(not math.isfinite(v) for v in losses):
         return "diverged"
+    if losses[-1] > CHANCE_LOSS + DIVERGED_MARGIN:
+        return "blew up"
     if losses[-1] >= CHANCE_LOSS - PLATEAU_MARGIN and accuracy <= FAILED_ACCURACY:
         return "stuck"
     return "trains"
@@ -123,59 +136,116 @@ def analyze(results: list[ArmResult]) -> Findings:
     usable = {n: [lr for lr in swept if (n, lr) in by
                   and all(s == "trains" for s in seed_states[(n, lr)])] for n in ran}
     both = [lr for lr in swept if all(lr in usable[n] for n in NORMS)] if len(ran) == 2 else []
-    tests: list[Comparison] = []
+    keyed: list[tuple[tuple[float, str], Comparison]] = []
+    if len(ran) == 2:
+        for lr in swept:
+            if ("none", lr) in by and ("bnlab", lr) in by:
+                keyed.append(((lr, TRAINS), trains_test(
+                    seed_states[("none", lr)], seed_states[("bnlab", lr)], lr)))
     for lr in both:
         off, on = by[("none", lr)], by[("bnlab", lr)]
-        tests.append(compare_arms(off, on, "train_loss", f"lr {lr:g}: BN vs no BN",
-                                  higher_is_better=False))
-        tests += accuracy_comparisons(off, on, f"lr {lr:g}: BN vs no BN")
-    tests = holm(tests)
+        keyed.append(((lr, "train_loss"), compare_arms(
+            off, on, "train_loss", f"lr {lr:g}: BN vs no BN", higher_is_better=False)))
+        keyed += [((lr, c.metric), c)
+                  for c in accuracy_comparisons(off, on, f"lr {lr:g}: BN vs no BN")]
+    tested = holm([c for _, c in keyed])
+    t = {k: c for (k, _), c in zip(keyed, tested, strict=True)}
     n_seeds = max(len(r.runs) for r in results)
     words = {"none": "without BN", "bnlab": "with BN"}
-    verdict = ("Learning rates at which every seed trains (not diverged, not stuck on the "
-               "chance plateau; see the setup): "
+    verdict = ("Learning rates at which every seed trains (not diverged, blown up or stuck on "
+               "the chance plateau; see the setup): "
                + "; ".join(f"{words[n]} {_span(usable[n], swept)}" for n in ran) + ".")
     if len(ran) == 2:
-        per = [f"lr {lr:g}: train loss {loss.text()}, {accuracy_text(acc, pre)}"
-               for lr, (loss, acc, pre) in zip(both, _triples(tests), strict=True)]
+        shares = [trains_text(t[(lr, TRAINS)]) for lr in swept if (lr, TRAINS) in t]
+        verdict += (" Seeds that train, BN vs no BN (Fisher exact, Holm-corrected): "
+                    + "; ".join(shares) + ".")
+        per = [f"lr {lr:g}: train loss {t[(lr, 'train_loss')].text()}, "
+               f"{accuracy_text(t[(lr, 'test_acc')], t.get((lr, 'test_acc_precise')))}"
+               for lr in both]
         verdict += (" BN vs no BN where both train (paired t over seeds, Holm-corrected): "
                     + ("; ".join(per) if per else "no learning rate where both train")
                     + ".")
-    headline, literature = _summary(usable, ran, swept, tests, both)
+    headline, literature = _summary(usable, ran, swept, t, both)
 
     def plot(path: Path) -> None:
         _plot(rows, ran, path, n_seeds)
 
-    return Findings(rows, verdict, plot, tests, headline, literature)
+    return Findings(rows, verdict, plot, tested, headline, literature)
 
 
-def _triples(tests: list[Comparison]) -> list[tuple[Comparison, ...]]:
-    """(train loss, accuracy, PreciseBN accuracy) per learning rate, in order."""
-    return [tuple(tests[i:i + 3]) for i in range(0, len(tests), 3)]
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion k / n."""
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def trains_test(off: list[str], on: list[str], lr: float) -> Comparison:
+    """The share of seeds that train with BN (`on`) against without (`off`): a two-sided
+    Fisher exact test on [[k_bn, n - k_bn], [k_none, n - k_none]], as a ``stats.Comparison``
+    (so it joins the study's Holm family): diff = share with BN - share without, its 95%
+    interval Newcombe's hybrid score interval (from the two Wilson intervals). Fewer than two
+    seeds in an arm: not testable (``stats.compare``'s rule)."""
+    a = [1.0 if s == "trains" else 0.0 for s in off]
+    b = [1.0 if s == "trains" else 0.0 for s in on]
+    base = compare(a, b, metric=TRAINS, label=f"lr {lr:g}: BN vs no BN", paired=False)
+    if not base.testable:
+        return base
+    k_on, n_on, k_off, n_off = int(sum(b)), len(b), int(sum(a)), len(a)
+    _, p = fisher_exact([[k_on, n_on - k_on], [k_off, n_off - k_off]])
+    p1, p2 = k_on / n_on, k_off / n_off
+    l1, u1 = _wilson(k_on, n_on)
+    l2, u2 = _wilson(k_off, n_off)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return replace(base, test="Fisher exact", p=float(p), diff=d, low=low, high=high)
+
+
+def trains_text(c: Comparison) -> str:
+    """'lr 1: 5/5 with BN vs 0/5 without (Holm p = 0.047: better)'."""
+    lr = c.label.split(":")[0]
+    k_on, k_off = int(sum(c.b.values)), int(sum(c.a.values))
+    counts = f"{lr}: {k_on}/{c.b.n} with BN vs {k_off}/{c.a.n} without"
+    if not c.testable:
+        return f"{counts} ({c.test})"
+    return f"{counts} (Holm p = {p_text(c.p_holm)}: {c.word})"
 
 
 def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
-             tests: list[Comparison], both: list[float]) -> tuple[str, str]:
+             t: dict[tuple[float, str], Comparison], both: list[float]) -> tuple[str, str]:
     if len(ran) < 2:
         return (f"BN trains on every seed at lr {_span(usable.get('bnlab', []), swept)}.",
                 "Not tested: the sweep without BN did not run on this network.")
     bn, none = usable["bnlab"], usable["none"]
-    lower = sum(1 for t in tests[0::3] if t.word == "better")
+    lower = sum(1 for lr in both if t[(lr, "train_loss")].word == "better")
     headline = (f"Every seed trains at lr {_span(bn, swept)} with BN and "
                 f"{_span(none, swept)} without; "
                 + (f"where both train, BN's train loss is clearly lower at {lower} of "
                    f"{len(both)} learning rates." if both else
                    "there is no learning rate where both train."))
-    # wider: BN trains at every rate where no BN does, and at more
-    wider = set(none) < set(bn)
+    shares = {lr: c for (lr, m), c in t.items() if m == TRAINS}
+    more = [lr for lr, c in shares.items() if c.word == "better"]
+    fewer = [lr for lr, c in shares.items() if c.word == "worse"]
     claim = ("the claim that BN widens the usable learning-rate range (Ioffe & Szegedy 2015; "
              "Bjorck et al. 2018)")
-    if wider:
-        literature = (f"Agrees with {claim}: every seed trains at lr {_span(bn, swept)} with "
-                      f"BN, {_span(none, swept)} without.")
+    ranges = (f"every seed trains at lr {_span(bn, swept)} with BN, {_span(none, swept)} "
+              f"without")
+    if not any(c.testable for c in shares.values()):
+        literature = (f"Cannot test {claim}: fewer than two seeds per arm ({ranges}).")
+    elif more and not fewer:
+        literature = (f"Agrees with {claim}: BN trains on clearly more seeds at lr "
+                      f"{_span(more, swept)} (Fisher exact, Holm-corrected) and on clearly "
+                      f"fewer at none; {ranges}.")
+    elif fewer:
+        literature = (f"Does not reproduce {claim}: without BN clearly more seeds train at lr "
+                      f"{_span(fewer, swept)}" + (f" (with BN at {_span(more, swept)})"
+                                                  if more else "") + f"; {ranges}.")
     else:
-        literature = (f"Does not reproduce that {claim}: every seed trains at lr "
-                      f"{_span(bn, swept)} with BN and {_span(none, swept)} without.")
+        literature = (f"Does not show {claim}: at no learning rate does the share of seeds "
+                      f"that train differ clearly (Fisher exact, Holm-corrected); {ranges}.")
     return headline, literature
 
 
@@ -203,12 +273,16 @@ SETUP = (
     "SGD at batch 256, 2 epochs, at learning rates 0.03, 0.1, 0.3, 1, 3 and 10, without "
     "normalization and with bnlab's BatchNorm, 5 seeds each (seed s of every arm sees the same "
     "batches). Each seed is classified on its own loss curve: diverged (a non-finite train "
-    "loss at any epoch, or a final train loss above ln 10 + 0.5), stuck on the chance plateau "
+    "loss at any epoch), blown up (a finite final train loss above ln 10 + 0.5), stuck on the "
+    "chance plateau "
     "(final train loss within 0.1 of ln 10 and test accuracy at most 0.15), or trains. The "
-    "usable range of each is the learning rates at which every seed trains. Where both train, "
-    "BN is compared with no BN on final train loss and test accuracy (running averages and "
-    "PreciseBN statistics) by paired t-tests over seeds, Holm-corrected together; a "
-    "difference is clear at Holm p < 0.05.")
+    "usable range of each is the learning rates at which every seed trains. At each learning "
+    "rate the share of seeds that train with and without BN is compared by a two-sided Fisher "
+    "exact test; where both train, BN is compared with no BN on final train loss and test "
+    "accuracy (running averages and PreciseBN statistics) by paired t-tests over seeds; all "
+    "Holm-corrected together; a difference is clear at Holm p < 0.05. BN widens the range "
+    "only where it trains on clearly more seeds at some learning rate and clearly fewer at "
+    "none.")
 CAVEATS = (
     "Two epochs is short: a network stuck on the plateau here might leave it later, so "
     "'stuck' means 'not within this budget', and the low end of the no-BN range depends on "

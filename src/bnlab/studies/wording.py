@@ -1,0 +1,31 @@
+"""Shared wording of the fair accuracy: the running-average and PreciseBN evaluations.
+
+A study claims "better"/"worse" (and so "agrees") only when both evaluations give the same
+word; otherwise it says the two disagree and what each says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from bnlab.studies.stats import Comparison
+
+__all__ = ["fair_word", "signed"]
+
+
+def fair_word(cs: Sequence[Comparison | None]) -> str:
+    """One word from the evaluations (running averages first, then PreciseBN; None or a
+    missing second: that evaluation was not made): the common word when every evaluation made
+    gives it, else 'the two evaluations disagree (running averages: X; PreciseBN: Y)'."""
+    made = [c for c in cs if c is not None]
+    words = [c.word for c in made]
+    if len(set(words)) <= 1:
+        return words[0] if words else "not tested"
+    return (f"the two evaluations disagree (running averages: {words[0]}; PreciseBN: "
+            f"{words[1]})")
+
+
+def signed(value: float, digits: int = 4) -> str:
+    """'+0.0123', or 'n/a' for NaN (e.g. a difference of one-seed arms)."""
+    return "n/a" if not math.isfinite(value) else f"{value:+.{digits}f}"
