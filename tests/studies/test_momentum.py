@@ -34,8 +34,12 @@ def fake(running, precise, seeds=5, loss=lambda m, s: 0.4):
         runs = []
         for s in range(seeds):
             jitter = 0.004 * ((s + 2 * k) % 5 - 2)  # a permutation per arm: mean 0 over 5 seeds
-            metrics = [{"epoch": e + 1, "train_loss": loss(m, s), "test_acc": a + jitter,
-                        "test_acc_precise": p + jitter}
+            metrics = [{"epoch": e + 1, "train_loss": loss(m, s),
+                        # seeds differ in how much each curve swings and where it sits (a
+                        # per-seed amplitude and offset): paired differences have a spread
+                        "test_acc": 0.7 + (1 + 0.03 * ((s + 2) % 5)) * (a - 0.7) + jitter,
+                        "test_acc_precise": 0.7 + (1 + 0.05 * s) * (p - 0.7) + jitter
+                        + 0.003 * ((3 * s + k) % 5 - 2)}
                        for e, (a, p) in enumerate(zip(running(m), precise(m), strict=True))]
             runs.append(FakeRun(replace(arm.config, seed=s), metrics))
         out.append(ArmResult(arm, runs))
