@@ -28,9 +28,12 @@ RECORD = ("study.json", "table.md", "table.csv", "verdict", "figure.png")
 
 def publish(runs: Path, docs: Path, only: Sequence[str] = (), *, analyze_only: bool = False,
             threads: int | None = None) -> None:
-    for name in only or STUDIES:
+    names = list(only or STUDIES)
+    for name in names:  # every study first: docs/ is written only after the last analysis, so
+        # each study records the tree as it was (clean), not dirtied by the records before it
+        run_study(STUDIES[name], runs / name, analyze_only=analyze_only, threads=threads)
+    for name in names:
         out = runs / name
-        run_study(STUDIES[name], out, analyze_only=analyze_only, threads=threads)
         record = docs / "studies" / name
         if record.exists():
             shutil.rmtree(record)
