@@ -6,6 +6,7 @@ import math
 import pytest
 
 from bnlab.studies import lr
+from bnlab.studies.stats import holm
 from tests.studies.fakes import results
 
 STUCK = [2.31, 2.305]
@@ -65,7 +66,8 @@ def test_usable_ranges_and_bn_lower_loss():
     shares = {c.label: c for c in f.comparisons if c.metric == lr.TRAINS}
     assert shares["lr 0.1: BN vs no BN"].word == "better"  # 5/5 vs 0/5, Fisher exact
     assert shares["lr 1: BN vs no BN"].word == "no clear difference"  # 5/5 vs 5/5
-    assert "clearly more seeds at lr 0.03 to 0.1, 10" in f.literature
+    assert "on clearly more at lr 0.03 to 0.1, 10" in f.literature
+    assert "McNemar exact" in f.literature
     assert "clearly lower at 3 of 3 learning rates" in f.headline
     states = {r["arm"]: r["seed states (own curve)"] for r in f.rows}
     assert states["no BN, lr 0.1"] == "5 stuck" and states["no BN, lr 10"] == "5 blew up"
@@ -120,3 +122,19 @@ def test_one_seed_is_never_clear():
     # one seed's states never decide "wider"
     assert not f.literature.startswith("Agrees")
     assert f.literature.startswith("Cannot test")
+
+
+def test_the_pooled_paired_test_sees_what_each_learning_rate_alone_cannot():
+    """BN trains at 6 of 6 rates on 5 seeds, no BN at 1: one Fisher test per rate cannot
+    reach Holm p < 0.05 with 5 seeds, McNemar's over the 30 shared (rate, seed) pairs can."""
+    from bnlab.studies.lr import pooled_trains_test
+
+    stuck, ok = ["stuck"] * 5, ["trains"] * 5
+    pairs = [(stuck, ok)] * 5 + [(ok, ok)]
+    c = pooled_trains_test(pairs)
+    assert c.test == "McNemar exact" and c.p == pytest.approx(2 * 0.5 ** 25)
+    assert holm([c])[0].word == "better"
+    assert holm([pooled_trains_test([(b, a) for a, b in pairs])])[0].word == "worse"
+    assert holm([pooled_trains_test([(ok, ok)] * 6)])[0].word == "no clear difference"
+    one = pooled_trains_test([(["stuck"], ["trains"])] * 6)
+    assert not one.testable and not holm([one])[0].clear

@@ -81,7 +81,7 @@ def test_missing_gradient_is_worse_and_the_verdict_flips_when_reversed(tmp_path)
     tests = ra.comparisons(fake(reversed_))
     assert tests[(1.0, "batch-stats-detached", 0.1, "test_acc")].word == "better"
     assert tests[(1.0, "renorm-wide", 0.1, "test_acc")].word == "no clear difference"
-    assert rev.literature.startswith("does not reproduce Ioffe & Szegedy 2015")
+    assert rev.literature.startswith("does not clearly reproduce Ioffe & Szegedy 2015")
 
     def renorm_bad(norm, lr):
         return 0.3 if norm == "renorm-wide" else 0.8
@@ -117,7 +117,7 @@ def test_attribution_needs_both_evaluations():
 def test_equal_arms_give_no_clear_difference():
     tests = ra.comparisons(fake(lambda n, lr: 0.8))
     assert {c.word for c in tests.values()} == {"no clear difference"}
-    assert ra.analyze(fake(lambda n, lr: 0.8)).literature.startswith("does not reproduce")
+    assert ra.analyze(fake(lambda n, lr: 0.8)).literature.startswith("does not clearly reproduce")
 
 
 def test_diverged_seeds_fail_by_the_stats_rule_and_do_not_crash(tmp_path):

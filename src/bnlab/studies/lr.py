@@ -31,8 +31,10 @@ difference of the shares with a Newcombe hybrid-score 95% interval). Where both 
 train on every seed, BN is compared with no BN (paired t over seeds: the arms share seeds and
 batches) on the final train loss and on test accuracy with the running averages and with
 PreciseBN statistics. All comparisons, Fisher's included, are Holm-corrected together. BN
-"widens the usable range" only where it trains on clearly more seeds (Holm p < 0.05) at some
-learning rate and on clearly fewer at none: one seed, or a handful, never decides it.
+"widens the usable range" only where, over all (learning rate, seed) pairs, BN trains clearly
+more often (McNemar's exact test on the pairs, which share seeds and batches; in the same Holm
+family) and at no single learning rate on clearly fewer seeds: one seed, or a handful, never
+decides it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import fisher_exact
+from scipy.stats import binomtest, fisher_exact
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import (
@@ -66,7 +68,8 @@ CHANCE_LOSS = math.log(10)
 DIVERGED_MARGIN = 0.5  # final loss above ln 10 + this: blown up
 PLATEAU_MARGIN = 0.1  # final loss within this of ln 10 (and accuracy at chance): stuck
 STATES = ("trains", "stuck", "blew up", "diverged")
-TRAINS = "trains (share of seeds)"  # the Fisher tests' metric
+TRAINS = "trains (share of seeds)"  # the Fisher and McNemar tests' metric
+POOLED = math.inf  # the key of the test over all learning rates together
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -142,6 +145,10 @@ def analyze(results: list[ArmResult]) -> Findings:
             if ("none", lr) in by and ("bnlab", lr) in by:
                 keyed.append(((lr, TRAINS), trains_test(
                     seed_states[("none", lr)], seed_states[("bnlab", lr)], lr)))
+    if len(ran) == 2:
+        pairs = [(seed_states[("none", lr)], seed_states[("bnlab", lr)]) for lr in swept
+                 if ("none", lr) in by and ("bnlab", lr) in by]
+        keyed.append(((POOLED, TRAINS), pooled_trains_test(pairs)))
     for lr in both:
         off, on = by[("none", lr)], by[("bnlab", lr)]
         keyed.append(((lr, "train_loss"), compare_arms(
@@ -158,7 +165,8 @@ def analyze(results: list[ArmResult]) -> Findings:
     if len(ran) == 2:
         shares = [trains_text(t[(lr, TRAINS)]) for lr in swept if (lr, TRAINS) in t]
         verdict += (" Seeds that train, BN vs no BN (Fisher exact, Holm-corrected): "
-                    + "; ".join(shares) + ".")
+                    + "; ".join(shares) + f". Over all (learning rate, seed) pairs: "
+                    f"{pooled_text(t[(POOLED, TRAINS)])}.")
         per = [f"lr {lr:g}: train loss {t[(lr, 'train_loss')].text()}, "
                f"{accuracy_text(t[(lr, 'test_acc')], t.get((lr, 'test_acc_precise')))}"
                for lr in both]
@@ -204,6 +212,37 @@ def trains_test(off: list[str], on: list[str], lr: float) -> Comparison:
     return replace(base, test="Fisher exact", p=float(p), diff=d, low=low, high=high)
 
 
+def pooled_trains_test(pairs: Sequence[tuple[list[str], list[str]]]) -> Comparison:
+    """Does BN train where no BN does not, over every (learning rate, seed) pair? The two
+    arms of a pair share seed and batches, so the paired test of a yes/no outcome applies:
+    McNemar's exact test (two-sided binomial test of the discordant pairs, BN-only vs
+    none-only, at 1/2). diff = share of pairs that train with BN - without."""
+    off = [1.0 if s == "trains" else 0.0 for a, _ in pairs for s in a]
+    on = [1.0 if s == "trains" else 0.0 for _, b in pairs for s in b]
+    base = compare(off, on, metric=TRAINS, label="all learning rates: BN vs no BN",
+                   paired=True)
+    if not base.testable:
+        return base
+    fewest = min((min(len(a), len(b)) for a, b in pairs), default=0)
+    if fewest < 2 or any(len(a) != len(b) for a, b in pairs):  # stats' rule: 2 seeds at least
+        return replace(base, test=f"not testable: {fewest} seed(s) in an arm", diff=math.nan,
+                       low=math.nan, high=math.nan, p=math.nan)
+    only_bn = sum(1 for x, y in zip(off, on, strict=True) if y > x)
+    only_none = sum(1 for x, y in zip(off, on, strict=True) if x > y)
+    n = only_bn + only_none
+    p = 1.0 if n == 0 else float(binomtest(only_bn, n, 0.5).pvalue)
+    return replace(base, test="McNemar exact", p=p)
+
+
+def pooled_text(c: Comparison) -> str:
+    """'25 of 30 pairs train with BN vs 5 without (McNemar exact, Holm p < 0.001: better)'."""
+    k_on, k_off = int(sum(c.b.values)), int(sum(c.a.values))
+    counts = f"{k_on} of {c.b.n} train with BN vs {k_off} without"
+    if not c.testable:
+        return f"{counts} ({c.test})"
+    return f"{counts} ({c.test}, Holm p = {p_text(c.p_holm)}: {c.word})"
+
+
 def trains_text(c: Comparison) -> str:
     """'lr 1: 5/5 with BN vs 0/5 without (Holm p = 0.047: better)'."""
     lr = c.label.split(":")[0]
@@ -226,19 +265,25 @@ def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
                 + (f"where both train, BN's train loss is clearly lower at {lower} of "
                    f"{len(both)} learning rates." if both else
                    "there is no learning rate where both train."))
-    shares = {lr: c for (lr, m), c in t.items() if m == TRAINS}
+    pooled = t[(POOLED, TRAINS)]
+    shares = {lr: c for (lr, m), c in t.items() if m == TRAINS and lr != POOLED}
     more = [lr for lr, c in shares.items() if c.word == "better"]
     fewer = [lr for lr, c in shares.items() if c.word == "worse"]
     claim = ("the claim that BN widens the usable learning-rate range (Ioffe & Szegedy 2015; "
              "Bjorck et al. 2018)")
-    ranges = (f"every seed trains at lr {_span(bn, swept)} with BN, {_span(none, swept)} "
-              f"without")
-    if not any(c.testable for c in shares.values()):
+
+    def at(lrs: list[float]) -> str:
+        return f"at lr {_span(lrs, swept)}" if lrs else "at no learning rate"
+
+    ranges = f"every seed trains with BN {at(bn)}, without BN {at(none)}"
+    if not pooled.testable:
         literature = (f"Cannot test {claim}: fewer than two seeds per arm ({ranges}).")
-    elif more and not fewer:
-        literature = (f"Agrees with {claim}: BN trains on clearly more seeds at lr "
-                      f"{_span(more, swept)} (Fisher exact, Holm-corrected) and on clearly "
-                      f"fewer at none; {ranges}.")
+    elif pooled.word == "better" and not fewer:
+        literature = (f"Agrees with {claim}: over all (learning rate, seed) pairs "
+                      f"{pooled_text(pooled)}; at no single learning rate does BN train on "
+                      f"clearly fewer seeds" + (f", and on clearly more at lr "
+                                               f"{_span(more, swept)}" if more else "")
+                      + f"; {ranges}.")
     elif fewer:
         literature = (f"Does not reproduce {claim}: without BN clearly more seeds train at lr "
                       f"{_span(fewer, swept)}" + (f" (with BN at {_span(more, swept)})"

@@ -299,9 +299,15 @@ def literature(tests: dict[tuple[Any, ...], Comparison]) -> str:
                                               "accuracy falls but the pre-norm biases do not "
                                               "clearly grow beyond BN's"))
     else:
-        first = ("does not reproduce Ioffe & Szegedy 2015 (section 2) in this short run: "
-                 "without the gradient through the statistics neither the pre-norm biases "
-                 "nor the accuracy differ clearly from BN")
+        split = [f"lr {lr:g}: {w}" for lr in lrs
+                 if (w := _fair(tests, lr, "batch-stats-detached")).startswith("the two")
+                 and "worse" in w]
+        first = ("does not clearly reproduce Ioffe & Szegedy 2015 (section 2) in this short "
+                 "run: without the gradient through the statistics the pre-norm biases do not "
+                 "clearly grow beyond BN's, and " + (
+                     "accuracy falls on one evaluation only (" + "; ".join(split) + ")"
+                     if split else "accuracy is not clearly different from BN's (not shown "
+                     "equal)"))
     ren_lrs = [lr for lr in lrs if (lr, "renorm-wide", DEFAULT_MOMENTUM, "test_acc") in tests]
     fair = {lr: _fair(tests, lr, "renorm-wide") for lr in ren_lrs}
     worse = [f"lr {lr:g}" for lr in ren_lrs if fair[lr] == "worse"]
