@@ -22,7 +22,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
-from bnlab.studies.stats import Comparison, holm, p_text
+from bnlab.studies.stats import Comparison, holm, p_is
 from bnlab.studies.wording import fair_word, signed
 from bnlab.train import TrainConfig
 
@@ -60,7 +60,7 @@ def twin_text(twin: Comparison) -> str:
                 f"({twin.test})")
     which = {"better": "bnlab's clearly higher", "worse": "torch's clearly higher"}
     return (f"bnlab - torch = {signed(twin.diff)} in test accuracy "
-            f"({which.get(twin.word, twin.word)}, Holm p = {p_text(twin.p_holm)})")
+            f"({which.get(twin.word, twin.word)}, Holm {p_is(twin.p_holm)})")
 
 
 def analyze(results: list[ArmResult]) -> Findings:

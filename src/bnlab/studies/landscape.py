@@ -28,7 +28,7 @@ from torch import nn
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, accuracy_comparisons, summarize
-from bnlab.studies.stats import Comparison, compare, holm, p_text
+from bnlab.studies.stats import Comparison, compare, holm, p_is
 from bnlab.train import Run, TrainConfig
 
 ETAS = (0.5, 1.0, 2.0, 4.0)
@@ -129,7 +129,7 @@ def ratio_text(c: Comparison) -> str:
         return c.test
     word = {"better": "BN smoother", "worse": "BN rougher"}.get(c.word, c.word)
     return (f"{math.exp(c.diff):.2g}x (95% CI {math.exp(c.low):.2g}x to {math.exp(c.high):.2g}x, "
-            f"Holm p = {p_text(c.p_holm)}: {word})")
+            f"Holm {p_is(c.p_holm)}: {word})")
 
 
 def tests(by: dict[str, ArmResult], lrs: list[float]) -> dict[tuple[float, str], Comparison]:

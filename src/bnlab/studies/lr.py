@@ -58,7 +58,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
-from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, holm, p_text
+from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, holm, p_is
 from bnlab.train import TrainConfig
 
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -240,7 +240,7 @@ def pooled_text(c: Comparison) -> str:
     counts = f"{k_on} of {c.b.n} train with BN vs {k_off} without"
     if not c.testable:
         return f"{counts} ({c.test})"
-    return f"{counts} ({c.test}, Holm p = {p_text(c.p_holm)}: {c.word})"
+    return f"{counts} ({c.test}, Holm {p_is(c.p_holm)}: {c.word})"
 
 
 def trains_text(c: Comparison) -> str:
@@ -250,7 +250,7 @@ def trains_text(c: Comparison) -> str:
     counts = f"{lr}: {k_on}/{c.b.n} with BN vs {k_off}/{c.a.n} without"
     if not c.testable:
         return f"{counts} ({c.test})"
-    return f"{counts} (Holm p = {p_text(c.p_holm)}: {c.word})"
+    return f"{counts} (Holm {p_is(c.p_holm)}: {c.word})"
 
 
 def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],

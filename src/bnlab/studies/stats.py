@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from scipy import stats as sps
 
 __all__ = ["ALPHA", "FAILED_ACCURACY", "Comparison", "Summary", "compare", "fmt", "holm",
-           "p_text", "summary"]
+           "p_is", "p_text", "summary"]
 
 ALPHA = 0.05
 FAILED_ACCURACY = 0.15  # chance is 0.10 on the 10-class datasets bnlab ships
@@ -155,7 +155,7 @@ class Comparison:
             return f"{self.a.text()} -> {self.b.text()} ({self.test})"
         d = self.digits()
         return (f"{self.a.mean:.{d}f} -> {self.b.mean:.{d}f} ({self.diff:+.{d}f}, 95% CI "
-                f"{self.low:+.{d}f} to {self.high:+.{d}f}, Holm {_p_is(self.p_holm)}: "
+                f"{self.low:+.{d}f} to {self.high:+.{d}f}, Holm {p_is(self.p_holm)}: "
                 f"{self.word})")
 
     def record(self) -> dict[str, object]:
@@ -172,7 +172,7 @@ def p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _p_is(p: float) -> str:
+def p_is(p: float) -> str:
     """'p < 0.001' or 'p = 0.031'."""
     text = p_text(p)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
