@@ -260,8 +260,10 @@ def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
                 "Not tested: the sweep without BN did not run on this network.")
     bn, none = usable["bnlab"], usable["none"]
     lower = sum(1 for lr in both if t[(lr, "train_loss")].word == "better")
-    headline = (f"Every seed trains at lr {_span(bn, swept)} with BN and "
-                f"{_span(none, swept)} without; "
+    def where(lrs: list[float]) -> str:
+        return f"at lr {_span(lrs, swept)}" if lrs else "at no learning rate"
+
+    headline = (f"Every seed trains with BN {where(bn)} and without BN {where(none)}; "
                 + (f"where both train, BN's train loss is clearly lower at {lower} of "
                    f"{len(both)} learning rates." if both else
                    "there is no learning rate where both train."))
