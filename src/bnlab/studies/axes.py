@@ -24,7 +24,7 @@ from bnlab.studies.base import (
     summarize,
 )
 from bnlab.studies.stats import Comparison, holm
-from bnlab.studies.wording import fair_word
+from bnlab.studies.wording import disagreement, fair_word
 from bnlab.train import TrainConfig
 
 SEEDS = 5
@@ -81,9 +81,12 @@ def analyze(results: list[ArmResult]) -> Findings:
     by = {r.arm.name: r for r in results}
     base = by[BASELINE]
     others = [r for r in results if r.arm.name != BASELINE]
-    tests = holm([c for r in others for c in accuracy_comparisons(
-        base, r, f"{r.arm.label} vs {base.arm.label}")])
-    pairs = {r.arm.name: (tests[2 * i], tests[2 * i + 1]) for i, r in enumerate(others)}
+    groups = [accuracy_comparisons(base, r, f"{r.arm.label} vs {base.arm.label}")
+              for r in others]
+    tests = holm([c for g in groups for c in g])
+    corrected = iter(tests)  # back into each arm's group, whatever its size
+    pairs = {r.arm.name: tuple(next(corrected) for _ in g)
+             for r, g in zip(others, groups, strict=True)}
     n = len(base.runs)
     parts = [f"{r.arm.label}: {accuracy_text(*pairs[r.arm.name])}" for r in others]
     verdict = (f"Against {base.arm.label} ({base.summary('test_acc').text()} test accuracy; "
@@ -93,8 +96,8 @@ def analyze(results: list[ArmResult]) -> Findings:
     words = {r.arm.label: fair_word(pairs[r.arm.name]) for r in others}
     worse = [k for k, w in words.items() if w == "worse"]
     better = [k for k, w in words.items() if w == "better"]
-    split = [f"{k} ({w.split('disagree ')[1][1:-1]})" for k, w in words.items()
-             if w.startswith("the two")]
+    split = [f"{r.arm.label} ({disagreement(pairs[r.arm.name])})" for r in others
+             if words[r.arm.label].startswith("the two")]
     headline = (f"{base.arm.label} {base.summary('test_acc').text()} test accuracy; clearly "
                 f"worse (running averages and PreciseBN): {', '.join(worse) or 'none'}; "
                 f"clearly better: {', '.join(better) or 'none'}"

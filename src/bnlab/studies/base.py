@@ -81,6 +81,11 @@ class ArmResult:
     def has(self, key: str) -> bool:
         return bool(self.runs) and all(key in r.final for r in self.runs)
 
+    def fair_finals(self, key: str) -> list[float]:
+        """Each seed's `key`; an arm without running statistics (no PreciseBN accuracy) counts
+        its plain test accuracy in its place: it has no statistics to re-estimate."""
+        return self.finals(key if self.has(key) else "test_acc")
+
     @property
     def diverged(self) -> int:
         """Seeds whose final train loss is not finite (``bnlab.studies.stats``)."""
@@ -118,14 +123,12 @@ def accuracy_comparisons(a: ArmResult, b: ArmResult, label: str) -> list[Compari
     out = [compare_arms(a, b, "test_acc", label)]
     if a.has("test_acc_precise") or b.has("test_acc_precise"):
         # an arm without BN has no statistics to re-estimate: its plain accuracy stands in
-        fa = a.finals("test_acc_precise") if a.has("test_acc_precise") else a.finals("test_acc")
-        fb = b.finals("test_acc_precise") if b.has("test_acc_precise") else b.finals("test_acc")
-        out.append(compare(fa, fb, metric="test_acc_precise", label=label,
-                           paired=a.paired_with(b)))
+        out.append(compare(a.fair_finals("test_acc_precise"), b.fair_finals("test_acc_precise"),
+                           metric="test_acc_precise", label=label, paired=a.paired_with(b)))
     return out
 
 
-def accuracy_text(running: Comparison, precise: Comparison | None) -> str:
+def accuracy_text(running: Comparison, precise: Comparison | None = None) -> str:
     """Both accuracies' verdicts, and a warning when they disagree."""
     text = f"test accuracy {running.text()}"
     if precise is None:

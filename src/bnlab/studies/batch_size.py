@@ -149,12 +149,6 @@ def analyze(results: list[ArmResult]) -> Findings:
     return Findings(rows, verdict, plot, flat, headline, literature)
 
 
-def _fair(res: ArmResult, metric: str) -> list[float]:
-    """Each seed's `metric`; an arm without running statistics counts its plain accuracy for
-    PreciseBN's (as ``accuracy_comparisons`` does)."""
-    return res.finals(metric if res.has(metric) else "test_acc")
-
-
 def drop_comparisons(bn_small: ArmResult, bn_ref: ArmResult, small: ArmResult, ref: ArmResult,
                      label: str) -> list[Comparison]:
     """Per seed, drop = acc(small batch) - acc(reference batch) of the layer and of BN; the
@@ -167,8 +161,10 @@ def drop_comparisons(bn_small: ArmResult, bn_ref: ArmResult, small: ArmResult, r
     paired = bn_small.paired_with(small) and bn_ref.paired_with(ref)
     out = []
     for metric in metrics:
-        bn = [s - r for s, r in zip(_fair(bn_small, metric), _fair(bn_ref, metric), strict=True)]
-        other = [s - r for s, r in zip(_fair(small, metric), _fair(ref, metric), strict=True)]
+        bn = [s - r for s, r in zip(bn_small.fair_finals(metric), bn_ref.fair_finals(metric),
+                                    strict=True)]
+        other = [s - r for s, r in zip(small.fair_finals(metric), ref.fair_finals(metric),
+                                       strict=True)]
         out.append(compare(bn, other, metric=metric, label=label, paired=paired))
     return out
 

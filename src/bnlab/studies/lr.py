@@ -190,14 +190,18 @@ def _wilson(k: int, n: int) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def _trained(seed_states: Sequence[str]) -> list[float]:
+    """1 for each seed that trains, 0 otherwise: the outcome the trains tests compare."""
+    return [1.0 if s == "trains" else 0.0 for s in seed_states]
+
+
 def trains_test(off: list[str], on: list[str], lr: float) -> Comparison:
     """The share of seeds that train with BN (`on`) against without (`off`): a two-sided
     Fisher exact test on [[k_bn, n - k_bn], [k_none, n - k_none]], as a ``stats.Comparison``
     (so it joins the study's Holm family): diff = share with BN - share without, its 95%
     interval Newcombe's hybrid score interval (from the two Wilson intervals). Fewer than two
     seeds in an arm: not testable (``stats.compare``'s rule)."""
-    a = [1.0 if s == "trains" else 0.0 for s in off]
-    b = [1.0 if s == "trains" else 0.0 for s in on]
+    a, b = _trained(off), _trained(on)
     base = compare(a, b, metric=TRAINS, label=f"lr {lr:g}: BN vs no BN", paired=False)
     if not base.testable:
         return base
@@ -217,8 +221,8 @@ def pooled_trains_test(pairs: Sequence[tuple[list[str], list[str]]]) -> Comparis
     arms of a pair share seed and batches, so the paired test of a yes/no outcome applies:
     McNemar's exact test (two-sided binomial test of the discordant pairs, BN-only vs
     none-only, at 1/2). diff = share of pairs that train with BN - without."""
-    off = [1.0 if s == "trains" else 0.0 for a, _ in pairs for s in a]
-    on = [1.0 if s == "trains" else 0.0 for _, b in pairs for s in b]
+    off = _trained([s for a, _ in pairs for s in a])
+    on = _trained([s for _, b in pairs for s in b])
     base = compare(off, on, metric=TRAINS, label="all learning rates: BN vs no BN",
                    paired=True)
     if not base.testable:
