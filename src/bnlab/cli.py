@@ -566,6 +566,11 @@ def _main(argv: Sequence[str] | None) -> int:
     _check_combinations(args)
     func: Command = args.func
     try:
+        from bnlab import memory
+
+        # The command is an application: freed tensor memory is kept for the next tensor
+        # (bnlab.memory; BNLAB_MEMORY=system keeps the system's default).
+        memory.set_policy(memory.policy_from_env())
         return func(args)
     except (UserError, OSError, RuntimeError) as e:  # the user's to fix: one line, no traceback
         return _fail(e)

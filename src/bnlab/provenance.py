@@ -1,4 +1,4 @@
-"""Where a result came from: the code version, torch, the machine and its threads.
+"""Where a result came from: the code version, torch, the machine, its threads and memory policy.
 
 Every run's ``config.json`` (under ``"provenance"``) and every study's ``study.json`` carry
 ``provenance()``, so a figure in docs/ can be traced to the code that made it and a stale one
@@ -17,6 +17,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bnlab.memory import current as memory_policy
 
 __all__ = ["code_version", "provenance"]
 
@@ -61,7 +63,8 @@ def _package_version() -> str:
 
 
 def provenance(threads: int | None = None) -> dict[str, Any]:
-    """The code version, torch version, machine and threads, as one JSON-able dict."""
+    """The code version, torch version, machine, threads and memory policy (``bnlab.memory``),
+    as one JSON-able dict."""
     import torch
 
     return {"code": code_version(), "torch": torch.__version__,
@@ -69,4 +72,5 @@ def provenance(threads: int | None = None) -> dict[str, Any]:
             "machine": {"system": platform.system(), "arch": platform.machine(),
                         "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count()},
-            "threads": threads if threads is not None else torch.get_num_threads()}
+            "threads": threads if threads is not None else torch.get_num_threads(),
+            "memory_policy": memory_policy()}

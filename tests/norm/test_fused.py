@@ -1,9 +1,11 @@
-"""BatchNorm fused with sigmoid (and 2x2 average pooling): bnlab.norm.fused.
+"""BatchNorm fused with sigmoid (and 2x2 average pooling) or ReLU: bnlab.norm.fused.
 
-Oracle: the unfused composite bnlab batch_norm -> torch.sigmoid -> F.avg_pool2d (itself tested
-against torch). Tolerances: float64 <= 1e-12 relative to the largest value (the same formulas
-in another order); float32 <= 2e-6 against the float64 computation (the kernel's exp is within
-~2 ulp; measured <= 3e-7).
+Oracle: the unfused composite bnlab batch_norm -> torch.sigmoid / torch.relu -> F.avg_pool2d
+(itself tested against torch). Tolerances: float64 <= 1e-12 relative to the largest value (the
+same formulas in another order); sigmoid in float32 <= 2e-6 against the float64 computation
+(the kernel's exp is within ~2 ulp; measured <= 3e-7). ReLU in float32 is held to the unfused
+layers on the same kernels, bit for bit: the fused kernel computes z with the same arithmetic,
+so the mask and every sum are the same (against float64 a z within rounding of 0 could flip).
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import bnlab.functional as BF
 from bnlab.models import build_model
 from bnlab.norm import BatchNorm2d, backends, kernels
 from bnlab.norm.fold import fold
-from bnlab.norm.fused import BatchNormSigmoid, batch_norm_sigmoid, fuse
+from bnlab.norm.fused import (
+    BatchNormReLU,
+    BatchNormSigmoid,
+    batch_norm_act,
+    batch_norm_relu,
+    batch_norm_sigmoid,
+    fuse,
+)
 
 CASES = {
     "pool-planes": ((16, 6, 8, 8), 2),
@@ -32,7 +41,7 @@ CASES = {
 
 def _run(fn, x, w, b, training, pool, dtype):
     xs = x.detach().to(dtype).clone(memory_format=torch.preserve_format).requires_grad_()
-    ws, bs = w.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
+    ws, bs = w.detach().to(dtype).requires_grad_(), b.detach().to(dtype).requires_grad_()
     c = x.shape[1]
     rm, rv = torch.linspace(-1, 1, c, dtype=dtype), torch.linspace(0.5, 2, c, dtype=dtype)
     y = fn(xs, rm, rv, ws, bs, training, 0.1, 1e-5, pool)
@@ -136,9 +145,10 @@ def test_fuse_lenet_bn_same_function_and_state():
 def test_fuse_leaves_other_layers_alone():
     guarded = nn.Sequential(BatchNorm2d(3, guard=True), nn.Sigmoid())
     torch_bn = nn.Sequential(nn.BatchNorm2d(3), nn.Sigmoid())
-    relu = nn.Sequential(BatchNorm2d(3), nn.ReLU())
+    torch_relu = nn.Sequential(nn.BatchNorm2d(3), nn.ReLU())
+    other_act = nn.Sequential(BatchNorm2d(3), nn.Tanh())
     maxpool = nn.Sequential(BatchNorm2d(3), nn.Sigmoid(), nn.MaxPool2d(2))
-    for seq in (guarded, torch_bn, relu):
+    for seq in (guarded, torch_bn, torch_relu, other_act):
         assert [type(m) for m in fuse(seq)] == [type(m) for m in seq]
     assert [type(m).__name__ for m in fuse(maxpool)] == ["BatchNormSigmoid", "Identity",
                                                           "MaxPool2d"]
@@ -163,3 +173,118 @@ def test_convert_refuses_a_fused_model():
 
     with pytest.raises(TypeError, match="BatchNormSigmoid at '1' has no torch counterpart"):
         bnlab.convert(fuse(build_model("lenet-bn", "bnlab")), to="torch")
+
+
+# ---- ReLU ----------------------------------------------------------------------------------
+
+RELU_CASES = {k: v[0] for k, v in CASES.items() if v[1] == 1}
+
+
+def _relu_composite(x, rm, rv, w, b, training, momentum, eps, pool):
+    return torch.relu(BF.batch_norm(x, rm, rv, w, b, training, momentum, eps))
+
+
+def _relu_fused(x, rm, rv, w, b, training, momentum, eps, pool):
+    return batch_norm_relu(x, rm, rv, w, b, training, momentum, eps)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", RELU_CASES)
+def test_relu_matches_composite(case, training):
+    """float64 against the reference composite; float32 against the unfused layers on the same
+    kernels, bit for bit (outputs, three gradients, running buffers)."""
+    assert kernels.available(), kernels.status()
+    x, w, b = _input(RELU_CASES[case])
+    ours = _run(_relu_fused, x, w, b, training, 1, torch.float64)
+    with backends.forced("reference"):
+        truth = _run(_relu_composite, x, w, b, training, 1, torch.float64)
+    assert (ours[0] == 0).any() and (ours[0] > 0).any()  # both sides of the ReLU are exercised
+    for a, t in zip(ours, truth, strict=True):
+        assert a.shape == t.shape and _rel(a, t) <= 1e-12
+    ours = _run(_relu_fused, x, w, b, training, 1, torch.float32)
+    unfused = _run(_relu_composite, x, w, b, training, 1, torch.float32)
+    for a, t in zip(ours, unfused, strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, t)
+
+
+def test_relu_nan_and_zero_follow_torch():
+    """relu(NaN) is NaN and keeps its gradient; z == 0 exactly gets no gradient (torch's
+    threshold_backward), on the kernels as in the composite."""
+    x = torch.tensor([[1.0, 2.0], [-1.0, float("nan")], [0.0, 0.0]], requires_grad=True)
+    b = torch.tensor([0.0, 0.0])
+    fused = batch_norm_relu(x, None, None, None, b, True)
+    ref = torch.relu(BF.batch_norm(x, None, None, None, b, True))
+    assert torch.equal(fused.isnan(), ref.isnan()) and fused[:, 1].isnan().all()
+    fused.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    ref.sum().backward()
+    assert torch.equal(gx.isnan(), x.grad.isnan())
+    assert torch.allclose(gx[:, 0], x.grad[:, 0], atol=1e-7)
+
+
+def test_relu_double_backward():
+    x = torch.randn(4, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    for training in (True, False):
+        rm, rv = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b, t=training, rm=rm, rv=rv: batch_norm_relu(x, rm, rv, w, b, t, 0.0),
+            (x, w, b))
+
+
+def test_bad_act_is_named():
+    with pytest.raises(ValueError, match="act must be one of sigmoid, relu"):
+        batch_norm_act(torch.randn(4, 3), None, None, training=True, act="tanh")
+    with pytest.raises(ValueError, match="pool=2 is fused after a sigmoid only"):
+        batch_norm_act(torch.randn(4, 3, 4, 4), None, None, training=True, act="relu", pool=2)
+
+
+def test_fuse_resnet18_same_function_and_state():
+    """Every [BatchNorm, ReLU] of ResNet-18 (the stem and each block's first) becomes one
+    BatchNormReLU: the same outputs and gradients bit for bit, the same state-dict keys."""
+    assert kernels.available(), kernels.status()
+    torch.manual_seed(0)
+    model = build_model("resnet18-cifar", "bnlab")
+    fused = fuse(model)
+    assert sum(isinstance(m, BatchNormReLU) for m in fused.modules()) == 9
+    assert list(fused.state_dict()) == list(model.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xs = x.contiguous(memory_format=fmt)
+        model.train()
+        fused.train()
+        y, yf = model(xs), fused(xs)
+        assert torch.equal(y, yf)
+        y.sum().backward()
+        yf.sum().backward()
+        for (k, p), q in zip(model.named_parameters(), fused.parameters(), strict=True):
+            assert torch.equal(p.grad, q.grad), k
+            p.grad = q.grad = None
+        model.eval()
+        fused.eval()
+        assert torch.equal(model(xs), fused(xs))
+    for (k, a), b in zip(model.state_dict().items(), fused.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_convert_refuses_a_fused_relu_layer():
+    import bnlab
+
+    with pytest.raises(TypeError, match="BatchNormReLU at '0' has no torch counterpart"):
+        bnlab.convert(fuse(nn.Sequential(BatchNorm2d(3), nn.ReLU())), to="torch")
+
+
+def test_meta_tensors_refuse_what_the_kernel_refuses():
+    """Traced without data (meta tensors: the fake implementations), a bad act or pool is
+    refused as the CPU kernel refuses it."""
+    assert kernels.available(), kernels.status()
+    x = torch.empty(4, 3, 4, 4, device="meta")
+    for act, pool in ((7, 1), (kernels.RELU, 2)):
+        for device_x in (x, torch.zeros(4, 3, 4, 4)):
+            with pytest.raises((ValueError, RuntimeError), match="act"):
+                torch.ops.bnlab.batch_norm(device_x, None, None, None, None, True, 0.1, 1e-5,
+                                           act, pool)
+    y = torch.ops.bnlab.batch_norm(x, None, None, None, None, True, 0.1, 1e-5, kernels.RELU, 1)
+    assert y.shape == x.shape and y.device.type == "meta"

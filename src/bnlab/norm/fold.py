@@ -125,8 +125,8 @@ def _why_not(bn_node: fx.Node, modules: dict[str, nn.Module], calls: Counter[str
 
 
 def _why_not_pair(layer: nn.Module, bn: nn.Module) -> str | None:
-    if getattr(bn, "pool", None) is not None:
-        return "fused with the sigmoid after it (bnlab.norm.fused)"
+    if getattr(bn, "activation", None) is not None:
+        return f"fused with the {bn.activation} after it (bnlab.norm.fused)"
     if bn.running_mean is None:
         return "no running statistics (track_running_stats=False)"
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels

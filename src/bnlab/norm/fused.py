@@ -1,35 +1,41 @@
-r"""BatchNorm fused with the sigmoid after it, and optionally the 2x2 average pooling after that.
+r"""BatchNorm fused with the activation after it: a sigmoid (optionally then a 2x2 average pool)
+or a ReLU.
 
-The chapter's LeNet-BN runs ``conv -> BatchNorm -> sigmoid -> AvgPool2d(2)``. As three layers
-that is three passes over the activation forward and three backward, each writing a full
-tensor. ``batch_norm_sigmoid`` computes the same function in one forward pass and two backward
-passes (the compiled kernels of ``bnlab.norm.kernels``, with act=SIGMOID)::
+The chapter's LeNet-BN runs ``conv -> BatchNorm -> sigmoid -> AvgPool2d(2)``, ResNet-18
+``conv -> BatchNorm -> ReLU``. As separate layers each is a pass over the activation forward
+and one backward, each writing a full tensor. ``batch_norm_act`` computes the same function in
+one forward pass and two backward passes (the compiled kernels of ``bnlab.norm.kernels``, with
+act=SIGMOID or RELU)::
 
     z   = gamma * x_hat + beta          BatchNorm (bnlab.norm.reference)
-    s   = sigmoid(z) = 1 / (1 + exp(-z))
-    out = s, or avg_pool_2x2(s)         pool = 1 or 2 (stride 2, no padding)
+    s   = sigmoid(z) = 1 / (1 + exp(-z))   or   s = relu(z) = max(z, 0)
+    out = s, or avg_pool_2x2(s)         pool = 1 or 2 (stride 2, no padding; sigmoid only)
 
 Backward: with g = dL/d out, the gradient at z is::
 
-    dz = P^T g * s * (1 - s)            P^T spreads g / 4 over each 2x2 window (pool = 2)
+    sigmoid:  dz = P^T g * s * (1 - s)  P^T spreads g / 4 over each 2x2 window (pool = 2)
+    relu:     dz = g where z > 0, else 0  (torch's rule: a NaN z keeps its gradient)
 
-and then BatchNorm's closed-form backward with dz in place of dL/dy. The kernel recomputes s
-from x instead of storing it, so the only saved tensor is x (as for plain BatchNorm).
+and then BatchNorm's closed-form backward with dz in place of dL/dy. The kernel recomputes z
+from x instead of storing s, so the only saved tensor is x (as for plain BatchNorm).
 
 Where the kernels do not apply (half types, CUDA, odd sizes, BNLAB_FAST=0), the same function
-runs as the composite bnlab batch_norm -> torch.sigmoid -> F.avg_pool2d, which is also the
-oracle of the tests.
+runs as the composite bnlab batch_norm -> activation -> F.avg_pool2d, which is also the oracle
+of the tests.
 
 ``fuse(model)`` rewrites every ``nn.Sequential`` run [bnlab BatchNorm, nn.Sigmoid,
-(nn.AvgPool2d(2))] into one ``BatchNormSigmoid`` layer that keeps the BatchNorm's parameters,
-buffers and state-dict keys (the absorbed slots become ``nn.Identity``), so checkpoints load
-into the unfused model and back.
+(nn.AvgPool2d(2))] into one ``BatchNormSigmoid`` layer and [bnlab BatchNorm, nn.ReLU] into one
+``BatchNormReLU``; each keeps the BatchNorm's parameters, buffers and state-dict keys (the
+absorbed slots become ``nn.Identity``), so checkpoints load into the unfused model and back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,21 +47,45 @@ from bnlab.norm.checks import check_batch_norm_args, check_layer_at_use, check_t
 from bnlab.norm.functional import batch_norm
 from bnlab.norm.transaction import all_or_nothing
 
-__all__ = ["BatchNormSigmoid", "batch_norm_sigmoid", "fuse"]
+__all__ = ["ACTIVATIONS", "Activation", "BatchNormAct", "BatchNormReLU", "BatchNormSigmoid",
+           "batch_norm_act", "batch_norm_relu", "batch_norm_sigmoid", "fuse"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation the kernels fuse: its name, the operators' `act` code, its function, and
+    the module ``fuse`` absorbs."""
+
+    name: str
+    code: int
+    fn: Callable[[Tensor], Tensor]
+    module: type[nn.Module]
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "sigmoid": Activation("sigmoid", kernels.SIGMOID, torch.sigmoid, nn.Sigmoid),
+    "relu": Activation("relu", kernels.RELU, torch.relu, nn.ReLU),
+}
+
+
+def _activation(name: str) -> Activation:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
 
 
 def _composite(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
-               eps: float, pool: int) -> Tensor:
+               eps: float, act: Activation, pool: int) -> Tensor:
     """The unfused composite: the definition, and the path where the kernels do not serve."""
-    s = torch.sigmoid(batch_norm(x, running_mean, running_var, weight, bias, training,
-                                 momentum, eps))
+    s = act.fn(batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps))
     return F.avg_pool2d(s, 2) if pool == 2 else s
 
 
 def composite_backward(
-    grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor,
-    invstd: Tensor, training: bool, eps: float, pool: int, needs: tuple[bool, bool, bool],
+    act: Activation, grad_out: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None,
+    mean: Tensor, invstd: Tensor, training: bool, eps: float, pool: int,
+    needs: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The fused layer's gradients under create_graph=True (registered with the kernels):
     differentiate the composite, its statistics recomputed from x in training and the saved
@@ -65,7 +95,7 @@ def composite_backward(
         z = reference.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
     else:
         z = reference.normalize(x, mean, invstd, weight, bias)
-    out = F.avg_pool2d(torch.sigmoid(z), 2) if pool == 2 else torch.sigmoid(z)
+    out = F.avg_pool2d(act.fn(z), 2) if pool == 2 else act.fn(z)
     wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
     grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
     gx, gw, gb = (next(grads) if n and t is not None else None
@@ -73,21 +103,27 @@ def composite_backward(
     return gx, gw, gb
 
 
-kernels.register_double_backward(kernels.SIGMOID, composite_backward)
+for _act in ACTIVATIONS.values():
+    kernels.register_double_backward(_act.code, functools.partial(composite_backward, _act))
 
 
-def batch_norm_sigmoid(
+def batch_norm_act(
     input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
     weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
-    momentum: float = 0.1, eps: float = 1e-5, *, pool: int = 1,
+    momentum: float = 0.1, eps: float = 1e-5, *, act: str = "sigmoid", pool: int = 1,
 ) -> Tensor:
-    """``sigmoid(batch_norm(...))``, average-pooled 2x2 when ``pool=2``, in one fused kernel.
+    """``act(batch_norm(...))``, average-pooled 2x2 when ``pool=2``, in one fused kernel.
 
     Same arguments and contract as ``bnlab.functional.batch_norm`` (running buffers updated in
-    place when training), plus ``pool``: 1 (none) or 2 (``F.avg_pool2d(., 2)`` on a 4-D input).
+    place when training), plus ``act`` ("sigmoid" or "relu") and ``pool``: 1 (none) or 2
+    (``F.avg_pool2d(., 2)`` on a 4-D input; after a sigmoid only).
     """
+    activation = _activation(act)
     if isinstance(pool, bool) or pool not in (1, 2):
         raise ValueError(f"pool must be 1 (no pooling) or 2 (2x2 average pooling), got {pool!r}")
+    if pool == 2 and activation.code != kernels.SIGMOID:
+        raise ValueError(f"pool=2 is fused after a sigmoid only, not after {act}; "
+                         f"apply F.avg_pool2d to the output instead")
     if pool == 2 and input.dim() != 4:
         raise ValueError(f"pool=2 needs a 4-D (N, C, H, W) input, got {input.dim()}-D")
     check_batch_norm_args(input, running_mean, running_var, weight, bias, training, momentum,
@@ -97,25 +133,48 @@ def batch_norm_sigmoid(
     if backends.select(input) == "kernels" and (pool == 1 or (input.shape[2] % 2 == 0
                                                               and input.shape[3] % 2 == 0)):
         y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,
-                               momentum, eps, kernels.SIGMOID, pool)
+                               momentum, eps, activation.code, pool)
         if y is not None:
             return y
     return _composite(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                      pool)
+                      activation, pool)
 
 
-class BatchNormSigmoid(BatchNormBase):
-    """A bnlab BatchNorm followed by a sigmoid (and a 2x2 average pooling when ``pool=2``).
+def batch_norm_sigmoid(
+    input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+    weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+    momentum: float = 0.1, eps: float = 1e-5, *, pool: int = 1,
+) -> Tensor:
+    """``sigmoid(batch_norm(...))``, pooled 2x2 when ``pool=2``: ``batch_norm_act`` with
+    ``act="sigmoid"``."""
+    return batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, act="sigmoid", pool=pool)
+
+
+def batch_norm_relu(
+    input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+    weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+    momentum: float = 0.1, eps: float = 1e-5,
+) -> Tensor:
+    """``relu(batch_norm(...))``: ``batch_norm_act`` with ``act="relu"``."""
+    return batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, act="relu")
+
+
+class BatchNormAct(BatchNormBase):
+    """A bnlab BatchNorm followed by an activation (and, after a sigmoid, a 2x2 average pooling
+    when ``pool=2``): the base of the fused layers.
 
     Made by ``fuse`` from an existing layer, whose parameters, buffers, hyper-parameters and
     rank check it keeps; its state dict is the BatchNorm's.
     """
 
+    activation: str  # a key of ACTIVATIONS, set by each subclass
     pool: int
     _rank_check: type[BatchNorm]
 
     @classmethod
-    def absorb(cls, bn: BatchNorm, pool: int) -> BatchNormSigmoid:
+    def absorb(cls, bn: BatchNorm, pool: int = 1) -> BatchNormAct:
         fused = cls.__new__(cls)
         fused.__dict__.update(bn.__dict__)  # the same Parameter and buffer objects
         fused.pool = pool
@@ -128,11 +187,25 @@ class BatchNormSigmoid(BatchNormBase):
     def _normalize(self, input: Tensor, running_mean: Tensor | None,
                    running_var: Tensor | None, use_batch_stats: bool, momentum: float,
                    skipped: Tensor | None) -> Tensor:
-        return batch_norm_sigmoid(input, running_mean, running_var, self.weight, self.bias,
-                                  use_batch_stats, momentum, self.eps, pool=self.pool)
+        return batch_norm_act(input, running_mean, running_var, self.weight, self.bias,
+                              use_batch_stats, momentum, self.eps, act=self.activation,
+                              pool=self.pool)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", then sigmoid{', avg_pool 2x2' if self.pool == 2 else ''}"
+        return (super().extra_repr() + f", then {self.activation}"
+                + (", avg_pool 2x2" if self.pool == 2 else ""))
+
+
+class BatchNormSigmoid(BatchNormAct):
+    """A bnlab BatchNorm followed by a sigmoid (and a 2x2 average pooling when ``pool=2``)."""
+
+    activation = "sigmoid"
+
+
+class BatchNormReLU(BatchNormAct):
+    """A bnlab BatchNorm followed by a ReLU."""
+
+    activation = "relu"
 
 
 _PLAIN = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
@@ -147,7 +220,8 @@ def _is_pool_2x2(m: nn.Module) -> bool:
 
 
 def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Fuse [BatchNorm, Sigmoid, (AvgPool2d(2))] runs inside every nn.Sequential of `model`.
+    """Fuse [BatchNorm, Sigmoid, (AvgPool2d(2))] and [BatchNorm, ReLU] runs inside every
+    nn.Sequential of `model`.
 
     Only plain bnlab BatchNorm layers (not variants, not guarded ones) are fused; everything
     else is left as it is. Returns the fused model (a copy unless ``inplace``; in place, all
@@ -160,12 +234,17 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
             layers = list(seq)
             for i, layer in enumerate(layers[:-1]):
-                if type(layer) not in _PLAIN or layer.guard or not isinstance(layers[i + 1],
-                                                                              nn.Sigmoid):
+                if type(layer) not in _PLAIN or layer.guard:
+                    continue
+                if isinstance(layers[i + 1], nn.Sigmoid):
+                    kind: type[BatchNormAct] = BatchNormSigmoid
+                    pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
+                elif isinstance(layers[i + 1], nn.ReLU):
+                    kind, pool = BatchNormReLU, 1
+                else:
                     continue
                 check_layer_at_use(layer, False)  # eps/momentum set after construction
-                pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
-                seq[i] = BatchNormSigmoid.absorb(layer, pool)
+                seq[i] = kind.absorb(layer, pool)
                 for j in range(i + 1, i + 1 + pool):
                     seq[j] = nn.Identity()
     return model

@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from bnlab.norm.base import NormBase
-from bnlab.norm.fused import BatchNormSigmoid
+from bnlab.norm.fused import BatchNormAct
 from bnlab.norm.registry import NORMS, create_norm
 from bnlab.norm.textbook import TextbookBatchNorm
 from bnlab.norm.variants import GroupNorm, InstanceNorm, LayerNorm, PerActivationBatchNorm
@@ -160,8 +160,8 @@ def _carry(old: nn.Module, new: nn.Module) -> None:
 
 def _build(name: str, old: nn.Module, to: str, shape: tuple[int, ...] | None) -> nn.Module:
     """The `to` layer replacing `old`; `shape` is its measured input shape, if any."""
-    if isinstance(old, BatchNormSigmoid):
-        raise TypeError(f"convert(to={to!r}): layer {name!r} is a fused BatchNorm-sigmoid "
+    if isinstance(old, BatchNormAct):
+        raise TypeError(f"convert(to={to!r}): layer {name!r} is a fused BatchNorm-{old.activation} "
                         f"layer; convert the model before fusing it (bnlab.norm.fuse)")
     c = _channels(old)
     if to == "none":

@@ -12,6 +12,7 @@ it serves is decided in one place, ``bnlab.norm.backends``.
 from bnlab.norm.kernels.library import KernelBuildError, build, kernel_dir, library_path, verify
 from bnlab.norm.kernels.ops import (
     IDENTITY,
+    RELU,
     SIGMOID,
     available,
     batch_norm,
@@ -23,6 +24,6 @@ from bnlab.norm.kernels.ops import (
     status,
 )
 
-__all__ = ["IDENTITY", "SIGMOID", "KernelBuildError", "available", "batch_norm", "build",
+__all__ = ["IDENTITY", "RELU", "SIGMOID", "KernelBuildError", "available", "batch_norm", "build",
            "error", "kernel_dir", "library_path", "loaded", "mode", "preload",
            "register_double_backward", "status", "verify"]

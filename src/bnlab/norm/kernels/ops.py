@@ -12,7 +12,7 @@ side is at the end of ``csrc/batch_norm_cpu.cpp``)::
 
 ``batch_norm`` is differentiable (a C++ autograd node over the other two) and updates the
 running buffers in place in training, as ``torch.nn.functional.batch_norm`` does. ``act`` is
-IDENTITY or SIGMOID (the fused layer of ``bnlab.norm.fused``), ``pool`` 1 or 2 (a 2x2 average
+IDENTITY, SIGMOID or RELU (the fused layers of ``bnlab.norm.fused``), ``pool`` 1 or 2 (a 2x2 average
 pooling after the sigmoid). This module registers what PyTorch needs to trace them without
 data (fake implementations: output shapes, dtypes and strides), so jit.trace, torch.export and
 torch.compile see one operator where a layer runs; and the differentiable gradients that the
@@ -34,10 +34,10 @@ from torch import Tensor
 from bnlab.norm import reference
 from bnlab.norm.kernels.library import MODULE, KernelBuildError, build, library_path, verify
 
-__all__ = ["IDENTITY", "SIGMOID", "available", "batch_norm", "error", "loaded", "mode",
+__all__ = ["IDENTITY", "RELU", "SIGMOID", "available", "batch_norm", "error", "loaded", "mode",
            "preload", "register_double_backward", "status"]
 
-IDENTITY, SIGMOID = 0, 1  # what follows the normalization (the operators' `act`)
+IDENTITY, SIGMOID, RELU = 0, 1, 2  # what follows the normalization (the operators' `act`)
 _MODES = ("auto", "0", "1")
 
 _state: dict[str, Any] = {"module": None, "tried": False, "error": None}
@@ -106,6 +106,16 @@ def _one_device(*tensors: Tensor | None) -> None:
                            f"({', '.join(sorted(map(str, devices)))}); move them to one")
 
 
+def _check_epilogue(act: int, pool: int) -> None:
+    """The C++ check_input's rule for act and pool, for calls traced without data."""
+    if act not in (IDENTITY, SIGMOID, RELU):
+        raise ValueError(f"bnlab::batch_norm: act must be 0 (identity), 1 (sigmoid) or 2 (relu), "
+                         f"got {act}")
+    if pool not in (1, 2) or (pool == 2 and act != SIGMOID):
+        raise ValueError(f"bnlab::batch_norm: pool must be 1, or 2 after a sigmoid (act=1); got "
+                         f"pool={pool} with act={act}")
+
+
 def _output_like(x: Tensor, pool: int) -> Tensor:
     x = _dense(x, pool)
     if pool == 1:
@@ -119,6 +129,7 @@ def _fake_forward(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                   momentum: float, eps: float, act: int = IDENTITY,
                   pool: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     _one_device(input, weight, bias, running_mean, running_var)
+    _check_epilogue(act, pool)
     c = input.shape[1]
     return _output_like(input, pool), input.new_empty(c), input.new_empty(c)
 
@@ -127,6 +138,7 @@ def _fake_entry(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                 running_mean: Tensor | None, running_var: Tensor | None, training: bool,
                 momentum: float, eps: float, act: int = IDENTITY, pool: int = 1) -> Tensor:
     _one_device(input, weight, bias, running_mean, running_var)
+    _check_epilogue(act, pool)
     return _output_like(input, pool)
 
 
@@ -134,6 +146,7 @@ def _fake_backward(grad_out: Tensor, input: Tensor, weight: Tensor | None, bias:
                    mean: Tensor, invstd: Tensor, training: bool, act: int, pool: int,
                    need_input_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
     _one_device(grad_out, input, weight, bias, mean, invstd)
+    _check_epilogue(act, pool)
     c = input.shape[1]
     dx = torch.empty_like(_dense(input, pool)) if need_input_grad else input.new_empty(0)
     return dx, input.new_empty(c), input.new_empty(c)
