@@ -20,6 +20,11 @@
 // at |mean|/std = 1e6).
 // Work is split into a fixed number of chunks, each with its own accumulator, merged in chunk
 // order: results do not depend on thread scheduling.
+// Passes over memory: in the planes layout one parallel loop over channels reduces a channel
+// and then writes its output (forward: statistics, then y; backward: gradient sums, then dx),
+// so the channel's N * S values are re-read from cache: training reads x and writes y, then
+// reads x and dy and writes dx, each once from memory (the floor: 5 passes). The rows layout
+// needs every row's statistics before any output, and reads x (and dy) twice: 7 passes.
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -167,6 +172,70 @@ void for_row_blocks(const Layout& L, int64_t chunks, int64_t rows, const F& bloc
   });
 }
 
+// Rows layout: a block of rows is reduced kCols columns at a time, each column's accumulator
+// kept in a register (kCols floats: 4 AVX-512 registers) while the block's rows stream past;
+// accumulators for a whole wide row (up to 512 values) would be loaded and stored again for
+// every row. Each column is still summed over the rows in order, so the sums are the same.
+constexpr int64_t kCols = 64;
+
+// Columns [j0, j0 + n) of rows [b0, b1): bm = mean of x - K, bq = sum (x - K - bm)^2, in T.
+// N: n as a compile-time constant (the full blocks), or 0 for the last, shorter block.
+template <int64_t N, typename T>
+inline void block_stats(const T* x, int64_t W, int64_t b0, int64_t b1, int64_t j0, int64_t n,
+                        const T* K, T* bm, T* bq) {
+  const int64_t cols = N > 0 ? N : n;
+  T s[kCols] = {}, q[kCols] = {};
+  const T nb = static_cast<T>(b1 - b0);
+  for (int64_t r = b0; r < b1; ++r) {
+    const T* p = x + r * W + j0;
+#pragma omp simd
+    for (int64_t u = 0; u < cols; ++u) s[u] += p[u] - K[j0 + u];
+  }
+#pragma omp simd
+  for (int64_t u = 0; u < cols; ++u) s[u] /= nb;
+  for (int64_t r = b0; r < b1; ++r) {
+    const T* p = x + r * W + j0;
+#pragma omp simd
+    for (int64_t u = 0; u < cols; ++u) {
+      const T d = (p[u] - K[j0 + u]) - s[u];
+      q[u] += d * d;
+    }
+  }
+  for (int64_t u = 0; u < cols; ++u) {
+    bm[j0 + u] = s[u];
+    bq[j0 + u] = q[u];
+  }
+}
+
+// Columns [j0, j0 + n) of rows [b0, b1): fa = sum dz, fb = sum dz * (x - mean), in T.
+template <int64_t N, typename T>
+inline void block_grad_sums(const T* dz, const T* x, int64_t W, int64_t b0, int64_t b1,
+                            int64_t j0, int64_t n, const T* mean, T* fa, T* fb) {
+  const int64_t cols = N > 0 ? N : n;
+  T a[kCols] = {}, b[kCols] = {};
+  for (int64_t r = b0; r < b1; ++r) {
+    const T* g = dz + r * W + j0;
+    const T* p = x + r * W + j0;
+#pragma omp simd
+    for (int64_t u = 0; u < cols; ++u) {
+      a[u] += g[u];
+      b[u] += g[u] * (p[u] - mean[j0 + u]);
+    }
+  }
+  for (int64_t u = 0; u < cols; ++u) {
+    fa[j0 + u] = a[u];
+    fb[j0 + u] = b[u];
+  }
+}
+
+// f.template operator()<N>(j0, n) over the column blocks of a wide row of W values.
+template <typename F>
+inline void for_column_blocks(int64_t W, const F& f) {
+  int64_t j0 = 0;
+  for (; j0 + kCols <= W; j0 += kCols) f.template operator()<kCols>(j0, kCols);
+  if (j0 < W) f.template operator()<0>(j0, W - j0);
+}
+
 // ---- statistics: per-channel mean and m2 = sum (x - mean)^2 ------------------------------
 
 // Planes layout: a channel's planes lie C * S values apart, so each is a new stream that the
@@ -255,21 +324,9 @@ void stats_rows(const T* x, const Layout& L, double* mean, double* m2) {
   for_row_blocks(L, nchunks, kStatRows, [&](int64_t k, int64_t b0, int64_t b1) {
     const auto [bm, bq] = zeroed_rows<T>(W);  // block mean - K and m2, per column
     const T nb = static_cast<T>(b1 - b0);
-    for (int64_t r = b0; r < b1; ++r) {
-      const T* p = x + r * W;
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) bm[j] += p[j] - K[j];
-    }
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) bm[j] /= nb;
-    for (int64_t r = b0; r < b1; ++r) {
-      const T* p = x + r * W;
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) {
-        const T d = (p[j] - K[j]) - bm[j];
-        bq[j] += d * d;
-      }
-    }
+    for_column_blocks(W, [&]<int64_t N>(int64_t j0, int64_t n) {
+      block_stats<N>(x, W, b0, b1, j0, n, K, bm, bq);
+    });
     // merge() per column, its per-block factors hoisted out of the column loop.
     double* cm = mu.data() + k * W;
     double* ca = acc.data() + k * W;
@@ -323,20 +380,14 @@ inline int64_t segment_size(const Layout& L, int64_t i) {
   return L.rows ? std::min(L.w, (L.n * L.s - i * L.k) * L.c) : L.s;
 }
 
-// seg(i) for every segment, in parallel chunks that hold at least kGrain values. `backwards`
-// walks each chunk from its end: a pass that follows a reduction over the same chunk (the
-// same fixed split) then starts on the values the reduction read last, which may still be in
-// cache (L2, or L3 for tensors of a few tens of MB) instead of in memory.
+// seg(i) for every segment, in parallel chunks that hold at least kGrain values.
 template <typename F>
-void for_segments(const Layout& L, const F& seg, bool backwards = false) {
+void for_segments(const Layout& L, const F& seg) {
   // (callers never pass an empty tensor; the max keeps a zero length from dividing)
   at::parallel_for(0, segment_count(L),
                    std::max<int64_t>(1, kGrain / std::max<int64_t>(1, segment_length(L))),
                    [&](int64_t i0, int64_t i1) {
-                     if (backwards)
-                       for (int64_t i = i1 - 1; i >= i0; --i) seg(i);
-                     else
-                       for (int64_t i = i0; i < i1; ++i) seg(i);
+                     for (int64_t i = i0; i < i1; ++i) seg(i);
                    });
 }
 
@@ -545,16 +596,10 @@ void row_grad_sums(const T* dz, const T* x, const Layout& L, const T* mean, doub
   // Sums of kSubRows wide rows in T (full SIMD width), each added into double accumulators.
   for_row_blocks(L, nchunks, kSubRows, [&](int64_t k, int64_t b0, int64_t b1) {
     const auto [fa, fb] = zeroed_rows<T>(W);  // block sums of dz and dz * (x - mean)
-    for (int64_t r = b0; r < b1; ++r) {
-      prepare(r);
-      const T* g = dz + r * W;
-      const T* p = x + r * W;
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) {
-        fa[j] += g[j];
-        fb[j] += g[j] * (p[j] - mean[j]);
-      }
-    }
+    for (int64_t r = b0; r < b1; ++r) prepare(r);
+    for_column_blocks(W, [&]<int64_t N>(int64_t j0, int64_t n) {
+      block_grad_sums<N>(dz, x, W, b0, b1, j0, n, mean, fa, fb);
+    });
     double* ak = a.data() + k * W;
     double* bk = b.data() + k * W;
 #pragma omp simd
@@ -643,8 +688,7 @@ std::vector<T> per_column(const Layout& L, const T* v) {
 // Planes: one parallel loop over channels computes a channel's statistics and then writes its
 // output planes, which re-reads the N * S values just read from cache (L2 when a channel holds
 // up to ~1 MB: (64, 64, 56, 56) float32 has 0.8 MB a channel), so x comes from memory once.
-// Rows: the statistics need every row before any output, so the output pass walks each chunk
-// backwards, starting where the statistics' pass ended (see for_segments).
+// Rows: the statistics need every row before any output: x is read twice.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
     const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
@@ -687,7 +731,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
       const auto mc = per_column(L, mp), kc = per_column(L, scale.data()),
                  bc = per_column(L, bp);
       with_forward_pass(xp, yp, L, W, act, pool, mc.data(), kc.data(), bc.data(),
-                        [&](const auto& seg) { for_segments(L, seg, /*backwards=*/true); });
+                        [&](const auto& seg) { for_segments(L, seg); });
     }
     // Last, once nothing can fail any more: running <- (1 - m) running + m batch.
     if (running_mean.has_value() && running_mean->defined()) {
@@ -740,7 +784,7 @@ std::tuple<at::Tensor, at::Tensor> forward_eval(const at::Tensor& x,
 // where dz is the gradient at the normalization's output (grad_out itself without epilogue).
 // train: the statistics were the batch's own (full closed form); else constants.
 // As in the forward: planes run a channel's sums and then its dx planes in one parallel loop
-// over channels (dz and x re-read from cache); rows walk the dx pass backwards.
+// over channels (dz and x re-read from cache); rows make a second pass for dx.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
@@ -809,8 +853,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
       if (need_input_grad) {
         const auto mg = per_column(L, mean_g.data()), pr = per_column(L, proj.data());
         for_segments(L, InputGrad<scalar_t>{dzp, xp, dxp, L, mean_col.data(), mg.data(),
-                                            pr.data(), scale_col.data()},
-                     /*backwards=*/true);
+                                            pr.data(), scale_col.data()});
       }
     };
     // dz computed segment by segment inside the reduction pass, where there is an activation
