@@ -56,11 +56,14 @@ test-slow: data browser
 lint: setup
 	$(PY) -m ruff check src tests benchmarks examples notebooks
 
-## Speed: op level (bnlab vs ATen vs composite), end to end (vs the textbook recipe), profile.
+## Speed (every table of BENCHMARKS.md): the op against ATen and the memory floor, a ResNet-18
+## step, LeNet-BN end to end against the textbook recipe, its profile, and torch.compile.
 bench: data
-	$(PY) benchmarks/bench_bn.py
-	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_bn.py --reps 10
+	$(PY) benchmarks/bench_resnet.py
+	$(PY) benchmarks/bench_train.py --seeds 3
 	$(PY) benchmarks/profile_step.py
+	$(PY) benchmarks/compile_step.py
 
 ## A short demonstration of the layer against torch.nn.
 demo: setup

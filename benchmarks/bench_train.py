@@ -3,14 +3,24 @@
     python benchmarks/bench_train.py [--epochs 10] [--seeds 3]
 
 Both use batch 256, SGD lr 1.0 and test accuracy after every epoch; bnlab trains with its own
-BatchNorm (norm="bnlab"). Each run is a separate process (so peak RSS is its own), the two
-recipes alternate seed by seed, and the table reports per-seed and mean figures and the ratio.
+BatchNorm (norm="bnlab"). Four recipes, each run a separate process (so peak RSS is its own),
+alternating seed by seed:
+
+* ``textbook``: the textbook's code (benchmarks/textbook_recipe.py), the baseline;
+* ``bnlab``: bnlab's trainer as the ``bnlab`` command runs it, with the command's memory
+  policy (``bnlab.memory``: freed tensor memory kept for reuse);
+* ``bnlab, system memory``: the same with ``BNLAB_MEMORY=system`` (glibc's default policy);
+* ``textbook, reuse memory``: the control: the textbook's code under bnlab's memory policy,
+  which says how much of the speed-up is the allocator's and how much bnlab's.
+
+The table reports per-seed figures, then means and the ratios to the textbook's time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -21,7 +31,9 @@ HERE = Path(__file__).resolve().parent
 
 BNLAB = """
 import json, resource, sys, time
+from bnlab import memory
 from bnlab.train import TrainConfig, train
+memory.set_policy(memory.policy_from_env())  # what the bnlab command does at start
 epochs, seed, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 t = time.perf_counter()
 run = train(TrainConfig(model="lenet-bn", norm="bnlab", lr=1.0, epochs=epochs, seed=seed,
@@ -29,14 +41,19 @@ run = train(TrainConfig(model="lenet-bn", norm="bnlab", lr=1.0, epochs=epochs, s
 wall = time.perf_counter() - t
 f = run.final
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"recipe": "bnlab", "seed": seed, "wall_s": wall, "train_loss": f["train_loss"],
+print(json.dumps({"recipe": "bnlab" if memory.current() == "reuse" else "bnlab, system memory",
+                  "seed": seed, "wall_s": wall, "train_loss": f["train_loss"],
                   "train_acc": f["train_acc"], "test_acc": f["test_acc"],
                   "examples_per_sec": epochs * 60000 / wall, "peak_rss_mb": peak}))
 """
 
 
-def run(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+RECIPES = ("textbook", "bnlab", "bnlab, system memory", "textbook, reuse memory")
+
+
+def run(cmd: list[str], memory: str) -> dict:
+    env = {**os.environ, "BNLAB_MEMORY": memory}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -46,35 +63,43 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     rows = []
+    textbook = [sys.executable, str(HERE / "textbook_recipe.py"), "--epochs", str(args.epochs)]
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            rows.append(run([sys.executable, str(HERE / "textbook_recipe.py"), "--epochs",
-                             str(args.epochs), "--seed", str(seed)]))
-            rows.append(run([sys.executable, "-c", BNLAB, str(args.epochs), str(seed),
-                             f"{tmp}/run{seed}"]))
+            rows.append(run([*textbook, "--seed", str(seed)], "system"))
+            for memory in ("reuse", "system"):
+                rows.append(run([sys.executable, "-c", BNLAB, str(args.epochs), str(seed),
+                                 f"{tmp}/run{seed}-{memory}"], memory))
+            control = run([*textbook, "--seed", str(seed), "--memory", "reuse"], "reuse")
+            rows.append({**control, "recipe": "textbook, reuse memory"})
     print("| recipe | seed | wall s | examples/s | peak RSS MB | train loss | test acc |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['recipe']} | {r['seed']} | {r['wall_s']:.1f} | {r['examples_per_sec']:.0f} "
               f"| {r['peak_rss_mb']:.0f} | {r['train_loss']:.3f} | {r['test_acc']:.4f} |")
-    stats = {k: {m: [r[m] for r in rows if r["recipe"] == k]
-                 for m in ("wall_s", "test_acc", "peak_rss_mb")} for k in ("textbook", "bnlab")}
-    mean = {k: {m: statistics.fmean(v) for m, v in d.items()} for k, d in stats.items()}
-    sd = {k: {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in d.items()}
-          for k, d in stats.items()}
     n = args.seeds
-    print(f"\nmean wall time over {n} seeds: textbook {mean['textbook']['wall_s']:.1f} s, bnlab "
-          f"{mean['bnlab']['wall_s']:.1f} s; speed-up "
-          f"{mean['textbook']['wall_s'] / mean['bnlab']['wall_s']:.2f}x (target >= 4x)")
-    print(f"mean final test accuracy: textbook {mean['textbook']['test_acc']:.4f} +- "
-          f"{sd['textbook']['test_acc']:.4f}, bnlab {mean['bnlab']['test_acc']:.4f} +- "
-          f"{sd['bnlab']['test_acc']:.4f} (std over seeds); peak RSS bnlab "
-          f"{max(stats['bnlab']['peak_rss_mb']):.0f} MB at most")
+    print(f"\nMeans over {n} seeds (std over seeds); speed-up = textbook's mean time / the "
+          f"recipe's:\n")
+    print("| recipe | mean wall s | speed-up vs textbook | test acc | peak RSS MB (max) |")
+    print("|---|---|---|---|---|")
+    base = statistics.fmean(r["wall_s"] for r in rows if r["recipe"] == "textbook")
+    acc = {}
+    for recipe in RECIPES:
+        mine = [r for r in rows if r["recipe"] == recipe]
+        wall = statistics.fmean(r["wall_s"] for r in mine)
+        accs = [r["test_acc"] for r in mine]
+        acc[recipe] = accs
+        sd = statistics.stdev(accs) if n > 1 else 0.0
+        print(f"| {recipe} | {wall:.1f} | {base / wall:.2f}x | {statistics.fmean(accs):.4f} +- "
+              f"{sd:.4f} | {max(r['peak_rss_mb'] for r in mine):.0f} |")
     if n > 1:  # Welch's t for the accuracy difference: is it larger than the seed noise?
-        se = (sd["textbook"]["test_acc"] ** 2 / n + sd["bnlab"]["test_acc"] ** 2 / n) ** 0.5
-        diff = mean["bnlab"]["test_acc"] - mean["textbook"]["test_acc"]
-        print(f"accuracy difference bnlab - textbook {diff:+.4f}, Welch t = "
-              f"{diff / se if se > 0 else float('nan'):.2f}")
+        a, b = acc["bnlab"], acc["textbook"]
+        se = (statistics.variance(a) / n + statistics.variance(b) / n) ** 0.5
+        diff = statistics.fmean(a) - statistics.fmean(b)
+        print(f"\naccuracy difference bnlab - textbook {diff:+.4f}, Welch t = "
+              f"{diff / se if se > 0 else float('nan'):.2f} (target: speed-up >= 4x at equal "
+              f"accuracy)")
+
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,15 @@
 """Where a LeNet-BN training step spends its time: the profile behind BENCHMARKS.md.
 
-    python benchmarks/profile_step.py [--steps 30] [--no-fuse]
+    python benchmarks/profile_step.py [--steps 30] [--no-fuse] [--memory reuse|system]
 
 Builds the model exactly as bnlab's trainer does (`make_model`: Xavier init, fused
 BatchNorm-sigmoid(-avg pool) layers where the fast kernels are available), runs plain SGD steps
 (lr 1.0, batch 256) on real Fashion-MNIST batches under torch.profiler, and prints the mean
 time of a step and what each kind of work takes of it, grouped from the profiler's self-times
-(on the calling thread) by operator name. The BatchNorm forward kernels are called directly,
-outside torch's dispatcher, so the profiler does not see them: they are part of the difference
-between the wall time and the operators' total, reported as its own line.
+(on the calling thread) by operator name. The BatchNorm kernels are operators
+(``bnlab::batch_norm*``) and appear under their own line; what the profiler does not attribute
+to any operator (Python, the module calls) is the difference between the wall time and the
+operators' total. The memory policy is the command line's (``bnlab.memory``: ``reuse``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bnlab import memory
 from bnlab.data import load_split
 from bnlab.train.config import TrainConfig
 from bnlab.train.loop import make_model
@@ -28,8 +30,8 @@ from bnlab.train.loop import make_model
 GROUPS = [
     ("convolution backward", lambda n: "convolution_backward" in n),
     ("convolution forward", lambda n: "convolution" in n or "mkldnn" in n or "conv2d" in n),
-    ("BatchNorm backward (fused layers: kernel + autograd node)",
-     lambda n: "BatchNormNode" in n),
+    ("BatchNorm (bnlab operators, forward and backward, fused layers)",
+     lambda n: "bnlab::" in n or "BatchNormNode" in n),
     ("linear layers (mm, addmm)", lambda n: n in ("aten::mm", "aten::addmm", "aten::t")),
     ("loss (log_softmax, nll)", lambda n: "softmax" in n or "nll" in n),
     ("optimizer (SGD update, zeroing grads)", lambda n: "_foreach" in n or "add_" in n
@@ -48,7 +50,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--no-fuse", action="store_true")
+    ap.add_argument("--memory", choices=memory.POLICIES, default="reuse")
     args = ap.parse_args()
+    policy = memory.set_policy(args.memory)
     config = TrainConfig(fuse=not args.no_fuse)
     model = make_model(config)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
@@ -73,10 +77,11 @@ def main() -> None:
     totals: dict[str, float] = defaultdict(float)
     for e in prof.key_averages():
         totals[group_of(e.key)] += e.self_cpu_time_total / 1e3 / args.steps  # ms a step
-    totals["not seen by the profiler (BatchNorm forward kernels, Python)"] = max(
+    totals["not attributed to an operator (Python, module calls)"] = max(
         0.0, per_step - sum(totals.values()))
     fused = any(type(m).__name__ == "BatchNormSigmoid" for m in model.modules())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fused layers: {fused}; "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, memory policy {policy}, "
+          f"fused layers: {fused}; "
           f"{args.steps} steps of batch 256: {per_step:.2f} ms a step (under the profiler)")
     print("| piece | ms a step | share of a step |")
     print("|---|---|---|")

@@ -130,7 +130,14 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memory", choices=("system", "reuse"), default="system",
+                    help="system: as the textbook's code runs (the default); reuse: the control "
+                         "arm of bench_train.py, with the allocator policy bnlab's command sets")
     a = ap.parse_args()
+    if a.memory == "reuse":
+        from bnlab import memory
+
+        memory.set_policy("reuse")  # (the DataLoader's workers inherit it: fork)
     result = train_ch6(a.epochs, a.lr, 256, a.seed)
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
