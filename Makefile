@@ -59,8 +59,10 @@ lint: setup
 ## Speed (every table of BENCHMARKS.md): the op against ATen and the memory floor, a ResNet-18
 ## step, LeNet-BN end to end against the textbook recipe, its profile, and torch.compile.
 bench: data
+	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_bn.py --reps 10
 	$(PY) benchmarks/bench_resnet.py
+	$(PY) benchmarks/bench_resnet.py --memory system
 	$(PY) benchmarks/bench_train.py --seeds 3
 	$(PY) benchmarks/profile_step.py
 	$(PY) benchmarks/compile_step.py

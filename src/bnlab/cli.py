@@ -385,8 +385,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="also write TensorBoard events (per-step loss and lr, per-epoch "
                         "metrics, BatchNorm statistics histograms) into OUT/tensorboard")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="keep BatchNorm, sigmoid and pooling as separate layers (by default "
-                        "they run fused where bnlab's fast kernels are available)")
+                   help="keep BatchNorm and the sigmoid (and pooling) or ReLU after it as "
+                        "separate layers (by default they run fused where bnlab's fast kernels "
+                        "are available)")
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronize BatchNorm statistics across data-parallel ranks (run "
                         "under torchrun --nproc_per_node=N -m bnlab train ...)")
@@ -569,8 +570,9 @@ def _main(argv: Sequence[str] | None) -> int:
         from bnlab import memory
 
         # The command is an application: freed tensor memory is kept for the next tensor
-        # (bnlab.memory; BNLAB_MEMORY=system keeps the system's default).
-        memory.set_policy(memory.policy_from_env())
+        # (bnlab.memory; BNLAB_MEMORY=system leaves the C library as it is).
+        if memory.policy_from_env() == "reuse":
+            memory.set_policy("reuse")
         return func(args)
     except (UserError, OSError, RuntimeError) as e:  # the user's to fix: one line, no traceback
         return _fail(e)

@@ -19,10 +19,16 @@ while small allocations split freed chunks, until every size has a place to be r
 and not necessarily a program that embeds bnlab. So the policy is the application's to choose:
 
 * the ``bnlab`` command (and so the trainer and the studies it runs) applies ``reuse`` at start;
-  ``BNLAB_MEMORY=system`` keeps the system's default;
+  ``BNLAB_MEMORY=system`` leaves the C library as it is;
 * the library never changes it by itself: a program calls ``set_policy("reuse")`` to opt in.
 
-Elsewhere than glibc (``mallopt`` absent) the policy is the system's and ``set_policy`` says so.
+``reuse`` cannot be fully undone: glibc turns its adaptive mmap threshold off for good once
+either setting is changed. ``set_policy("system")`` after ``reuse`` puts glibc's starting
+values back (mmap from 128 KiB, trim above 128 KiB), with that threshold fixed; the policy then
+reads ``"system-fixed"``. Before any ``reuse``, ``set_policy("system")`` changes nothing.
+
+Elsewhere than glibc (``mallopt`` absent, or refusing) the policy stays the system's, with a
+warning where a ``mallopt`` refused.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import warnings
 
 from bnlab.errors import UserError
 
@@ -59,26 +66,33 @@ def _mallopt():
 
 
 def set_policy(policy: str) -> str:
-    """Apply ``"reuse"`` (keep freed memory for reuse) or ``"system"`` (glibc's defaults) to
-    this process; returns the policy in force afterwards (``"system"`` where the C library has
-    no ``mallopt``). Returning to ``"system"`` restores glibc's starting values (the adaptive
-    mmap threshold then starts again from 128 KiB)."""
+    """Apply ``"reuse"`` (keep freed memory for reuse) or ``"system"`` (the C library's own
+    behaviour) to this process; returns the policy in force afterwards: ``"reuse"``,
+    ``"system"`` (never changed: also where the C library has no ``mallopt``), or
+    ``"system-fixed"`` (glibc's starting values restored after ``reuse``, its adaptive mmap
+    threshold off; see the module docstring)."""
     if policy not in POLICIES:
         raise ValueError(f"memory policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy == "system" and _state["policy"] == "system":
+        return "system"  # untouched: calling mallopt at all would fix glibc's thresholds
     mallopt = _mallopt()
     if mallopt is None:
-        _state["policy"] = "system"
-        return "system"
-    for param, value in _SETTINGS[policy].items():
-        if mallopt(param, value) != 1:  # mallopt returns 1 on success
-            raise OSError(f"mallopt({param}, {value}) was refused; the memory policy is "
-                          f"unchanged ({_state['policy']})")
-    _state["policy"] = policy
-    return policy
+        return _state["policy"]
+    refused = [param for param, value in _SETTINGS[policy].items() if mallopt(param, value) != 1]
+    if refused and len(refused) == len(_SETTINGS[policy]):
+        warnings.warn(f"mallopt refused every setting of the {policy!r} memory policy; the "
+                      f"policy stays {_state['policy']!r}", RuntimeWarning, stacklevel=2)
+        return _state["policy"]
+    if refused:  # (glibc accepts both; another C library may take one and not the other)
+        warnings.warn(f"mallopt refused {refused} of the {policy!r} memory policy; the others "
+                      f"are in force", RuntimeWarning, stacklevel=2)
+    _state["policy"] = "reuse" if policy == "reuse" else "system-fixed"
+    return _state["policy"]
 
 
 def current() -> str:
-    """The policy last applied through this module (``"system"`` if none was)."""
+    """The policy in force as this module set it: ``"system"`` (never changed), ``"reuse"`` or
+    ``"system-fixed"``."""
     return _state["policy"]
 
 

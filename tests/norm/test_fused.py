@@ -288,3 +288,51 @@ def test_meta_tensors_refuse_what_the_kernel_refuses():
                                            act, pool)
     y = torch.ops.bnlab.batch_norm(x, None, None, None, None, True, 0.1, 1e-5, kernels.RELU, 1)
     assert y.shape == x.shape and y.device.type == "meta"
+
+
+class _ClampReLU(nn.ReLU):
+    """A subclass that computes something else: not a ReLU to fuse."""
+
+    def forward(self, x):
+        return torch.clamp(x, 0, 1)
+
+
+class _Residual(nn.Sequential):
+    """A Sequential subclass whose forward uses the BatchNorm's output twice."""
+
+    def forward(self, x):
+        h = self[0](x)
+        return self[1](h) + h
+
+
+def test_fuse_only_what_cannot_be_told_apart():
+    """Exact nn.ReLU / nn.Sigmoid / nn.AvgPool2d, a plain nn.Sequential, no hooks: anything else
+    is left as it is (a subclass may compute something else, a hook would lose its module or
+    see another tensor)."""
+    kept = [nn.Sequential(BatchNorm2d(3), _ClampReLU()),
+            nn.Sequential(BatchNorm2d(3), type("MySigmoid", (nn.Sigmoid,), {})()),
+            _Residual(BatchNorm2d(3), nn.ReLU())]
+    hooked_act = nn.Sequential(BatchNorm2d(3), nn.ReLU())
+    hooked_act[1].register_forward_hook(lambda m, i, o: None)
+    hooked_bn = nn.Sequential(BatchNorm2d(3), nn.ReLU())
+    hooked_bn[0].register_forward_pre_hook(lambda m, i: None)
+    kept += [hooked_act, hooked_bn]
+    for seq in kept:
+        assert [type(m) for m in fuse(seq)] == [type(m) for m in seq]
+    hooked_pool = nn.Sequential(BatchNorm2d(3), nn.Sigmoid(), nn.AvgPool2d(2))
+    hooked_pool[2].register_forward_hook(lambda m, i, o: None)
+    fused = fuse(hooked_pool)
+    assert isinstance(fused[0], BatchNormSigmoid) and fused[0].pool == 1
+    assert type(fused[2]) is nn.AvgPool2d
+    x = torch.randn(4, 3, 4, 4)
+    for seq in kept[:3]:
+        assert torch.equal(fuse(seq)(x), seq(x))
+
+
+def test_absorb_needs_an_activation():
+    from bnlab.norm.fused import BatchNormAct
+
+    with pytest.raises(TypeError, match="names no activation"):
+        BatchNormAct.absorb(BatchNorm2d(3))
+    with pytest.raises(ValueError, match="only a sigmoid is fused with pooling"):
+        BatchNormReLU.absorb(BatchNorm2d(3), 2)

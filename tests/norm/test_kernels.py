@@ -117,6 +117,32 @@ def test_deterministic():
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
 
 
+@pytest.mark.parametrize("act", [kernels.IDENTITY, kernels.SIGMOID, kernels.RELU],
+                         ids=["identity", "sigmoid", "relu"])
+def test_planes_same_bits_either_loop(act):
+    """Contiguous inputs: a channel is written right after its reduction when there are two
+    channels a thread or more, in a second loop otherwise. Both compute every value the same
+    way: 1 thread (4 channels each: one loop) and 4 threads (one channel each: two loops) give
+    the same bits, forward and backward, whether dx is wanted or not."""
+    x, w, b, g = _case((8, 4, 9, 7), torch.contiguous_format, torch.float32)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 4):
+            torch.set_num_threads(n)
+            rm, rv = torch.zeros(4), torch.ones(4)
+            y, mean, invstd = torch.ops.bnlab.batch_norm_forward(x, w, b, rm, rv, True, 0.1,
+                                                                 1e-5, act, 1)
+            full = torch.ops.bnlab.batch_norm_backward(g, x, w, b, mean, invstd, True, act, 1,
+                                                       True)
+            sums = torch.ops.bnlab.batch_norm_backward(g, x, w, b, mean, invstd, True, act, 1,
+                                                       False)
+            outs.append([y, mean, invstd, rm, rv, *full, *sums[1:]])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, c) for a, c in zip(*outs, strict=True))
+
+
 def test_the_rule_picks_the_kernels_for_float_cpu_tensors_only():
     x = torch.randn(8, 3, 4, 4)
     assert backends.select(x) == "kernels"

@@ -175,6 +175,11 @@ class BatchNormAct(BatchNormBase):
 
     @classmethod
     def absorb(cls, bn: BatchNorm, pool: int = 1) -> BatchNormAct:
+        if cls.__dict__.get("activation") is None:
+            raise TypeError(f"{cls.__name__} names no activation; absorb with BatchNormSigmoid "
+                            f"or BatchNormReLU")
+        if pool != 1 and cls.activation != "sigmoid":
+            raise ValueError(f"pool={pool!r}: only a sigmoid is fused with pooling")
         fused = cls.__new__(cls)
         fused.__dict__.update(bn.__dict__)  # the same Parameter and buffer objects
         fused.pool = pool
@@ -212,37 +217,51 @@ _PLAIN = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
 
 
 def _is_pool_2x2(m: nn.Module) -> bool:
-    if not isinstance(m, nn.AvgPool2d):
+    if type(m) is not nn.AvgPool2d or _hooked(m):
         return False
     k, s, p = m.kernel_size, m.stride, m.padding
     return (k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and not m.ceil_mode
             and m.divisor_override is None)
 
 
+def _hooked(m: nn.Module) -> bool:
+    """Whether anything observes or changes the module's own call (hooks would be lost or see
+    another tensor once it is absorbed into, or becomes, a fused layer)."""
+    return any(getattr(m, name, None) for name in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+def _absorbable(act: nn.Module) -> type[BatchNormAct] | None:
+    """The fused layer for a BatchNorm followed by `act`: exactly nn.Sigmoid or nn.ReLU (a
+    subclass may compute something else), with no hooks."""
+    if _hooked(act):
+        return None
+    return {nn.Sigmoid: BatchNormSigmoid, nn.ReLU: BatchNormReLU}.get(type(act))
+
+
 def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Fuse [BatchNorm, Sigmoid, (AvgPool2d(2))] and [BatchNorm, ReLU] runs inside every
     nn.Sequential of `model`.
 
-    Only plain bnlab BatchNorm layers (not variants, not guarded ones) are fused; everything
-    else is left as it is. Returns the fused model (a copy unless ``inplace``; in place, all
+    Only runs that cannot be told apart from their fusion are fused: inside a plain
+    ``nn.Sequential`` (a subclass may use a layer's output twice in its own ``forward``), a plain
+    bnlab BatchNorm layer (not a variant, not guarded) then exactly ``nn.Sigmoid`` or
+    ``nn.ReLU`` (and exactly ``nn.AvgPool2d(2)``), none of them with hooks; everything else is
+    left as it is. Returns the fused model (a copy unless ``inplace``; in place, all
     or nothing: an error leaves the model as it was); the math is unchanged and so are the
     state-dict keys.
     """
     check_tool_args("fuse", model, inplace=inplace)
     model = model if inplace else copy.deepcopy(model)
     with all_or_nothing(model) if inplace else contextlib.nullcontext():
-        for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
             layers = list(seq)
             for i, layer in enumerate(layers[:-1]):
-                if type(layer) not in _PLAIN or layer.guard:
+                kind = _absorbable(layers[i + 1])
+                if type(layer) not in _PLAIN or layer.guard or _hooked(layer) or kind is None:
                     continue
-                if isinstance(layers[i + 1], nn.Sigmoid):
-                    kind: type[BatchNormAct] = BatchNormSigmoid
-                    pool = 2 if i + 2 < len(layers) and _is_pool_2x2(layers[i + 2]) else 1
-                elif isinstance(layers[i + 1], nn.ReLU):
-                    kind, pool = BatchNormReLU, 1
-                else:
-                    continue
+                pool = (2 if kind is BatchNormSigmoid and i + 2 < len(layers)
+                        and _is_pool_2x2(layers[i + 2]) else 1)
                 check_layer_at_use(layer, False)  # eps/momentum set after construction
                 seq[i] = kind.absorb(layer, pool)
                 for j in range(i + 1, i + 1 + pool):

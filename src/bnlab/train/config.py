@@ -61,8 +61,8 @@ class TrainConfig:
     limit_test: int | None = None
     progress: bool = True  # a progress bar when attached to a terminal
     sync_bn: bool = False  # SyncBatchNorm across data-parallel ranks (torchrun)
-    # Run each bnlab BatchNorm -> sigmoid (-> 2x2 avg pool) as one fused layer (same function,
-    # bnlab.norm.fused); only where the fast kernels are available.
+    # Run each bnlab BatchNorm -> sigmoid (-> 2x2 avg pool) or -> ReLU as one fused layer (same
+    # function, bnlab.norm.fused); only where the fast kernels are available.
     fuse: bool = True
     dist_timeout: float = 120.0  # seconds before a collective waiting on a dead rank fails
     tensorboard: bool = False  # also write TensorBoard events into RUN_DIR/tensorboard

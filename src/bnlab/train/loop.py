@@ -66,8 +66,9 @@ def make_model(config: TrainConfig, network: nn.Module | None = None) -> nn.Modu
     textbook's ``train_ch6`` applies Xavier to any net too; ``init="default"`` keeps its own).
     ``init="gaussian-STD"``: weights ~ N(0, STD^2), biases 0.
 
-    With ``config.fuse``, BatchNorm -> sigmoid (-> avg pool) runs become single fused layers:
-    the same function and state-dict keys, fewer passes where bnlab's kernels serve them.
+    With ``config.fuse``, BatchNorm -> sigmoid (-> avg pool) and BatchNorm -> ReLU runs become
+    single fused layers: the same function and state-dict keys, fewer passes where bnlab's
+    kernels serve them.
     """
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.norm) if network is None else network

@@ -12,8 +12,8 @@ side is at the end of ``csrc/batch_norm_cpu.cpp``)::
 
 ``batch_norm`` is differentiable (a C++ autograd node over the other two) and updates the
 running buffers in place in training, as ``torch.nn.functional.batch_norm`` does. ``act`` is
-IDENTITY, SIGMOID or RELU (the fused layers of ``bnlab.norm.fused``), ``pool`` 1 or 2 (a 2x2 average
-pooling after the sigmoid). This module registers what PyTorch needs to trace them without
+IDENTITY, SIGMOID or RELU (the fused layers of ``bnlab.norm.fused``), ``pool`` 1 or 2 (a 2x2
+average pooling after the sigmoid). This module registers what PyTorch needs to trace them without
 data (fake implementations: output shapes, dtypes and strides), so jit.trace, torch.export and
 torch.compile see one operator where a layer runs; and the differentiable gradients that the
 node uses under ``create_graph=True``: each kind of layer registers its own

@@ -20,11 +20,12 @@
 // at |mean|/std = 1e6).
 // Work is split into a fixed number of chunks, each with its own accumulator, merged in chunk
 // order: results do not depend on thread scheduling.
-// Passes over memory: in the planes layout one parallel loop over channels reduces a channel
-// and then writes its output (forward: statistics, then y; backward: gradient sums, then dx),
-// so the channel's N * S values are re-read from cache: training reads x and writes y, then
-// reads x and dy and writes dx, each once from memory (the floor: 5 passes). The rows layout
-// needs every row's statistics before any output, and reads x (and dy) twice: 7 passes.
+// Passes over memory: in the planes layout (with at least two channels a thread) one parallel
+// loop over channels reduces a channel and then writes its output (forward: statistics, then
+// y; backward: gradient sums, then dx), so the channel's N * S values are re-read from cache:
+// training reads x and writes y, then reads x and dy and writes dx, each once from memory (the
+// floor: 5 passes) where a channel fits in L2. The rows layout needs every row's statistics
+// before any output, and reads x (and dy) twice: 7 passes.
 
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
@@ -391,6 +392,13 @@ void for_segments(const Layout& L, const F& seg) {
                    });
 }
 
+// Planes layout: whether to write each channel right after its reduction, in the same
+// parallel loop over channels (its values re-read from cache), or to write all planes in a
+// second loop of its own. The first runs only as many tasks as channels: with fewer than two
+// channels a thread (C = 1 or 3 on 2+ threads) it would leave threads idle in the pass that
+// the second spreads over all N * C planes.
+inline bool channel_at_a_time(const Layout& L) { return L.c >= 2 * at::get_num_threads(); }
+
 // Planes layout: the planes of channel c, last batch element first (the reverse of the order
 // in which the reduction just read them, so the most recently read come from cache first).
 template <typename F>
@@ -718,12 +726,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
       scale[c] = ip[c] * wp[c];
     };
     if (!L.rows) {
+      const bool at_once = channel_at_a_time(L);
       with_forward_pass(xp, yp, L, W, act, pool, mp, scale.data(), bp, [&](const auto& seg) {
         for_channels(L, [&](int64_t c) {
           plane_stats(xp, L, c, &mean[c], &m2[c]);
           finish(c);
-          channel_planes(L, c, seg);
+          if (at_once) channel_planes(L, c, seg);
         });
+        if (!at_once) for_segments(L, seg);
       });
     } else {
       stats_rows(xp, L, mean.data(), m2.data());
@@ -839,12 +849,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
       if (!L.rows) {
         const InputGrad<scalar_t> grad{dzp, xp, dxp, L, mean_col.data(), mean_g.data(),
                                        proj.data(), scale_col.data()};
+        const bool at_once = channel_at_a_time(L);
         for_channels(L, [&](int64_t c) {
           double sg = 0, sgd = 0;
           plane_grad_sums(dzp, xp, L, c, mean_col[c], &sg, &sgd, prepare);
           finish(c, sg, sgd);
-          if (need_input_grad) channel_planes(L, c, grad);
+          if (need_input_grad && at_once) channel_planes(L, c, grad);
         });
+        if (need_input_grad && !at_once) for_segments(L, grad);
         return;
       }
       std::vector<double> sg(C), sgd(C);
