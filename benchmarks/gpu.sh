@@ -12,7 +12,10 @@ set -u
 PY=${PY:-.venv/bin/python}
 OUT=${1:-gpu-results}
 mkdir -p "$OUT"
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch has no CUDA device here'; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/device.txt" || exit 1
+if ! "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch has no CUDA device here'; print(torch.__version__, torch.cuda.get_device_name())" > "$OUT/device.txt" 2>&1; then
+  tail -n 1 "$OUT/device.txt"; exit 1
+fi
+cat "$OUT/device.txt"
 "$PY" -m pytest -q -m cuda tests > "$OUT/tests_cuda.txt" 2>&1; tail -n 3 "$OUT/tests_cuda.txt"
 "$PY" benchmarks/bench_bn.py --device cuda --reps 10 > "$OUT/bench_bn_cuda.txt" 2>&1; cat "$OUT/bench_bn_cuda.txt"
 "$PY" benchmarks/bench_gpu_lenet.py --epochs 3 > "$OUT/lenet_gpu.txt" 2>&1; cat "$OUT/lenet_gpu.txt"
