@@ -200,7 +200,7 @@ def test_download_from_a_loopback_mirror_verified_and_resumed(tmp_path):
     archive = tar_bytes(files)
     spec = get_spec("cifar10")
     m = Mirror()
-    m.routes[f"/bad/{ARCHIVE}"] = archive[:-1] + b"X"  # wrong bytes: skipped
+    m.routes[f"/bad/{ARCHIVE}"] = archive[:-1] + bytes([archive[-1] ^ 0xFF])  # wrong: skipped
     m.routes[f"/good/{ARCHIVE}"] = archive
     m.behaviour["good"] = "cut"  # the first transfer stops half-way: resumed with Range
     with serve(m) as url:

@@ -34,7 +34,7 @@ def test_404_mirror_then_good_one(tmp_path):
 
 def test_corrupted_mirror_is_rejected_and_nothing_kept(tmp_path):
     m = Mirror()
-    m.routes["/evil/f.gz"] = PAYLOAD[:-1] + b"X"
+    m.routes["/evil/f.gz"] = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 0xFF])  # always differs
     m.routes["/good/f.gz"] = PAYLOAD
     with serve(m) as url:
         fetch([f"{url}/evil/f.gz", f"{url}/good/f.gz"], tmp_path / "f.gz", MD5, retries=0)
