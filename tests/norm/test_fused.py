@@ -99,15 +99,16 @@ def test_sigmoid_saturates_cleanly():
     assert ((y < 1e-30) | (y > 1 - 1e-6) | ((y - 0.5).abs() < 1e-6)).all()
 
 
-def test_double_backward():
+@pytest.mark.parametrize("act, pool", [("sigmoid", 2), ("relu", 1)])
+def test_double_backward(act, pool):
     x = torch.randn(4, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     w = torch.rand(2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
     for training in (True, False):
         rm, rv = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
         assert torch.autograd.gradgradcheck(
-            lambda x, w, b, t=training, rm=rm, rv=rv: batch_norm_sigmoid(
-                x, rm, rv, w, b, t, 0.0, pool=2),
+            lambda x, w, b, t=training, rm=rm, rv=rv: batch_norm_act(
+                x, rm, rv, w, b, t, 0.0, act=act, pool=pool),
             (x, w, b))
 
 
@@ -221,17 +222,6 @@ def test_relu_nan_and_zero_follow_torch():
     ref.sum().backward()
     assert torch.equal(gx.isnan(), x.grad.isnan())
     assert torch.allclose(gx[:, 0], x.grad[:, 0], atol=1e-7)
-
-
-def test_relu_double_backward():
-    x = torch.randn(4, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(2, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    for training in (True, False):
-        rm, rv = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
-        assert torch.autograd.gradgradcheck(
-            lambda x, w, b, t=training, rm=rm, rv=rv: batch_norm_relu(x, rm, rv, w, b, t, 0.0),
-            (x, w, b))
 
 
 def test_bad_act_is_named():
