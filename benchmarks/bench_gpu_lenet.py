@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from bnlab.data import load_split
+from bnlab.train.build import make_model
 from bnlab.train.config import TrainConfig
-from bnlab.train.loop import make_model
 
 
 def sync(device: str) -> None:

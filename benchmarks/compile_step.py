@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from bnlab import memory
 from bnlab.data import load_split
+from bnlab.train.build import make_model
 from bnlab.train.config import TrainConfig
-from bnlab.train.loop import make_model
 
 
 def stepper(model: torch.nn.Module, compile_model: bool) -> Callable:

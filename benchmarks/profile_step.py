@@ -23,8 +23,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from bnlab import memory
 from bnlab.data import load_split
+from bnlab.train.build import make_model
 from bnlab.train.config import TrainConfig
-from bnlab.train.loop import make_model
 
 # (group, predicate on the profiler's event name), first match wins.
 GROUPS = [

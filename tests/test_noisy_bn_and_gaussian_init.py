@@ -9,7 +9,7 @@ from torch import nn
 from bnlab.norm.registry import create_norm
 from bnlab.norm.variants import NoisyBatchNorm
 from bnlab.train import TrainConfig
-from bnlab.train.loop import make_model
+from bnlab.train.build import make_model
 
 F64 = torch.float64
 

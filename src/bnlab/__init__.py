@@ -20,6 +20,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
     "__version__",
     "convert",
     "functional",
@@ -27,11 +30,22 @@ __all__ = [
 
 # name -> module it comes from
 _LAZY = {"BatchNorm": "bnlab.norm", "BatchNorm1d": "bnlab.norm", "BatchNorm2d": "bnlab.norm",
-         "BatchNorm3d": "bnlab.norm", "convert": "bnlab.norm", "functional": "bnlab.functional"}
+         "BatchNorm3d": "bnlab.norm", "LazyBatchNorm1d": "bnlab.norm",
+         "LazyBatchNorm2d": "bnlab.norm", "LazyBatchNorm3d": "bnlab.norm",
+         "convert": "bnlab.norm", "functional": "bnlab.functional"}
 
 if TYPE_CHECKING:
     from bnlab import functional
-    from bnlab.norm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, convert
+    from bnlab.norm import (
+        BatchNorm,
+        BatchNorm1d,
+        BatchNorm2d,
+        BatchNorm3d,
+        LazyBatchNorm1d,
+        LazyBatchNorm2d,
+        LazyBatchNorm3d,
+        convert,
+    )
 
 
 def __getattr__(name: str) -> Any:

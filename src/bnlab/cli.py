@@ -228,6 +228,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from bnlab.train.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, precise_bn=args.precise_bn, dataset=args.dataset,
+                          data_dir=args.data_dir, model=args.model)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from bnlab.report.compare import compare
 
@@ -405,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bnlab",
         description="bnlab: a batch-normalization library and laboratory for PyTorch.")
     parser.add_argument("--version", action="version", version=f"bnlab {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the full traceback too (also BNLAB_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=Parser)
     run_flags = _run_flags()
@@ -517,11 +528,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write (default: %(default)s)")
     p.set_defaults(func=_compare)
 
+    p = sub.add_parser("evaluate", help="test accuracy and loss of a run's checkpoint",
+                       description="Evaluate a run's last checkpoint on its test data (or "
+                       "--dataset): accuracy and cross-entropy loss with the running "
+                       "averages and, with --precise-bn N, with BatchNorm statistics "
+                       "re-estimated over N training examples (PreciseBN). Reads the run "
+                       "directory only.")
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory (bnlab train)")
+    p.add_argument("--precise-bn", type=IntRange(10**9, "a number of examples", low=0),
+                   default=0, metavar="N",
+                   help="also evaluate with statistics re-estimated over N training examples "
+                        "(0: off)")
+    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), metavar="DATASET",
+                   help="evaluate on this dataset instead (same image shape; "
+                        "package.module:factory for your own) (default: the run's)")
+    p.add_argument("--data-dir", type=existing_dir,
+                   help="directory holding the dataset's files (default: found automatically)")
+    p.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="the factory of a run of your own network (bnlab does not import code "
+                        "a run directory names) (default: none)")
+    p.set_defaults(func=_evaluate)
+
     p = sub.add_parser("demo", help="compare bnlab's BatchNorm with torch.nn's on LeNet shapes",
                        description="Train bnlab and torch.nn BatchNorm layers side by side on "
                        "the textbook LeNet's shapes and print the largest differences in "
                        "outputs, gradients and running statistics.")
     p.set_defaults(func=_demo)
+    for command in sub.choices.values():  # `bnlab train ... --debug` works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="on an error, print the full traceback too")
     return parser
 
 
@@ -552,7 +587,11 @@ def _with_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return parser.parse_args(argv)
 
 
-def _fail(e: BaseException) -> int:
+def _fail(e: BaseException, debug: bool = False) -> int:
+    if debug:  # the whole story, the user's own frames and the chained cause included
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
     print(f"bnlab: error: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
     return 1
 
@@ -575,7 +614,7 @@ def _main(argv: Sequence[str] | None) -> int:
             memory.set_policy("reuse")
         return func(args)
     except (UserError, OSError, RuntimeError) as e:  # the user's to fix: one line, no traceback
-        return _fail(e)
+        return _fail(e, args.debug or os.environ.get("BNLAB_DEBUG") == "1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,11 +24,11 @@ from tests.reliability.conftest import RUN_FLAGS, assert_one_line_error, copy_of
 # A real `bnlab train` that takes the run directory's lock, then stalls while loading data.
 STALLED_WRITER = """
 import sys, time
-import bnlab.train.loop as loop
+import bnlab.train.batches as batches
 def stall(*args, **kwargs):
     print("holding the lock", flush=True)
     time.sleep(600)
-loop._loaders = stall
+batches.loaders = stall
 from bnlab.cli import main
 sys.exit(main(sys.argv[1:]))
 """

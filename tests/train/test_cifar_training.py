@@ -5,7 +5,7 @@ import torch
 
 from bnlab.cli import main
 from bnlab.train import Run, TrainConfig
-from bnlab.train.loop import _pixel_statistics
+from bnlab.train.batches import pixel_statistics as _pixel_statistics
 from tests.data.cifar_fakes import fake_batches, write_archive
 
 

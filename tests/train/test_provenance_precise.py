@@ -8,11 +8,12 @@ import subprocess
 import pytest
 import torch
 
+from bnlab.data import BatchLoader
 from bnlab.models import build_model
 from bnlab.norm.base import tracked_batch_norms
 from bnlab.provenance import ROOT, provenance
 from bnlab.train import TrainConfig, train
-from bnlab.train.loop import BatchLoader, evaluate, precise_accuracy
+from bnlab.train.evaluate import evaluate, precise_accuracy
 
 TINY = TrainConfig(epochs=2, limit_train=512, limit_test=256, progress=False, threads=1)
 
@@ -76,7 +77,7 @@ def test_precise_evaluation_sees_through_fused_layers(tmp_path):
 
 
 def test_bn_momentum_sets_every_layer(tmp_path):
-    from bnlab.train.loop import make_model
+    from bnlab.train.build import make_model
     model = make_model(TrainConfig(**{**TINY.to_dict(), "bn_momentum": 0.3, "fuse": False}))
     assert [m.momentum for m in tracked_batch_norms(model)] == [0.3] * 4
 

@@ -15,9 +15,12 @@ __all__ = ["data_check", "data_fetch", "data_info"]
 def data_info(name: str, data_dir: str | None = None) -> str:
     """Where the dataset would be read from, and every place that was considered."""
     spec = get_spec(name)
-    chosen = find_source(spec, data_dir)
     lines = [f"{spec.title} ({name}): {len(spec.classes)} classes, "
              f"{spec.sizes['train']} train / {spec.sizes['test']} test examples"]
+    if spec.layout == "synthetic":
+        return "\n".join([*lines, "using: generated in memory, the same on every machine "
+                           "(bnlab.data.synthetic); no files"])
+    chosen = find_source(spec, data_dir)
     lines.append(f"using: {chosen.directory} ({chosen.kind})" if chosen else
                  f"using: nothing found locally (`bnlab data fetch --dataset {name}` "
                  f"downloads it)")
@@ -38,6 +41,8 @@ def data_check(name: str, data_dir: str | None = None, log: Callable[[str], None
         return False
     spec = get_spec(name)
     ok = True
+    if spec.layout == "synthetic":
+        log(f"{name}: generated in memory; nothing on disk to check")
     for split in SPLITS:
         s = load_split(name, split, data_dir, download=False, log=log)
         log(f"{split}: {len(s)} examples, images {tuple(s.images.shape)} from "
@@ -56,6 +61,10 @@ def data_fetch(name: str, data_dir: str | None = None, force: bool = False,
                log: Callable[[str], None] = print) -> str:
     """Make sure a copy exists; download into the cache (or --data-dir) when none does."""
     spec = get_spec(name)
+    if spec.layout == "synthetic":
+        msg = f"{name}: generated in memory (bnlab.data.synthetic); nothing to download"
+        log(msg)
+        return msg
     source = None if force else find_source(spec, data_dir)
     if source is not None:
         msg = f"{name}: already available in {source.directory} ({source.kind})"

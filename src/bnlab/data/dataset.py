@@ -13,14 +13,17 @@ from pathlib import Path
 
 import torch
 
-from bnlab.data import cifar
+from bnlab.data import cifar, synthetic
 from bnlab.data.download import DownloadError
 from bnlab.data.idx import IdxError, read_idx
 from bnlab.data.registry import SPLITS, get_spec
 from bnlab.data.sources import Source, fetch_to_cache, find_source
 from bnlab.errors import UserError
 
-__all__ = ["Split", "load_split", "locate"]
+__all__ = ["SYNTHETIC_DIR", "Split", "load_split", "locate"]
+
+# What a synthetic dataset's Source names as its directory: no directory holds it.
+SYNTHETIC_DIR = Path("<generated in memory>")
 
 
 @dataclass
@@ -58,6 +61,11 @@ def locate(name: str, data_dir: str | os.PathLike[str] | None = None, download: 
            log: Callable[[str], None] = print) -> Source:
     """The source the dataset will be read from, downloading into the cache if need be."""
     spec = get_spec(name)
+    if spec.layout == "synthetic":  # generated, never read: a --data-dir has nothing to add
+        if data_dir is not None:
+            raise UserError(f"{name} is generated in memory (bnlab.data.synthetic), not read "
+                            f"from files: drop --data-dir, or name a real dataset")
+        return Source("synthetic", SYNTHETIC_DIR, {})
     source = find_source(spec, data_dir)
     if source is not None:
         return source
@@ -90,6 +98,9 @@ def load_split(name: str = "fashion-mnist", split: str = "train",
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     spec = get_spec(name)
     source = locate(name, data_dir, download, log)
+    if spec.layout == "synthetic":
+        images, labels = synthetic.generate(spec, split)
+        return Split(images, labels, spec.classes, source)
     if spec.layout == "cifar":  # parse_batch checked dtypes, shapes and labels
         files = tuple(sorted(source.files.items()))
         images, labels = _read_cifar(files, split, tuple(_stamp(p) for _, p in files))

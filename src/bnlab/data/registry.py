@@ -37,7 +37,7 @@ class DatasetSpec:
     torchvision_folder: str  # <root>/<folder>/raw in torchvision's layout (CIFAR: no /raw)
     image_size: tuple[int, int] = (28, 28)  # (H, W) of every image
     channels: int = 1
-    layout: str = "idx"  # or "cifar"
+    layout: str = "idx"  # or "cifar", or "synthetic" (generated in memory: bnlab.data.synthetic)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -133,6 +133,20 @@ DATASETS: dict[str, DatasetSpec] = {
         layout="cifar",
     ),
 }
+
+
+def _synthetic(real: DatasetSpec, train: int, test: int) -> DatasetSpec:
+    """The synthetic stand-in for `real` (bnlab.data.synthetic): its shapes and classes."""
+    return DatasetSpec(name=f"fake-{real.name}", title=f"{real.title.split(' (')[0]} "
+                       f"(synthetic: bnlab's generated stand-in, not the real data)",
+                       classes=real.classes, files={}, sizes={"train": train, "test": test},
+                       mirrors=(), system_dirs=(), torchvision_folder="",
+                       image_size=real.image_size, channels=real.channels, layout="synthetic")
+
+
+# Sizes: small enough to generate in well under a second, large enough to learn from.
+for _real, _train, _test in (("fashion-mnist", 6000, 1000), ("cifar10", 5000, 1000)):
+    DATASETS[f"fake-{_real}"] = _synthetic(DATASETS[_real], _train, _test)
 
 
 def get_spec(name: str) -> DatasetSpec:

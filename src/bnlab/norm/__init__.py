@@ -10,6 +10,7 @@ from bnlab.norm.base import NormBase
 from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.convert import convert, freeze, unfreeze
 from bnlab.norm.functional import batch_norm
+from bnlab.norm.lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d
 from bnlab.norm.state import load_state_dict
 from bnlab.norm.transaction import all_or_nothing
 
@@ -18,6 +19,9 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
     "NormBase",
     "all_or_nothing",
     "batch_norm",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnlab.norm.checks import check_norm_config
@@ -125,7 +126,7 @@ class NormBase(nn.Module):
                f"{state_dict[prefix + name].shape} from checkpoint, the shape in current model "
                f"is {t.shape}."
                for name, t in mine.items()
-               if isinstance(state_dict.get(prefix + name), Tensor)
+               if not is_lazy(t) and isinstance(state_dict.get(prefix + name), Tensor)
                and state_dict[prefix + name].shape != t.shape]
         if bad:
             error_msgs.extend(bad)

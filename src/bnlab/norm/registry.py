@@ -10,6 +10,7 @@ this table or a callable ``(num_features, input_rank) -> nn.Module``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -29,10 +30,20 @@ from bnlab.norm.variants import (
 )
 from bnlab.norm.variants.teaching import DetachedBatchNorm, RunningStatsBatchNorm
 
-__all__ = ["NORMS", "NormSpec", "create_norm", "norm_names", "resolve"]
+__all__ = ["NORMS", "Norm", "NormSpec", "create_norm", "norm_names", "resolve"]
 
 Builder = Callable[..., nn.Module]
-NormSpec = str | Callable[[int, int], nn.Module]
+@dataclass(frozen=True)
+class Norm:
+    """A registry name with constructor arguments for every layer built from it:
+    ``Norm("bnlab", {"momentum": 0.01, "eps": 1e-3})`` (a run's BatchNorm settings, passed to
+    the layers as a model builds them)."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+NormSpec = str | Norm | Callable[[int, int], nn.Module]
 
 
 def _by_rank(table: dict[int, type[nn.Module]]) -> Builder:
@@ -122,6 +133,9 @@ def create_norm(name: str, num_features: int, input_rank: int = 4,
 def resolve(norm: NormSpec, num_features: int, input_rank: int,
             spatial_shape: tuple[int, ...] = ()) -> list[nn.Module]:
     """The layer(s) to insert for `norm`: [] for "none", else a one-element list."""
+    if isinstance(norm, Norm):
+        layer = create_norm(norm.name, num_features, input_rank, spatial_shape, **norm.kwargs)
+        return [] if layer is None else [layer]
     if callable(norm):
         return [norm(num_features, input_rank)]
     layer = create_norm(norm, num_features, input_rank, spatial_shape)

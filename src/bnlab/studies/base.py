@@ -37,7 +37,7 @@ from bnlab.studies.stats import (
 )
 from bnlab.studies.subject import Subject
 from bnlab.train import Run, TrainConfig, train
-from bnlab.train.loop import Probe
+from bnlab.train.epoch import Probe
 from bnlab.train.progress import Progress
 
 __all__ = ["Arm", "ArmResult", "Findings", "Study", "accuracy_comparisons", "accuracy_text",

@@ -33,7 +33,7 @@ from bnlab.report.figures import plot_bars
 from bnlab.studies.base import Arm, ArmResult, Findings, Study
 from bnlab.studies.stats import Comparison, Summary, compare, fmt, holm, summary
 from bnlab.train import TrainConfig, evaluate
-from bnlab.train.loop import precise_accuracy
+from bnlab.train.evaluate import precise_accuracy
 
 SEEDS = 5
 

@@ -10,7 +10,10 @@ from typing import Any
 __all__ = ["CUSTOM", "MAX_DIST_TIMEOUT", "MAX_SEED", "MAX_THREADS", "OWN_NORM",
            "RESUME_FREE_FIELDS", "TrainConfig", "gaussian_std"]
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "nesterov", "adamw", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+AMPS = ("bf16", "fp16")
+CUMULATIVE = "cumulative"  # bn_momentum: torch's momentum=None, the cumulative average
 DEVICES = ("auto", "cpu", "cuda")
 INITS = ("xavier", "default", "gaussian-STD")
 GAUSSIAN_INIT = "gaussian-"  # "gaussian-0.01": weights ~ N(0, 0.01^2), biases 0
@@ -46,10 +49,14 @@ class TrainConfig:
     optimizer: str = "sgd"  # plain SGD, no momentum, as the textbook
     momentum: float = 0.0
     weight_decay: float = 0.0
+    no_decay_on_norm: bool = False
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    amp: str | None = None
     # "xavier": Xavier-uniform on conv/linear weights, as the textbook; "default": each
     # layer's own (torch's); "gaussian-STD" (e.g. "gaussian-0.01"): weights ~ N(0, STD^2) and
     # zero biases, Ioffe & Szegedy's "small random Gaussian values" (their Figure 1).
-    init: str = "xavier"
+    init: str | None = None
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -71,7 +78,8 @@ class TrainConfig:
     precise_bn: int = 0
     # The running-average momentum of every BatchNorm layer (torch's meaning: the weight of the
     # new batch); None leaves each layer's own (0.1 for bnlab's and torch's layers).
-    bn_momentum: float | None = None
+    bn_momentum: float | str | None = None
+    bn_eps: float | None = None
     # What a user network / user data were (bnlab.train.user_model, bnlab.data.custom): set by
     # the trainer, None for bnlab's own models and datasets.
     model_info: dict[str, Any] | None = None
@@ -90,6 +98,8 @@ class TrainConfig:
             kind = str(f.type).split("|")[0].split("[")[0].strip()
             if value is None and str(f.type).endswith("None"):
                 continue
+            if f.name == "bn_momentum" and value == CUMULATIVE:
+                continue
             if not isinstance(value, _TYPES[kind]) or (kind != "bool" and isinstance(value,
                                                                                  bool)):
                 raise bad(f.name, f"must be {'an' if kind == 'int' else 'a'} {kind}")
@@ -107,9 +117,10 @@ class TrainConfig:
             raise bad("norm", f"choose one of {', '.join(sorted(NORMS))}")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"choose one of {', '.join(OPTIMIZERS)}")
-        if self.device not in DEVICES:
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+|mps", self.device):
             raise bad("device", f"choose one of {', '.join(DEVICES)}")
-        if self.init not in INITS[:2] and gaussian_std(self.init) is None:
+        if self.init is not None and self.init not in INITS[:2] and \
+                gaussian_std(self.init) is None:
             raise bad("init", f"choose one of {', '.join(INITS)} (STD a positive number, "
                               f"e.g. gaussian-0.01)")
         for name in ("epochs", "batch_size"):
@@ -123,8 +134,9 @@ class TrainConfig:
             raise bad("threads", f"at most {MAX_THREADS}")
         if self.precise_bn < 0 or self.precise_bn == 1:
             raise bad("precise_bn", "must be 0 (off) or a number of examples >= 2")
-        if self.bn_momentum is not None and not (math.isfinite(self.bn_momentum)
-                                                 and 0 < self.bn_momentum <= 1):
+        if self.bn_momentum is not None and self.bn_momentum != CUMULATIVE and not (
+                not isinstance(self.bn_momentum, str) and math.isfinite(self.bn_momentum)
+                and 0 < self.bn_momentum <= 1):
             raise bad("bn_momentum", "must be in (0, 1] (or unset for the layers' own)")
         if not 0 <= self.seed <= MAX_SEED:
             raise bad("seed", f"must be in [0, {MAX_SEED}]")

@@ -28,16 +28,19 @@ from bnlab.train.user_model import (
     takes_norm,
 )
 from bnlab.train.user_model import describe as describe_model
+from bnlab.user_code import user_code
 
-__all__ = ["Inputs", "build_user_model", "resolve"]
+__all__ = ["Inputs", "build_user_model", "load_data", "resolve"]
 
 DEFAULT_NORM = TrainConfig().norm
+DEFAULT_BATCH = TrainConfig().batch_size
 
 
 @dataclass
 class Inputs:
     config: TrainConfig
     network: nn.Module | None = None  # the user's, built under config.seed; None: the registry's
+    given: bool = False  # `network` is the caller's own object (trained state copied back)
     train_data: Any = None  # the user's data; None: bnlab's dataset config.dataset
     test_data: Any = None
 
@@ -45,6 +48,7 @@ class Inputs:
 def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: Any = None,
             test_data: Any = None) -> Inputs:
     net = None
+    given = isinstance(model, nn.Module)
     if model is not None or config.model not in MODELS:
         if model is None and config.model == CUSTOM:
             raise UserError("this config's model is 'custom' (a network given as a Python "
@@ -53,7 +57,7 @@ def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: An
     source = None  # the data's import path (--dataset package.module:factory)
     if train_data is None and test_data is None and is_import_path(config.dataset):
         source = config.dataset
-        train_data, test_data = _load_data(source)
+        train_data, test_data = load_data(source)
     if (train_data is None) != (test_data is None):
         raise UserError("pass both train_data and test_data (the textbook's train_iter and "
                         "test_iter), or neither to train on config.dataset")
@@ -61,20 +65,28 @@ def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: An
         if config.dataset == CUSTOM:
             raise UserError("this config's dataset is 'custom' (data given as Python objects): "
                             "pass them again, train(..., train_data=..., test_data=...)")
-        return Inputs(config, net)
+        return Inputs(config, net, given)
     if config.normalize:
         raise UserError("normalize=True standardizes bnlab's own datasets; standardize your "
                         "data in its Dataset (or tensors) and leave normalize off")
     info: dict[str, Any] = {"factory": source, "train": describe_data(train_data, "train_data"),
                             "test": describe_data(test_data, "test_data")}
-    batch = train_data.batch_size if isinstance(train_data, DataLoader) else config.batch_size
+    batch = config.batch_size
+    if isinstance(train_data, DataLoader):  # its batch size, unless another was asked for
+        if batch not in (DEFAULT_BATCH, train_data.batch_size):
+            raise UserError(f"batch size {batch} was asked for, but the training DataLoader "
+                            f"batches {train_data.batch_size} examples; drop --batch-size "
+                            f"(the DataLoader's is used) or give its dataset instead")
+        batch = train_data.batch_size
     config = replace(config, dataset=source or CUSTOM, data_info=info, batch_size=batch)
-    return Inputs(config, net, train_data, test_data)
+    return Inputs(config, net, given, train_data, test_data)
 
 
-def _load_data(path: str) -> tuple[Any, Any]:
+def load_data(path: str) -> tuple[Any, Any]:
     """``package.module:factory`` returning ``(train_data, test_data)``."""
-    data = load_factory(path, "--dataset")()
+    factory = load_factory(path, "--dataset")
+    with user_code(f"your data factory {path}"):
+        data = factory()
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise UserError(f"--dataset {path}: returned an object of type {type(data).__name__}, "
                         f"not a pair (train_data, test_data); return the two, e.g. two Datasets")
@@ -98,7 +110,8 @@ def _resolve_model(config: TrainConfig, model: ModelInput) -> tuple[TrainConfig,
         name = path or getattr(factory, "__qualname__", repr(factory))
         _check_norm(config, name, takes)
         torch.manual_seed(config.seed)  # the factory's own initialization is seeded too
-        net = build(factory, name, config.norm if takes else None)
+        with user_code(f"your model factory {name}"):
+            net = build(factory, name, config.norm if takes else None)
     return replace(config, model=path or CUSTOM, norm=config.norm if takes else OWN_NORM,
                    model_info=describe_model(net, path, takes)), net
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from bnlab.errors import CorruptFileError, RunDirError
 from bnlab.models import MODELS, build_model
@@ -92,7 +93,11 @@ class Run:
 
             model = build_user_model(config, factory)
         try:
-            load_state_dict(model, self.state_dict())  # all or nothing
+            if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
+                model.load_state_dict(self.state_dict())  # a fresh model: the state's shapes
+                # materialize its lazy layers (no snapshot to keep: it is discarded on error)
+            else:
+                load_state_dict(model, self.state_dict())  # all or nothing
         except (RuntimeError, TypeError, ValueError) as e:  # sizes or keys of another model
             raise CorruptFileError(self.path / CHECKPOINT, f"does not fit the model in "
                                    f"config.json ({str(e).strip().splitlines()[0]})",

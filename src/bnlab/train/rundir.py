@@ -180,6 +180,12 @@ class RunDir:
         p = self.path / DONE
         return read_json(p, _fix(DONE)) if p.exists() else None
 
+    def reopen(self) -> None:
+        """Remove the completion marker: a finished run being extended to more epochs."""
+        if (self.path / DONE).exists():
+            (self.path / DONE).unlink()
+            _fsync_dir(self.path)
+
     def mark_done(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.path / DONE, json.dumps(summary, indent=2).encode() + b"\n")
 

@@ -2,7 +2,8 @@
 
 A run's config.json must say what was trained, and resuming must refuse another network, so a
 user model is recorded as ``describe(...)``: its import path when it has one (``factory``), its
-class and repr, and ``state``: every parameter and buffer name with its shape. Two runs *match*
+class and repr, and ``state``: every parameter and buffer name with its shape (``"lazy"`` for
+a lazy layer's, which the first batch sets). Two runs *match*
 when their descriptions agree on everything but the repr (which may change with cosmetic
 edits): the same factory (or class) and the same state names and shapes, i.e. exactly what a
 checkpoint needs to load.
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from bnlab.errors import UserError
 from bnlab.train.config import CUSTOM
@@ -30,6 +32,7 @@ from bnlab.train.config import CUSTOM
 __all__ = ["CUSTOM", "IMPORT_PATH", "ModelInput", "build", "describe", "import_path",
            "is_import_path", "load_factory", "takes_norm"]
 
+LAZY = "lazy"  # the recorded shape of a lazy layer's tensor: set by the first batch
 ModelInput = nn.Module | Callable[[], nn.Module] | str
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HOW = "write it as package.module:factory, the module importable from the current directory " \
@@ -111,4 +114,5 @@ def describe(model: nn.Module, factory: str | None, norm: bool) -> dict[str, Any
     cls = type(model)
     return {"factory": factory, "class": f"{cls.__module__}.{cls.__qualname__}",
             "takes_norm": norm, "repr": repr(model),
-            "state": {k: list(v.shape) for k, v in model.state_dict().items()}}
+            "state": {k: LAZY if is_lazy(v) else list(v.shape)
+                      for k, v in model.state_dict().items()}}
