@@ -30,9 +30,7 @@ __all__ = ["UserCodeError", "user_code", "user_frame"]
 def _library_roots() -> tuple[str, ...]:
     import torch
 
-    import bnlab
-
-    roots = {Path(bnlab.__file__).parent, Path(torch.__file__).parent}
+    roots = {Path(__file__).parent, Path(torch.__file__).parent}  # bnlab's and torch's own
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         path = sysconfig.get_paths().get(key)
         if path:

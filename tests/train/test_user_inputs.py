@@ -65,7 +65,12 @@ def test_tensors_dataset_and_dataloader_train_and_are_described(tmp_path):
     d = train(CFG, tmp_path / "d", model=mlp, train_data=TensorDataset(*TRAIN),
               test_data=TensorDataset(*TEST), log=quiet)
     loader = DataLoader(TensorDataset(*TRAIN), batch_size=64, shuffle=True)
-    dl = train(CFG, tmp_path / "dl", model=mlp, train_data=loader, test_data=TEST, log=quiet)
+    with pytest.raises(UserError, match=r"batch size 32 was asked for, but the training "
+                                        r"DataLoader batches 64 examples"):
+        train(CFG, tmp_path / "no", model=mlp, train_data=loader, test_data=TEST, log=quiet)
+    assert not (tmp_path / "no").exists()  # nothing written but the error
+    dl = train(replace(CFG, batch_size=TrainConfig().batch_size), tmp_path / "dl", model=mlp,
+               train_data=loader, test_data=TEST, log=quiet)
     assert t.final["test_acc"] > 0.9  # chance is 1/3
     # bnlab draws the batches of every kind of data in the same seeded order
     assert numbers(d) == numbers(t)
