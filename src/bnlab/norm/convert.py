@@ -18,14 +18,15 @@ of the wrong shape) leaves the whole model as it was, the layers swapped before 
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any
 
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from bnlab.norm.base import NormBase, is_batch_norm
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.checks import check_tool_args
+from bnlab.norm.lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, copy_module
 from bnlab.norm.registry import NORMS
 from bnlab.norm.renormalize import renormalize
 from bnlab.norm.transaction import all_or_nothing
@@ -42,12 +43,16 @@ __all__ = ["CONVERSIONS", "convert", "freeze", "targets", "unfreeze"]
 _TORCH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _BNLAB = (BatchNorm1d, BatchNorm2d, BatchNorm3d)
 _FROZEN = (FrozenBatchNorm1d, FrozenBatchNorm2d, FrozenBatchNorm3d)
+_TORCH_LAZY = (nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+_BNLAB_LAZY = (LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d)
 
 # target name -> {source class: target class}
 CONVERSIONS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
     "bnlab": {**dict(zip(_TORCH, _BNLAB, strict=True)), **dict(zip(_FROZEN, _BNLAB, strict=True)),
+              **dict(zip(_TORCH_LAZY, _BNLAB_LAZY, strict=True)),
               nn.SyncBatchNorm: SyncBatchNorm},
-    "torch": {**dict(zip(_BNLAB, _TORCH, strict=True)), SyncBatchNorm: nn.SyncBatchNorm},
+    "torch": {**dict(zip(_BNLAB, _TORCH, strict=True)), SyncBatchNorm: nn.SyncBatchNorm,
+              **dict(zip(_BNLAB_LAZY, _TORCH_LAZY, strict=True))},
     "sync": {cls: SyncBatchNorm for cls in (*_TORCH, *_BNLAB, nn.SyncBatchNorm)},
     "frozen": {**dict(zip(_TORCH, _FROZEN, strict=True)),
                **dict(zip(_BNLAB, _FROZEN, strict=True))},
@@ -56,6 +61,11 @@ CONVERSIONS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
 
 def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """Build `cls` with `old`'s configuration and load `old`'s state into it."""
+    if issubclass(cls, LazyModuleMixin):  # lazy to lazy: the settings; no state yet
+        new = cls(eps=old.eps, momentum=old.momentum, affine=old.affine,
+                  track_running_stats=old.track_running_stats,
+                  device=old.num_batches_tracked.device if old.track_running_stats else None)
+        return new.train(old.training)
     ref = next(iter(old.state_dict().values()), None)  # any tensor gives device and dtype
     new = cls(
         old.num_features,
@@ -124,7 +134,7 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False,
         raise ValueError(f"convert: unknown target {to!r}; choose one of {targets()}")
     if to not in CONVERSIONS:
         if not inplace:
-            return renormalize(copy.deepcopy(model), to, example_input)
+            return renormalize(copy_module(model), to, example_input)
         with all_or_nothing(model):
             return renormalize(model, to, example_input)
     table = CONVERSIONS[to]
@@ -147,7 +157,7 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False,
     if type(model) in table:  # a single layer: the result is a new object either way
         return _swap_named("", model, table[type(model)], to)
     if not inplace:
-        return _swap_children(copy.deepcopy(model), table, to)
+        return _swap_children(copy_module(model), table, to)
     with all_or_nothing(model):
         return _swap_children(model, table, to)
 

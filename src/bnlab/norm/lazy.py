@@ -10,17 +10,32 @@ becomes a plain ``BatchNorm1d/2d/3d`` (``cls_to_become``), as torch's lazy layer
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.checks import check_norm_config
 
-__all__ = ["LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d"]
+M = TypeVar("M", bound=nn.Module)
+
+__all__ = ["LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d", "copy_module"]
+
+
+def copy_module(module: M) -> M:
+    """``copy.deepcopy`` that also copies lazy layers: their uninitialized tensors (which
+    refuse ``deepcopy``) become new uninitialized ones of the same kind, device and dtype."""
+    memo: dict[int, Any] = {}
+    for t in (*module.parameters(), *module.buffers()):
+        if is_lazy(t):
+            memo[id(t)] = (type(t)(requires_grad=t.requires_grad, device=t.device,
+                                   dtype=t.dtype) if isinstance(t, UninitializedParameter)
+                           else type(t)(device=t.device, dtype=t.dtype))
+    return copy.deepcopy(module, memo)
 
 
 class _LazyBatchNorm(LazyModuleMixin):

@@ -25,18 +25,17 @@ continues the same curve.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
-from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from bnlab.errors import UserError
 from bnlab.models import build_model
 from bnlab.norm.base import is_batch_norm
 from bnlab.norm.convert import convert
 from bnlab.norm.fused import fuse
+from bnlab.norm.lazy import copy_module
 from bnlab.norm.registry import Norm
 from bnlab.norm.renormalize import is_norm_layer
 from bnlab.norm.textbook import TextbookBatchNorm
@@ -81,22 +80,9 @@ def make_model(config: TrainConfig, network: nn.Module | None = None) -> nn.Modu
                             f"({e}); leave them out for this norm") from e
         initialize(model, config.init or PRESET_INIT)
         return model
-    model = _copy(network)  # bnlab's copy: the user's object is never rewritten
+    model = copy_module(network)  # bnlab's copy: the user's object is never rewritten
     _apply_settings(model, settings)
     return model
-
-
-def _copy(network: nn.Module) -> nn.Module:
-    """A deep copy; a lazy layer's uninitialized tensors (which refuse to be copied) are
-    copied as new uninitialized ones of the same kind, device and dtype."""
-    memo: dict[int, object] = {}
-    for t in (*network.parameters(), *network.buffers()):
-        if is_lazy(t):
-            kind = type(t)
-            memo[id(t)] = (kind(requires_grad=t.requires_grad, device=t.device, dtype=t.dtype)
-                           if isinstance(t, UninitializedParameter)
-                           else kind(device=t.device, dtype=t.dtype))
-    return copy.deepcopy(network, memo)
 
 
 def finish(model: nn.Module, config: TrainConfig) -> nn.Module:
