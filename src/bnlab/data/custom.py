@@ -22,6 +22,7 @@ from torch.utils.data.dataloader import default_collate
 
 from bnlab.data.loader import BatchLoader
 from bnlab.errors import UserError
+from bnlab.user_code import user_code
 
 __all__ = ["DataInput", "DatasetBatches", "TensorBatches", "batches_of", "describe"]
 
@@ -52,8 +53,15 @@ class DatasetBatches(BatchLoader):
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         plan = [take.tolist() for take in self.shares(epoch)]
-        for x, y in DataLoader(self.dataset, batch_sampler=plan, **self.loader_kw):
-            yield x.to(self.device), y.to(self.device)
+        with user_code("your dataset"):  # __getitem__ and collate_fn are the user's code
+            for i, (x, y) in enumerate(DataLoader(self.dataset, batch_sampler=plan,
+                                                  **self.loader_kw)):
+                for what, t in (("inputs", x), ("labels", y)):
+                    if not isinstance(t, Tensor):
+                        raise UserError(f"the {what} of batch {i + 1} are a {type(t).__name__}"
+                                        f", not a tensor; make the dataset's items (x, y) "
+                                        f"tensors (y an int class index)")
+                yield x.to(self.device), y.to(self.device)
 
 
 def _kind(data: Any, what: str) -> str:
@@ -79,9 +87,17 @@ def _dataset(data: Any, what: str) -> tuple[str, Any]:
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
             raise UserError(f"{what}: {x.shape[0]} inputs but {y.shape[0]} labels; pass "
                             f"tensors (x, y) with one label per input")
-    elif len(data) == 0:
+    elif _length(data, what) == 0:
         raise UserError(f"{what}: the dataset is empty; pass one with examples")
     return kind, data
+
+
+def _length(data: Any, what: str) -> int:
+    try:
+        return len(data)
+    except (TypeError, ValueError, OverflowError) as e:  # a negative or non-int __len__
+        raise UserError(f"{what}: len() of the dataset failed ({e}); make __len__ return the "
+                        f"number of examples") from e
 
 
 def describe(data: Any, what: str = "data") -> dict[str, Any]:
@@ -92,7 +108,8 @@ def describe(data: Any, what: str = "data") -> dict[str, Any]:
         return {"kind": kind, "size": int(x.shape[0]), "example_shape": list(x.shape[1:]),
                 "dtype": str(x.dtype).removeprefix("torch."), "label_dtype":
                     str(y.dtype).removeprefix("torch.")}
-    item = ds[0]
+    with user_code(f"{what}[0]"):
+        item = ds[0]
     if not (isinstance(item, (tuple, list)) and len(item) == 2):
         raise UserError(f"{what}: item 0 is a {type(item).__name__}, not an (input, label) "
                         f"pair; make the dataset's __getitem__ return (x, y)")
@@ -102,7 +119,7 @@ def describe(data: Any, what: str = "data") -> dict[str, Any]:
         raise UserError(f"{what}: item 0's input is a {type(item[0]).__name__}, not a tensor; "
                         f"give the dataset a transform that returns tensors") from e
     out = {"kind": kind, "class": f"{type(ds).__module__}.{type(ds).__qualname__}",
-           "size": len(ds), "example_shape": list(x.shape),
+           "size": _length(ds, what), "example_shape": list(x.shape),
            "dtype": str(x.dtype).removeprefix("torch.")}
     if kind == "dataloader":
         out["batch_size"] = data.batch_size
@@ -116,6 +133,6 @@ def batches_of(data: Any, batch_size: int, *, limit: int | None = None,
     if kind == "tensors":
         x, y = ds
         return TensorBatches(x[:limit], y[:limit], batch_size, **kw)
-    size = len(ds) if limit is None else min(limit, len(ds))
+    size = _length(ds, what) if limit is None else min(limit, _length(ds, what))
     return DatasetBatches(ds, size, batch_size, loader=data if kind == "dataloader" else None,
                           **kw)

@@ -155,6 +155,9 @@ def copy_back(trained: nn.Module, network: nn.Module) -> None:
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer; with ``no_decay_on_norm``, the normalization layers' gamma and beta are
     a second parameter group without weight decay."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("the network has no trainable parameters (none with requires_grad), "
+                        "so there is nothing to train; give it layers with weights")
     groups: list[dict] = [{"params": list(model.parameters())}]
     if config.no_decay_on_norm:
         norm = {id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters()}
