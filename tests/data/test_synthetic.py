@@ -35,7 +35,7 @@ def test_shaped_like_the_real_dataset_and_balanced(name, real):
                                              else (3, 32, 32))
         counts = torch.bincount(s.labels, minlength=10)
         assert int(counts.min()) == int(counts.max()) == len(s) // 10
-        assert 0 <= int(s.images.min()) and int(s.images.max()) <= 255
+        assert int(s.images.min()) >= 0 and int(s.images.max()) <= 255
 
 
 def test_the_same_bytes_in_a_fresh_process():
