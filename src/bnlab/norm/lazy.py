@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
-from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from bnlab.norm.checks import check_norm_config
 
 M = TypeVar("M", bound=nn.Module)
@@ -38,11 +38,10 @@ def copy_module(module: M) -> M:
     return copy.deepcopy(module, memo)
 
 
-class _LazyBatchNorm(LazyModuleMixin):
+class _LazyBatchNorm(LazyModuleMixin, BatchNorm):
     """The shared part: uninitialized state until the first input (torch's _LazyNormBase)."""
 
     cls_to_become: Any = None
-    num_features: int
 
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: torch.device | str | None = None,
@@ -50,39 +49,37 @@ class _LazyBatchNorm(LazyModuleMixin):
         check_norm_config(1, eps, momentum)  # the channel count is checked when it is known
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         # Built for one channel without parameters or buffers, then given uninitialized ones.
-        super().__init__(1, eps, momentum, False, False, **factory)  # type: ignore[call-arg]
+        super().__init__(1, eps, momentum, False, False, **factory)
         self.num_features = 0
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
-            self.weight = UninitializedParameter(**factory)
-            self.bias = UninitializedParameter(**factory)
+            # (torch's stubs omit the device and dtype these accept)
+            self.weight = UninitializedParameter(**factory)  # type: ignore[call-arg]
+            self.bias = UninitializedParameter(**factory)  # type: ignore[call-arg]
         if track_running_stats:
-            self.running_mean = UninitializedBuffer(**factory)
-            self.running_var = UninitializedBuffer(**factory)
+            self.running_mean = UninitializedBuffer(**factory)  # type: ignore[call-arg]
+            self.running_var = UninitializedBuffer(**factory)  # type: ignore[call-arg]
             self.num_batches_tracked = torch.tensor(0, dtype=torch.long, device=device)
 
     def reset_parameters(self) -> None:
         if not self.has_uninitialized_params() and self.num_features != 0:
-            super().reset_parameters()  # type: ignore[misc]
+            super().reset_parameters()
 
     def initialize_parameters(self, input: Tensor) -> None:
         if not self.has_uninitialized_params():
             return
-        self._check_input_dim(input)  # type: ignore[attr-defined]
+        self._check_input_dim(input)
         self.num_features = int(input.shape[1])
-        check_norm_config(self.num_features, self.eps, self.momentum)  # type: ignore[attr-defined]
+        check_norm_config(self.num_features, self.eps, self.momentum)
         shape = (self.num_features,)
-        if self.affine:
-            self.weight.materialize(shape)
-            self.bias.materialize(shape)
-        if self.track_running_stats:
-            self.running_mean.materialize(shape)
-            self.running_var.materialize(shape)
+        for t in (self.weight, self.bias, self.running_mean, self.running_var):
+            if isinstance(t, (UninitializedParameter, UninitializedBuffer)):
+                t.materialize(shape)
         self.reset_parameters()
 
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        super()._load_from_state_dict(state_dict, prefix, *args)
         loaded = self.weight if self.affine else getattr(self, "running_mean", None)
         if self.num_features == 0 and isinstance(loaded, Tensor) and not is_lazy(loaded):
             self.num_features = int(loaded.shape[0])  # materialized by the state's shapes
