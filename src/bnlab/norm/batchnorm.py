@@ -53,6 +53,8 @@ class BatchNormBase(NormBase):
     ``num_batches_skipped`` and warned about once, so one bad batch cannot poison the model.
     """
 
+    num_batches_skipped: Tensor  # a buffer of guarded layers only
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -130,7 +132,9 @@ class BatchNormBase(NormBase):
         return super().extra_repr() + (", guard=True" if self.guard else "")
 
 
-class BatchNorm(BatchNormBase, _BatchNorm):
+# torch's _NormBase declares no types for weight and bias: mypy infers Parameter from its
+# __init__, though both are None when affine=False (NormBase's `Parameter | None` is right).
+class BatchNorm(BatchNormBase, _BatchNorm):  # type: ignore[misc]
     """bnlab's BatchNorm, for inputs of any rank >= 2, and a ``torch.nn`` BatchNorm for every
     tool: ``isinstance(layer, nn.modules.batchnorm._BatchNorm)`` holds (as for timm's
     ``BatchNormAct2d``), with torch's state-dict keys. Everything it does is
