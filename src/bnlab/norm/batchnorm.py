@@ -2,8 +2,9 @@
 
 ``BatchNorm`` accepts any rank (N, C, *) and checks only the channel count; ``BatchNorm1d``,
 ``BatchNorm2d`` and ``BatchNorm3d`` add PyTorch's rank checks. The math lives in
-``bnlab.norm.functional``; this file only decides *which* statistics to use and *how much* of the
-new batch to fold into the running averages.
+``bnlab.norm.reference`` (its docstring derives it), reached through ``bnlab.norm.functional``;
+this file only decides *which* statistics to use and *how much* of the new batch to fold into
+the running averages.
 
 Train / eval semantics (identical to torch):
 
