@@ -44,9 +44,10 @@ reproduce: data
 docs: data
 	$(PY) -m bnlab.studies.publish --runs runs/studies --docs docs
 
-## Fast suite (CPU) plus the linter: what CI runs.
+## Fast suite (CPU) plus the linter and the type checker ([tool.mypy]): what CI runs.
 test: data browser
 	$(PY) -m ruff check src tests benchmarks examples notebooks
+	$(PY) -m mypy src
 	$(PY) -m pytest -q -m "not slow"
 
 ## Everything, including the long property and fault-injection runs.
@@ -55,6 +56,7 @@ test-slow: data browser
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks examples notebooks
+	$(PY) -m mypy src
 
 ## Speed (every table of BENCHMARKS.md): the op against ATen and the memory floor, a ResNet-18
 ## step, LeNet-BN end to end against the textbook recipe, its profile, and torch.compile.
@@ -72,4 +74,4 @@ demo: setup
 	$(BNLAB) demo
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

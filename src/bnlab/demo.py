@@ -28,6 +28,8 @@ def parity_table(dtype: torch.dtype = torch.float64, steps: int = 3) -> list[dic
             yo, yr = ours(xo), ref(xr)
             yo.backward(g)
             yr.backward(g)
+            assert xo.grad is not None and xr.grad is not None  # both inputs require grad
+            assert ours.running_var is not None and ref.running_var is not None  # tracked
             diffs = {"output": (yo - yr), "grad_input": (xo.grad - xr.grad),
                      "running_var": ours.running_var - ref.running_var}
             for k, d in diffs.items():

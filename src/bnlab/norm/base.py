@@ -8,7 +8,7 @@ both ways: ``weight`` (gamma), ``bias`` (beta), ``running_mean``, ``running_var`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -144,12 +144,16 @@ class NormBase(nn.Module):
         )
 
 
-def is_batch_norm(module: nn.Module) -> bool:
+# A BatchNorm-style layer of either library: both declare the same parameters and buffers.
+BatchNormLike: TypeAlias = _BatchNorm | NormBase
+
+
+def is_batch_norm(module: nn.Module) -> TypeGuard[BatchNormLike]:
     """A BatchNorm-style layer of either library (torch's ``_BatchNorm`` or bnlab's NormBase)."""
     return isinstance(module, (_BatchNorm, NormBase))
 
 
-def tracked_batch_norms(model: nn.Module) -> list[nn.Module]:
+def tracked_batch_norms(model: nn.Module) -> list[BatchNormLike]:
     """The BatchNorm-style layers of `model` that keep running statistics, in module order."""
     return [m for m in model.modules() if is_batch_norm(m)
-            and getattr(m, "track_running_stats", False) and m.running_mean is not None]
+            and m.track_running_stats and m.running_mean is not None]

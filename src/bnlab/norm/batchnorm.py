@@ -2,8 +2,9 @@
 
 ``BatchNorm`` accepts any rank (N, C, *) and checks only the channel count; ``BatchNorm1d``,
 ``BatchNorm2d`` and ``BatchNorm3d`` add PyTorch's rank checks. The math lives in
-``bnlab.norm.functional``; this file only decides *which* statistics to use and *how much* of the
-new batch to fold into the running averages.
+``bnlab.norm.reference`` (its docstring derives it), reached through ``bnlab.norm.functional``;
+this file only decides *which* statistics to use and *how much* of the new batch to fold into
+the running averages.
 
 Train / eval semantics (identical to torch):
 
@@ -52,6 +53,8 @@ class BatchNormBase(NormBase):
     folded into the running buffers: the update is skipped, counted in the buffer
     ``num_batches_skipped`` and warned about once, so one bad batch cannot poison the model.
     """
+
+    num_batches_skipped: Tensor  # a buffer of guarded layers only
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True,
@@ -130,7 +133,9 @@ class BatchNormBase(NormBase):
         return super().extra_repr() + (", guard=True" if self.guard else "")
 
 
-class BatchNorm(BatchNormBase, _BatchNorm):
+# torch's _NormBase declares no types for weight and bias: mypy infers Parameter from its
+# __init__, though both are None when affine=False (NormBase's `Parameter | None` is right).
+class BatchNorm(BatchNormBase, _BatchNorm):  # type: ignore[misc]
     """bnlab's BatchNorm, for inputs of any rank >= 2, and a ``torch.nn`` BatchNorm for every
     tool: ``isinstance(layer, nn.modules.batchnorm._BatchNorm)`` holds (as for timm's
     ``BatchNormAct2d``), with torch's state-dict keys. Everything it does is

@@ -59,7 +59,11 @@ def is_norm_layer(m: nn.Module) -> bool:
 def _channels(m: nn.Module) -> int:
     if isinstance(m, TextbookBatchNorm):
         return m.gamma.shape[1]
-    return int(getattr(m, "num_features", None) or m.num_channels)  # torch GroupNorm
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels
+    if isinstance(m, (_BatchNorm, NormBase, _InstanceNorm, GroupNorm, LayerNorm, InstanceNorm)):
+        return m.num_features
+    raise TypeError(f"{type(m).__name__} is not a normalization layer renormalize knows")
 
 
 def _affine_params(m: nn.Module) -> tuple[Tensor | None, Tensor | None]:
@@ -71,7 +75,8 @@ def _affine_params(m: nn.Module) -> tuple[Tensor | None, Tensor | None]:
 
 def _affine(m: nn.Module) -> tuple[Tensor | None, Tensor | None]:
     """(gamma, beta) as (C,) views (the textbook's are (1, C[, 1, 1]))."""
-    return tuple(None if p is None else p.view(-1) for p in _affine_params(m))  # type: ignore
+    gamma, beta = _affine_params(m)
+    return (None if gamma is None else gamma.view(-1), None if beta is None else beta.view(-1))
 
 
 def _running(m: nn.Module) -> tuple[Tensor | None, Tensor | None]:

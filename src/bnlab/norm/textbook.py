@@ -83,6 +83,9 @@ class TextbookBatchNorm(nn.Module):
     train/eval follows ``self.training``.
     """
 
+    moving_mean: Tensor  # buffers, declared for the type checker (nn.Module's __getattr__
+    moving_var: Tensor   # would type them Tensor | Module)
+
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
                  momentum: float = 0.9) -> None:
         super().__init__()

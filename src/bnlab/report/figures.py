@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from bnlab.train.run import Run
 
 __all__ = ["bars_figure", "curves_figure", "new_figure", "plot_accuracy_and_loss", "plot_bars",
-           "plot_curves", "plot_sweep", "save", "sweep_figure"]
+           "plot_curves", "save"]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.4, 4.0),
@@ -67,27 +67,6 @@ def plot_curves(runs: Sequence[Run], path: str | Path, labels: Sequence[str] | N
                 title: str = "") -> Path:
     """`curves_figure`, saved to `path`."""
     return save(curves_figure(runs, labels), path, title)
-
-
-def sweep_figure(series: dict[str, tuple[list[float], list[float], list[float]]],
-                 xlabel: str, ylabel: str, logx: bool = True) -> Figure:
-    """One line per label through (x, mean) with +-std error bars."""
-    fig, ax = new_figure()
-    for label, (x, mean, std) in series.items():
-        ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, label=label)
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
-
-
-def plot_sweep(series: dict[str, tuple[list[float], list[float], list[float]]], path: str | Path,
-               xlabel: str, ylabel: str, title: str = "", logx: bool = True) -> Path:
-    """`sweep_figure`, saved to `path`."""
-    return save(sweep_figure(series, xlabel, ylabel, logx), path, title)
 
 
 def bars_figure(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],

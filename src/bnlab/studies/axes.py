@@ -43,8 +43,10 @@ def arms(quick: bool) -> list[Arm]:
             for norm, label in NORMS.items()]
 
 
-def literature(tests: dict[str, tuple[Comparison, Comparison]]) -> str:
+def literature(tests: dict[str, tuple[Comparison, ...]]) -> str:
     """Whether LN, IN and GN trail per-channel BN, as in Wu & He (2018) at a normal batch.
+    `tests`: each layer's comparisons with BN, running averages first, then PreciseBN's where
+    both arms have it.
     A layer is behind (or ahead) only when both evaluations say so; "agrees" needs every one
     of LN, GN and IN clearly behind."""
     paper = ("Wu & He 2018 (Group Normalization), where at 32 images per batch BN is ahead "

@@ -83,10 +83,6 @@ def arms(quick: bool) -> list[Arm]:
     return out
 
 
-def _label(norm: str) -> str:
-    return "Ghost BN" if norm == GHOST else NORMS[norm]
-
-
 def analyze(results: list[ArmResult]) -> Findings:
     rows = summarize(results)
     by = {(r.arm.tags["norm"], r.arm.tags["batch"], r.arm.tags["control"]): r
@@ -124,7 +120,8 @@ def analyze(results: list[ArmResult]) -> Findings:
     groups = [(n, c, [next(it) for _ in cs]) for n, c, cs in groups]
     drops = {n: [next(it) for _ in cs] for n, cs in drops.items()}
 
-    parts, survives = [], {}
+    parts: list[str] = []
+    survives: dict[str, dict[str, bool]] = {}
     for norm, control, cs in groups:
         if norm == GHOST:
             continue
@@ -259,8 +256,8 @@ def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: li
     ref = batches[-1]
     for ax, control in zip(axes, CONTROLS, strict=True):
         for norm in ran:
-            pts = [(b, by.get((norm, b, "both" if b == ref else control))) for b in batches]
-            pts = [(b, r.mean_std("test_acc")) for b, r in pts if r is not None]
+            found = [(b, by.get((norm, b, "both" if b == ref else control))) for b in batches]
+            pts = [(b, r.mean_std("test_acc")) for b, r in found if r is not None]
             ax.errorbar([b for b, _ in pts], [m for _, (m, _) in pts],
                         yerr=[s for _, (_, s) in pts], marker="o", ms=4, capsize=3,
                         label=NORMS[norm])

@@ -9,6 +9,7 @@ loss and on test accuracy, with the running averages and with PreciseBN statisti
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from bnlab.report.figures import plot_accuracy_and_loss
@@ -30,22 +31,21 @@ SEEDS = 5
 
 
 def arms(quick: bool) -> list[Arm]:
-    lenet = {"epochs": 1 if quick else 5, "limit_train": 2048 if quick else None,
-             "limit_test": 1000 if quick else None}
-    small = {"epochs": 1 if quick else 3, "batch_size": 32, "lr": 0.1,
-             "limit_train": 1024 if quick else None, "limit_test": 1000 if quick else None}
+    lenet = TrainConfig(model="lenet-bn", epochs=1 if quick else 5,
+                        limit_train=2048 if quick else None, limit_test=1000 if quick else None)
+    small = TrainConfig(epochs=1 if quick else 3, batch_size=32, lr=0.1,
+                        limit_train=1024 if quick else None, limit_test=1000 if quick else None)
     spec = [
-        ("lenet-none", "LeNet, no BN", {"model": "lenet", "norm": "none", "lr": 0.9, **lenet}),
-        ("lenet-bnlab", "LeNet-BN (bnlab)", {"model": "lenet-bn", "norm": "bnlab", **lenet}),
-        ("lenet-torch", "LeNet-BN (torch)", {"model": "lenet-bn", "norm": "torch", **lenet}),
-        ("mlp-none", "MLP, no BN", {"model": "mlp", "norm": "none", **small}),
-        ("mlp-bnlab", "MLP + BN", {"model": "mlp", "norm": "bnlab", **small}),
-        ("cnn-none", "small CNN, no BN", {"model": "cnn", "norm": "none", **small}),
-        ("cnn-bnlab", "small CNN + BN", {"model": "cnn", "norm": "bnlab", **small}),
+        ("lenet-none", "LeNet, no BN", replace(lenet, model="lenet", norm="none", lr=0.9)),
+        ("lenet-bnlab", "LeNet-BN (bnlab)", replace(lenet, norm="bnlab")),
+        ("lenet-torch", "LeNet-BN (torch)", replace(lenet, norm="torch")),
+        ("mlp-none", "MLP, no BN", replace(small, model="mlp", norm="none")),
+        ("mlp-bnlab", "MLP + BN", replace(small, model="mlp", norm="bnlab")),
+        ("cnn-none", "small CNN, no BN", replace(small, model="cnn", norm="none")),
+        ("cnn-bnlab", "small CNN + BN", replace(small, model="cnn", norm="bnlab")),
     ]
-    return [Arm(name, label, TrainConfig(**kw), {"model": kw["model"], "norm": kw["norm"]})
-            for name, label, kw in spec]
-
+    return [Arm(name, label, config, {"model": config.model, "norm": config.norm})
+            for name, label, config in spec]
 
 PAIRS = [("LeNet", "lenet-none", "lenet-bnlab"), ("MLP", "mlp-none", "mlp-bnlab"),
          ("CNN", "cnn-none", "cnn-bnlab")]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +136,11 @@ def drift_and_noise(probes: Sequence[dict[str, Any]]) -> tuple[float, float]:
 
 def arms(quick: bool) -> list[Arm]:
     # fuse=False: the probe hooks the model's last nn.Sigmoid, which fusion would absorb.
-    cfg = {"model": "mlp3", "batch_size": 60, "lr": 0.5, "init": "gaussian-0.01",
-           "epochs": 1 if quick else 6, "fuse": False,
-           "limit_train": 1200 if quick else None, "limit_test": 1000 if quick else None}
+    cfg = TrainConfig(model="mlp3", batch_size=60, lr=0.5, init="gaussian-0.01",
+                      epochs=1 if quick else 6, fuse=False,
+                      limit_train=1200 if quick else None, limit_test=1000 if quick else None)
     every, n_test = (4, 500) if quick else (50, 2000)
-    return [Arm(norm, label, TrainConfig(norm=norm, **cfg), {"norm": norm},
+    return [Arm(norm, label, replace(cfg, norm=norm), {"norm": norm},
                 probe=lambda: UnitInputProbe(every, n_test, pool=600 if quick else POOL))
             for norm, label in LABELS.items()]
 

@@ -39,9 +39,10 @@ SEEDS = 5
 
 
 def arms(quick: bool) -> list[Arm]:
-    base = {"model": "lenet-bn", "lr": 1.0, "epochs": 1 if quick else 5,
-            "limit_train": 2048 if quick else None, "limit_test": 1000 if quick else None}
-    return [Arm("bn", "BN (batch statistics in training)", TrainConfig(norm="bnlab", **base),
+    config = TrainConfig(model="lenet-bn", norm="bnlab", lr=1.0, epochs=1 if quick else 5,
+                         limit_train=2048 if quick else None,
+                         limit_test=1000 if quick else None)
+    return [Arm("bn", "BN (batch statistics in training)", config,
                 {"norm": "bnlab"})]
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +41,20 @@ MEASURES = {"loss_range": "loss range", "grad_change": "gradient change",
 SEEDS = 5
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """The gradient of `p` after a backward pass; none reached it: zero."""
+    return torch.zeros_like(p) if p.grad is None else p.grad
+
+
 class LandscapeProbe:
     def __init__(self, every: int, lr: float) -> None:
         self.every, self.lr = every, lr
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        params = [p for p in model.parameters() if p.grad is not None]
+        with_grad = [(p, p.grad) for p in model.parameters() if p.grad is not None]
+        params = [p for p, _ in with_grad]
         w0 = [p.detach().clone() for p in params]
-        g0 = [p.grad.detach().clone() for p in params]
+        g0 = [g.detach().clone() for _, g in with_grad]
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         gnorm = math.sqrt(sum(float(g.square().sum()) for g in g0))
         losses, changes, betas = [], [], []
@@ -60,7 +68,7 @@ class LandscapeProbe:
                     p.grad = None
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
-                change = math.sqrt(sum(float((p.grad - g).square().sum())
+                change = math.sqrt(sum(float((_grad(p) - g).square().sum())
                                        for p, g in zip(params, g0, strict=True)))
                 losses.append(loss.item())
                 changes.append(change)
@@ -87,15 +95,15 @@ def arm_name(norm: str, lr: float) -> str:
 def arms(quick: bool) -> list[Arm]:
     # A deep ReLU MLP (7 linear layers, BN before each hidden ReLU): it trains without BN at
     # every learning rate here, so a smooth landscape cannot come from a stalled network.
-    cfg = {"model": "mlp-deep", "batch_size": 128, "epochs": 1 if quick else 2,
-           "limit_train": 1024 if quick else None, "limit_test": 1000 if quick else None}
+    cfg = TrainConfig(model="mlp-deep", batch_size=128, epochs=1 if quick else 2,
+                      limit_train=1024 if quick else None, limit_test=1000 if quick else None)
     every = 2 if quick else 10
     out = []
     for lr in LRS[1:2] if quick else LRS:
         for norm, label in LABELS.items():
             out.append(Arm(arm_name(norm, lr), f"{label}, lr {lr:g}",
-                           TrainConfig(norm=norm, lr=lr, **cfg), {"norm": norm, "lr": lr},
-                           probe=lambda lr=lr: LandscapeProbe(every, lr)))
+                           replace(cfg, norm=norm, lr=lr), {"norm": norm, "lr": lr},
+                           probe=partial(LandscapeProbe, every, lr)))
     return out
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,11 @@ REFERENCE = 0.1
 
 
 def arms(quick: bool) -> list[Arm]:
-    base = {"model": "lenet-bn", "norm": "bnlab", "lr": 1.0, "batch_size": 256,
-            "epochs": 2 if quick else 8, "limit_train": 1024 if quick else 15_000,
-            "limit_test": 500 if quick else 5000}
+    base = TrainConfig(model="lenet-bn", norm="bnlab", lr=1.0, batch_size=256,
+                       epochs=2 if quick else 8, limit_train=1024 if quick else 15_000,
+                       limit_test=500 if quick else 5000)
     momenta = (0.01, REFERENCE, 0.9) if quick else MOMENTA
-    return [Arm(f"m{m:g}", f"momentum {m:g}", TrainConfig(bn_momentum=m, **base),
+    return [Arm(f"m{m:g}", f"momentum {m:g}", replace(base, bn_momentum=m),
                 {"bn_momentum": m}) for m in momenta]
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bnlab.models import build_model
+from bnlab.models import lenet_bn
 from bnlab.report.figures import plot_accuracy_and_loss
 from bnlab.studies.base import (
     Arm,
@@ -45,11 +46,10 @@ BIAS_ROW = "bias before BN removed (measurement on LeNet-BN, not a training arm)
 
 
 def arms(quick: bool) -> list[Arm]:
-    base = {"epochs": 1 if quick else 4, "limit_train": 2048 if quick else 30000,
-            "limit_test": 1000 if quick else 10000}
-    return [Arm("before", "BN before sigmoid", TrainConfig(model="lenet-bn", **base),
-                {"placement": "before"}),
-            Arm("after", "BN after sigmoid", TrainConfig(model="lenet-bn-after", **base),
+    base = TrainConfig(model="lenet-bn", epochs=1 if quick else 4,
+                       limit_train=2048 if quick else 30000, limit_test=1000 if quick else 10000)
+    return [Arm("before", "BN before sigmoid", base, {"placement": "before"}),
+            Arm("after", "BN after sigmoid", replace(base, model="lenet-bn-after"),
                 {"placement": "after"})]
 
 
@@ -57,16 +57,17 @@ def bias_redundancy(seed: int = 0) -> dict[str, Any]:
     """Which biases sit directly before a BN, how many parameters they are, and the max
     |difference| in outputs and weight gradients without them (float64, training mode)."""
     torch.manual_seed(seed)
-    with_bias = build_model("lenet-bn", "bnlab").double()
-    without = build_model("lenet-bn", "bnlab").double()
+    with_bias = lenet_bn("bnlab").double()  # the "lenet-bn" model: an nn.Sequential
+    without = lenet_bn("bnlab").double()
     without.load_state_dict(with_bias.state_dict())
     saved, names = 0, []
     counts = {nn.Conv2d: 0, nn.Linear: 0}
     for layer, after in itertools.pairwise(list(without)):
-        kind = type(layer) if type(layer) in counts else None
-        if kind is not None:
-            counts[kind] += 1
-        if kind is not None and "BatchNorm" in type(after).__name__:
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            continue
+        kind = type(layer)
+        counts[kind] += 1
+        if "BatchNorm" in type(after).__name__ and layer.bias is not None:
             saved += layer.bias.numel()
             names.append(f"{'conv' if kind is nn.Conv2d else 'linear'} {counts[kind]}")
             with torch.no_grad():
@@ -74,13 +75,15 @@ def bias_redundancy(seed: int = 0) -> dict[str, Any]:
             layer.bias.requires_grad_(False)
     x = torch.rand(32, 1, 28, 28, dtype=torch.float64)
     y = torch.randint(0, 10, (32,))
-    outs, grads = [], []
+    outs: list[torch.Tensor] = []
+    grads: list[dict[str, torch.Tensor]] = []
     for model in (with_bias, without):
         model.zero_grad()
         out = model(x)
         nn.functional.cross_entropy(out, y).backward()
         outs.append(out.detach())
-        grads.append({n: p.grad for n, p in model.named_parameters() if "weight" in n})
+        grads.append({n: p.grad for n, p in model.named_parameters()
+                      if "weight" in n and p.grad is not None})
     grad_diff = max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0])
     return {"layers": ", ".join(names), "parameters_saved": saved,
             "max_output_diff": float((outs[0] - outs[1]).abs().max()),

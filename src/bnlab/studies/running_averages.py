@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class NormWeightsProbe:
 def norm_weights(model: nn.Module) -> dict[str, float]:
     """{w_norm, b_norm, gamma_norm, beta_norm} of `model` (see ``NormWeightsProbe``)."""
     sums = dict.fromkeys(NORM_KEYS, 0.0)
-    feeding: nn.Module | None = None
+    feeding: nn.Conv2d | nn.Linear | None = None
 
     def add(key: str, p: torch.Tensor | None) -> None:
         if p is not None:
@@ -97,8 +98,8 @@ def norm_weights(model: nn.Module) -> dict[str, float]:
 
 
 def arms(quick: bool) -> list[Arm]:
-    base = {"model": "lenet-bn", "batch_size": 256, "epochs": 1 if quick else 3,
-            "limit_train": 512 if quick else 12_000, "limit_test": 300 if quick else 5000}
+    base = TrainConfig(model="lenet-bn", batch_size=256, epochs=1 if quick else 3,
+                       limit_train=512 if quick else 12_000, limit_test=300 if quick else 5000)
     every = 1 if quick else 10
     momenta = (DEFAULT_MOMENTUM,) if quick else RUNNING_MOMENTA
     out = []
@@ -108,7 +109,7 @@ def arms(quick: bool) -> list[Arm]:
                 name = f"{norm}-lr{lr:g}" + (f"-m{m:g}" if norm == "running-stats" else "")
                 text = f"{label}, lr {lr:g}" + (f", momentum {m:g}"
                                                  if norm == "running-stats" else "")
-                out.append(Arm(name, text, TrainConfig(norm=norm, lr=lr, bn_momentum=m, **base),
+                out.append(Arm(name, text, replace(base, norm=norm, lr=lr, bn_momentum=m),
                                {"norm": norm, "lr": lr, "bn_momentum": m},
                                probe=lambda: NormWeightsProbe(every)))
     return out

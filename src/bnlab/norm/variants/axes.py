@@ -50,7 +50,7 @@ class _NormalizeRows(Function):
     """x (R, K) -> x_hat (R, K), each row to zero mean and unit variance."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, eps: float) -> Tensor:
         mean = x.mean(dim=1, keepdim=True)  # (R,K) -> (R,1)
         var = (x - mean).square().mean(dim=1, keepdim=True)  # (R,K) -> (R,1), two-pass
         inv_std = torch.rsqrt(var + eps)
@@ -60,7 +60,7 @@ class _NormalizeRows(Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, h: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, h: Tensor) -> tuple[Tensor, None]:
         x_hat, inv_std = ctx.saved_tensors
         mean_h = h.mean(dim=1, keepdim=True)  # (R,K) -> (R,1)
         mean_hx = (h * x_hat).mean(dim=1, keepdim=True)  # (R,K) -> (R,1)

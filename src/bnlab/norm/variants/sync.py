@@ -88,7 +88,7 @@ def sync_batch_statistics(x: Tensor, group: Any = None) -> tuple[Tensor, Tensor,
 
 class SyncBatchNormFunction(Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None,
         running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float,
         group: Any, skipped: Tensor | None,
@@ -109,7 +109,7 @@ class SyncBatchNormFunction(Function):
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, inv_std = ctx.saved_tensors
         g, x_hat, local_g, local_gx = backward_sums(grad_out, x, mean, inv_std)  # zero if empty
         sums = torch.cat([local_g, local_gx]).double()  # (2C,): every rank takes part
