@@ -62,10 +62,10 @@ CONVERSIONS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
 def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """Build `cls` with `old`'s configuration and load `old`'s state into it."""
     if issubclass(cls, LazyModuleMixin):  # lazy to lazy: the settings; no state yet
-        new = cls(eps=old.eps, momentum=old.momentum, affine=old.affine,
+        lazy: nn.Module = cls(eps=old.eps, momentum=old.momentum, affine=old.affine,
                   track_running_stats=old.track_running_stats,
                   device=old.num_batches_tracked.device if old.track_running_stats else None)
-        return new.train(old.training)
+        return lazy.train(old.training)
     ref = next(iter(old.state_dict().values()), None)  # any tensor gives device and dtype
     new = cls(
         old.num_features,

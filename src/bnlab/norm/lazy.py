@@ -32,13 +32,19 @@ def copy_module(module: M) -> M:
     memo: dict[int, Any] = {}
     for t in (*module.parameters(), *module.buffers()):
         if is_lazy(t):
-            memo[id(t)] = (type(t)(requires_grad=t.requires_grad, device=t.device,
-                                   dtype=t.dtype) if isinstance(t, UninitializedParameter)
-                           else type(t)(device=t.device, dtype=t.dtype))
+            memo[id(t)] = _uninitialized(type(t), device=t.device, dtype=t.dtype,
+                                         **({"requires_grad": t.requires_grad}
+                                            if isinstance(t, UninitializedParameter) else {}))
     return copy.deepcopy(module, memo)
 
 
-class _LazyBatchNorm(LazyModuleMixin, BatchNorm):
+def _uninitialized(kind: Any, **factory: Any) -> Any:
+    """An UninitializedParameter/Buffer (torch's stubs omit the device and dtype they take)."""
+    return kind(**factory)
+
+
+# (torch's _NormBase types weight/bias as Tensor, bnlab as Parameter | None: see BatchNorm)
+class _LazyBatchNorm(LazyModuleMixin, BatchNorm):  # type: ignore[misc]
     """The shared part: uninitialized state until the first input (torch's _LazyNormBase)."""
 
     cls_to_become: Any = None
@@ -53,12 +59,11 @@ class _LazyBatchNorm(LazyModuleMixin, BatchNorm):
         self.num_features = 0
         self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
-            # (torch's stubs omit the device and dtype these accept)
-            self.weight = UninitializedParameter(**factory)  # type: ignore[call-arg]
-            self.bias = UninitializedParameter(**factory)  # type: ignore[call-arg]
+            self.weight = _uninitialized(UninitializedParameter, **factory)
+            self.bias = _uninitialized(UninitializedParameter, **factory)
         if track_running_stats:
-            self.running_mean = UninitializedBuffer(**factory)  # type: ignore[call-arg]
-            self.running_var = UninitializedBuffer(**factory)  # type: ignore[call-arg]
+            self.running_mean = _uninitialized(UninitializedBuffer, **factory)
+            self.running_var = _uninitialized(UninitializedBuffer, **factory)
             self.num_batches_tracked = torch.tensor(0, dtype=torch.long, device=device)
 
     def reset_parameters(self) -> None:
@@ -85,19 +90,19 @@ class _LazyBatchNorm(LazyModuleMixin, BatchNorm):
             self.num_features = int(loaded.shape[0])  # materialized by the state's shapes
 
 
-class LazyBatchNorm1d(_LazyBatchNorm, BatchNorm1d):
+class LazyBatchNorm1d(_LazyBatchNorm, BatchNorm1d):  # type: ignore[misc]
     """``BatchNorm1d`` whose ``num_features`` is the first input's ``shape[1]``."""
 
     cls_to_become = BatchNorm1d
 
 
-class LazyBatchNorm2d(_LazyBatchNorm, BatchNorm2d):
+class LazyBatchNorm2d(_LazyBatchNorm, BatchNorm2d):  # type: ignore[misc]
     """``BatchNorm2d`` whose ``num_features`` is the first input's ``shape[1]``."""
 
     cls_to_become = BatchNorm2d
 
 
-class LazyBatchNorm3d(_LazyBatchNorm, BatchNorm3d):
+class LazyBatchNorm3d(_LazyBatchNorm, BatchNorm3d):  # type: ignore[misc]
     """``BatchNorm3d`` whose ``num_features`` is the first input's ``shape[1]``."""
 
     cls_to_become = BatchNorm3d

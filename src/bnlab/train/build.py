@@ -71,8 +71,9 @@ def make_model(config: TrainConfig, network: nn.Module | None = None) -> nn.Modu
                             "the textbook's layer (its moving average has a fixed momentum); "
                             "give a number, or another --norm")
         kw = dict(settings)
-        if config.norm == "textbook" and kw.get("momentum") is not None:
-            kw["momentum"] = 1.0 - kw["momentum"]  # the textbook weighs the old value
+        momentum = kw.get("momentum")
+        if config.norm == "textbook" and momentum is not None:
+            kw["momentum"] = 1.0 - momentum  # the textbook weighs the old value
         try:
             model = build_model(config.model, Norm(config.norm, kw) if kw else config.norm)
         except TypeError as e:  # a norm without running averages (group, layer) has no momentum
@@ -132,16 +133,16 @@ def _apply_settings(model: nn.Module, settings: dict[str, float | None]) -> None
                             f"it to; leave it out")
     for m in norms:
         if "eps" in settings:
-            m.eps = settings["eps"]
+            setattr(m, "eps", settings["eps"])  # noqa: B010 (every norm layer has eps)
     momentum = settings.get("momentum", 0.0)
     for m in averaged if "momentum" in settings else []:
         if isinstance(m, TextbookBatchNorm):
             if momentum is None:
                 raise UserError("--bn-momentum none (a cumulative average) has no "
                                 "counterpart in the textbook's layer; give a number")
-            m.momentum = 1.0 - momentum  # the textbook weighs the old value
+            setattr(m, "momentum", 1.0 - momentum)  # noqa: B010 (the textbook's convention)
         else:
-            m.momentum = momentum
+            setattr(m, "momentum", momentum)  # noqa: B010
 
 
 def copy_back(trained: nn.Module, network: nn.Module) -> None:

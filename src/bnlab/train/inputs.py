@@ -77,7 +77,7 @@ def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: An
             raise UserError(f"batch size {batch} was asked for, but the training DataLoader "
                             f"batches {train_data.batch_size} examples; drop --batch-size "
                             f"(the DataLoader's is used) or give its dataset instead")
-        batch = train_data.batch_size
+        batch = train_data.batch_size or batch  # (_dataset refused a None batch size)
     config = replace(config, dataset=source or CUSTOM, data_info=info, batch_size=batch)
     return Inputs(config, net, given, train_data, test_data)
 
@@ -107,7 +107,7 @@ def _resolve_model(config: TrainConfig, model: ModelInput) -> tuple[TrainConfig,
                             f"pass an nn.Module, a function that returns one, or 'package.module:"
                             f"factory'")
         takes = takes_norm(factory)
-        name = path or getattr(factory, "__qualname__", repr(factory))
+        name: str = path or getattr(factory, "__qualname__", None) or repr(factory)
         _check_norm(config, name, takes)
         torch.manual_seed(config.seed)  # the factory's own initialization is seeded too
         with user_code(f"your model factory {name}"):
