@@ -25,6 +25,7 @@ from typing import Any
 
 from bnlab.errors import UserError
 from bnlab.provenance import provenance
+from bnlab.studies.options import QUICK_SEEDS, STUDY_SEEDS
 from bnlab.studies.stats import (
     FAILED_ACCURACY,
     Comparison,
@@ -159,7 +160,7 @@ class Study:
     question: str
     arms: Callable[[bool], list[Arm]]  # quick -> arms
     analyze: Callable[[list[ArmResult]], Findings]
-    seeds: int = 3
+    seeds: int = STUDY_SEEDS  # per arm (``bnlab.studies.options``: the one default)
     # Why none of its arms runs on a user's network (None: each arm says, ``Arm.needs``).
     needs: str | None = None
     # For docs/studies.md (``bnlab.report.studies_doc``): the design in prose (what is
@@ -292,7 +293,7 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     """
     out = Path(out)
     started = time.perf_counter()
-    n_seeds = seeds or (1 if quick else study.seeds)
+    n_seeds = seeds or (QUICK_SEEDS if quick else study.seeds)
     subject = Subject(model, dataset)
     arms = study.arms(quick)
     skip = _skip(study, arms, subject)

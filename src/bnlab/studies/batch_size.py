@@ -51,7 +51,6 @@ NORMS = {"bnlab": "BN", "renorm-fixed": "Batch Renorm", "group": "GroupNorm",
 GHOST = "ghost"
 BATCHES = (2, 8, 32, 128)
 EXAMPLES = 6144  # N: equal epochs' training examples; equal steps: S = N / reference batch
-SEEDS = 5
 CONTROLS = {"epochs": "equal epochs", "steps": "equal steps"}
 
 
@@ -303,4 +302,4 @@ CAVEATS = (
     "one dataset.")
 
 STUDY = Study("batch-size", "What happens to BN with small batches?", arms, analyze,
-              seeds=SEEDS, setup=SETUP, caveats=CAVEATS)
+              setup=SETUP, caveats=CAVEATS)

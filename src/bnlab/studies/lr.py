@@ -63,7 +63,6 @@ from bnlab.train import TrainConfig
 
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 NORMS = {"none": "no BN", "bnlab": "BN"}
-SEEDS = 5
 CHANCE_LOSS = math.log(10)
 DIVERGED_MARGIN = 0.5  # final loss above ln 10 + this: blown up
 PLATEAU_MARGIN = 0.1  # final loss within this of ln 10 (and accuracy at chance): stuck
@@ -341,5 +340,5 @@ CAVEATS = (
     "that resolution. One network, one dataset, plain SGD without momentum or schedule; the "
     "thresholds for diverged and stuck are fixed in advance, not fitted.")
 
-STUDY = Study("lr", "Why can the learning rate go up with BN?", arms, analyze, seeds=SEEDS,
+STUDY = Study("lr", "Why can the learning rate go up with BN?", arms, analyze,
               setup=SETUP, caveats=CAVEATS)
