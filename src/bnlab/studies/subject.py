@@ -91,7 +91,21 @@ class Subject:
         return kw
 
     def record(self) -> dict[str, Any]:
-        """What study.json says the arms ran on."""
+        """What study.json says the arms ran on; ``model_arg``/``dataset_arg``: the names or
+        import paths given (None: bnlab's own, or Python objects), which ``--analyze-only``
+        reads back (``from_record``)."""
         data = self.dataset if isinstance(self.dataset, str) or self.dataset is None else \
             "custom (see each run's config.json)"
-        return {"model": self.name, "dataset": data}
+        return {"model": self.name, "dataset": data,
+                "model_arg": self.model if isinstance(self.model, str) else None,
+                "dataset_arg": self.dataset if isinstance(self.dataset, str) else None}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Subject:
+        """The subject a study.json recorded (``record``); objects cannot be rebuilt from a
+        file, so a study of Python objects is analyzed again with them passed again."""
+        def arg(key: str) -> str | None:
+            value = record.get(key)
+            return value if isinstance(value, str) and value else None
+
+        return cls(arg("model_arg"), arg("dataset_arg"))
