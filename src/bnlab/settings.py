@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["Setting", "add_flags", "bad_values", "file_keys", "flag_of", "like", "problem",
-           "setting", "settings", "short", "validate"]
+__all__ = ["Setting", "add_flags", "bad_values", "file_keys", "flag_of", "flag_table", "like",
+           "problem", "setting", "settings", "short", "validate"]
 
 _NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
           dict: "a mapping"}
@@ -268,3 +268,22 @@ def bad_values(cls: type, name: str) -> list[str]:
     if str in kinds and spec.choices is not None and spec.check is None:
         out.append("no-such-choice")
     return list(dict.fromkeys(out))
+
+
+def flag_table(cls: type) -> str:
+    """The flags of `cls` as a Markdown table (flag, config-file key, default, meaning): the
+    README's, checked fresh by a test."""
+    lines = ["| flag | config key | default | what it sets |", "|---|---|---|---|"]
+    for name, (spec, kinds, default) in settings(cls).items():
+        flag = flag_of(cls, name)
+        if flag is None:
+            continue
+        names = spec.names()
+        metavar = spec.metavar or ("{" + ",".join(names) + "}" if 0 < len(names) <= 4
+                                   else name.upper())
+        value = flag if kinds == (bool,) else f"{flag} {metavar}"
+        shown = ("on" if default else "off") if kinds == (bool,) else \
+            spec.unset if default is None else str(default)
+        text = " ".join(spec.text().split()).replace("|", "\\|")
+        lines.append(f"| `{value}` | `{name}` | {shown} | {text} |")
+    return "\n".join(lines) + "\n"

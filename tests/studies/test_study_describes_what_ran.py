@@ -56,7 +56,7 @@ def png_title(path: Path) -> str:
     raise AssertionError(f"{path} has no Title")
 
 
-@pytest.mark.slow  # six tiny runs: seconds, but a fresh torch import per run dir's checks
+@pytest.mark.slow  # six tiny runs, each evaluated with PreciseBN: about 1.5 min here
 def test_a_user_study_names_what_ran_and_analyze_only_keeps_it(tmp_path, monkeypatch, capsys):
     (tmp_path / "mymod.py").write_text(MYMOD)
     monkeypatch.syspath_prepend(str(tmp_path))
