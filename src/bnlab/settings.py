@@ -17,6 +17,7 @@ restated by hand (the pattern of simple_parsing and tyro):
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import types
 import typing
@@ -76,6 +77,7 @@ def like(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
                  metadata={"setting": spec})
 
 
+@functools.cache  # (a class's declarations do not change; validation reads them per field)
 def settings(cls: type) -> dict[str, tuple[Setting, tuple[type, ...], Any]]:
     """name -> (Setting, the types it may hold, default) for every field of `cls`, in order.
     The types come from the annotation: ``int | None`` -> (int, NoneType)."""
