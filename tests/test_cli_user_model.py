@@ -142,7 +142,8 @@ def test_study_on_a_user_resnet_lists_the_arms_that_do_not_apply(user_dir, capsy
     assert config["model"] == "mymod:make" and config["batch_size"] == 4
     study = json.loads((out / "study.json").read_text())
     assert study["subject"] == {"model": "mymod:make", "dataset": "fashion-mnist",
-                                "model_arg": "mymod:make", "dataset_arg": "fashion-mnist"}
+                                "model_arg": "mymod:make", "dataset_arg": "fashion-mnist",
+                                "takes_norm": False}
     assert study["ran"]["on"] == "mymod:make on fashion-mnist" and study["ran"]["seeds"] == 1
     assert verdict.startswith("[quick mode: a small subset, not evidence] [ran on mymod:make "
                               "on fashion-mnist] ")

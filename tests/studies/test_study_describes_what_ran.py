@@ -106,3 +106,16 @@ def test_bnlabs_own_study_keeps_its_wording(tmp_path):
     assert _setup(study, ran, study.seeds) == study.setup
     fewer = _setup(study, {**ran, "seeds": 2}, 2)
     assert fewer.startswith("[This call ran lenet-bn on fashion-mnist: ") and "2 seeds" in fewer
+
+
+def test_a_recorded_subject_is_never_imported():
+    """--analyze-only reads the subject from study.json, a file: the module it names is not
+    imported (this one does not exist: importing it would fail), and a value that no flag
+    would take is dropped."""
+    from bnlab.studies.subject import Subject
+
+    got = Subject.from_record({"model_arg": "no_such_module_here:f", "dataset_arg": "mnist",
+                               "takes_norm": True})
+    assert (got.model, got.dataset, got.takes_norm) == ("no_such_module_here:f", "mnist", True)
+    bad = Subject.from_record({"model_arg": "../../x", "dataset_arg": ["x"], "takes_norm": 3})
+    assert bad.default and bad.takes_norm is False

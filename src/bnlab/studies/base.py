@@ -310,10 +310,10 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     """
     out = Path(out)
     started = time.perf_counter()
-    if analyze_only:  # the saved study's subject, mode and seeds, unless given again
-        model, dataset, quick, seeds = _recorded(out, model, dataset, quick, seeds)
-    n_seeds = seeds or (QUICK_SEEDS if quick else study.seeds)
     subject = Subject(model, dataset)
+    if analyze_only:  # the saved study's subject, mode and seeds, unless given again
+        subject, quick, seeds = _recorded(out, subject, quick, seeds)
+    n_seeds = seeds or (QUICK_SEEDS if quick else study.seeds)
     arms = study.arms(quick)
     skip = _skip(study, arms, subject)
     results = []
@@ -396,25 +396,26 @@ def _setup(study: Study, ran: dict[str, Any], n_seeds: int) -> str:
             f"{', quick mode' if ran['quick'] else ''}. The full design:] {study.setup}")
 
 
-def _recorded(out: Path, model: Any, dataset: Any, quick: bool,
-              seeds: int | None) -> tuple[Any, Any, bool, int | None]:
+def _recorded(out: Path, subject: Subject, quick: bool,
+              seeds: int | None) -> tuple[Subject, bool, int | None]:
     """--analyze-only: the subject (a name or import path), quick mode and seeds that the
-    saved study.json records, where the call does not give them."""
+    saved study.json records, where the call does not give them. (The recorded subject is
+    never imported: whether its factory takes `norm` is read from the record too.)"""
     from bnlab.files import read_json
 
     path = out / "study.json"
     if not path.is_file():
-        return model, dataset, quick, seeds
+        return subject, quick, seeds
     saved = read_json(path, "train the study again (without --analyze-only)")
-    subject = saved.get("subject") if isinstance(saved.get("subject"), dict) else {}
-    given = Subject.from_record(subject)
+    record = saved.get("subject") if isinstance(saved.get("subject"), dict) else {}
+    if subject.default:
+        subject = Subject.from_record(record)
+    elif subject.dataset is None:  # a network given again: the recorded data with it
+        subject = Subject(subject.model, Subject.from_record(record).dataset)
     ran = saved.get("ran") if isinstance(saved.get("ran"), dict) else {}
     count = ran.get("seeds", saved.get("seeds"))
-    return (model if model is not None else given.model,
-            dataset if dataset is not None else given.dataset,
-            quick or saved.get("quick") is True,
-            seeds or (count if isinstance(count, int) and not isinstance(count, bool)
-                      and count > 0 else None))
+    usable = isinstance(count, int) and not isinstance(count, bool) and count > 0
+    return subject, quick or saved.get("quick") is True, seeds or (count if usable else None)
 
 
 def same_family(comparisons: Sequence[Comparison]) -> bool:
