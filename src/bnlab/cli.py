@@ -6,8 +6,7 @@ Exit status, the same for every subcommand:
   and the run flags are generated from ``TrainConfig`` and ``StudyOptions`` by
   ``bnlab.settings``, and checked by the same rules as the dataclasses: finite, in range), an
   empty ``--out``, a ``--data-dir`` that is not a directory, or a combination of flags that
-  TrainConfig refuses. argparse prints the
-  usage and one ``bnlab COMMAND: error: ...`` line.
+  TrainConfig refuses. argparse prints the usage and one ``bnlab COMMAND: error: ...`` line.
 * 1, a problem found while running that the user can fix: a damaged or hostile file, data that
   do not fit, a run directory in use, a missing device. ``main`` is the one place that turns
   these (``bnlab.errors.UserError``, and the ``OSError``/``RuntimeError`` of the machine) into

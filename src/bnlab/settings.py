@@ -71,14 +71,14 @@ def setting(default: Any, help: str | Callable[[], str], **kw: Any) -> Any:
 def like(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
     """A field declared as `cls`'s field `name` (its checks, flag, help), with `changes`: one
     statement of a setting that two dataclasses share."""
-    f = cls.__dataclass_fields__[name]
+    f = {f.name: f for f in fields(cls)}[name]
     spec = replace(f.metadata["setting"], **changes)
     return field(default=f.default if default is MISSING else default,
                  metadata={"setting": spec})
 
 
 @functools.cache  # (a class's declarations do not change; validation reads them per field)
-def settings(cls: type) -> dict[str, tuple[Setting, tuple[type, ...], Any]]:
+def settings(cls: Any) -> dict[str, tuple[Setting, tuple[type, ...], Any]]:
     """name -> (Setting, the types it may hold, default) for every field of `cls`, in order.
     The types come from the annotation: ``int | None`` -> (int, NoneType)."""
     hints = typing.get_type_hints(cls)
@@ -169,9 +169,10 @@ def problem(cls: type, name: str, value: Any) -> str | None:
 
 def validate(obj: Any) -> None:
     """Every field of the dataclass `obj` allowed, else ValueError naming field, value, rule."""
-    for name in settings(type(obj)):
+    cls: Any = type(obj)  # (the class: its declarations are cached)
+    for name in settings(cls):
         value = getattr(obj, name)
-        why = problem(type(obj), name, value)
+        why = problem(cls, name, value)
         if why:
             raise ValueError(f"invalid {name}={short(value)}: {why}")
 
@@ -208,6 +209,7 @@ class FlagType:
         return text
 
     def __call__(self, text: str) -> Any:
+        why: str | None
         try:
             value = self.parse(text)
         except ValueError as e:  # a field's own parser says why; int()/float() do not
@@ -237,6 +239,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] |
     """Add the flags of `cls`'s fields (only `names`, if given) to `parser`; `defaults`
     overrides a field's default for this parser (shown in its help too)."""
     for name, (spec, kinds, default) in settings(cls).items():
+        flag = flag_of(cls, name) or name  # (a positional's name)
         if spec.internal or (names is not None and name not in names):
             continue
         default = (defaults or {}).get(name, default)
@@ -245,12 +248,12 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] |
             parser.add_argument(name, choices=spec.names(), help=spec.text(),
                                 metavar=spec.metavar)
         elif kinds == (bool,):
-            parser.add_argument(flag_of(cls, name), dest=name, default=default, help=text,
+            parser.add_argument(flag, dest=name, default=default, help=text,
                                 action="store_false" if default else "store_true")
         else:
             metavar = spec.metavar or ("{" + ",".join(spec.names()) + "}" if spec.choices
                                        else None)
-            parser.add_argument(flag_of(cls, name), dest=name, type=FlagType(cls, name),
+            parser.add_argument(flag, dest=name, type=FlagType(cls, name),
                                 default=default, metavar=metavar, help=text)
 
 
