@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -58,29 +59,30 @@ def png_title(path: Path) -> str:
 
 @pytest.mark.slow  # six tiny runs, each evaluated with PreciseBN: about 1.5 min here
 def test_a_user_study_names_what_ran_and_analyze_only_keeps_it(tmp_path, monkeypatch, capsys):
-    (tmp_path / "mymod.py").write_text(MYMOD)
+    (tmp_path / "cfgmod.py").write_text(MYMOD)  # (a name no other test imports)
+    monkeypatch.delitem(sys.modules, "cfgmod", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "study"
-    assert main(["study", "lr", "--model", "mymod:f", "--dataset", "mymod:d", "--quick",
+    assert main(["study", "lr", "--model", "cfgmod:f", "--dataset", "cfgmod:d", "--quick",
                  "--out", str(out), "--threads", "1"]) == 0
     full = len(get_study("lr").arms(False))
     quick_arms = [a.name for a in get_study("lr").arms(True)]
 
     def check() -> dict:
         meta = json.loads((out / "study.json").read_text())
-        assert meta["ran"] == {"on": "mymod:f on mymod:d", "arms": quick_arms, "seeds": 1,
+        assert meta["ran"] == {"on": "cfgmod:f on cfgmod:d", "arms": quick_arms, "seeds": 1,
                                "quick": True}
         assert (meta["subject"]["model_arg"], meta["subject"]["dataset_arg"]) == (
-            "mymod:f", "mymod:d")
+            "cfgmod:f", "cfgmod:d")
         assert meta["seeds"] == 1 and meta["quick"] is True
         assert meta["setup"].startswith(
-            f"[This call ran mymod:f on mymod:d: {len(quick_arms)} of the design's {full} "
+            f"[This call ran cfgmod:f on cfgmod:d: {len(quick_arms)} of the design's {full} "
             f"arms, 1 seed each, quick mode. The full design:] ")
         verdict = (out / "verdict").read_text()
-        assert "[ran on mymod:f on mymod:d]" in verdict and "LeNet" not in verdict
+        assert "[ran on cfgmod:f on cfgmod:d]" in verdict and "LeNet" not in verdict
         title = png_title(out / "figure.png")
-        assert title.startswith("mymod:f on mymod:d: learning-rate sweep") and "1 seed)" in title
+        assert title.startswith("cfgmod:f on cfgmod:d: learning-rate sweep") and "1 seed)" in title
         assert "LeNet" not in title and "Fashion" not in title
         return meta
 
@@ -92,6 +94,7 @@ def test_a_user_study_names_what_ran_and_analyze_only_keeps_it(tmp_path, monkeyp
     # ... and with --quick given again
     assert main(["study", "lr", "--analyze-only", "--quick", "--out", str(out)]) == 0
     check()
+    sys.modules.pop("cfgmod", None)
 
 
 @pytest.mark.slow  # (the studies' import: matplotlib)

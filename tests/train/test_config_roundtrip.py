@@ -5,6 +5,7 @@ file gives the same config and, the batch order and seed being in it, the same n
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def test_a_user_model_run_keeps_its_records_out_of_the_settings(tmp_path, capsys
                                                                monkeypatch):
     """A run of a user's network records model_info; read back as a config file, the record
     is skipped (the trainer describes the network anew), never taken as a setting."""
-    (tmp_path / "mynet.py").write_text(
+    (tmp_path / "cfgnet.py").write_text(
         "from torch import nn\n"
         "def make():\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16),\n"
@@ -54,14 +55,15 @@ def test_a_user_model_run_keeps_its_records_out_of_the_settings(tmp_path, capsys
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    assert main(["train", "--model", "mynet:make", "--out", str(run), *TINY]) == 0
+    assert main(["train", "--model", "cfgnet:make", "--out", str(run), *TINY]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert "model_info" in saved
     config = load_config(run / "config.json")
-    assert config.model == "mynet:make" and config.model_info is None
+    assert config.model == "cfgnet:make" and config.model_info is None
     assert main(["train", "--config", str(run / "config.json"), "--out",
                  str(tmp_path / "again")]) == 0
     assert Run(tmp_path / "again").config == Run(run).config
+    sys.modules.pop("cfgnet", None)
 
 
 @pytest.mark.slow
