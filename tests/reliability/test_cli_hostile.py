@@ -40,7 +40,7 @@ BAD = {
 
 def bad_values(kind: object) -> list[str]:
     if isinstance(kind, FlagType):
-        extra = ["MISSING", "FILE"] if kind.name == "data_dir" else []
+        extra = {"data_dir": ["MISSING", "FILE"], "out": ["FILE"]}.get(kind.name, [])
         return settings.bad_values(kind.cls, kind.name) + extra
     return BAD[kind]
 

@@ -10,6 +10,7 @@ This module imports no study, so that ``bnlab --help`` stays fast.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,11 @@ STUDY_SEEDS = 5  # seeds per arm: enough for a paired test over seeds (``studies
 QUICK_SEEDS = 1  # --quick: a smoke test, not evidence
 
 def _out_dir(text: str) -> str:
+    """--out: a non-empty name that is not an existing file (as every command's --out)."""
     if not text.strip():
         raise ValueError("expected a directory name, got an empty one")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(f"{text!r} is a file, not a directory")
     return text
 
 
