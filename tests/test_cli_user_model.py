@@ -121,7 +121,7 @@ def test_a_model_that_is_no_import_path_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--model", "resnet", "--out", "x"])
     assert e.value.code == 2
-    assert "invalid choice: 'resnet' (choose from cnn, " in capsys.readouterr().err
+    assert "--model: invalid value 'resnet': choose one of cnn, " in capsys.readouterr().err
 
 
 def test_study_on_a_user_resnet_lists_the_arms_that_do_not_apply(user_dir, capsys):
