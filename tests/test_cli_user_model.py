@@ -121,7 +121,7 @@ def test_a_model_that_is_no_import_path_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--model", "resnet", "--out", "x"])
     assert e.value.code == 2
-    assert "invalid choice: 'resnet' (choose from cnn, " in capsys.readouterr().err
+    assert "--model: invalid value 'resnet': choose one of cnn, " in capsys.readouterr().err
 
 
 def test_study_on_a_user_resnet_lists_the_arms_that_do_not_apply(user_dir, capsys):
@@ -141,7 +141,12 @@ def test_study_on_a_user_resnet_lists_the_arms_that_do_not_apply(user_dir, capsy
     config = json.loads((out / "runs" / "bnlab-b4-epochs-s0" / "config.json").read_text())
     assert config["model"] == "mymod:make" and config["batch_size"] == 4
     study = json.loads((out / "study.json").read_text())
-    assert study["subject"] == {"model": "mymod:make", "dataset": "fashion-mnist"}
+    assert study["subject"] == {"model": "mymod:make", "dataset": "fashion-mnist",
+                                "model_arg": "mymod:make", "dataset_arg": "fashion-mnist",
+                                "takes_norm": False}
+    assert study["ran"]["on"] == "mymod:make on fashion-mnist" and study["ran"]["seeds"] == 1
+    assert verdict.startswith("[quick mode: a small subset, not evidence] [ran on mymod:make "
+                              "on fashion-mnist] ")
 
     code = main(["study", "chapter", "--quick", "--model", "mymod:make", "--out",
                  str(user_dir / "chapter")])

@@ -48,8 +48,10 @@ def test_help_shows_defaults_once(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--batch-size BATCH_SIZE examples per step (default: 256)" in out
-    assert "--normalize standardize the input pixels (default: off)" in out
+    assert "--normalize standardize the input pixels (per channel for colour images) " \
+           "(default: off)" in out
     assert "(default: all)" in out and out.count("(default: 0.0)") == 2  # momentum, decay
+    # (every flag's default is its TrainConfig field's: tests/train/test_config_settings.py)
     assert "(default: 256) (default" not in out
 
 
@@ -61,13 +63,15 @@ try:
 except SystemExit as e:
     code = e.code
 heavy = sorted(m for m in sys.modules
-               if m.split('.')[0] == 'matplotlib' or m.startswith('bnlab.studies.'))
+               if m.split('.')[0] == 'matplotlib' or (m.startswith('bnlab.studies.')
+                                                      and m != 'bnlab.studies.options'))
 print('MODULES', heavy)
 """
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["kernels", "status"], ["study", "--help"]])
 def test_start_imports_no_studies_and_no_matplotlib(argv):
+    """(bnlab.studies.options, the study command's flags, imports no study.)"""
     proc = subprocess.run([sys.executable, "-c", _LAZY, *argv], capture_output=True,
                           text=True, timeout=120)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("MODULES"))

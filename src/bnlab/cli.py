@@ -2,10 +2,11 @@
 
 Exit status, the same for every subcommand:
 
-* 2, a usage error, found while parsing: a bad flag value (every numeric flag goes through one
-  of the checked types below: finite, in range), an empty ``--out``, a ``--data-dir`` that is
-  not a directory, or a combination of flags that TrainConfig refuses. argparse prints the
-  usage and one ``bnlab COMMAND: error: ...`` line.
+* 2, a usage error, found while parsing: a bad flag value (the flags of ``train``, ``study``
+  and the run flags are generated from ``TrainConfig`` and ``StudyOptions`` by
+  ``bnlab.settings``, and checked by the same rules as the dataclasses: finite, in range), an
+  empty ``--out``, a ``--data-dir`` that is not a directory, or a combination of flags that
+  TrainConfig refuses. argparse prints the usage and one ``bnlab COMMAND: error: ...`` line.
 * 1, a problem found while running that the user can fix: a damaged or hostile file, data that
   do not fit, a run directory in use, a missing device. ``main`` is the one place that turns
   these (``bnlab.errors.UserError``, and the ``OSError``/``RuntimeError`` of the machine) into
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -36,16 +36,6 @@ Command = Callable[[argparse.Namespace], int]
 
 # ---- checked flag types, shared by every subcommand -------------------------------------------
 
-def _number(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected {what} (finite), got {text!r}")
-    return value
-
-
 def _integer(text: str, what: str) -> int:
     try:
         return int(text)
@@ -58,55 +48,6 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, "a positive number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, "a non-negative number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1): SGD momentum."""
-    value = _number(text, "a number in [0, 1)")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
-class IntRange:
-    """An integer in [low, limit]: a seed, a thread count."""
-
-    def __init__(self, limit: int, what: str = "an integer", low: int = 1) -> None:
-        self.low, self.limit, self.what = low, limit, what
-
-    def __call__(self, text: str) -> int:
-        value = _integer(text, self.what)
-        if not self.low <= value <= self.limit:
-            raise argparse.ArgumentTypeError(
-                f"expected {self.what} in [{self.low}, {self.limit}], got {text!r}")
-        return value
-
-
-class FloatAtMost:
-    """A positive finite number at most `limit`: a timeout."""
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-
-    def __call__(self, text: str) -> float:
-        value = positive_float(text)
-        if value > self.limit:
-            raise argparse.ArgumentTypeError(f"expected at most {self.limit:g}, got {text!r}")
-        return value
 
 
 def out_dir(text: str) -> str:
@@ -125,43 +66,6 @@ def out_file(text: str) -> str:
     if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file")
     return text
-
-
-def init_name(text: str) -> str:
-    """A weight initialization: xavier, default or gaussian-STD (STD positive and finite)."""
-    from bnlab.train.config import INITS, gaussian_std
-
-    if text in INITS[:2] or gaussian_std(text) is not None:
-        return text
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(INITS)} (STD a positive "
-                                     f"number, e.g. gaussian-0.01), got {text!r}")
-
-
-def existing_dir(text: str) -> str:
-    """A directory that exists (--data-dir): never a silent fall-back to another copy."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a directory name, got an empty one")
-    if not os.path.isdir(text):
-        what = "is not a directory" if os.path.exists(text) else "does not exist"
-        raise argparse.ArgumentTypeError(f"{text!r} {what}")
-    return text
-
-
-class NameOrFactory:
-    """A registry name or ``package.module:factory`` (the user's network or data, loaded at run
-    time: a missing module is a one-line error then, exit 1)."""
-
-    def __init__(self, names: Sequence[str], what: str = "network") -> None:
-        self.names, self.what = sorted(names), what
-
-    def __call__(self, text: str) -> str:
-        from bnlab.train.user_model import is_import_path
-
-        if text in self.names or is_import_path(text):
-            return text
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {', '.join(self.names)}, or "
-            f"package.module:factory for your own {self.what})")
 
 
 def dir_name(text: str) -> str:
@@ -202,13 +106,14 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace) -> int:
     from bnlab.studies.base import run_study
+    from bnlab.studies.options import StudyOptions
     from bnlab.studies.registry import get_study
 
-    study = get_study(args.name)
-    out = args.out or f"runs/study-{args.name}{'-quick' if args.quick else ''}"
-    run_study(study, out, quick=args.quick, seeds=args.seeds, analyze_only=args.analyze_only,
-              data_dir=args.data_dir, threads=args.threads, model=args.model,
-              dataset=args.dataset)
+    opts = StudyOptions.from_args(args)
+    out = opts.out_dir()
+    run_study(get_study(opts.name), out, quick=opts.quick, seeds=opts.seeds,
+              analyze_only=opts.analyze_only, data_dir=opts.data_dir, threads=opts.threads,
+              model=opts.model, dataset=opts.dataset)
     print(f"study written to {out}: figure.png, table.md, table.csv, verdict, study.json")
     return 0
 
@@ -229,10 +134,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from bnlab.train.evaluate import evaluate_run
+    from bnlab.train.evaluate import EvaluateOptions, evaluate_run
 
-    result = evaluate_run(args.run, precise_bn=args.precise_bn, dataset=args.dataset,
-                          data_dir=args.data_dir, model=args.model)
+    o = EvaluateOptions(**{k: getattr(args, k) for k in EvaluateOptions.__dataclass_fields__})
+    result = evaluate_run(o.run, precise_bn=o.precise_bn, dataset=o.dataset,
+                          data_dir=o.data_dir, model=o.model)
     print("\n".join(result.lines()))
     return 0
 
@@ -313,102 +219,25 @@ class Parser(argparse.ArgumentParser):
 def _study_description() -> str:
     from bnlab.studies.registry import STUDIES
 
-    return "Studies: " + "; ".join(f"{n}: {s.question}" for n, s in STUDIES.items())
+    return "Studies (seeds per arm): " + "; ".join(f"{n} ({s.seeds}): {s.question}"
+                                                   for n, s in STUDIES.items())
 
 
 def _run_flags() -> argparse.ArgumentParser:
-    """--data-dir and --threads: the flags of every subcommand that trains."""
-    from bnlab.train.config import MAX_THREADS
+    """--data-dir and --threads: the flags of every subcommand that trains (TrainConfig's)."""
+    from bnlab.settings import add_flags
+    from bnlab.train.config import TrainConfig
 
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--data-dir", type=existing_dir,
-                   help="directory holding the IDX files (default: found automatically, "
-                        "see `bnlab data info`)")
-    p.add_argument("--threads", type=IntRange(MAX_THREADS, "a positive integer"),
-                   help="torch CPU threads (default: torch's choice, all cores)")
+    add_flags(p, TrainConfig, ("data_dir", "threads"))
     return p
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from bnlab.data.registry import DATASETS
-    from bnlab.models import MODELS
-    from bnlab.norm.registry import norm_names
-    from bnlab.train.config import (
-        DEVICES,
-        INITS,
-        MAX_DIST_TIMEOUT,
-        MAX_SEED,
-        OPTIMIZERS,
-        TrainConfig,
-    )
-
-    d = TrainConfig()
-    p.add_argument("--config", dest="config_file", metavar="FILE",
-                   help="read settings from a JSON or YAML file (a run's config.json works); "
-                        "flags given here win over it (default: none)")
-    p.add_argument("--model", type=NameOrFactory(MODELS), default=d.model, metavar="MODEL",
-                   help=f"network: {', '.join(sorted(MODELS))}, or package.module:factory "
-                        f"for your own (a function returning an nn.Module, importable from "
-                        f"the current directory or PYTHONPATH) (default: %(default)s)")
-    p.add_argument("--norm", choices=norm_names(), default=d.norm,
-                   help="normalization layer (default: %(default)s)")
-    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), default=d.dataset,
-                   metavar="DATASET",
-                   help=f"dataset: {', '.join(sorted(DATASETS))}, or package.module:factory "
-                        f"returning your (train_data, test_data): tensors (x, y), Datasets or "
-                        f"DataLoaders (default: %(default)s)")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs,
-                   help="passes over the training set (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
-                   help="examples per step (default: %(default)s)")
-    p.add_argument("--lr", type=positive_float, default=d.lr,
-                   help="learning rate (default: %(default)s, the textbook's for LeNet-BN)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                   help="optimizer (default: %(default)s, plain SGD as the textbook)")
-    p.add_argument("--momentum", type=fraction, default=d.momentum,
-                   help="SGD momentum, in [0, 1) (default: %(default)s)")
-    p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
-                   help="L2 penalty (default: %(default)s)")
-    p.add_argument("--init", type=init_name, default=d.init, metavar="{" + ",".join(INITS) + "}",
-                   help="xavier: Xavier-uniform conv/linear weights as the textbook; default: "
-                        "PyTorch's own; gaussian-STD: weights ~ N(0, STD^2), biases 0 "
-                        "(default: %(default)s)")
-    p.add_argument("--seed", type=IntRange(MAX_SEED, "a seed", low=0), default=d.seed,
-                   help="seed of the initial weights and batch order (default: %(default)s)")
-    p.add_argument("--device", choices=DEVICES, default=d.device,
-                   help="auto picks cuda when available (default: %(default)s)")
-    p.add_argument("--normalize", action="store_true",  # per channel for colour images
-                   help="standardize the input pixels")
-    p.add_argument("--augment", action="store_true",
-                   help="random crop (padding 4) and horizontal flip of each training batch "
-                        "(the standard CIFAR augmentation)")
-    p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
-    p.add_argument("--limit-train", type=positive_int,
-                   help="use the first N training examples (default: all)")
-    p.add_argument("--limit-test", type=positive_int,
-                   help="use the first N test examples (default: all)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (default: bars on a terminal or in a notebook; "
-                        "BNLAB_PROGRESS=1 draws them into a pipe or file too)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard events (per-step loss and lr, per-epoch "
-                        "metrics, BatchNorm statistics histograms) into OUT/tensorboard")
-    p.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="keep BatchNorm and the sigmoid (and pooling) or ReLU after it as "
-                        "separate layers (by default they run fused where bnlab's fast kernels "
-                        "are available)")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="synchronize BatchNorm statistics across data-parallel ranks (run "
-                        "under torchrun --nproc_per_node=N -m bnlab train ...)")
-    p.add_argument("--dist-timeout", type=FloatAtMost(MAX_DIST_TIMEOUT),
-                   default=d.dist_timeout,
-                   help="seconds a rank waits on the others before failing (default: "
-                        "%(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from bnlab import __version__
-    from bnlab.train.config import DEVICES, MAX_SEED
+    from bnlab.settings import add_flags
+    from bnlab.studies.options import StudyOptions
+    from bnlab.train.config import TrainConfig
 
     parser = Parser(
         prog="bnlab",
@@ -428,23 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "table, curves.png and REPORT.md into --out, with the files of a study "
                        "(the `reproduce` study, one seed: table.md, verdict, study.json). "
                        "Finished runs are reused and interrupted ones resumed.")
-    p.add_argument("--epochs", type=positive_int, default=10,
-                   help="epochs per run (default: %(default)s, as the textbook)")
+    add_flags(p, TrainConfig, ("epochs", "seed", "device"))
     p.add_argument("--out", type=out_dir, default="runs/reproduce", help="output directory "
                    "(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="2 epochs on a 4096-example subset")
-    p.add_argument("--seed", type=IntRange(MAX_SEED, "a seed", low=0), default=0,
-                   help="seed (default: %(default)s)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="auto picks cuda when available (default: %(default)s)")
     p.set_defaults(func=_reproduce)
 
-    p = sub.add_parser("train", parents=[run_flags], help="train one model into a run directory",
+    p = sub.add_parser("train", help="train one model into a run directory",
                        description="Train one configuration; writes config.json, "
                        "metrics.jsonl, checkpoint.pt and DONE into --out. Under torchrun "
                        "it is data-parallel (gloo on CPU, NCCL on CUDA); rank 0 writes. One "
                        "process writes a run directory at a time.")
-    _add_train_flags(p)
+    p.add_argument("--config", dest="config_file", metavar="FILE",
+                   help="read settings from a JSON or YAML file (a run's config.json works); "
+                        "flags given here win over it (default: none)")
+    add_flags(p, TrainConfig)  # every setting's flag, generated from its declaration
     p.add_argument("--out", type=out_dir, required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.set_defaults(func=_train, parser=p)
@@ -480,29 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="build: recompile even if built")
     p.set_defaults(func=_kernels)
 
-    from bnlab.studies import STUDY_NAMES  # names only: the studies load when one runs
-
-    p = sub.add_parser("study", parents=[run_flags],
+    p = sub.add_parser("study",
                        help="run an experiment that answers a learner's question",
                        description="Train every arm of a study for several seeds (finished "
                        "runs are reused), then write figure.png, table.md/csv, verdict and "
                        "study.json.", describe=_study_description)
-    p.add_argument("name", choices=STUDY_NAMES, help="which study")
-    p.add_argument("--quick", action="store_true",
-                   help="one seed on small subsets: a smoke test, not evidence")
-    p.add_argument("--out", type=out_dir, help="output directory (default: runs/study-NAME)")
-    p.add_argument("--seeds", type=positive_int, help="seeds per arm (default: 3, quick: 1)")
-    p.add_argument("--analyze-only", action="store_true",
-                   help="rebuild figure, table and verdict from the saved runs; train nothing")
-    from bnlab.models import MODELS
-
-    p.add_argument("--model", type=NameOrFactory(MODELS), metavar="MODEL",
-                   help="run the arms on this network: a bnlab model or package.module:factory "
-                        "(arms that need the textbook's network are listed as not run) "
-                        "(default: each arm's own)")
-    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), metavar="DATASET",
-                   help="run the arms on this dataset: a bnlab dataset or package.module:"
-                        "factory returning (train_data, test_data) (default: each arm's own)")
+    add_flags(p, StudyOptions)  # (--data-dir and --threads: TrainConfig's, as above)
     p.set_defaults(func=_study)
 
     p = sub.add_parser("report", help="one HTML page (and Markdown) from study directories",
@@ -534,19 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "averages and, with --precise-bn N, with BatchNorm statistics "
                        "re-estimated over N training examples (PreciseBN). Reads the run "
                        "directory only.")
-    p.add_argument("run", metavar="RUN_DIR", help="a run directory (bnlab train)")
-    p.add_argument("--precise-bn", type=IntRange(10**9, "a number of examples", low=0),
-                   default=0, metavar="N",
-                   help="also evaluate with statistics re-estimated over N training examples "
-                        "(0: off)")
-    p.add_argument("--dataset", type=NameOrFactory(DATASETS, "data"), metavar="DATASET",
-                   help="evaluate on this dataset instead (same image shape; "
-                        "package.module:factory for your own) (default: the run's)")
-    p.add_argument("--data-dir", type=existing_dir,
-                   help="directory holding the dataset's files (default: found automatically)")
-    p.add_argument("--model", metavar="MODULE:FACTORY",
-                   help="the factory of a run of your own network (bnlab does not import code "
-                        "a run directory names) (default: none)")
+    from bnlab.train.evaluate import EvaluateOptions
+
+    add_flags(p, EvaluateOptions)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("demo", help="compare bnlab's BatchNorm with torch.nn's on LeNet shapes",

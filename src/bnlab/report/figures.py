@@ -36,7 +36,8 @@ def save(fig: Figure, path: str | Path, title: str = "") -> Path:
         fig.suptitle(title)
     path = Path(path)
     FigureCanvasAgg(fig)  # draws with Agg whatever backend the user chose for their screen
-    fig.savefig(path, dpi=110)
+    # the title also as the PNG's Title text: what a test (or a reader's tool) can check
+    fig.savefig(path, dpi=110, metadata={"Title": title} if title else None)
     return path
 
 

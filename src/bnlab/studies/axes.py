@@ -27,7 +27,6 @@ from bnlab.studies.stats import Comparison, holm
 from bnlab.studies.wording import disagreement, fair_word
 from bnlab.train import TrainConfig
 
-SEEDS = 5
 BASELINE = "bnlab"
 NORMS = {"none": "no norm", "bnlab": "BN (per channel)",
          "per-activation": "BN (per activation)", "layer": "LayerNorm", "group": "GroupNorm",
@@ -115,7 +114,7 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 
 STUDY = Study(
-    "axes", "Which axes should be averaged over?", arms, analyze, seeds=SEEDS,
+    "axes", "Which axes should be averaged over?", arms, analyze,
     needs="its analysis compares every member of the norm family on LeNet-BN",
     setup="LeNet-BN on Fashion-MNIST (the first 30k training examples, the 10k test set), "
     "batch 256, plain SGD at lr 1.0, 4 epochs, 5 seeds (seed s of every arm sees the same "

@@ -25,6 +25,7 @@ from typing import Any
 
 from bnlab.errors import UserError
 from bnlab.provenance import provenance
+from bnlab.studies.options import QUICK_SEEDS, STUDY_SEEDS
 from bnlab.studies.stats import (
     FAILED_ACCURACY,
     Comparison,
@@ -37,11 +38,12 @@ from bnlab.studies.stats import (
 )
 from bnlab.studies.subject import Subject
 from bnlab.train import Run, TrainConfig, train
+from bnlab.train.config import CUSTOM
 from bnlab.train.epoch import Probe
 from bnlab.train.progress import Progress
 
 __all__ = ["Arm", "ArmResult", "Findings", "Study", "accuracy_comparisons", "accuracy_text",
-           "compare_arms", "run_study", "summarize"]
+           "compare_arms", "ran_on", "run_study", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,22 @@ class ArmResult:
         return True
 
 
+def _network(config: TrainConfig) -> str:
+    """A run's network as its config names it: a registry name, an import path, or (a network
+    object passed to ``train``) its class."""
+    info = config.model_info or {}
+    return str(info.get("class") or config.model) if config.model == CUSTOM else config.model
+
+
+def ran_on(results: Sequence[ArmResult]) -> str:
+    """What the runs trained, read from their own configs: "lenet-bn on fashion-mnist",
+    "mymod:net on mymod:data" (figure titles and study.json say what ran, not the design)."""
+    configs = [run.config for r in results for run in r.runs]
+    models = dict.fromkeys(_network(c) for c in configs)
+    data = dict.fromkeys(c.dataset for c in configs)
+    return f"{', '.join(models) or 'nothing'} on {', '.join(data) or 'no data'}"
+
+
 def compare_arms(a: ArmResult, b: ArmResult, key: str, label: str, *,
                  higher_is_better: bool = True) -> Comparison:
     """`b` against `a` on the final `key`, paired when they share seeds and batches. The
@@ -159,7 +177,7 @@ class Study:
     question: str
     arms: Callable[[bool], list[Arm]]  # quick -> arms
     analyze: Callable[[list[ArmResult]], Findings]
-    seeds: int = 3
+    seeds: int = STUDY_SEEDS  # per arm (``bnlab.studies.options``: the one default)
     # Why none of its arms runs on a user's network (None: each arm says, ``Arm.needs``).
     needs: str | None = None
     # For docs/studies.md (``bnlab.report.studies_doc``): the design in prose (what is
@@ -292,8 +310,10 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     """
     out = Path(out)
     started = time.perf_counter()
-    n_seeds = seeds or (1 if quick else study.seeds)
     subject = Subject(model, dataset)
+    if analyze_only:  # the saved study's subject, mode and seeds, unless given again
+        subject, quick, seeds = _recorded(out, subject, quick, seeds)
+    n_seeds = seeds or (QUICK_SEEDS if quick else study.seeds)
     arms = study.arms(quick)
     skip = _skip(study, arms, subject)
     results = []
@@ -330,8 +350,11 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     if skip:
         findings.rows, note = _not_run(findings.rows, arms, skip, subject)
         findings.verdict = f"{findings.verdict} {note}"
+    ran = _ran(results, quick, n_seeds)
     mark = ("[quick mode: a small subset, not evidence] " if quick else
             f"[{n_seeds} seed: no difference can be tested] " if n_seeds < 2 else "")
+    if not subject.default:  # the verdict names what it rests on
+        mark += f"[ran on {ran['on']}] "
     if mark:  # on every computed sentence that may be quoted alone
         findings.verdict, findings.headline = mark + findings.verdict, mark + findings.headline
         findings.literature = mark + findings.literature if findings.literature else ""
@@ -341,12 +364,12 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     runs = [run for r in results for run in r.runs]
     (out / "study.json").write_text(json.dumps(_finite({
         "name": study.name, "question": study.question, "quick": quick, "seeds": n_seeds,
-        **({} if subject.default else {"subject": subject.record(), "not_run": skip}),
+        "subject": subject.record(), "not_run": skip, "ran": ran,
         "provenance": {"analysis": provenance(threads), "runs": _run_versions(runs)},
         "wall_time": {"training": sum(_wall(run) for run in runs),
                       "this_call": time.perf_counter() - started},
         "headline": findings.headline, "literature": findings.literature,
-        "setup": study.setup, "caveats": study.caveats,
+        "setup": _setup(study, ran, n_seeds), "caveats": study.caveats,
         "comparisons": [c.record() for c in findings.comparisons],
         "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
                   "runs": [str(run.path.relative_to(out)) for run in r.runs],
@@ -354,6 +377,45 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     }), indent=2, allow_nan=False) + "\n")
     log(f"[{study.name}] {findings.verdict}")
     return findings
+
+
+def _ran(results: Sequence[ArmResult], quick: bool, n_seeds: int) -> dict[str, Any]:
+    """What this call trained (or read): network and data, arms and seeds, from the runs."""
+    return {"on": ran_on(results), "arms": [r.arm.name for r in results], "seeds": n_seeds,
+            "quick": quick}
+
+
+def _setup(study: Study, ran: dict[str, Any], n_seeds: int) -> str:
+    """The study's design; where this call ran less or something else, it says so first."""
+    arms = len(study.arms(False))
+    if not ran["quick"] and n_seeds == study.seeds and len(ran["arms"]) == arms \
+            and not study.setup.startswith("["):
+        return study.setup
+    return (f"[This call ran {ran['on']}: {len(ran['arms'])} of the design's {arms} arms, "
+            f"{n_seeds} seed{'s' if n_seeds != 1 else ''} each"
+            f"{', quick mode' if ran['quick'] else ''}. The full design:] {study.setup}")
+
+
+def _recorded(out: Path, subject: Subject, quick: bool,
+              seeds: int | None) -> tuple[Subject, bool, int | None]:
+    """--analyze-only: the subject (a name or import path), quick mode and seeds that the
+    saved study.json records, where the call does not give them. (The recorded subject is
+    never imported: whether its factory takes `norm` is read from the record too.)"""
+    from bnlab.files import read_json
+
+    path = out / "study.json"
+    if not path.is_file():
+        return subject, quick, seeds
+    saved = read_json(path, "train the study again (without --analyze-only)")
+    record = saved.get("subject") if isinstance(saved.get("subject"), dict) else {}
+    if subject.default:
+        subject = Subject.from_record(record)
+    elif subject.dataset is None:  # a network given again: the recorded data with it
+        subject = Subject(subject.model, Subject.from_record(record).dataset)
+    ran = saved.get("ran") if isinstance(saved.get("ran"), dict) else {}
+    count = ran.get("seeds", saved.get("seeds"))
+    usable = isinstance(count, int) and not isinstance(count, bool) and count > 0
+    return subject, quick or saved.get("quick") is True, seeds or (count if usable else None)
 
 
 def same_family(comparisons: Sequence[Comparison]) -> bool:

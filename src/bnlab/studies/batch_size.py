@@ -41,6 +41,7 @@ from bnlab.studies.base import (
     Study,
     accuracy_comparisons,
     accuracy_text,
+    ran_on,
     summarize,
 )
 from bnlab.studies.stats import Comparison, compare, holm
@@ -51,7 +52,6 @@ NORMS = {"bnlab": "BN", "renorm-fixed": "Batch Renorm", "group": "GroupNorm",
 GHOST = "ghost"
 BATCHES = (2, 8, 32, 128)
 EXAMPLES = 6144  # N: equal epochs' training examples; equal steps: S = N / reference batch
-SEEDS = 5
 CONTROLS = {"epochs": "equal epochs", "steps": "equal steps"}
 
 
@@ -141,7 +141,7 @@ def analyze(results: list[ArmResult]) -> Findings:
     n_seeds = max(len(r.runs) for r in results)
 
     def plot(path: Path) -> None:
-        _plot(by, ran, batches, path, n_seeds)
+        _plot(by, ran, batches, path, n_seeds, ran_on(results))
 
     return Findings(rows, verdict, plot, flat, headline, literature)
 
@@ -251,7 +251,7 @@ def _literature(survives: dict[str, dict[str, bool]], small: int, testable: bool
 
 
 def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: list[int],
-          path: Path, n_seeds: int) -> None:
+          path: Path, n_seeds: int, subject: str) -> None:
     fig, axes = new_figure(1, 2, figsize=(11, 4.0))
     ref = batches[-1]
     for ax, control in zip(axes, CONTROLS, strict=True):
@@ -274,7 +274,8 @@ def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: li
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
-    save(fig, path, f"Small batches: BN and its remedies (mean +- sample std, {seeds})")
+    save(fig, path, f"Small batches: BN and its remedies, {subject} (mean +- sample std, "
+                    f"{seeds})")
 
 
 SETUP = (
@@ -300,4 +301,4 @@ CAVEATS = (
     "one dataset.")
 
 STUDY = Study("batch-size", "What happens to BN with small batches?", arms, analyze,
-              seeds=SEEDS, setup=SETUP, caveats=CAVEATS)
+              setup=SETUP, caveats=CAVEATS)

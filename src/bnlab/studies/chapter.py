@@ -27,8 +27,6 @@ from bnlab.studies.stats import Comparison, holm, p_is
 from bnlab.studies.wording import fair_word, signed
 from bnlab.train import TrainConfig
 
-SEEDS = 5
-
 
 def arms(quick: bool) -> list[Arm]:
     lenet = TrainConfig(model="lenet-bn", epochs=1 if quick else 5,
@@ -111,7 +109,7 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 
 STUDY = Study(
-    "chapter", "Does BN help each of the chapter's networks?", arms, analyze, seeds=SEEDS,
+    "chapter", "Does BN help each of the chapter's networks?", arms, analyze,
     needs="it compares the chapter's networks themselves",
     setup="LeNet without BN (the LeNet chapter's: lr 0.9) against LeNet-BN with bnlab's and "
     "with torch's BatchNorm (the BN chapter's recipe: lr 1.0), 5 epochs, batch 256, plain "

@@ -58,7 +58,6 @@ from bnlab.train import TrainConfig
 PERCENTILES = (0.15, 0.5, 0.85)
 LABELS = {"none": "without BN", "bnlab": "with BN", "noisy-bn": "noisy BN"}
 POOL = 10_000  # training images the noise floor's second batch is drawn from
-SEEDS = 5
 
 
 class UnitInputProbe:
@@ -318,7 +317,7 @@ def _plot(results: list[ArmResult], path: Path) -> None:
 
 STUDY = Study(
     "ics", "Does BN reduce internal covariate shift, and is that why it helps (Ioffe & "
-    "Szegedy's Figure 1 vs Santurkar et al.'s noisy BN)?", arms, analyze, seeds=SEEDS,
+    "Szegedy's Figure 1 vs Santurkar et al.'s noisy BN)?", arms, analyze,
     needs="it trains Ioffe & Szegedy's own sigmoid network and probes its units",
     setup=("Ioffe & Szegedy's network: three fully connected sigmoid layers of 100 units "
            "(mlp3), weights N(0, 0.01^2) and zero biases (init gaussian-0.01), plain SGD at lr "

@@ -35,8 +35,6 @@ from bnlab.studies.stats import Comparison, Summary, compare, fmt, holm, summary
 from bnlab.train import TrainConfig, evaluate
 from bnlab.train.evaluate import precise_accuracy
 
-SEEDS = 5
-
 
 def arms(quick: bool) -> list[Arm]:
     config = TrainConfig(model="lenet-bn", norm="bnlab", lr=1.0, epochs=1 if quick else 5,
@@ -202,7 +200,7 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 STUDY = Study(
     "inference-stats", "Why running averages at inference, and what is wrong with them?", arms,
-    analyze, seeds=SEEDS, needs="it re-estimates the statistics of LeNet-BN's layers",
+    analyze, needs="it re-estimates the statistics of LeNet-BN's layers",
     setup="LeNet-BN (bnlab's BN) on Fashion-MNIST (60k train, 10k test), batch 256, plain SGD "
     "at lr 1.0, 5 epochs, 5 seeds. Each seed's trained model is evaluated on the test set with "
     "different statistics in its BN layers: the EMA it trained with (momentum 0.1); the EMA "

@@ -38,7 +38,6 @@ LRS = (0.02, 0.1, 0.5)
 LABELS = {"none": "without BN", "bnlab": "with BN"}
 MEASURES = {"loss_range": "loss range", "grad_change": "gradient change",
             "beta": "beta-smoothness"}
-SEEDS = 5
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -251,7 +250,7 @@ def _plot(by: dict[str, ArmResult], lrs: list[float], path: Path) -> None:
 
 STUDY = Study(
     "landscape", "Does BN make the loss landscape smoother (Santurkar et al.)?", arms, analyze,
-    seeds=SEEDS, needs="its analysis pairs BN and no-BN runs of bnlab's deep MLP step by step",
+    needs="its analysis pairs BN and no-BN runs of bnlab's deep MLP step by step",
     setup=("A deep ReLU MLP on Fashion-MNIST (784 -> six hidden layers of 128 -> 10, about "
            "185k weights; with BN, a BatchNorm before each hidden ReLU), Xavier init, plain "
            "SGD, batch 128, 2 epochs, at three learning rates (0.02, 0.1, 0.5), 5 seeds. Every "

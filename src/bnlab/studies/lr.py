@@ -56,6 +56,7 @@ from bnlab.studies.base import (
     accuracy_comparisons,
     accuracy_text,
     compare_arms,
+    ran_on,
     summarize,
 )
 from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, holm, p_is
@@ -63,7 +64,6 @@ from bnlab.train import TrainConfig
 
 LRS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 NORMS = {"none": "no BN", "bnlab": "BN"}
-SEEDS = 5
 CHANCE_LOSS = math.log(10)
 DIVERGED_MARGIN = 0.5  # final loss above ln 10 + this: blown up
 PLATEAU_MARGIN = 0.1  # final loss within this of ln 10 (and accuracy at chance): stuck
@@ -176,7 +176,7 @@ def analyze(results: list[ArmResult]) -> Findings:
     headline, literature = _summary(usable, ran, swept, t, both)
 
     def plot(path: Path) -> None:
-        _plot(rows, ran, path, n_seeds)
+        _plot(rows, ran, path, n_seeds, ran_on(results))
 
     return Findings(rows, verdict, plot, tested, headline, literature)
 
@@ -300,7 +300,8 @@ def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
     return headline, literature
 
 
-def _plot(rows: list[dict[str, Any]], ran: list[str], path: Path, n_seeds: int) -> None:
+def _plot(rows: list[dict[str, Any]], ran: list[str], path: Path, n_seeds: int,
+          subject: str) -> None:
     fig, axes = new_figure(1, 2, figsize=(11, 4.0))
     for norm in ran:
         pts = [r for r in rows if r["norm"] == norm]
@@ -315,7 +316,7 @@ def _plot(rows: list[dict[str, Any]], ran: list[str], path: Path, n_seeds: int) 
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    save(fig, path, f"LeNet on Fashion-MNIST: learning-rate sweep (mean +- sample std, "
+    save(fig, path, f"{subject}: learning-rate sweep (mean +- sample std, "
                     f"{n_seeds} seed{'s' if n_seeds != 1 else ''})")
 
 
@@ -341,5 +342,5 @@ CAVEATS = (
     "that resolution. One network, one dataset, plain SGD without momentum or schedule; the "
     "thresholds for diverged and stuck are fixed in advance, not fitted.")
 
-STUDY = Study("lr", "Why can the learning rate go up with BN?", arms, analyze, seeds=SEEDS,
+STUDY = Study("lr", "Why can the learning rate go up with BN?", arms, analyze,
               setup=SETUP, caveats=CAVEATS)

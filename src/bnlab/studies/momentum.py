@@ -48,7 +48,6 @@ from bnlab.studies.base import (
 from bnlab.studies.stats import Comparison, compare, holm, summary
 from bnlab.train import TrainConfig
 
-SEEDS = 5
 MOMENTA = (0.01, 0.03, 0.1, 0.3, 0.9)
 REFERENCE = 0.1
 
@@ -269,5 +268,5 @@ CAVEATS = (
 
 STUDY = Study("momentum", "How does BN's running-average momentum change the test accuracy, "
               "and does it explain the textbook's epoch-to-epoch swings?", arms, analyze,
-              seeds=SEEDS, needs="it sets the momentum of LeNet-BN's BN layers",
+              needs="it sets the momentum of LeNet-BN's BN layers",
               setup=SETUP, caveats=CAVEATS)

@@ -41,7 +41,6 @@ from bnlab.studies.base import (
 from bnlab.studies.stats import Comparison, holm
 from bnlab.train import TrainConfig
 
-SEEDS = 5
 BIAS_ROW = "bias before BN removed (measurement on LeNet-BN, not a training arm)"
 
 
@@ -217,5 +216,5 @@ CAVEATS = (
     "rounding).")
 
 STUDY = Study("placement", "Does BN go before or after the activation? Is the bias before it "
-              "needed?", arms, analyze, seeds=SEEDS, setup=SETUP, caveats=CAVEATS,
+              "needed?", arms, analyze, setup=SETUP, caveats=CAVEATS,
               needs="it moves BN inside the textbook's sigmoid LeNet")

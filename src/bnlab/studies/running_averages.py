@@ -55,7 +55,6 @@ from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, holm, summ
 from bnlab.studies.wording import fair_word
 from bnlab.train import TrainConfig
 
-SEEDS = 5
 LRS = (0.1, 1.0)
 RUNNING_MOMENTA = (0.01, 0.1, 0.5)
 DEFAULT_MOMENTUM = 0.1
@@ -436,6 +435,6 @@ CAVEATS = (
 
 STUDY = Study("train-with-running-averages", "Why not normalize with the moving averages "
               "during training? What breaks, when, and is it the stale statistics or the "
-              "missing gradient?", arms, analyze, seeds=SEEDS,
+              "missing gradient?", arms, analyze,
               needs="it swaps LeNet-BN's norm layers for BatchNorm variants",
               setup=SETUP, caveats=CAVEATS)

@@ -21,6 +21,7 @@ from torch import nn
 
 from bnlab.errors import UserError
 from bnlab.models import MODELS
+from bnlab.settings import problem
 from bnlab.train import TrainConfig
 from bnlab.train.user_model import load_factory, takes_norm
 
@@ -36,6 +37,9 @@ class Subject:
 
     model: str | Callable[..., nn.Module] | None = None
     dataset: str | tuple[Any, Any] | None = None
+    # Whether the factory takes `norm`, as a study.json recorded it (``from_record``): a file
+    # never makes bnlab import the module it names.
+    recorded_takes_norm: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, nn.Module):
@@ -43,6 +47,8 @@ class Subject:
                             "builds the network (or package.module:factory), not a built one")
         if isinstance(self.model, str) and self.model in MODELS:
             self.takes_norm = True  # bnlab's models all take norm=
+        elif isinstance(self.model, str) and self.recorded_takes_norm is not None:
+            self.takes_norm = self.recorded_takes_norm
         elif isinstance(self.model, str):
             self.takes_norm = takes_norm(load_factory(self.model))
         else:
@@ -91,7 +97,25 @@ class Subject:
         return kw
 
     def record(self) -> dict[str, Any]:
-        """What study.json says the arms ran on."""
+        """What study.json says the arms ran on; ``model_arg``/``dataset_arg``: the names or
+        import paths given (None: bnlab's own, or Python objects), which ``--analyze-only``
+        reads back (``from_record``)."""
         data = self.dataset if isinstance(self.dataset, str) or self.dataset is None else \
             "custom (see each run's config.json)"
-        return {"model": self.name, "dataset": data}
+        return {"model": self.name, "dataset": data,
+                "model_arg": self.model if isinstance(self.model, str) else None,
+                "dataset_arg": self.dataset if isinstance(self.dataset, str) else None,
+                "takes_norm": self.takes_norm}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Subject:
+        """The subject a study.json recorded (``record``); objects cannot be rebuilt from a
+        file, so a study of Python objects is analyzed again with them passed again."""
+        def arg(key: str) -> str | None:  # a name or import path, as a flag would take it
+            value = record.get(key)
+            return value if isinstance(value, str) and not problem(
+                TrainConfig, key.removesuffix("_arg"), value) else None
+
+        norm = record.get("takes_norm")
+        return cls(arg("model_arg"), arg("dataset_arg"),
+                   norm if isinstance(norm, bool) else False)

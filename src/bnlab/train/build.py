@@ -39,7 +39,7 @@ from bnlab.norm.lazy import copy_module
 from bnlab.norm.registry import Norm
 from bnlab.norm.renormalize import is_norm_layer
 from bnlab.norm.textbook import TextbookBatchNorm
-from bnlab.train.config import CUMULATIVE, TrainConfig, gaussian_std
+from bnlab.train.config import TrainConfig, gaussian_std, layer_momentum
 
 __all__ = ["PRESET_INIT", "copy_back", "initialize", "lr_factor", "make_model",
            "make_optimizer", "norm_settings", "set_lr"]
@@ -52,7 +52,7 @@ def norm_settings(config: TrainConfig) -> dict[str, float | None]:
     """The BatchNorm constructor arguments a run sets (torch's meaning of momentum)."""
     out: dict[str, float | None] = {}
     if config.bn_momentum is not None:
-        out["momentum"] = None if config.bn_momentum == CUMULATIVE else float(config.bn_momentum)
+        out["momentum"] = layer_momentum(config.bn_momentum)
     if config.bn_eps is not None:
         out["eps"] = config.bn_eps
     return out

@@ -19,11 +19,13 @@ from bnlab.data import BatchLoader
 from bnlab.errors import UserError
 from bnlab.norm.base import tracked_batch_norms
 from bnlab.norm.precise import precise_bn
+from bnlab.settings import like, setting, validate
+from bnlab.train.config import TrainConfig
 from bnlab.train.progress import Progress
 from bnlab.train.user_model import is_import_path
 from bnlab.user_code import user_code
 
-__all__ = ["PRECISE_EPOCH", "Evaluation", "evaluate", "evaluate_loss", "evaluate_run",
+__all__ = ["PRECISE_EPOCH", "EvaluateOptions", "Evaluation", "evaluate", "evaluate_loss", "evaluate_run",
            "precise_accuracy"]
 
 # The epoch whose batch order PreciseBN re-estimation uses: one no run reaches.
@@ -86,6 +88,33 @@ def precise_accuracy(model: nn.Module, train: BatchLoader, test: BatchLoader,
     training examples: the accuracy the weights deserve, free of the running averages' lag.
     The model, its buffers and the global RNG are left as they were."""
     return evaluate(_precise_copy(model, train, examples), test)
+
+
+def _check_factory(path: str) -> str | None:
+    return None if is_import_path(path) else "must be package.module:factory"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """One ``bnlab evaluate`` command; its flags are generated from these declarations
+    (``bnlab.settings``), the shared ones stated once in ``TrainConfig``."""
+
+    run: str = setting("", "a run directory (bnlab train)", positional=True,
+                       metavar="RUN_DIR")
+    precise_bn: int = like(TrainConfig, "precise_bn", help="also evaluate with BatchNorm "
+                           "statistics re-estimated over N training examples (PreciseBN; 0: "
+                           "off)")
+    dataset: str | None = like(TrainConfig, "dataset", None, help="evaluate on this dataset "
+                               "instead (the same image shape; package.module:factory for "
+                               "your own data)", unset="the run's")
+    data_dir: str | None = like(TrainConfig, "data_dir")
+    model: str | None = setting(None, "the factory of a run of your own network, "
+                                "package.module:factory (bnlab does not import code that a "
+                                "run directory names)", metavar="MODULE:FACTORY",
+                                check=_check_factory, unset="none: bnlab's own models")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,76 @@
+"""The options of ``bnlab study``, stated once: the flags, their defaults and the checks.
+
+``StudyOptions`` is to ``bnlab study`` what ``TrainConfig`` is to ``bnlab train``: the
+command's parser is generated from it (``bnlab.settings.add_flags``) and ``run_study`` takes
+its fields. ``STUDY_SEEDS`` is the one number of seeds per arm that a study runs unless it
+says otherwise (``Study.seeds``); ``--quick`` runs one.
+
+This module imports no study, so that ``bnlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from bnlab.settings import like, setting, validate
+from bnlab.studies import STUDY_NAMES
+from bnlab.train.config import MAX_COUNT, TrainConfig
+
+__all__ = ["QUICK_SEEDS", "STUDY_SEEDS", "StudyOptions"]
+
+STUDY_SEEDS = 5  # seeds per arm: enough for a paired test over seeds (``studies.stats``)
+QUICK_SEEDS = 1  # --quick: a smoke test, not evidence
+
+def _out_dir(text: str) -> str:
+    """--out: a non-empty name that is not an existing file (as every command's --out)."""
+    if not text.strip():
+        raise ValueError("expected a directory name, got an empty one")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(f"{text!r} is a file, not a directory")
+    return text
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """One ``bnlab study`` command: which study, on what, how many seeds, where."""
+
+    name: str = setting("lr", "which study", choices=STUDY_NAMES, positional=True)
+    quick: bool = setting(False, f"{QUICK_SEEDS} seed on small subsets: a smoke test, not "
+                          f"evidence")
+    out: str | None = setting(None, "output directory", parse=_out_dir, metavar="OUT",
+                              unset="runs/study-NAME, runs/study-NAME-quick with --quick",
+                              bad=("", " "))
+    seeds: int | None = setting(None, "seeds per arm", low=1, high=MAX_COUNT,
+                                unset=f"the study's own, {STUDY_SEEDS} unless the study list "
+                                f"below says otherwise; {QUICK_SEEDS} with --quick")
+    analyze_only: bool = setting(False, "rebuild figure, table and verdict from the saved "
+                                 "runs; train nothing")
+    model: str | None = like(
+        TrainConfig, "model", None, help="run the arms on this network: a bnlab model or "
+        "package.module:factory (arms that need the textbook's network are listed as not run)",
+        unset="each arm's own")
+    dataset: str | None = like(
+        TrainConfig, "dataset", None, help="run the arms on this dataset: a bnlab dataset or "
+        "package.module:factory returning (train_data, test_data)", unset="each arm's own")
+    # Settings of every arm's runs that do not change what a study measures: TrainConfig's.
+    data_dir: str | None = like(TrainConfig, "data_dir")
+    threads: int | None = like(TrainConfig, "threads")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def seeds_for(self, study_seeds: int) -> int:
+        """How many seeds run: --seeds, else one with --quick, else the study's own."""
+        return self.seeds or (QUICK_SEEDS if self.quick else study_seeds)
+
+    def out_dir(self) -> str:
+        return self.out or f"runs/study-{self.name}{'-quick' if self.quick else ''}"
+
+    @classmethod
+    def from_args(cls, args: Any) -> StudyOptions:
+        """The options in an argparse namespace (other attributes, other commands' flags,
+        are left alone)."""
+        return cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__ if hasattr(args, k)})
+
