@@ -44,7 +44,7 @@ def test_every_field_has_a_flag_or_is_internal():
         assert train[name].option_strings == [flag_of(TrainConfig, name)]
     # ... and every flag of `train` is a field, but for the command's own
     assert set(train) - {f.name for f in fields(TrainConfig)} == {
-        "help", "config_file", "out", "resume"}
+        "help", "config_file", "out", "resume", "debug"}
     assert {f.name for f in fields(StudyOptions)} <= set(_flags(_sub("study")))
 
 

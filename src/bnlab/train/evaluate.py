@@ -25,7 +25,8 @@ from bnlab.train.progress import Progress
 from bnlab.train.user_model import is_import_path
 from bnlab.user_code import user_code
 
-__all__ = ["PRECISE_EPOCH", "EvaluateOptions", "Evaluation", "evaluate", "evaluate_loss", "evaluate_run",
+__all__ = ["PRECISE_EPOCH", "EvaluateOptions", "Evaluation", "evaluate", "evaluate_loss",
+           "evaluate_run",
            "precise_accuracy"]
 
 # The epoch whose batch order PreciseBN re-estimation uses: one no run reaches.
