@@ -21,10 +21,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import logging
 import os
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,11 +84,31 @@ def check_exportable(model: nn.Module) -> None:
         norm_onnx.check_training(module, name or "<model>")
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters' chatter off (deprecations, skipped torchvision operators): the result is
+    checked against PyTorch in onnxruntime instead."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def onnx_bytes(model: nn.Module, example: Tensor, *, dynamo: bool = True,
                opset: int = OPSET) -> bytes:
     """`model` (in the mode it is in) as a serialized ONNX model whose input ``input`` and
     output ``output`` have a dynamic batch dimension."""
     check_exportable(model)
+    with _quiet():
+        return _export(model, example, dynamo, opset)
+
+
+def _export(model: nn.Module, example: Tensor, dynamo: bool, opset: int) -> bytes:
     if dynamo:
         batch = torch.export.Dim("batch", min=1)
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,

@@ -18,8 +18,8 @@ The rule (``select``)::
     under torch.func transforms or forward-mode AD, a call that would go to the reference or
     the kernels goes to aten, which has their rules (vmap batching, jvp).
     during ONNX export (either exporter)      -> aten        torch.batch_norm becomes ONNX's
-                                   BatchNormalization; in training, without the running update
-                                   (an ONNX graph keeps no state; see bnlab.norm.onnx)
+                                   BatchNormalization; in training, its running update goes to
+                                   scratch buffers (an ONNX graph keeps no state; bnlab.norm.onnx)
 
 ``forced(name)`` pins one backend for a block (guarded calls stay on the reference);
 ``BNLAB_FAST=0`` switches the kernels off, ``BNLAB_FAST=1`` makes their absence an error.
@@ -114,7 +114,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     """Run one checked call on the backend ``select`` picks."""
     if training and onnx.exporting():
         # An ONNX graph keeps no state: the batch statistics are exported, the update is not.
-        running_mean = running_var = skipped = None
+        running_mean, running_var = onnx.scratch_statistics(input)
+        skipped = None
     name = select(input, skipped is not None)
     if name == "kernels":
         y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,

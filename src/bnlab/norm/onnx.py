@@ -14,9 +14,10 @@ domain, no ``bnlab::`` operator. Two paths lead there:
 
 Eval mode is BatchNormalization with the running statistics (``y = gamma * (x - mean) /
 sqrt(var + eps) + beta``). Training mode normalizes with the batch's statistics, which ONNX
-expresses (``training_mode=1``, or ReduceMean nodes); the running update is state, which an
-ONNX graph does not keep, so the export leaves it out (``bnlab.norm.backends``) and the model
-exported is the function it computes on a batch. A variant whose training forward is more
+expresses (``BatchNormalization`` with ``training_mode=1``, or ReduceMean nodes); the running
+update is state, which an ONNX graph does not keep, so under export it goes to scratch buffers
+(``scratch_statistics``): the exported graph is the function the layer computes on a batch,
+and exporting leaves the model's buffers as they were. A variant whose training forward is more
 than that (noise, ghost batches, renorm corrections, statistics from other processes) is
 refused by ``check_training(layer)``: one line naming the layer, the reason, and the fix,
 ``model.eval()``. In eval mode every variant is BatchNorm with fixed statistics and exports.
@@ -27,9 +28,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["OPSET", "check_training", "exporting", "register", "training_refusal"]
+__all__ = ["OPSET", "check_training", "exporting", "register", "scratch_statistics",
+           "training_refusal"]
 
 OPSET = 14  # the first opset whose BatchNormalization has training_mode (and the symbolic's)
 
@@ -59,6 +61,19 @@ def exporting() -> bool:
     if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return False  # the cheap test first: this runs on every BatchNorm call
     return torch.onnx.is_in_onnx_export()
+
+
+def scratch_statistics(x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """The running buffers to hand a training-mode call under export, so that its update lands
+    nowhere: none for the torch.export-based exporter (which then computes the statistics
+    with ReduceMean; given buffers, it would normalize with them instead), new ones (mean 0,
+    variance 1) for the TorchScript-based one (which, given none, needs a fixed batch size).
+    (C,) each."""
+    if torch.compiler.is_compiling():
+        return None, None
+    c = x.shape[1]
+    return (torch.zeros(c, dtype=x.dtype, device=x.device),
+            torch.ones(c, dtype=x.dtype, device=x.device))
 
 
 def training_refusal(layer: nn.Module) -> str | None:
