@@ -61,14 +61,17 @@ try:  # the two exporters' own flags: read per BatchNorm call, so read directly 
     from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _TORCHSCRIPT
 
     def exporting() -> bool:
-        """Whether ``torch.onnx.export`` (either exporter) is running now."""
+        """Whether ``torch.onnx.export`` (either exporter) is running now. (Never while
+        TorchDynamo traces: torch.compile does, and torch.onnx's exporter traces non-strict.)"""
+        if torch.compiler.is_dynamo_compiling():
+            return False
         return _TORCHSCRIPT.in_onnx_export or _dynamo_flags._is_onnx_exporting
 
 except ImportError:  # another torch: its public test (which imports both modules every call)
 
     def exporting() -> bool:
         """Whether ``torch.onnx.export`` (either exporter) is running now."""
-        return torch.onnx.is_in_onnx_export()
+        return not torch.compiler.is_dynamo_compiling() and torch.onnx.is_in_onnx_export()
 
 
 def scratch_statistics(x: Tensor) -> tuple[Tensor | None, Tensor | None]:
