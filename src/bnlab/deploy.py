@@ -105,7 +105,12 @@ def onnx_bytes(model: nn.Module, example: Tensor, *, dynamo: bool = True,
     output ``output`` have a dynamic batch dimension."""
     check_exportable(model)
     with _quiet():
-        return _export(model, example, dynamo, opset)
+        try:
+            return _export(model, example, dynamo, opset)
+        except Exception as e:  # the exporters' errors run to pages: their first line
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise RuntimeError(f"torch.onnx.export ({'dynamo' if dynamo else 'torchscript'}) "
+                               f"failed: {type(e).__name__}: {lines[0] if lines else ''}") from e
 
 
 def _export(model: nn.Module, example: Tensor, dynamo: bool, opset: int) -> bytes:

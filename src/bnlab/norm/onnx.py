@@ -21,6 +21,10 @@ and exporting leaves the model's buffers as they were. A variant whose training 
 than that (noise, ghost batches, renorm corrections, statistics from other processes) is
 refused by ``check_training(layer)``: one line naming the layer, the reason, and the fix,
 ``model.eval()``. In eval mode every variant is BatchNorm with fixed statistics and exports.
+
+Not covered: an ``ExportedProgram`` captured by ``torch.export.export`` on the kernels before,
+then given to ``torch.onnx.export``, holds bnlab's operators (and no translation is
+registered for them): export the module itself, which the first path serves.
 """
 
 from __future__ import annotations
