@@ -419,7 +419,8 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--fold", action="store_true",
                    help="fold each BatchNorm into the conv/linear layer before it first")
     p.add_argument("--precise-bn", type=positive_int, metavar="N",
-                   help="re-estimate the running statistics over N training examples first")
+                   help="re-estimate the running statistics over N training examples first "
+                   "(default: off, the checkpoint's own)")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="torch.onnx's torch.export-based exporter or the TorchScript-based "
                    "one (default: %(default)s)")
