@@ -86,6 +86,7 @@ LAYERS = [
     {"bnlab.norm", "bnlab.functional"},
     {"bnlab.data", "bnlab.models"},
     {"bnlab.train"},
+    {"bnlab.deploy"},  # a run's model as ONNX (reads runs like the report)
     {"bnlab.report"},
     {"bnlab.studies"},
     {"bnlab", "bnlab.cli", "bnlab.demo", "bnlab.__main__"},

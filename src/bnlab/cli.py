@@ -233,6 +233,30 @@ def _run_flags() -> argparse.ArgumentParser:
     return p
 
 
+def _export(args: argparse.Namespace) -> int:
+    from bnlab.deploy import ExportOptions, export_onnx
+
+    o = ExportOptions(**{k: getattr(args, k) for k in ExportOptions.__dataclass_fields__})
+    report = export_onnx(o.run, o.onnx, dynamo=o.exporter == "dynamo", fold=o.fold,
+                         precise_bn=o.precise_bn)
+    print(report.summary())
+    return 0
+
+
+def _add_export(sub: Any) -> None:
+    from bnlab.deploy import ExportOptions
+    from bnlab.settings import add_flags
+
+    p = sub.add_parser("export", help="write a run's model as ONNX, checked in onnxruntime",
+                       description="Export the model of a run directory (its last checkpoint, "
+                       "eval mode) to ONNX with standard operators and a dynamic batch size, "
+                       "run it in onnxruntime on a batch of the run's test data and print the "
+                       "largest difference from PyTorch. The file is written only if they "
+                       "agree (float32: 1e-5 relative), atomically.")
+    add_flags(p, ExportOptions)
+    p.set_defaults(func=_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bnlab import __version__
     from bnlab.settings import add_flags
@@ -306,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("build", "status"), help="what to do")
     p.add_argument("--force", action="store_true", help="build: recompile even if built")
     p.set_defaults(func=_kernels)
+    _add_export(sub)
 
     p = sub.add_parser("study",
                        help="run an experiment that answers a learner's question",

@@ -20,13 +20,15 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 from bnlab.errors import CorruptFileError
 
-__all__ = ["inside", "load_checkpoint", "read_json", "read_jsonl", "read_text"]
+__all__ = ["inside", "load_checkpoint", "read_json", "read_jsonl", "read_text",
+           "write_bytes_atomically"]
 
 
 def _regular(path: Path, fix: str) -> None:
@@ -131,3 +133,25 @@ def inside(root: str | os.PathLike[str], name: str, source: str | os.PathLike[st
     if not (base / name).resolve().is_relative_to(base):
         raise CorruptFileError(source, f"the name {name!r} leads outside {base}", fix)
     return base / name
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` whole or not at all: an unpredictable temporary file beside it
+    (created exclusively, never following a link), fsync, rename over `path`, fsync of the
+    directory. A crash or a full disk leaves the old file (or none), never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path

@@ -246,7 +246,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] |
         text = _help(spec, kinds, default)
         if spec.positional:
             parser.add_argument(name, choices=spec.names() or None, help=spec.text(),
-                                metavar=spec.metavar)
+                                metavar=spec.metavar,
+                                type=None if spec.names() else FlagType(cls, name))
         elif kinds == (bool,):
             parser.add_argument(flag, dest=name, default=default, help=text,
                                 action="store_false" if default else "store_true")

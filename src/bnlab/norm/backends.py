@@ -17,6 +17,9 @@ The rule (``select``)::
     anything else (half types on the CPU)     -> reference
     under torch.func transforms or forward-mode AD, a call that would go to the reference or
     the kernels goes to aten, which has their rules (vmap batching, jvp).
+    during ONNX export (either exporter)      -> aten        torch.batch_norm becomes ONNX's
+                                   BatchNormalization; in training, its running update goes to
+                                   scratch buffers (an ONNX graph keeps no state; bnlab.norm.onnx)
 
 ``forced(name)`` pins one backend for a block (guarded calls stay on the reference);
 ``BNLAB_FAST=0`` switches the kernels off, ``BNLAB_FAST=1`` makes their absence an error.
@@ -31,13 +34,14 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
-from bnlab.norm import kernels, reference
+from bnlab.norm import kernels, onnx, reference
 
 __all__ = ["BACKENDS", "batch_norm", "forced", "select"]
 
 BACKENDS = ("reference", "kernels", "aten")
 _KERNELS_ON = kernels.mode() != "0"  # read once: the per-call rule must cost nothing
 kernels.preload()  # where built: so that torch.compile finds them loaded (it cannot load them)
+onnx.register()  # the TorchScript exporter's symbolic for graphs that hold bnlab::batch_norm
 _forced: list[str | None] = [None]
 
 
@@ -74,6 +78,8 @@ def select(x: Tensor, guarded: bool = False) -> str:
     """The backend for a call with input `x` (see the module docstring)."""
     if guarded:
         return "reference"
+    if onnx.exporting():
+        return "aten"
     name = _forced[0]
     if name is not None:
         return name
@@ -106,6 +112,10 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                weight: Tensor | None, bias: Tensor | None, training: bool, momentum: float,
                eps: float, skipped: Tensor | None = None) -> Tensor:
     """Run one checked call on the backend ``select`` picks."""
+    if training and onnx.exporting():
+        # An ONNX graph keeps no state: the batch statistics are exported, the update is not.
+        running_mean, running_var = onnx.scratch_statistics(input)
+        skipped = None
     name = select(input, skipped is not None)
     if name == "kernels":
         y = kernels.batch_norm(input, weight, bias, running_mean, running_var, training,

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnlab.norm import onnx
 from bnlab.norm.base import NormBase
 from bnlab.norm.checks import check_layer_at_use, traced_with_constant_shapes
 from bnlab.norm.functional import batch_norm
@@ -84,11 +85,14 @@ class BatchNormBase(NormBase):
     def _forward(self, input: Tensor) -> Tensor:
         check_layer_at_use(self, self.training and self.track_running_stats)
         self._check_input_dim(input)
+        exporting = self.training and onnx.exporting()
+        if exporting:
+            onnx.check_training(self)  # a variant ONNX cannot express: one line, use .eval()
         # Batch statistics in training, and in eval when there are no running buffers.
         use_batch_stats = self.training or self.running_mean is None
         # In training the buffers are handed over (to be updated) only when tracking is on;
-        # in eval they are always handed over (to be read).
-        update = self.training and self.track_running_stats
+        # in eval they are always handed over (to be read). An ONNX graph updates nothing.
+        update = self.training and self.track_running_stats and not exporting
         hand_over = update or not self.training
         momentum = self._momentum_for_this_batch() if update else 0.0
         skipped = self.num_batches_skipped if self.guard and update else None
