@@ -948,19 +948,23 @@ bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->de
 // Layouts whose memory is not the dense array of values that the kernels walk: refused by
 // every entry before any element is read (a nested tensor's buffer read as dense returned
 // values from memory the operator does not own). Meta and fake tensors pass: the fake
-// implementations serve them (bnlab/norm/kernels/ops.py).
+// implementations serve them (bnlab/norm/kernels/ops.py). NotImplementedError, as torch's
+// dispatcher raises for a layout that an operator has no kernel for.
 void check_layout(const at::Tensor& t, const char* name) {
   if (!t.defined()) return;
-  TORCH_CHECK(!t.is_nested(), kOp, name, " is a nested tensor; the operator takes dense "
-              "tensors: pad it first, e.g. t.to_padded_tensor(0.0)");
-  TORCH_CHECK(t.layout() == at::kStrided, kOp, name, " has layout ", t.layout(), "; the "
-              "operator takes dense (strided) tensors: convert it with t.to_dense()");
-  TORCH_CHECK(!t.is_quantized(), kOp, name, " is a quantized tensor; the operator takes "
-              "float32 or float64 values: convert it with t.dequantize()");
-  TORCH_CHECK(!t._is_zerotensor(), kOp, name, " is a ZeroTensor with no memory; pass "
-              "torch.zeros(...) instead");
-  TORCH_CHECK(!t.is_neg() && !t.is_conj(), kOp, name, " is a lazily negated or conjugated "
-              "view; materialize it first with t.resolve_neg().resolve_conj()");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_nested(), kOp, name, " is a nested tensor; the operator "
+                              "takes dense tensors: pad it first, e.g. t.to_padded_tensor(0.0)");
+  TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided, kOp, name, " has layout ",
+                              t.layout(), "; the operator takes dense (strided) tensors: "
+                              "convert it with t.to_dense()");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_quantized(), kOp, name, " is a quantized tensor; the "
+                              "operator takes float32 or float64 values: convert it with "
+                              "t.dequantize()");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t._is_zerotensor(), kOp, name, " is a ZeroTensor with no "
+                              "memory; pass torch.zeros(...) instead");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_neg() && !t.is_conj(), kOp, name, " is a lazily negated "
+                              "or conjugated view; materialize it first with "
+                              "t.resolve_neg().resolve_conj()");
 }
 void check_layout(const c10::optional<at::Tensor>& t, const char* name) {
   if (present(t)) check_layout(*t, name);
@@ -1214,18 +1218,19 @@ bool requires_grad(const c10::optional<at::Tensor>& t) {
 
 // What every operator checks at its autograd entry, before anything is computed: the layouts
 // it refuses (check_layout), and forward-mode AD, for which the operators have no rule (a
-// tangent would silently be dropped): such calls belong to ATen, which has one.
+// tangent would silently be dropped): such calls belong to ATen, which has one; refused with
+// torch's NotImplementedError for an operator without a forward-mode formula.
 // `tensors` and `names` are the operator's tensor arguments, in order.
 void check_entry(const char* op, std::initializer_list<const c10::optional<at::Tensor>*> tensors,
                  std::initializer_list<const char*> names) {
   auto name = names.begin();
   for (const auto* t : tensors) {
     check_layout(*t, *name);
-    TORCH_CHECK(!present(*t) || !(*t)->_fw_grad(/*level=*/0).defined(), "bnlab::", op, ": ",
-                *name, " carries a forward-mode tangent (torch.func.jvp or a dual tensor), "
-                "and the operator has no forward-mode rule; call "
-                "torch.nn.functional.batch_norm (or bnlab.norm.functional.batch_norm, which "
-                "gives such calls to it) instead");
+    TORCH_CHECK_NOT_IMPLEMENTED(
+        !present(*t) || !(*t)->_fw_grad(/*level=*/0).defined(), "Trying to use forward AD "
+        "with bnlab::", op, " that does not support it (", *name, " carries a tangent: "
+        "torch.func.jvp or a dual tensor); call torch.nn.functional.batch_norm, or "
+        "bnlab.norm.functional.batch_norm, which gives such calls to it");
     ++name;
   }
 }
