@@ -95,6 +95,14 @@ def check_batch_norm_args(
             "running_mean and running_var must either both be None or neither be None: they "
             "are updated together (pass both buffers, or neither for batch statistics only)"
         )
+    if running_mean is not None and torch.is_grad_enabled():
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if getattr(t, "requires_grad", False):  # torch raises too (and writes nothing)
+                raise RuntimeError(
+                    f"The function 'batch_norm' is not differentiable with respect to argument "
+                    f"'{name}'. This input cannot have requires_grad True; pass a buffer "
+                    f"(e.g. {name}.detach()) or call it under torch.no_grad()"
+                )
     if training and running_mean is not None and running_var is not None:
         for name, t in (("running_mean", running_mean), ("running_var", running_var)):
             # (a contiguous tensor cannot overlap itself: the common case costs one call)

@@ -43,6 +43,13 @@ In evaluation mode the statistics are constants and dL/dx_k = gamma * inv_std * 
 Half types (float16, bfloat16) are computed in float32 and rounded once to the input dtype,
 like PyTorch's CPU and CUDA kernels.
 
+Extreme values, as ATen. The mean of float32 (and half) values is accumulated in float64: the
+float32 sum of values near 3e38 overflows where the mean does not. The variance stays in the
+compute dtype: past its range it is inf, inv_std is 0 and y = beta, as ATen's float32 sum of
+squared deviations gives. Where the scale gamma * inv_std is 0 or not finite (that case, or
+eps = 0 with a zero variance), (x - mu) * scale can overflow or be 0 * inf = NaN where ATen's
+``x * alpha + (beta - mu * alpha)`` is not; those channels are computed in ATen's form.
+
 This module is the readable reference, and it imports nothing but torch: the other backends
 (the compiled kernels of ``bnlab.norm.kernels``, ATen) plug in above it, chosen in one place
 (``bnlab.norm.backends``), and the tests hold all of them to this one and to PyTorch. Its entry
@@ -84,7 +91,8 @@ def batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     xf = x.to(compute_dtype(x.dtype))
     dims = _reduce_dims(x)
-    mean = xf.mean(dim=dims)  # (N,C,*) -> (C,)
+    wide = torch.float64 if xf.dtype is torch.float32 else xf.dtype  # no overflow of the sum
+    mean = xf.mean(dim=dims, dtype=wide).to(xf.dtype)  # (N,C,*) -> (C,)
     var = (xf - _per_channel(mean, x)).square().mean(dim=dims)  # (N,C,*) -> (C,)
     return mean, var
 
@@ -141,12 +149,18 @@ def update_running_stats(
 def normalize(
     x: Tensor, mean: Tensor, inv_std: Tensor, weight: Tensor | None, bias: Tensor | None
 ) -> Tensor:
-    """y = gamma * (x - mu) * inv_std + beta, computed in the compute dtype, returned in x's."""
+    """y = gamma * (x - mu) * inv_std + beta, computed in the compute dtype, returned in x's.
+
+    A channel whose scale gamma * inv_std is 0 or not finite is computed in ATen's form
+    x * scale + (beta - mu * scale) (see the module docstring).
+    """
     xf = x.to(mean.dtype)
     scale = inv_std if weight is None else inv_std * weight.to(mean.dtype)  # (C,)
-    y = (xf - _per_channel(mean, x)) * _per_channel(scale, x)
-    if bias is not None:
-        y = y + _per_channel(bias.to(mean.dtype), x)
+    shift = torch.zeros_like(scale) if bias is None else bias.to(mean.dtype).reshape(-1)
+    degenerate = (scale == 0) | ~torch.isfinite(scale)  # (C,)
+    center = torch.where(degenerate, torch.zeros_like(mean), mean)
+    shift = torch.where(degenerate, shift - mean * scale, shift)
+    y = (xf - _per_channel(center, x)) * _per_channel(scale, x) + _per_channel(shift, x)
     return y.to(x.dtype)
 
 

@@ -11,7 +11,14 @@ side is at the end of ``csrc/batch_norm_cpu.cpp``)::
         -> (dx or an empty tensor, dL/dbias, dL/dweight)
 
 ``batch_norm`` is differentiable (a C++ autograd node over the other two) and updates the
-running buffers in place in training, as ``torch.nn.functional.batch_norm`` does. ``act`` is
+running buffers in place in training, as ``torch.nn.functional.batch_norm`` does.
+What the operators refuse, at their autograd entry and before any memory is read or buffer
+written (C++ ``check_entry``): layouts the kernels do not walk (nested, sparse, quantized,
+MKL-DNN, lazily negated views, ZeroTensors: NotImplementedError); forward-mode AD, for which
+they have no rule (NotImplementedError, as torch's for an operator without a forward formula;
+``bnlab.norm.functional`` and the layers give such calls to ATen instead); running buffers that
+require grad while grad mode is on (as torch); and, for ``batch_norm_forward`` and
+``batch_norm_backward``, which have no autograd rule, inputs that require grad. ``act`` is
 IDENTITY, SIGMOID or RELU (the fused layers of ``bnlab.norm.fused``), ``pool`` 1 or 2 (a 2x2
 average pooling after the sigmoid). This module registers what PyTorch needs to trace them without
 data (fake implementations: output shapes, dtypes and strides), so jit.trace, torch.export and

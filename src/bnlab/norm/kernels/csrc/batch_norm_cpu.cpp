@@ -36,8 +36,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -119,11 +121,37 @@ inline void merge(double& count, double& mean, double& m2, double nb, double mea
   count = total;
 }
 
+// The per-channel (center, scale, shift) of y = (x - center) * scale + shift. Where the scale
+// invstd * weight is 0 or not finite (a float32 variance beyond FLT_MAX makes invstd 0; eps = 0
+// with a zero variance makes it inf), (x - mean) * scale differs from ATen's x * alpha + beta,
+// beta = bias - mean * alpha: x - mean can overflow (x = -3e38) and 0 * inf is NaN where ATen
+// gives bias. There the channel uses ATen's form: center 0, shift bias - mean * scale.
+template <typename T>
+inline void torch_affine(T mean, T scale, T bias, T* center, T* shift) {
+  const bool degenerate = scale == T(0) || !std::isfinite(scale);
+  *center = degenerate ? T(0) : mean;
+  *shift = degenerate ? bias - mean * scale : bias;
+}
+
+// ATen's CPU kernels sum the squared deviations of float32 inputs in float32: past FLT_MAX the
+// variance is inf (invstd 0, the running variance inf). The kernels sum in double, so they say
+// the same where their sum exceeds FLT_MAX.
+template <typename T>
+inline double as_aten_m2(double m2) {
+  if constexpr (std::is_same_v<T, float>)
+    return m2 > static_cast<double>(std::numeric_limits<float>::max())
+               ? std::numeric_limits<double>::infinity() : m2;
+  return m2;
+}
+
 // ---- activation: the logistic sigmoid, vectorizable ----------------------------------------
 // float: exp from Cody-Waite range reduction and a degree-6 polynomial (about 1 ulp), written
 // with plain arithmetic so `omp simd` loops vectorize it; double: the C library's exp.
+// Above ln(FLT_MAX) = 88.72 it overflows to inf as std::exp does (the scale 2^n is applied as
+// 2^(n-1) * 2, so n = 128 is representable), so that sigmoid(-inf) and sigmoid(-89) are exactly
+// 0 as torch.sigmoid's; a cap at 88 gave 1 / (1 + e^88) = 6e-39.
 inline float exp_float(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+  x = std::min(std::max(x, -87.0f), 89.0f);
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -133,10 +161,10 @@ inline float exp_float(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  const int32_t bits = (static_cast<int32_t>(n) + 126) << 23;  // 2^(n-1), n in [-125, 128]
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return e * scale;
+  return e * scale * 2.0f;
 }
 inline float sigmoid(float z) { return 1.0f / (1.0f + exp_float(-z)); }
 inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
@@ -639,7 +667,9 @@ void row_grad_sums(const T* dz, const T* x, const Layout& L, const T* mean, doub
   }
 }
 
-// ---- dx = (dz - mean_g - (x - mean) * proj) * scale (proj = 0, mean_g = 0 in eval) --------
+// ---- dx = (dz - mean_g - (x - mean) * proj) * scale; in eval dx = dz * scale -------------
+// (In eval x is not read: with an inf or NaN x, (x - mean) * 0 would make dx NaN where torch's
+// gradient, dz * scale, is finite.)
 
 template <typename T>
 struct InputGrad {
@@ -648,12 +678,25 @@ struct InputGrad {
   T* dx;
   Layout L;
   const T *mean, *mean_g, *proj, *scale;
+  bool train;
 
   void operator()(int64_t i) const {
     const int64_t len = segment_length(L);
     const T* g = dz + i * len;
     const T* p = x + i * len;
     T* q = dx + i * len;
+    if (!train) {
+      if (L.rows) {
+        const int64_t n = segment_size(L, i);
+#pragma omp simd
+        for (int64_t c = 0; c < n; ++c) q[c] = g[c] * scale[c];
+        return;
+      }
+      const T k = scale[i % L.c];
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) q[j] = g[j] * k;
+      return;
+    }
     if (L.rows) {
       const int64_t n = segment_size(L, i);
 #pragma omp simd
@@ -719,15 +762,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
     scalar_t* ip = invstd_t.mutable_data_ptr<scalar_t>();
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* bp = b.const_data_ptr<scalar_t>();
-    std::vector<scalar_t> scale(C);
-    const auto finish = [&](int64_t c) {  // channel c's mean, invstd and scale
+    std::vector<scalar_t> center(C), scale(C), shift(C);
+    const auto finish = [&](int64_t c) {  // channel c's mean, invstd and affine form
+      m2[c] = as_aten_m2<scalar_t>(m2[c]);
       mp[c] = static_cast<scalar_t>(mean[c]);
       ip[c] = static_cast<scalar_t>(1.0 / std::sqrt(m2[c] / count + eps));
       scale[c] = ip[c] * wp[c];
+      torch_affine(mp[c], scale[c], bp[c], &center[c], &shift[c]);
     };
     if (!L.rows) {
       const bool at_once = channel_at_a_time(L);
-      with_forward_pass(xp, yp, L, W, act, pool, mp, scale.data(), bp, [&](const auto& seg) {
+      with_forward_pass(xp, yp, L, W, act, pool, center.data(), scale.data(), shift.data(),
+                        [&](const auto& seg) {
         for_channels(L, [&](int64_t c) {
           plane_stats(xp, L, c, &mean[c], &m2[c]);
           finish(c);
@@ -738,8 +784,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_train(
     } else {
       stats_rows(xp, L, mean.data(), m2.data());
       for (int64_t c = 0; c < C; ++c) finish(c);
-      const auto mc = per_column(L, mp), kc = per_column(L, scale.data()),
-                 bc = per_column(L, bp);
+      const auto mc = per_column(L, center.data()), kc = per_column(L, scale.data()),
+                 bc = per_column(L, shift.data());
       with_forward_pass(xp, yp, L, W, act, pool, mc.data(), kc.data(), bc.data(),
                         [&](const auto& seg) { for_segments(L, seg); });
     }
@@ -775,14 +821,17 @@ std::tuple<at::Tensor, at::Tensor> forward_eval(const at::Tensor& x,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnlab_forward_eval", [&] {
     const scalar_t* wp = w.const_data_ptr<scalar_t>();
     const scalar_t* vp = v.const_data_ptr<scalar_t>();
+    const scalar_t* mp = m.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
     scalar_t* ip = invstd_t.mutable_data_ptr<scalar_t>();
-    std::vector<scalar_t> scale(C);
+    std::vector<scalar_t> center(C), scale(C), shift(C);
     for (int64_t c = 0; c < C; ++c) {
       ip[c] = static_cast<scalar_t>(1.0 / std::sqrt(static_cast<double>(vp[c]) + eps));
       scale[c] = ip[c] * wp[c];
+      torch_affine(mp[c], scale[c], bp[c], &center[c], &shift[c]);
     }
-    const auto mc = per_column(L, m.const_data_ptr<scalar_t>()),
-               kc = per_column(L, scale.data()), bc = per_column(L, b.const_data_ptr<scalar_t>());
+    const auto mc = per_column(L, center.data()), kc = per_column(L, scale.data()),
+               bc = per_column(L, shift.data());
     with_forward_pass(x.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), L, W, act,
                       pool, mc.data(), kc.data(), bc.data(),
                       [&](const auto& seg) { for_segments(L, seg); });
@@ -827,10 +876,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
     const scalar_t* dzp = dz.const_data_ptr<scalar_t>();  // (grad_out itself without act)
     scalar_t* dzw = act == kIdentity ? nullptr : dz.mutable_data_ptr<scalar_t>();
     scalar_t* dxp = need_input_grad ? dx.mutable_data_ptr<scalar_t>() : nullptr;
-    std::vector<scalar_t> scale(C);
-    for (int64_t c = 0; c < C; ++c) scale[c] = ip[c] * wp[c];
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    std::vector<scalar_t> center(C), scale(C), shift(C);  // z as the forward computed it
+    for (int64_t c = 0; c < C; ++c) {
+      scale[c] = ip[c] * wp[c];
+      torch_affine(mp[c], scale[c], bp[c], &center[c], &shift[c]);
+    }
     const auto mean_col = per_column(L, mp), scale_col = per_column(L, scale.data()),
-               shift_col = per_column(L, b.const_data_ptr<scalar_t>());
+               center_col = per_column(L, center.data()),
+               shift_col = per_column(L, shift.data());
     scalar_t* sgp = sum_g_t.mutable_data_ptr<scalar_t>();
     scalar_t* sxp = sum_gx_t.mutable_data_ptr<scalar_t>();
     std::vector<scalar_t> mean_g(C, 0), proj(C, 0);
@@ -848,7 +902,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
     const auto run = [&](const auto& prepare) {
       if (!L.rows) {
         const InputGrad<scalar_t> grad{dzp, xp, dxp, L, mean_col.data(), mean_g.data(),
-                                       proj.data(), scale_col.data()};
+                                       proj.data(), scale_col.data(), train};
         const bool at_once = channel_at_a_time(L);
         for_channels(L, [&](int64_t c) {
           double sg = 0, sgd = 0;
@@ -865,15 +919,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kernel_backward(
       if (need_input_grad) {
         const auto mg = per_column(L, mean_g.data()), pr = per_column(L, proj.data());
         for_segments(L, InputGrad<scalar_t>{dzp, xp, dxp, L, mean_col.data(), mg.data(),
-                                            pr.data(), scale_col.data()});
+                                            pr.data(), scale_col.data(), train});
       }
     };
     // dz computed segment by segment inside the reduction pass, where there is an activation
     if (act == kSigmoid)
-      run(SigmoidGrad<scalar_t>{gp, xp, dzw, L, W, pool, mean_col.data(), scale_col.data(),
+      run(SigmoidGrad<scalar_t>{gp, xp, dzw, L, W, pool, center_col.data(), scale_col.data(),
                                 shift_col.data()});
     else if (act == kRelu)
-      run(ReluGrad<scalar_t>{gp, xp, dzw, L, mean_col.data(), scale_col.data(),
+      run(ReluGrad<scalar_t>{gp, xp, dzw, L, center_col.data(), scale_col.data(),
                              shift_col.data()});
     else
       run(NoPrepare{});
@@ -891,8 +945,34 @@ const char* const kOp = "bnlab::batch_norm: ";
 
 bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
+// Layouts whose memory is not the dense array of values that the kernels walk: refused by
+// every entry before any element is read (a nested tensor's buffer read as dense returned
+// values from memory the operator does not own). Meta and fake tensors pass: the fake
+// implementations serve them (bnlab/norm/kernels/ops.py). NotImplementedError, as torch's
+// dispatcher raises for a layout that an operator has no kernel for.
+void check_layout(const at::Tensor& t, const char* name) {
+  if (!t.defined()) return;
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_nested(), kOp, name, " is a nested tensor; the operator "
+                              "takes dense tensors: pad it first, e.g. t.to_padded_tensor(0.0)");
+  TORCH_CHECK_NOT_IMPLEMENTED(t.layout() == at::kStrided, kOp, name, " has layout ",
+                              t.layout(), "; the operator takes dense (strided) tensors: "
+                              "convert it with t.to_dense()");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_quantized(), kOp, name, " is a quantized tensor; the "
+                              "operator takes float32 or float64 values: convert it with "
+                              "t.dequantize()");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t._is_zerotensor(), kOp, name, " is a ZeroTensor with no "
+                              "memory; pass torch.zeros(...) instead");
+  TORCH_CHECK_NOT_IMPLEMENTED(!t.is_neg() && !t.is_conj(), kOp, name, " is a lazily negated "
+                              "or conjugated view; materialize it first with "
+                              "t.resolve_neg().resolve_conj()");
+}
+void check_layout(const c10::optional<at::Tensor>& t, const char* name) {
+  if (present(t)) check_layout(*t, name);
+}
+
 void check_input(const at::Tensor& x, int64_t act, int64_t pool) {
   TORCH_CHECK_VALUE(x.defined(), kOp, "the input is an undefined tensor");
+  check_layout(x, "the input");
   TORCH_CHECK_VALUE(x.dim() >= 2, kOp, "expected an input of shape (N, C, *) with at least 2 "
                     "dims, got ", x.dim(), " dims");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, kOp,
@@ -911,6 +991,7 @@ void check_input(const at::Tensor& x, int64_t act, int64_t pool) {
 // A per-channel tensor: C values of x's dtype on the CPU (any shape or strides).
 void check_vector(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
   if (!present(t)) return;
+  check_layout(*t, name);
   TORCH_CHECK(t->numel() == x.size(1), name, " should contain ", x.size(1), " elements not ",
               t->numel());
   TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), kOp, name, " is ", t->scalar_type(),
@@ -1015,6 +1096,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> op_backward(
   check_vector(mean, "mean", input);
   check_vector(invstd, "invstd", input);
   TORCH_CHECK_VALUE(grad_out.defined(), kOp, "grad_out is an undefined tensor");
+  check_layout(grad_out, "grad_out");
   const at::Tensor x = dense(input, pool);
   std::vector<int64_t> expected = x.sizes().vec();  // the output's shape
   if (pool == 2) expected = {x.size(0), x.size(1), x.size(2) / 2, x.size(3) / 2};
@@ -1134,6 +1216,50 @@ bool requires_grad(const c10::optional<at::Tensor>& t) {
   return present(t) && t->requires_grad();
 }
 
+// What every operator checks at its autograd entry, before anything is computed: the layouts
+// it refuses (check_layout), and forward-mode AD, for which the operators have no rule (a
+// tangent would silently be dropped): such calls belong to ATen, which has one; refused with
+// torch's NotImplementedError for an operator without a forward-mode formula.
+// `tensors` and `names` are the operator's tensor arguments, in order.
+void check_entry(const char* op, std::initializer_list<const c10::optional<at::Tensor>*> tensors,
+                 std::initializer_list<const char*> names) {
+  auto name = names.begin();
+  for (const auto* t : tensors) {
+    check_layout(*t, *name);
+    TORCH_CHECK_NOT_IMPLEMENTED(
+        !present(*t) || !(*t)->_fw_grad(/*level=*/0).defined(), "Trying to use forward AD "
+        "with bnlab::", op, " that does not support it (", *name, " carries a tangent: "
+        "torch.func.jvp or a dual tensor); call torch.nn.functional.batch_norm, or "
+        "bnlab.norm.functional.batch_norm, which gives such calls to it");
+    ++name;
+  }
+}
+
+// The running buffers are written in place, never differentiated: as torch's batch_norm,
+// refuse buffers that require grad while grad mode is on (they would be written silently).
+void check_buffers(const c10::optional<at::Tensor>& running_mean,
+                   const c10::optional<at::Tensor>& running_var) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"},
+                                std::pair{&running_var, "running_var"}})
+    TORCH_CHECK(!requires_grad(*t), "The function 'bnlab::batch_norm' is not differentiable "
+                "with respect to argument '", name, "'. This input cannot have requires_grad "
+                "True; pass a buffer (e.g. ", name, ".detach()) or call it under "
+                "torch.no_grad()");
+}
+
+// The operators that return statistics or gradients have no autograd rule of their own (the
+// node of bnlab::batch_norm uses them below autograd): with an input that requires grad they
+// would return outputs without a history, so the user's backward() would leave .grad None.
+void check_not_differentiated(const char* op,
+                              std::initializer_list<const c10::optional<at::Tensor>*> tensors) {
+  if (!at::GradMode::is_enabled()) return;
+  for (const auto* t : tensors)
+    TORCH_CHECK(!requires_grad(*t), "bnlab::", op, " is not differentiable and an input "
+                "requires grad (its outputs would have no gradient); call "
+                "torch.ops.bnlab.batch_norm, which is, or run it under torch.no_grad()");
+}
+
 // The keys of torch.func's wrappers (vmap, grad, jvp) and of torch.func.functionalize's: tensors
 // the operator cannot serve (see `transformed`), and that the direct path below must not take.
 const c10::DispatchKeySet& transform_keys() {
@@ -1149,6 +1275,10 @@ at::Tensor entry_autograd(const at::Tensor& x, const c10::optional<at::Tensor>& 
                           const c10::optional<at::Tensor>& running_mean,
                           const c10::optional<at::Tensor>& running_var, bool train,
                           double momentum, double eps, int64_t act, int64_t pool) {
+  const c10::optional<at::Tensor> input(x);
+  check_entry("batch_norm", {&input, &weight, &bias, &running_mean, &running_var},
+              {"the input", "weight", "bias", "running_mean", "running_var"});
+  check_buffers(running_mean, running_var);
   if (at::GradMode::is_enabled() && (x.requires_grad() || requires_grad(weight) ||
                                      requires_grad(bias)))
     return BatchNormNode::apply(x, weight, bias, running_mean, running_var, train, momentum,
@@ -1204,6 +1334,36 @@ c10::optional<at::Tensor> eager_batch_norm(
   return op.call(x, weight, bias, running_mean, running_var, train, momentum, eps, act, pool);
 }
 
+// bnlab::batch_norm_forward at the Autograd key: the checks above, then the kernel below.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_autograd(
+    const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool train, double momentum, double eps,
+    int64_t act, int64_t pool) {
+  const c10::optional<at::Tensor> input(x);
+  check_entry("batch_norm_forward", {&input, &weight, &bias, &running_mean, &running_var},
+              {"the input", "weight", "bias", "running_mean", "running_var"});
+  check_buffers(running_mean, running_var);
+  check_not_differentiated("batch_norm_forward", {&input, &weight, &bias});
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return call_forward(x, weight, bias, running_mean, running_var, train, momentum, eps, act,
+                      pool);
+}
+
+// bnlab::batch_norm_backward at the Autograd key: the same.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_autograd(
+    const at::Tensor& grad_out, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& mean, const at::Tensor& invstd,
+    bool train, int64_t act, int64_t pool, bool need_input_grad) {
+  const c10::optional<at::Tensor> g(grad_out), input(x), m(mean), is(invstd);
+  check_entry("batch_norm_backward", {&g, &input, &weight, &bias, &m, &is},
+              {"grad_out", "the input", "weight", "bias", "mean", "invstd"});
+  check_not_differentiated("batch_norm_backward", {&g, &input, &weight, &bias, &m, &is});
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  static auto op = find_op("bnlab::batch_norm_backward").typed<BackwardFn>();
+  return op.call(grad_out, x, weight, bias, mean, invstd, train, act, pool, need_input_grad);
+}
+
 void set_double_backward(py::object fn) { g_double_backward = new py::object(std::move(fn)); }
 
 }  // namespace
@@ -1226,7 +1386,11 @@ TORCH_LIBRARY_IMPL(bnlab, CPU, m) {
   m.impl("batch_norm_backward", &op_backward);
 }
 
-TORCH_LIBRARY_IMPL(bnlab, Autograd, m) { m.impl("batch_norm", &entry_autograd); }
+TORCH_LIBRARY_IMPL(bnlab, Autograd, m) {
+  m.impl("batch_norm", &entry_autograd);
+  m.impl("batch_norm_forward", &forward_autograd);
+  m.impl("batch_norm_backward", &backward_autograd);
+}
 
 TORCH_LIBRARY_IMPL(bnlab, CompositeExplicitAutograd, m) { m.impl("batch_norm", &entry_plain); }
 
