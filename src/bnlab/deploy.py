@@ -41,7 +41,8 @@ from bnlab.norm import onnx as norm_onnx
 from bnlab.settings import like, setting, validate
 from bnlab.train.config import TrainConfig
 
-__all__ = ["ExportOptions", "ExportReport", "check_exportable", "export_onnx", "onnx_bytes", "run_onnxruntime"]
+__all__ = ["ExportOptions", "ExportReport", "check_exportable", "export_onnx", "onnx_bytes",
+           "run_onnxruntime"]
 
 OPSET = 18  # both exporters; BatchNormalization with training_mode needs 14 or newer
 CHECK_BATCH = 64  # examples of the run's test data that the check runs
