@@ -37,6 +37,16 @@ class LeafTracer(fx.Tracer):
                 or type(m).__module__.startswith("bnlab.norm")
                 or super().is_leaf_module(m, module_qualified_name))
 
+    def path_of_module(self, mod: nn.Module) -> str:
+        """A slice of an installed nn.Sequential (``self.seq[1:]``) is a new container that is
+        not installed; it is traced through (its layers are installed), so it needs no name."""
+        try:
+            return super().path_of_module(mod)
+        except NameError:
+            if type(mod) is nn.Sequential:
+                return "<a slice of an nn.Sequential>"
+            raise
+
 
 def trace(model: nn.Module) -> tuple[fx.Graph | None, str | None]:
     """The dataflow graph of `model`'s forward, or None and why it could not be traced.
