@@ -196,6 +196,7 @@ def _swap_children(model: nn.Module, table: dict[type[nn.Module], type[nn.Module
 
 def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Every BatchNorm (bnlab or torch) becomes the frozen kind of the same rank."""
+    check_tool_args("freeze", model, inplace=inplace)
     return convert(model, to="frozen", inplace=inplace)
 
 
