@@ -186,7 +186,7 @@ def _swap_children(model: nn.Module, table: dict[type[nn.Module], type[nn.Module
     for parent in list(model.modules()):
         # _modules, not named_children(): that skips a layer's second name in one parent.
         for child_name, child in list(parent._modules.items()):
-            if type(child) in table:
+            if child is not None and type(child) in table:
                 if id(child) not in swapped:
                     swapped[id(child)] = _swap_named(names.get(id(child), child_name), child,
                                                      table[type(child)], to)

@@ -84,7 +84,7 @@ def why_touched(m: nn.Module, what: str) -> str | None:
     """Why `m` cannot be replaced by something computed from its parameters: hooks (including
     old-style ``weight_norm``/``spectral_norm``, which are pre-hooks) or parametrizations."""
     if parametrize.is_parametrized(m):
-        names = ", ".join(sorted(m.parametrizations.keys()))  # type: ignore[union-attr]
+        names = ", ".join(sorted(m.parametrizations.keys()))  # type: ignore[union-attr, operator]
         return (f"the {what} is parametrized ({names}: weight_norm, spectral_norm or "
                 f"torch.nn.utils.parametrize); its weight is computed at each call")
     if hooked(m):

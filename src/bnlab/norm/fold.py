@@ -261,7 +261,8 @@ def _plan_sequential(model: nn.Module, ranks: dict[int, set[int]] | None
             why = ("a shared layer" if uses[id(layer)] > 1 or uses[id(bn)] > 1
                    else _why_not_pair(layer, bn))
             if why is None and isinstance(layer, nn.Linear):
-                why = _why_not_linear(layer, ranks, lambda b=layers[:i]: _after_flatten(b))
+                before = layers[:i]
+                why = _why_not_linear(layer, ranks, lambda: _after_flatten(before))  # noqa: B023
             if why is None:
                 pairs.append((names[id(layer)], names[id(bn)]))
             else:
