@@ -169,12 +169,17 @@ def check_every_tool(model: nn.Module, seed: int) -> None:
     assert folded is not None
     torch.testing.assert_close(folded(x), ref_eval, **TOL)
 
-    # convert to torch and back; freeze.
+    # convert to torch and back (the state too); freeze.
     for tool in (lambda m: convert(m, to="torch"),
                  lambda m: convert(convert(m, to="torch"), to="bnlab"), freeze):
         out = _refused(tool, model)
         if out is None:
             continue
+        if tool is not freeze:
+            after = out.state_dict()
+            assert list(after) == list(model.state_dict())
+            for k, v in model.state_dict().items():
+                assert torch.equal(after[k], v), k
         torch.testing.assert_close(out.eval()(x), ref_eval, **TOL)
         _same_sharing(model, out)
         assert [_hooks(m) for m in _slots(out)] == [_hooks(m) for m in _slots(model)]
@@ -190,7 +195,7 @@ def test_every_tool_keeps_the_function(case):
 
 
 @pytest.mark.slow
-@settings(max_examples=80, **SETTINGS)
+@settings(max_examples=300, **SETTINGS)
 @given(models())
 def test_every_tool_keeps_the_function_many(case):
     check_every_tool(*case)
