@@ -169,6 +169,17 @@ def test_convert_refuses_a_parametrized_batchnorm_and_changes_nothing():
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("wrap", [lambda bn: _old_weight_norm(bn),
+                                  lambda bn: nn.utils.spectral_norm(bn, dim=0)],
+                         ids=["weight_norm", "spectral_norm"])
+def test_convert_refuses_old_style_weight_and_spectral_norm_in_one_line(wrap):
+    model = nn.Sequential(wrap(nn.BatchNorm1d(3)))
+    for tool in (freeze, lambda m: convert(m, to="bnlab")):
+        with pytest.raises(TypeError, match=r"^convert\(to='\w+'\): the BatchNorm at '0' uses "
+                                            r"the old-style .*remove_weight_norm[^\n]*$"):
+            tool(model)
+
+
 # --- fold ---
 
 def test_fold_leaves_linear_batchnorm1d_on_3d_input():

@@ -26,6 +26,8 @@ from typing import Any
 
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from bnlab.norm.base import NormBase, is_batch_norm
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -108,6 +110,11 @@ def _swap_named(name: str, old: nn.Module, cls: type[nn.Module], to: str) -> nn.
                       f"{cls.__name__}: {e}") from e
 
 
+def _old_style_reparametrized(module: nn.Module) -> bool:
+    return any(isinstance(h, (WeightNorm, SpectralNorm))
+               for h in module._forward_pre_hooks.values())
+
+
 def targets() -> list[str]:
     """Every name ``convert`` accepts: the implementation swaps and the norm registry."""
     return sorted(set(CONVERSIONS) | set(NORMS))
@@ -165,6 +172,11 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False,
                 f"convert(to={to!r}): the BatchNorm{where} is parametrized "
                 f"({', '.join(module.parametrizations.keys())}); its replacement would drop "
                 f"that: remove it first (torch.nn.utils.parametrize.remove_parametrizations)")
+        if is_batch_norm(module) and _old_style_reparametrized(module):
+            raise TypeError(
+                f"convert(to={to!r}): the BatchNorm{where} uses the old-style weight_norm or "
+                f"spectral_norm (its weight is computed by a hook from other parameters); "
+                f"remove it first (torch.nn.utils.remove_weight_norm / remove_spectral_norm)")
         if is_batch_norm(module) and type(module) not in table and not left_alone(module):
             raise TypeError(
                 f"convert(to={to!r}): {type(module).__module__}.{type(module).__qualname__}"
