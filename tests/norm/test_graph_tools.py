@@ -93,7 +93,7 @@ def test_fuse_follows_the_dataflow_not_the_container(training):
     (TypeDependent, "another path once the layers are fused"),
     (lambda: nn.Sequential(*[bn := bnlab.BatchNorm2d(3), nn.ReLU(), bn, nn.ReLU()]),
      "registered at more than one place"),
-])
+], ids=["untraceable", "type-dependent", "shared"])
 def test_fuse_leaves_what_it_cannot_prove_and_says_why(make, why):
     model = _warm(make().double(), _x(4, 3, 4, 4))
     fused, report = fuse_with_report(model)
@@ -132,7 +132,8 @@ class TwoParents(nn.Module):
 
 
 @pytest.mark.parametrize("tool,cls", [(freeze, FrozenBatchNorm2d),
-                                      (lambda m: convert(m, to="bnlab"), bnlab.BatchNorm2d)])
+                                      (lambda m: convert(m, to="bnlab"), bnlab.BatchNorm2d)],
+                         ids=["freeze", "convert"])
 def test_a_shared_batchnorm_is_swapped_everywhere_and_stays_shared(tool, cls):
     model = _warm(TwoParents().double(), _x(4, 3, 4, 4))
     out = tool(model)
@@ -215,7 +216,7 @@ def _hooked(m: nn.Module) -> nn.Module:
     (lambda: nn.utils.parametrizations.spectral_norm(nn.Conv2d(2, 3, 3)),
      lambda: nn.BatchNorm2d(3), "is parametrized (weight"),
     (lambda: _old_weight_norm(nn.Conv2d(2, 3, 3)), lambda: nn.BatchNorm2d(3), "has hooks"),
-])
+], ids=["hooked-conv", "hooked-bn", "weight_norm", "spectral_norm", "old-style-weight_norm"])
 def test_fold_leaves_hooked_and_parametrized_layers(conv, bn, why):
     model = _warm(nn.Sequential(conv(), bn()).double(), _x(4, 2, 5, 5))
     x = _x(4, 2, 5, 5)
