@@ -100,18 +100,21 @@ def _(draw):
 @case("fold/eps-nan", ValueError, "eps must be finite")
 def _(draw):
     m, _ = chain(draw, lambda w: with_attr(bnlab.BatchNorm1d(w), eps=math.nan))
+    m.insert(0, nn.Flatten())  # proves each Linear's input 2-D (a Linear -> BN pair folds)
     return m.eval(), lambda m: fold(m, inplace=True)
 
 
 @case("fold/eps-negative", ValueError, "eps must be finite and >= 0")
 def _(draw):
     m, _ = chain(draw, lambda w: with_attr(nn.BatchNorm1d(w), eps=-1.0))
+    m.insert(0, nn.Flatten())  # proves each Linear's input 2-D (a Linear -> BN pair folds)
     return m.eval(), lambda m: fold(m, inplace=True)
 
 
 @case("fold/eps-a-string", TypeError, "eps must be a float")
 def _(draw):
     m, _ = chain(draw, lambda w: with_attr(bnlab.BatchNorm1d(w), eps="1e-5"))
+    m.insert(0, nn.Flatten())  # proves each Linear's input 2-D (a Linear -> BN pair folds)
     return m.eval(), lambda m: fold(m, inplace=True)
 
 
@@ -143,6 +146,7 @@ class Gate(nn.Module):
 @case("fold/untraceable-model-eps-nan", ValueError, "eps must be finite")
 def _(draw):
     m, _ = chain(draw, lambda w: with_attr(bnlab.BatchNorm1d(w), eps=math.nan))
+    m.insert(0, nn.Flatten())  # proves each Linear's input 2-D (a Linear -> BN pair folds)
     return Gate(m).eval(), lambda m: fold(m, inplace=True)
 
 
@@ -152,7 +156,7 @@ class Residual(nn.Module):
         self.fc, self.bn = nn.Linear(width, width), bnlab.BatchNorm1d(width)
 
     def forward(self, x):
-        return torch.relu(self.bn(self.fc(x)) + x)
+        return torch.relu(self.bn(self.fc(x.flatten(1))) + x)  # flatten(1): 2-D, foldable
 
 
 @case("fold/residual-blocks-eps-nan", ValueError, "eps must be finite")

@@ -136,9 +136,9 @@ class Loop(nn.Module):
 
 def test_fold_follows_loops_over_module_lists():
     model = warm(Loop().double(), 4, 3).eval()
-    folded = fold(model)
-    assert all(isinstance(b, nn.Identity) for b in folded.bns)
     x = torch.randn(5, 4, dtype=F64)
+    folded = fold(model, example_input=x)  # a Linear's input rank: measured on one batch
+    assert all(isinstance(b, nn.Identity) for b in folded.bns)
     torch.testing.assert_close(folded(x), model(x), rtol=0, atol=1e-12)
 
 
@@ -203,12 +203,13 @@ class Gated(nn.Module):
 
 def test_fold_falls_back_when_the_model_cannot_be_traced_and_says_so():
     model = warm(Gated().double(), 3, 2).eval()
+    x = torch.randn(4, 3, dtype=F64)
     with pytest.warns(RuntimeWarning, match=r"could not be traced.*'other'"):
-        folded = fold(model)
+        folded = fold(model, example_input=x)
     assert isinstance(folded.body[1], nn.Identity)  # Sequential neighbours still folded
     report = fold_with_report(model)[1]
     assert not report.traced and "TraceError" in (report.trace_error or "")
-    x = torch.randn(4, 3, dtype=F64)
+    assert "pass example_input" in report.left["body.1"]  # without it: Linear rank unknown
     torch.testing.assert_close(folded(x), model(x), rtol=0, atol=1e-12)
 
 

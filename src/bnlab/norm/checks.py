@@ -291,8 +291,19 @@ def check_eps(owner: str, eps: object) -> None:
 
 
 def check_tool_args(tool: str, model: object, **flags: object) -> None:
-    """A tool's model must be an nn.Module and its on/off options bools (inplace='no' is true)."""
+    """A tool's model must be an nn.Module, not scripted (nor any part of it, but for fuse), and
+    its on/off options bools (inplace='no' is true)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{tool} expects an nn.Module (a model or a layer), got "
                         f"{type(model).__name__}")
+    # A scripted module's code and layers are compiled: a tool would change nothing in it.
+    # fuse only optimizes: a scripted part inside a model leaves the model untraceable, so
+    # unfused (said in its report); every other tool would silently skip the layers inside.
+    inside = tool != "fuse"
+    for name, m in model.named_modules() if inside else [("", model)]:
+        if isinstance(m, torch.jit.ScriptModule):
+            where = f"its submodule {name!r} is" if name else "it is"
+            raise ValueError(f"{tool} cannot change a scripted model: {where} a "
+                             f"torch.jit.ScriptModule; apply {tool} to the nn.Module before "
+                             f"torch.jit.script / torch.jit.trace")
     check_flags(tool, **flags)

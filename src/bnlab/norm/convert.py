@@ -2,7 +2,10 @@
 
 ``convert(model, to="bnlab")`` replaces every ``torch.nn.BatchNorm1d/2d/3d`` with its bnlab
 twin; ``to="torch"`` does the reverse. Parameters, buffers, dtype, device, train/eval mode and
-``requires_grad`` flags carry over, so the converted model computes the same function.
+``requires_grad`` flags carry over, so the converted model computes the same function; so do
+its hooks, and a layer registered at several places (a shared module) becomes one new layer
+registered at all of them. A parametrized BatchNorm is refused (its replacement would drop
+the parametrization).
 ``freeze(model)`` and ``unfreeze(model)`` are two more swaps: to the frozen kind and back.
 
 One table per target, class -> class: a new target (a synchronized or frozen variant) is one
@@ -22,6 +25,9 @@ from typing import Any
 
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from bnlab.norm.base import NormBase, is_batch_norm
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -59,12 +65,42 @@ CONVERSIONS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
 }
 
 
+# Every hook table of nn.Module: the replacement runs the same hooks as the layer it replaces.
+_HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+                "_backward_pre_hooks", "_state_dict_hooks", "_state_dict_pre_hooks",
+                "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> None:
+    """Give `new` the hook tables of `old` (the same objects: a handle the user holds still
+    removes its hook)."""
+    for table in _HOOK_TABLES:
+        if hasattr(old, table):
+            setattr(new, table, getattr(old, table))
+    if hasattr(old, "_is_full_backward_hook"):
+        new._is_full_backward_hook = old._is_full_backward_hook
+
+
+def _copy_user_hooks(old: nn.Module, new: nn.Module) -> None:
+    """A lazy layer's own tables hold its materializing hooks, bound to it: `new` keeps its
+    own and receives the user's hooks of `old` beside them (copied: the user's handles no
+    longer remove them)."""
+    for table in _HOOK_TABLES:
+        mine = getattr(new, table, None)
+        for key, hook in getattr(old, table, {}).items():
+            if mine is not None and getattr(hook, "__self__", None) is not old:
+                mine[key] = hook
+
+
 def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """Build `cls` with `old`'s configuration and load `old`'s state into it."""
     if issubclass(cls, LazyModuleMixin):  # lazy to lazy: the settings; no state yet
         lazy: nn.Module = cls(eps=old.eps, momentum=old.momentum, affine=old.affine,
-                  track_running_stats=old.track_running_stats,
-                  device=old.num_batches_tracked.device if old.track_running_stats else None)
+                              track_running_stats=old.track_running_stats,
+                              device=old.num_batches_tracked.device
+                              if old.track_running_stats else None)
+        _copy_user_hooks(old, lazy)
         return lazy.train(old.training)
     ref = next(iter(old.state_dict().values()), None)  # any tensor gives device and dtype
     new = cls(
@@ -83,6 +119,7 @@ def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
             new.named_parameters(), old.named_parameters(), strict=True
         ):
             p_new.requires_grad_(p_old.requires_grad)
+    _carry_hooks(old, new)
     return new.train(old.training)
 
 
@@ -94,6 +131,11 @@ def _swap_named(name: str, old: nn.Module, cls: type[nn.Module], to: str) -> nn.
         where = f"layer {name!r}" if name else "the layer"
         raise type(e)(f"convert(to={to!r}): {where} ({type(old).__name__}) cannot become "
                       f"{cls.__name__}: {e}") from e
+
+
+def _old_style_reparametrized(module: nn.Module) -> bool:
+    return any(isinstance(h, (WeightNorm, SpectralNorm))
+               for h in module._forward_pre_hooks.values())
 
 
 def targets() -> list[str]:
@@ -147,8 +189,18 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False,
 
     # Check the whole tree first: the common error costs no work and names the layer.
     for name, module in model.named_modules():
+        where = f" at {name!r}" if name else ""
+        if is_batch_norm(module) and parametrize.is_parametrized(module):
+            raise TypeError(
+                f"convert(to={to!r}): the BatchNorm{where} is parametrized "
+                f"({', '.join(module.parametrizations.keys())}); its replacement would drop "
+                f"that: remove it first (torch.nn.utils.parametrize.remove_parametrizations)")
+        if is_batch_norm(module) and _old_style_reparametrized(module):
+            raise TypeError(
+                f"convert(to={to!r}): the BatchNorm{where} uses the old-style weight_norm or "
+                f"spectral_norm (its weight is computed by a hook from other parameters); "
+                f"remove it first (torch.nn.utils.remove_weight_norm / remove_spectral_norm)")
         if is_batch_norm(module) and type(module) not in table and not left_alone(module):
-            where = f" at {name!r}" if name else ""
             raise TypeError(
                 f"convert(to={to!r}): {type(module).__module__}.{type(module).__qualname__}"
                 f"{where} has no {to} counterpart; convertible classes are "
@@ -167,8 +219,9 @@ def _swap_children(model: nn.Module, table: dict[type[nn.Module], type[nn.Module
     names = {id(m): name for name, m in model.named_modules()}
     swapped: dict[int, nn.Module] = {}  # a layer shared by two parents stays shared
     for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) in table:
+        # _modules, not named_children(): that skips a layer's second name in one parent.
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and type(child) in table:
                 if id(child) not in swapped:
                     swapped[id(child)] = _swap_named(names.get(id(child), child_name), child,
                                                      table[type(child)], to)
@@ -178,6 +231,7 @@ def _swap_children(model: nn.Module, table: dict[type[nn.Module], type[nn.Module
 
 def freeze(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Every BatchNorm (bnlab or torch) becomes the frozen kind of the same rank."""
+    check_tool_args("freeze", model, inplace=inplace)
     return convert(model, to="frozen", inplace=inplace)
 
 

@@ -27,14 +27,18 @@ import copy
 import itertools
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from bnlab.norm.base import is_batch_norm
 from bnlab.norm.checks import check_limit, check_tool_args
+from bnlab.norm.dataflow import trace, why_touched
 from bnlab.norm.transaction import all_or_nothing
 
 __all__ = ["FoldReport", "fold", "fold_pair", "fold_with_report"]
@@ -61,6 +65,9 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
                         f"are {', '.join(c.__name__ for c in FOLDABLE)}")
     if not is_batch_norm(bn):
         raise TypeError(f"fold_pair: {type(bn).__name__} is not a BatchNorm layer")
+    why = why_touched(layer, type(layer).__name__) or why_touched(bn, "BatchNorm")
+    if why is not None:
+        raise ValueError(f"fold_pair: cannot fold: {why}; remove them first")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"cannot fold {type(bn).__name__} without running statistics "
                          f"(track_running_stats=False normalizes with batch statistics)")
@@ -90,17 +97,81 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     return out
 
 
-class _Tracer(fx.Tracer):
-    """Keeps normalization, conv and linear layers whole (bnlab's check their input in Python,
-    which a symbolic trace cannot run)."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (is_batch_norm(m) or isinstance(m, FOLDABLE)
-                or type(m).__module__.startswith("bnlab.norm")
-                or super().is_leaf_module(m, module_qualified_name))
+# Layers that keep the rank of their input (a Linear's input rank is its output's).
+_SAME_RANK_MODULES = (nn.Linear, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU,
+                      nn.LeakyReLU, nn.Dropout, nn.Identity, nn.Softplus, nn.Hardtanh)
+_SAME_RANK_FUNCTIONS = {torch.relu, torch.sigmoid, torch.tanh, F.relu, F.gelu, F.silu,
+                        F.dropout, F.leaky_relu}
+_SAME_RANK_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "float", "double"}
 
 
-def _why_not(bn_node: fx.Node, modules: dict[str, nn.Module], calls: Counter[str]) -> str | None:
+def _flattens_to_2d(node: fx.Node, modules: dict[str, nn.Module]) -> bool | None:
+    """True when `node` surely makes a 2-D tensor; None when it keeps its input's rank (follow
+    its input); False when nothing is known."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        if type(m) is nn.Flatten:
+            return m.start_dim == 1 and m.end_dim == -1
+        return None if isinstance(m, _SAME_RANK_MODULES) or is_batch_norm(m) else False
+    if node.op == "call_function" and node.target is torch.flatten:
+        return tuple(node.args[1:]) == (1,) and not node.kwargs
+    if node.op == "call_function":
+        return None if node.target in _SAME_RANK_FUNCTIONS else False
+    if node.op == "call_method" and node.target == "flatten":
+        return tuple(node.args[1:]) == (1,) and not node.kwargs
+    if node.op == "call_method" and node.target in ("view", "reshape"):
+        sizes = node.args[1:]
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = tuple(sizes[0])
+        return len(sizes) == 2
+    return None if node.op == "call_method" and node.target in _SAME_RANK_METHODS else False
+
+
+def _input_is_2d(linear: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the graph proves the Linear's input (so its output) 2-D: a flatten(1) or a
+    view/reshape to two sizes, then only layers that keep the rank."""
+    node = linear.args[0] if linear.args else None
+    while isinstance(node, fx.Node) and node.args:  # a chain back through the graph
+        verdict = _flattens_to_2d(node, modules)
+        if verdict is not None:
+            return verdict
+        node = node.args[0]
+    return False
+
+
+def _after_flatten(before: list[nn.Module]) -> bool:
+    """Whether the Sequential layers `before` a Linear end in a flatten(1) then only layers
+    that keep the rank (the fallback's proof of a 2-D input)."""
+    for m in reversed(before):
+        if type(m) is nn.Flatten:
+            return m.start_dim == 1 and m.end_dim == -1
+        if not (isinstance(m, _SAME_RANK_MODULES) or is_batch_norm(m)):
+            return False
+    return False
+
+
+def _linear_ranks(model: nn.Module, example_input: Any) -> dict[int, set[int]]:
+    """The ranks each Linear's input had in one eval forward pass of `example_input`."""
+    ranks: dict[int, set[int]] = {}
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args: ranks.setdefault(id(mod), set()).add(args[0].dim()))
+        for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            args = example_input if isinstance(example_input, tuple) else (example_input,)
+            model(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranks
+
+
+_RANK_UNPROVEN = ("a Linear -> BatchNorm pair is the same function only on 2-D input, and "
+                  "nothing proves this Linear's input 2-D; pass example_input to fold it")
+
+
+def _why_not(bn_node: fx.Node, modules: dict[str, nn.Module], calls: Counter[str],
+             ranks: dict[int, set[int]] | None) -> str | None:
     """Why this BatchNorm call cannot be folded into its input's layer; None if it can."""
     bn = modules[str(bn_node.target)]
     if calls[str(bn_node.target)] > 1:
@@ -121,10 +192,32 @@ def _why_not(bn_node: fx.Node, modules: dict[str, nn.Module], calls: Counter[str
     if len(src.users) != 1:
         others = sorted(str(u.target) for u in src.users if u is not bn_node)
         return f"the output of {src.target!r} also feeds {others} (folding would change it)"
-    return _why_not_pair(layer, bn)
+    if len(src.args) != 1 or src.kwargs:
+        return f"{src.target!r} is called with more than its input"
+    why = _why_not_pair(layer, bn)
+    if why is None and isinstance(layer, nn.Linear):
+        return _why_not_linear(layer, ranks, lambda: _input_is_2d(src, modules))
+    return why
+
+
+def _why_not_linear(layer: nn.Module, ranks: dict[int, set[int]] | None,
+                    proven: Callable[[], bool]) -> str | None:
+    """A Linear acts on the last dim, a BatchNorm on dim 1: the same only for 2-D input."""
+    if ranks is None:
+        return None if proven() else _RANK_UNPROVEN
+    seen = ranks.get(id(layer), set())
+    if seen == {2}:
+        return None
+    if not seen:
+        return "example_input did not reach the Linear before it, so its input rank is unknown"
+    return (f"the Linear before it gets {'/'.join(map(str, sorted(seen)))}-D input: a Linear "
+            f"scales the last dim, a BatchNorm dim 1, so folding would change the function")
 
 
 def _why_not_pair(layer: nn.Module, bn: nn.Module) -> str | None:
+    why = why_touched(layer, type(layer).__name__) or why_touched(bn, "BatchNorm")
+    if why is not None:
+        return why
     if getattr(bn, "activation", None) is not None:
         return f"fused with the {bn.activation} after it (bnlab.norm.fused)"
     if bn.running_mean is None:
@@ -135,15 +228,15 @@ def _why_not_pair(layer: nn.Module, bn: nn.Module) -> str | None:
     return None
 
 
-def _plan_traced(model: nn.Module, graph: fx.Graph) -> tuple[list[tuple[str, str]],
-                                                             dict[str, str]]:
+def _plan_traced(model: nn.Module, graph: fx.Graph, ranks: dict[int, set[int]] | None
+                 ) -> tuple[list[tuple[str, str]], dict[str, str]]:
     modules = dict(model.named_modules())
     calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
     pairs: list[tuple[str, str]] = []
     left: dict[str, str] = {}
     for node in graph.nodes:
         if node.op == "call_module" and is_batch_norm(modules[str(node.target)]):
-            why = _why_not(node, modules, calls)
+            why = _why_not(node, modules, calls, ranks)
             if why is None:
                 pairs.append((str(node.args[0].target), str(node.target)))
             else:
@@ -151,7 +244,8 @@ def _plan_traced(model: nn.Module, graph: fx.Graph) -> tuple[list[tuple[str, str
     return pairs, left
 
 
-def _plan_sequential(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def _plan_sequential(model: nn.Module, ranks: dict[int, set[int]] | None
+                     ) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """The fallback: neighbours inside nn.Sequential, where the order is the dataflow."""
     pairs: list[tuple[str, str]] = []
     left: dict[str, str] = {}
@@ -160,11 +254,15 @@ def _plan_sequential(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str,
     for parent in model.modules():
         if not isinstance(parent, nn.Sequential):
             continue
-        for layer, bn in itertools.pairwise(list(parent)):
+        layers = list(parent)
+        for i, (layer, bn) in enumerate(itertools.pairwise(layers)):
             if not (isinstance(layer, FOLDABLE) and is_batch_norm(bn)):
                 continue
             why = ("a shared layer" if uses[id(layer)] > 1 or uses[id(bn)] > 1
                    else _why_not_pair(layer, bn))
+            if why is None and isinstance(layer, nn.Linear):
+                before = layers[:i]
+                why = _why_not_linear(layer, ranks, lambda: _after_flatten(before))  # noqa: B023
             if why is None:
                 pairs.append((names[id(layer)], names[id(bn)]))
             else:
@@ -172,19 +270,17 @@ def _plan_sequential(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str,
     return pairs, left
 
 
-def _plan(model: nn.Module) -> FoldReport:
+def _plan(model: nn.Module, ranks: dict[int, set[int]] | None) -> FoldReport:
     if is_batch_norm(model) or isinstance(model, FOLDABLE):
         return FoldReport(left={"": "a single layer: nothing to fold into"}
                           if is_batch_norm(model) else {})
     report = FoldReport()
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as e:  # any failure of the user's forward under tracing
+    graph, report.trace_error = trace(model)
+    if graph is None:
         report.traced = False
-        report.trace_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        report.folded, report.left = _plan_sequential(model)
+        report.folded, report.left = _plan_sequential(model, ranks)
     else:
-        report.folded, report.left = _plan_traced(model, graph)
+        report.folded, report.left = _plan_traced(model, graph, ranks)
     done = {bn for _, bn in report.folded}
     for name, m in model.named_modules():
         if is_batch_norm(m) and name not in done and name not in report.left:
@@ -201,8 +297,8 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
                 parent._modules[name] = new
 
 
-def fold_with_report(model: nn.Module, *, inplace: bool = False) -> tuple[nn.Module,
-                                                                          FoldReport]:
+def fold_with_report(model: nn.Module, *, inplace: bool = False,
+                     example_input: Any = None) -> tuple[nn.Module, FoldReport]:
     """``fold``, also returning a ``FoldReport`` of what was folded and what was left, and why."""
     check_tool_args("fold", model, inplace=inplace)
     if model.training or any(m.training for m in model.modules() if is_batch_norm(m)):
@@ -211,7 +307,8 @@ def fold_with_report(model: nn.Module, *, inplace: bool = False) -> tuple[nn.Mod
                            "model.eval() first")
     model = model if inplace else copy.deepcopy(model)
     with all_or_nothing(model) as snapshot:
-        report = _plan(model)
+        ranks = None if example_input is None else _linear_ranks(model, example_input)
+        report = _plan(model, ranks)
         snapshot.restore()  # tracing ran the model's own forward code: undo what it did
         modules = dict(model.named_modules())
         folded = [(modules[a], modules[b], fold_pair(modules[a], modules[b]))
@@ -222,13 +319,18 @@ def fold_with_report(model: nn.Module, *, inplace: bool = False) -> tuple[nn.Mod
     return model, report
 
 
-def fold(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+def fold(model: nn.Module, *, inplace: bool = False, example_input: Any = None) -> nn.Module:
     """Return `model` (eval mode required) with every (conv|linear -> BatchNorm) pair folded.
 
+    A Linear -> BatchNorm pair is the same function only when the Linear's input is 2-D: it
+    is folded when the traced graph shows a ``flatten(1)`` (or a view/reshape to two sizes)
+    before it, or when `example_input` (one batch: a tensor or a tuple of forward's arguments;
+    one eval forward pass measures every Linear's input rank) shows only 2-D input. Layers
+    with hooks or parametrizations (weight_norm, spectral_norm) are left as they are.
     Warns once, naming each BatchNorm left unfolded and why (``fold_with_report`` returns the
     same account instead).
     """
-    model, report = fold_with_report(model, inplace=inplace)
+    model, report = fold_with_report(model, inplace=inplace, example_input=example_input)
     if report.left or not report.traced:
         how = "" if report.traced else (
             f"the model could not be traced with torch.fx ({report.trace_error}), so only "

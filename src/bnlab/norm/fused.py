@@ -23,16 +23,13 @@ Where the kernels do not apply (half types, CUDA, odd sizes, BNLAB_FAST=0), the 
 runs as the composite bnlab batch_norm -> activation -> F.avg_pool2d, which is also the oracle
 of the tests.
 
-``fuse(model)`` rewrites every ``nn.Sequential`` run [bnlab BatchNorm, nn.Sigmoid,
-(nn.AvgPool2d(2))] into one ``BatchNormSigmoid`` layer and [bnlab BatchNorm, nn.ReLU] into one
-``BatchNormReLU``; each keeps the BatchNorm's parameters, buffers and state-dict keys (the
-absorbed slots become ``nn.Identity``), so checkpoints load into the unfused model and back.
+``fuse(model)`` rewrites runs of these layers into one fused layer that keeps the BatchNorm's
+parameter and buffer objects and state-dict keys, where the torch.fx dataflow proves it the
+same model (``bnlab.norm.fusion``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,13 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnlab.norm import backends, kernels, reference
-from bnlab.norm.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormBase
-from bnlab.norm.checks import check_batch_norm_args, check_layer_at_use, check_tool_args
+from bnlab.norm.batchnorm import BatchNorm, BatchNormBase
+from bnlab.norm.checks import check_batch_norm_args
 from bnlab.norm.functional import batch_norm
-from bnlab.norm.transaction import all_or_nothing
+from bnlab.norm.fusion import FuseReport, fuse_runs
 
 __all__ = ["ACTIVATIONS", "Activation", "BatchNormAct", "BatchNormReLU", "BatchNormSigmoid",
-           "batch_norm_act", "batch_norm_relu", "batch_norm_sigmoid", "fuse"]
+           "FuseReport", "batch_norm_act", "batch_norm_relu", "batch_norm_sigmoid", "fuse",
+           "fuse_with_report"]
 
 
 @dataclass(frozen=True)
@@ -213,57 +211,26 @@ class BatchNormReLU(BatchNormAct):
     activation = "relu"
 
 
-_PLAIN = (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d)
-
-
-def _is_pool_2x2(m: nn.Module) -> bool:
-    if type(m) is not nn.AvgPool2d or _hooked(m):
-        return False
-    k, s, p = m.kernel_size, m.stride, m.padding
-    return (k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and not m.ceil_mode
-            and m.divisor_override is None)
-
-
-def _hooked(m: nn.Module) -> bool:
-    """Whether anything observes or changes the module's own call (hooks would be lost or see
-    another tensor once it is absorbed into, or becomes, a fused layer)."""
-    return any(getattr(m, name, None) for name in (
-        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
-
-
-def _absorbable(act: nn.Module) -> type[BatchNormAct] | None:
-    """The fused layer for a BatchNorm followed by `act`: exactly nn.Sigmoid or nn.ReLU (a
-    subclass may compute something else), with no hooks."""
-    if _hooked(act):
-        return None
-    return {nn.Sigmoid: BatchNormSigmoid, nn.ReLU: BatchNormReLU}.get(type(act))
+def fuse_with_report(model: nn.Module, *, inplace: bool = False) -> tuple[nn.Module,
+                                                                          FuseReport]:
+    """``fuse``, also returning a ``FuseReport`` of what was fused and what was left, and why."""
+    return fuse_runs(model, {nn.Sigmoid: BatchNormSigmoid, nn.ReLU: BatchNormReLU},
+                     inplace=inplace)
 
 
 def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Fuse [BatchNorm, Sigmoid, (AvgPool2d(2))] and [BatchNorm, ReLU] runs inside every
-    nn.Sequential of `model`.
+    nn.Sequential of `model`, where the model's dataflow proves it the same function.
 
-    Only runs that cannot be told apart from their fusion are fused: inside a plain
-    ``nn.Sequential`` (a subclass may use a layer's output twice in its own ``forward``), a plain
-    bnlab BatchNorm layer (not a variant, not guarded) then exactly ``nn.Sigmoid`` or
-    ``nn.ReLU`` (and exactly ``nn.AvgPool2d(2)``), none of them with hooks; everything else is
-    left as it is. Returns the fused model (a copy unless ``inplace``; in place, all
-    or nothing: an error leaves the model as it was); the math is unchanged and so are the
-    state-dict keys.
+    Candidates are neighbours in a plain ``nn.Sequential``: a plain bnlab BatchNorm layer (not
+    a variant, not guarded) then exactly ``nn.Sigmoid`` or ``nn.ReLU`` (and exactly
+    ``nn.AvgPool2d(2)``), none of them with hooks or registered twice. A candidate is fused
+    only when the torch.fx trace of ``forward`` shows the BatchNorm called once, its output
+    going to the activation alone (and the activation's to the pool alone), and the fused
+    model traces to the same graph; a model fx cannot trace is left unfused
+    (``bnlab.norm.fusion``). ``fuse_with_report`` says what was left and why. Returns the fused
+    model (a copy unless ``inplace``; in place, all or nothing: an error leaves the model as
+    it was); the math is unchanged, the fused layers share the BatchNorm's Parameter and
+    buffer objects, and the state-dict keys stay the same.
     """
-    check_tool_args("fuse", model, inplace=inplace)
-    model = model if inplace else copy.deepcopy(model)
-    with all_or_nothing(model) if inplace else contextlib.nullcontext():
-        for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
-            layers = list(seq)
-            for i, layer in enumerate(layers[:-1]):
-                kind = _absorbable(layers[i + 1])
-                if type(layer) not in _PLAIN or layer.guard or _hooked(layer) or kind is None:
-                    continue
-                pool = (2 if kind is BatchNormSigmoid and i + 2 < len(layers)
-                        and _is_pool_2x2(layers[i + 2]) else 1)
-                check_layer_at_use(layer, False)  # eps/momentum set after construction
-                seq[i] = kind.absorb(layer, pool)
-                for j in range(i + 1, i + 1 + pool):
-                    seq[j] = nn.Identity()
-    return model
+    return fuse_with_report(model, inplace=inplace)[0]
