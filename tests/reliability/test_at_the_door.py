@@ -132,6 +132,7 @@ def test_a_mismatch_is_one_line_and_writes_nothing(bnlab_cli, workdir, model, da
     r = bnlab_cli("train", "--model", model, "--dataset", dataset, "--out", out, *RUN_FLAGS,
                   cwd=workdir)
     assert_one_line_error(r, *needles)
+    assert " of epoch " not in r.stderr, r  # found at the door, not by a training step
     assert not out.exists()
 
 
