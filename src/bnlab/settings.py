@@ -156,7 +156,11 @@ def _in_range(spec: Setting, value: float) -> bool:
 def problem(cls: type, name: str, value: Any) -> str | None:
     """Why `value` is not allowed for field `name` of `cls` (None: it is)."""
     spec, kinds, _ = settings(cls)[name]
-    kind = next((k for k in kinds if _fits(value, k)), None)
+    kind = None
+    for k in kinds:  # (a loop, not next(genexpr): an abandoned generator is closed later, by
+        if _fits(value, k):  # the collector, where a Ctrl-C is "ignored", not an exit 130)
+            kind = k
+            break
     if kind is None or (kind is str and spec.choices is not None
                         and value not in (*spec.names(), *spec.legacy)):
         return f"must be {_allowed(spec, kinds)}"
