@@ -192,7 +192,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from bnlab.studies.reproduce import reproduce, textbook_line
 
     result = reproduce(epochs=args.epochs, out=args.out, quick=args.quick, seed=args.seed,
-                       data_dir=args.data_dir, threads=args.threads, device=args.device)
+                       data_dir=args.data_dir, threads=args.threads, device=args.device,
+                       sweep=_sweep(args))
     lines = [f"{name:>9}: {textbook_line(run)}" for name, run in result.runs.items()]
     print("\n" + "\n".join(lines) + "\n\n" + result.table)
     print(f"report: {result.report}\ncurves: {result.curves}\n"
@@ -208,7 +209,7 @@ def _study(args: argparse.Namespace) -> int:
     out = args.out or f"runs/study-{args.name}{'-quick' if args.quick else ''}"
     run_study(study, out, quick=args.quick, seeds=args.seeds, analyze_only=args.analyze_only,
               data_dir=args.data_dir, threads=args.threads, model=args.model,
-              dataset=args.dataset)
+              dataset=args.dataset, sweep=_sweep(args))
     print(f"study written to {out}: figure.png, table.md, table.csv, verdict, study.json")
     return 0
 
@@ -320,6 +321,36 @@ def _run_flags() -> argparse.ArgumentParser:
     return p
 
 
+MAX_WORKERS = 4096  # runs in flight at once: far above any cluster a study would use
+
+
+class Workers(IntRange):
+    """A worker count in [1, limit], or ``auto`` (None: as many as fit the cores)."""
+
+    def __call__(self, text: str) -> int | None:  # type: ignore[override]
+        return None if text.strip().lower() == "auto" else super().__call__(text)
+
+
+def _sweep_flags() -> argparse.ArgumentParser:
+    """--workers, --address, --debug: where a study's runs train (``bnlab.studies.sweep``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--workers", type=Workers(MAX_WORKERS, "a worker count or 'auto'"),
+                   default=1, metavar="N",
+                   help="runs at a time as Ray tasks, each with --threads CPUs; 'auto': as "
+                        "many as fit the cores (default: 1, in this process, without Ray)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="run on the Ray cluster at this address, e.g. 10.0.0.5:6379 "
+                        "(default: $RAY_ADDRESS, else this machine)")
+    p.add_argument("--debug", action="store_true", help="show Ray's own logs")
+    return p
+
+
+def _sweep(args: argparse.Namespace) -> Any:
+    from bnlab.studies.sweep import Sweep
+
+    return Sweep(workers=args.workers, address=args.address, debug=args.debug)
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     from bnlab.data.registry import DATASETS
     from bnlab.models import MODELS
@@ -407,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=Parser)
-    run_flags = _run_flags()
+    run_flags, sweep_flags = _run_flags(), _sweep_flags()
 
-    p = sub.add_parser("reproduce", parents=[run_flags],
+    p = sub.add_parser("reproduce", parents=[run_flags, sweep_flags],
                        help="the textbook's LeNet comparison: no BN vs bnlab BN "
                        "vs torch BN, with table, curves.png and REPORT.md",
                        description="Train LeNet without BN, with bnlab's BN and with torch's BN "
@@ -471,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bnlab.studies import STUDY_NAMES  # names only: the studies load when one runs
 
-    p = sub.add_parser("study", parents=[run_flags],
+    p = sub.add_parser("study", parents=[run_flags, sweep_flags],
                        help="run an experiment that answers a learner's question",
                        description="Train every arm of a study for several seeds (finished "
                        "runs are reused), then write figure.png, table.md/csv, verdict and "
