@@ -28,6 +28,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
+from bnlab import memory
 from bnlab.studies.sweep import (
     OBJECT_STORE_BYTES,
     Job,
@@ -45,13 +46,37 @@ from bnlab.train.rundir import RunDir
 __all__ = ["bnlab_run", "run", "session"]
 
 
-def bnlab_run(config: Any, files: dict[str, bytes], probe: Any,
-              train_kw: dict[str, Any]) -> tuple[dict[str, bytes], str]:
+def bnlab_run(config: Any, files: dict[str, bytes], probe: Any, train_kw: dict[str, Any],
+              memory_policy: str) -> tuple[dict[str, bytes], str]:
     """The task (its worker's process title reads ``ray::bnlab_run``): one run, trained in a
     temporary directory on the node that runs it; returns its files and where it ran."""
-    files, host = train_in_tmp(config, files, probe, train_kw)
+    files, host = train_in_tmp(config, files, probe, train_kw, memory_policy)
     node = ray.get_runtime_context().get_node_id()[:8]
     return files, f"{host}, Ray node {node}"
+
+
+@contextmanager
+def _quiet(debug: bool) -> Iterator[None]:
+    """Without `debug`, drop the raylet's messages that Ray prints to stdout even with
+    ``log_to_driver=False`` (e.g. "Task bnlab_run failed ... will be retried", with Ray's
+    traceback): the sweep says itself, in one line, when a run fails for good. Ray has no
+    switch for them; this wraps its printer while the sweep holds Ray, if Ray still has it."""
+    from ray._private import worker as ray_worker
+
+    show = getattr(ray_worker, "print_to_stdstream", None)
+    if debug or show is None:
+        yield
+        return
+
+    def printer(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            show(data, ignore_prefix)
+
+    ray_worker.print_to_stdstream = printer
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = show
 
 
 def _start(sweep: Sweep) -> tuple[int, int, str]:
@@ -90,19 +115,21 @@ _held: tuple[int, int, str] | None = None  # (workers, threads, cluster) while a
 def session(sweep: Sweep) -> Iterator[None]:
     """Ray started (or joined) once for several sweeps, e.g. every study of ``make docs``."""
     global _held
-    _held = _start(sweep)
-    try:
-        yield
-    finally:
-        _held = None
-        ray.shutdown()
+    with _quiet(sweep.debug):
+        _held = _start(sweep)
+        try:
+            yield
+        finally:
+            _held = None
+            ray.shutdown()
 
 
 def run(jobs: Sequence[Job], sweep: Sweep, finished: Callable[[Job, Outcome], None],
         running: Callable[[int], None]) -> tuple[list[Run], dict[str, Any]]:
-    started_here = _held is None and not ray.is_initialized()
-    workers, threads, cluster = _start(sweep) if started_here else _held or (
-        sweep.workers or 1, sweep.threads or 1, "joined")
+    if _held is None and not ray.is_initialized():
+        with session(sweep):
+            return run(jobs, sweep, finished, running)
+    workers, threads, cluster = _held or (sweep.workers or 1, sweep.threads or 1, "joined")
     jobs = [replace(job, config=replace(job.config, threads=threads)) for job in jobs]
     task = ray.remote(bnlab_run).options(num_cpus=threads, max_retries=sweep.retries,
                                          retry_exceptions=False)
@@ -123,7 +150,8 @@ def run(jobs: Sequence[Job], sweep: Sweep, finished: Callable[[Job, Outcome], No
                 i = waiting.pop(0)
                 job = jobs[i]
                 files = read_tree(job.path) if job.path.is_dir() else {}  # resumed there
-                ref = task.remote(job.config, files, job.probe, job.train_kw)
+                ref = task.remote(job.config, files, job.probe, job.train_kw,
+                                  memory.current())
                 flight[ref] = (i, time.perf_counter())
             running(len(flight))
             ready, _ = ray.wait(list(flight), num_returns=1)
@@ -138,8 +166,6 @@ def run(jobs: Sequence[Job], sweep: Sweep, finished: Callable[[Job, Outcome], No
     finally:
         for ref in flight:
             ray.cancel(ref, force=True)
-        if started_here:
-            ray.shutdown()
     return [runs[i] for i in range(len(jobs))], {
         "executor": "ray", "cluster": cluster, "workers": workers, "threads": threads,
         "ran_on": where}

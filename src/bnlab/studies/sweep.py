@@ -168,11 +168,16 @@ def write_tree(path: Path, files: dict[str, bytes]) -> None:
 
 
 def train_in_tmp(config: TrainConfig, files: dict[str, bytes],
-                 probe: Callable[[], Probe] | None,
-                 train_kw: dict[str, Any]) -> tuple[dict[str, bytes], str]:
+                 probe: Callable[[], Probe] | None, train_kw: dict[str, Any],
+                 memory_policy: str) -> tuple[dict[str, bytes], str]:
     """A worker's side of a run: train in a fresh temporary directory (resuming from `files`,
-    the driver's unfinished run, if any) and return the finished directory's files and the
-    host it ran on. Errors come back as one line with the temporary path left out."""
+    the driver's unfinished run, if any) under the driver's memory policy (``bnlab.memory``,
+    recorded in the run's provenance) and return the finished directory's files and the host
+    it ran on. Errors come back as one line with the temporary path left out."""
+    from bnlab import memory
+
+    if memory.current() != memory_policy:
+        memory.set_policy(memory_policy)
     with tempfile.TemporaryDirectory(prefix="bnlab-run-") as tmp:
         path = Path(tmp) / "run"
         if files:
