@@ -120,6 +120,17 @@ def test_run_files_round_trip_and_stay_inside(tmp_path):
     assert not (tmp_path / "escape").exists()
 
 
+def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
+    out = tmp_path / "nowhere"
+    port = _free_port()  # closed again: nothing listens there
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"cannot join the Ray cluster at 127.0.0.1:{port}: "
+                       r"nothing answers there .*ray start --head"):
+        run_study(get_study("momentum"), out, quick=True, threads=1, dataset=DATA,
+                  sweep=Sweep(address=f"127.0.0.1:{port}"), log=lambda m: None, progress=False)
+    assert time.monotonic() - start < 30 and not out.exists()
+
+
 def test_a_second_study_on_one_directory_is_refused(tmp_path):
     out = tmp_path / "study"
     with RunDir(out).lock():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -89,6 +90,7 @@ def _start(sweep: Sweep) -> tuple[int, int, str]:
         if not sweep.debug:
             warnings.simplefilter("ignore")
         if sweep.address:
+            _reachable(sweep.address)
             try:
                 ray.init(address=sweep.address, **quiet)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -106,6 +108,22 @@ def _start(sweep: Sweep) -> tuple[int, int, str]:
         ray.init(address="local", num_cpus=workers * threads,
                  object_store_memory=OBJECT_STORE_BYTES, **quiet)
         return workers, threads, "local"
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse, in one line and in seconds, a ``host:port`` nobody listens on: ``ray.init``
+    would retry it for many minutes. Other forms (``ray://...``, ``auto``) go to Ray as they
+    are."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RuntimeError(
+            f"cannot join the Ray cluster at {address}: nothing answers there ({e.strerror or e}); "
+            f"start one with `ray start --head`, or give its address with --address or "
+            f"RAY_ADDRESS") from None
 
 
 _held: tuple[int, int, str] | None = None  # (workers, threads, cluster) while a session lasts
