@@ -30,7 +30,7 @@ import ray
 import ray.exceptions
 
 from bnlab import memory
-from bnlab.studies.sweep import (
+from bnlab.studies.sweep_jobs import (
     OBJECT_STORE_BYTES,
     Job,
     Outcome,
