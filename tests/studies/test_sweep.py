@@ -28,6 +28,7 @@ import torch
 import bnlab
 from bnlab import cli
 from bnlab.errors import RunDirError, UserError
+from bnlab.report.html import provenance_line
 from bnlab.studies.base import run_study
 from bnlab.studies.registry import get_study
 from bnlab.studies.sweep import Sweep, read_tree, write_tree
@@ -232,6 +233,9 @@ def test_a_study_on_the_cluster_equals_the_in_process_one(cluster, reference, tm
     assert where["workers"] == 2 and where["threads"] == 1
     nodes = {text.rsplit("Ray node ", 1)[1] for text in where["ran_on"].values()}
     assert len(where["ran_on"]) == 6 and len(nodes) == 2  # both nodes trained runs
+    line = provenance_line(json.loads((out / "study.json").read_text()))
+    assert f"(6 runs, torch {torch.__version__}), on Ray (2 workers of 1 thread(s), the " \
+           f"cluster at {cluster['address']}); analysed at" in line
 
 
 def _ancestors(pid: int) -> set[int]:
