@@ -158,6 +158,19 @@ def test_in_process_path_reuses_finished_runs_without_ray(reference, tmp_path):
     assert json.loads((out / "study.json").read_text())["executor"]["executor"] == "in-process"
 
 
+@pytest.mark.slow
+def test_two_local_workers_equal_the_in_process_study(reference, tmp_path):
+    """--workers 2 without an address: a private local Ray instance (what make docs uses)."""
+    out = tmp_path / "local"
+    done = subprocess.run([sys.executable, "-m", "bnlab", *STUDY, "--workers", "2", "--out",
+                           str(out)], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert_same_records(reference, out)
+    where = json.loads((out / "study.json").read_text())["executor"]
+    assert (where["executor"], where["cluster"], where["workers"]) == ("ray", "local", 2)
+
+
 # ---- a two-node Ray cluster ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
