@@ -10,6 +10,7 @@ be equal exactly, whichever path and node trained it, and after a worker is kill
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -29,10 +30,11 @@ import bnlab
 from bnlab import cli
 from bnlab.errors import RunDirError, UserError
 from bnlab.report.html import provenance_line
-from bnlab.studies.base import run_study
+from bnlab.studies.base import BAR, run_study
 from bnlab.studies.registry import get_study
 from bnlab.studies.sweep import Sweep, read_tree, write_tree
 from bnlab.train import Run
+from bnlab.train.progress import Progress
 from bnlab.train.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +101,16 @@ def test_workers_flag_parses_counts_and_auto():
     with pytest.raises(SystemExit) as e:
         parse(["study", "axes", "--workers", "0"])
     assert e.value.code == 2
+
+
+def test_the_bar_counts_runs_and_says_how_many_are_running(monkeypatch):
+    monkeypatch.setenv("BNLAB_PROGRESS", "1")
+    stream = io.StringIO()
+    bar = Progress(50, "[lr]", stream=stream, unit="run", bar_format=BAR)
+    bar.status("2 running")
+    bar.update(17)
+    bar.close()
+    assert "[lr] run 17 of 50, 2 running, ETA" in stream.getvalue()
 
 
 def test_sweep_refuses_bad_settings():

@@ -364,12 +364,14 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
     return findings
 
 
+# "[lr] run 17 of 50, 2 running, ETA 06:12 |####  | 04:40" (tqdm's fields)
+BAR = "{desc} run {n_fmt} of {total_fmt}{postfix}, ETA {remaining} |{bar}| {elapsed}"
+
+
 def _train_all(name: str, jobs: list[Job], sweep: Sweep, log: Callable[[str], None],
                progress: bool) -> tuple[list[Run], dict[str, Any]]:
     """Every job trained or reused (``sweep.run_jobs``) under one bar, a line per finished run."""
-    bar = Progress(len(jobs), f"[{name}]", progress, unit="run",
-                   bar_format="{desc} run {n_fmt} of {total_fmt}{postfix}, ETA {remaining} "
-                   "|{bar}| {elapsed}")
+    bar = Progress(len(jobs), f"[{name}]", progress, unit="run", bar_format=BAR)
     say = bar.write if bar.enabled and log is print else log  # lines above the bar
     done = 0
 
