@@ -162,13 +162,14 @@ def run(jobs: Sequence[Job], sweep: Sweep, finished: Callable[[Job, Outcome], No
         else:
             waiting.append(i)
     flight: dict[Any, tuple[int, float]] = {}
+    shared: dict[tuple[int, ...], Any] = {}
     try:
         while waiting or flight:
             while waiting and len(flight) < workers:
                 i = waiting.pop(0)
                 job = jobs[i]
                 files = read_tree(job.path) if job.path.is_dir() else {}  # resumed there
-                ref = task.remote(job.config, files, job.probe, job.train_kw,
+                ref = task.remote(job.config, files, job.probe, _shared(job.train_kw, shared),
                                   memory.current())
                 flight[ref] = (i, time.perf_counter())
             running(len(flight))
@@ -187,6 +188,17 @@ def run(jobs: Sequence[Job], sweep: Sweep, finished: Callable[[Job, Outcome], No
     return [runs[i] for i in range(len(jobs))], {
         "executor": "ray", "cluster": cluster, "workers": workers, "threads": threads,
         "ran_on": where}
+
+
+def _shared(train_kw: dict[str, Any], shared: dict[tuple[int, ...], Any]) -> Any:
+    """The user's network and data put into Ray's object store once for all the runs that
+    share them (every arm of a study does), not copied again with each task."""
+    if not train_kw:
+        return train_kw
+    key = tuple(id(v) for v in train_kw.values())
+    if key not in shared:
+        shared[key] = ray.put(train_kw)
+    return shared[key]
 
 
 def _result(ref: Any, job: Job, sweep: Sweep) -> tuple[dict[str, bytes], str]:
