@@ -39,10 +39,11 @@ browser:
 reproduce: data
 	$(BNLAB) reproduce --epochs 10 --out runs/reproduce
 
-## Every study's default run (finished runs reused), then docs/studies.md and docs/report/
-## rebuilt from the results (tests/test_docs_fresh.py checks they match the code).
+## Every study's default run (finished runs reused; two at a time on a local Ray instance, one
+## thread each), then docs/studies.md and docs/report/ rebuilt from the results
+## (tests/test_docs_fresh.py checks they match the code).
 docs: data
-	$(PY) -m bnlab.studies.publish --runs runs/studies --docs docs
+	$(PY) -m bnlab.studies.publish --runs runs/studies --docs docs --workers 2 --threads 1
 
 ## Fast suite (CPU) plus the linter and the type checker ([tool.mypy]): what CI runs.
 test: data browser

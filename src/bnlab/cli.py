@@ -96,7 +96,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from bnlab.studies.reproduce import reproduce, textbook_line
 
     result = reproduce(epochs=args.epochs, out=args.out, quick=args.quick, seed=args.seed,
-                       data_dir=args.data_dir, threads=args.threads, device=args.device)
+                       data_dir=args.data_dir, threads=args.threads, device=args.device,
+                       sweep=_sweep(args))
     lines = [f"{name:>9}: {textbook_line(run)}" for name, run in result.runs.items()]
     print("\n" + "\n".join(lines) + "\n\n" + result.table)
     print(f"report: {result.report}\ncurves: {result.curves}\n"
@@ -113,7 +114,7 @@ def _study(args: argparse.Namespace) -> int:
     out = opts.out_dir()
     run_study(get_study(opts.name), out, quick=opts.quick, seeds=opts.seeds,
               analyze_only=opts.analyze_only, data_dir=opts.data_dir, threads=opts.threads,
-              model=opts.model, dataset=opts.dataset)
+              model=opts.model, dataset=opts.dataset, sweep=_sweep(args))
     print(f"study written to {out}: figure.png, table.md, table.csv, verdict, study.json")
     return 0
 
@@ -233,6 +234,14 @@ def _run_flags() -> argparse.ArgumentParser:
     return p
 
 
+def _sweep(args: argparse.Namespace) -> Any:
+    """Where a study's runs train (``bnlab.studies.sweep``), from StudyOptions' flags."""
+    from bnlab.studies.sweep import Sweep
+
+    return Sweep(workers=args.workers, address=args.address or os.environ.get("RAY_ADDRESS")
+                 or None, debug=getattr(args, "debug", False))
+
+
 def _export(args: argparse.Namespace) -> int:
     from bnlab.deploy import ExportOptions, export_onnx
 
@@ -282,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the `reproduce` study, one seed: table.md, verdict, study.json). "
                        "Finished runs are reused and interrupted ones resumed.")
     add_flags(p, TrainConfig, ("epochs", "seed", "device"))
+    add_flags(p, StudyOptions, ("workers", "address"))  # where its runs train, as a study's
     p.add_argument("--out", type=out_dir, default="runs/reproduce", help="output directory "
                    "(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="2 epochs on a 4096-example subset")

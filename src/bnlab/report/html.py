@@ -142,11 +142,24 @@ def provenance_line(meta: dict[str, Any]) -> str:
         seconds = 0.0
     trained = "; ".join(f"{_commit(r.get('code'))} ({r.get('runs', '?')} runs, torch "
                         f"{r.get('torch', '?')})" for r in runs) or "unrecorded"
-    return (f"Trained at {trained}; analysed at {_commit(analysis.get('code'))}; "
+    return (f"Trained at {trained}{_on_ray(meta)}; analysed at "
+            f"{_commit(analysis.get('code'))}; "
             f"{machine.get('cpus', '?')}-CPU {machine.get('arch', '?')} machine, "
             f"{analysis.get('threads', '?')} threads; {meta.get('seeds', '?')} seeds; "
             f"training wall time "
             f"{f'{seconds / 60:.1f} min' if seconds >= 60 else f'{seconds:.0f} s'}.")
+
+
+def _on_ray(meta: dict[str, Any]) -> str:
+    """", on Ray (...)" when study.json says its runs trained as Ray tasks
+    (``bnlab.studies.sweep``), else nothing."""
+    ex = meta.get("executor")
+    if not isinstance(ex, dict) or ex.get("executor") != "ray":
+        return ""
+    cluster = ex.get("cluster")
+    where = "this machine" if cluster == "local" else f"the cluster at {cluster}"
+    return (f", on Ray ({ex.get('workers', '?')} workers of {ex.get('threads', '?')} "
+            f"thread(s), {where})")
 
 
 def _img(png: bytes | None) -> Markup:

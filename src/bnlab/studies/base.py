@@ -37,10 +37,12 @@ from bnlab.studies.stats import (
     summary,
 )
 from bnlab.studies.subject import Subject
-from bnlab.train import Run, TrainConfig, train
+from bnlab.studies.sweep import Job, Outcome, Sweep, run_jobs
+from bnlab.train import Run, TrainConfig
 from bnlab.train.config import CUSTOM
 from bnlab.train.epoch import Probe
 from bnlab.train.progress import Progress
+from bnlab.train.rundir import RunDir
 
 __all__ = ["Arm", "ArmResult", "Findings", "Study", "accuracy_comparisons", "accuracy_text",
            "compare_arms", "ran_on", "run_study", "summarize"]
@@ -299,48 +301,54 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
               analyze_only: bool = False, data_dir: str | None = None,
               threads: int | None = None, log: Callable[[str], None] = print,
               progress: bool = True, model: str | Callable[..., Any] | None = None,
-              dataset: str | tuple[Any, Any] | None = None, first_seed: int = 0) -> Findings:
+              dataset: str | tuple[Any, Any] | None = None, first_seed: int = 0,
+              sweep: Sweep | None = None) -> Findings:
     """Train (or, `analyze_only`, read) every arm for every seed, then write the report files.
 
-    With `progress`, one bar over the runs ("run 7 of 24, ETA 4:00"; see
-    ``bnlab.train.progress`` for where bars are drawn). With `model` and `dataset` (a
-    factory or import path, and data), the arms run on the user's network and data; the arms
-    that cannot apply to it are named in the table and the verdict. The seeds are
-    ``first_seed, first_seed + 1, ...``.
+    With `progress`, one bar over the runs ("run 7 of 24, 2 running, ETA 4:00"; see
+    ``bnlab.train.progress`` for where bars are drawn) and a line per finished run. With
+    `model` and `dataset` (a factory or import path, and data), the arms run on the user's
+    network and data; the arms that cannot apply to it are named in the table and the verdict.
+    The seeds are ``first_seed, first_seed + 1, ...``. `sweep` says where the runs train
+    (``bnlab.studies.sweep``: in this process by default, or on Ray); `threads` is its
+    threads per run. One study writes `out` at a time (the run directories' lock, on `out`).
     """
     out = Path(out)
+    with RunDir(out).lock():
+        return _run_study(study, out, quick, seeds, analyze_only, data_dir, log, progress,
+                          Subject(model, dataset), first_seed,
+                          replace(sweep or Sweep(), threads=threads))
+
+
+def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_only: bool,
+               data_dir: str | None, log: Callable[[str], None], progress: bool,
+               subject: Subject, first_seed: int, sweep: Sweep) -> Findings:
     started = time.perf_counter()
-    subject = Subject(model, dataset)
     if analyze_only:  # the saved study's subject, mode and seeds, unless given again
         subject, quick, seeds = _recorded(out, subject, quick, seeds)
     n_seeds = seeds or (QUICK_SEEDS if quick else study.seeds)
+    threads = sweep.threads
     arms = study.arms(quick)
     skip = _skip(study, arms, subject)
-    results = []
     to_run = [a for a in arms if a.name not in skip]
-    bar = Progress(len(to_run) * n_seeds, f"[{study.name}]", progress and not analyze_only,
-                   unit="run", bar_format="{desc} run {n_fmt} of {total_fmt}, "
-                   "ETA {remaining} |{bar}| {elapsed}")
-    say = bar.write if bar.enabled and log is print else log  # lines above the bar
-    for arm in to_run:
-        runs = []
-        for seed in range(first_seed, first_seed + n_seeds):
-            cfg = replace(arm_config(arm, subject), seed=seed, data_dir=data_dir,
-                          threads=threads, progress=False)
-            path = out / (study.run_path or default_run_path)(arm.name, seed, n_seeds)
-            if analyze_only:
-                if not (path / "DONE").exists():
-                    raise FileNotFoundError(f"{path} is not a finished run: train the study "
-                                            f"first (without --analyze-only)")
-                run = Run(path)
-            else:
-                say(f"[{study.name}] {arm.label}, seed {seed}")
-                run = train(cfg, path, resume=True, log=lambda m: None,
-                            probe=arm.probe() if arm.probe else None, **subject.train_kw())
-            runs.append(run)
-            bar.update(sum(len(r.runs) for r in results) + len(runs))
-        results.append(ArmResult(arm, runs))
-    bar.close()
+    jobs = [Job(out / (study.run_path or default_run_path)(arm.name, seed, n_seeds),
+                f"{arm.label}, seed {seed}",
+                replace(arm_config(arm, subject), seed=seed, data_dir=data_dir, progress=False),
+                arm.probe, subject.train_kw())
+            for arm in to_run for seed in range(first_seed, first_seed + n_seeds)]
+    executor: dict[str, Any] = {}
+    if analyze_only:
+        for job in jobs:
+            if not (job.path / "DONE").exists():
+                raise FileNotFoundError(f"{job.path} is not a finished run: train the study "
+                                        f"first (without --analyze-only)")
+        runs = [Run(job.path) for job in jobs]
+    else:
+        runs, executor = _train_all(study.name, jobs, sweep, log, progress)
+        executor["ran_on"] = {str(Path(k).relative_to(out)): v
+                              for k, v in executor["ran_on"].items()}
+    results = [ArmResult(arm, runs[i * n_seeds:(i + 1) * n_seeds])
+               for i, arm in enumerate(to_run)]
     findings = study.analyze(results)
     # One Holm family per study: every testable comparison adjusted, and adjusted together
     # (a study that split its comparisons into two holm calls would get smaller p values).
@@ -361,11 +369,11 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
     write_table(findings.rows, out, findings.comparisons)
     findings.plot(out / "figure.png")
     (out / "verdict").write_text(findings.verdict.strip() + "\n")
-    runs = [run for r in results for run in r.runs]
     (out / "study.json").write_text(json.dumps(_finite({
         "name": study.name, "question": study.question, "quick": quick, "seeds": n_seeds,
         "subject": subject.record(), "not_run": skip, "ran": ran,
         "provenance": {"analysis": provenance(threads), "runs": _run_versions(runs)},
+        **({"executor": executor} if executor else {}),
         "wall_time": {"training": sum(_wall(run) for run in runs),
                       "this_call": time.perf_counter() - started},
         "headline": findings.headline, "literature": findings.literature,
@@ -416,6 +424,33 @@ def _recorded(out: Path, subject: Subject, quick: bool,
     count = ran.get("seeds", saved.get("seeds"))
     usable = isinstance(count, int) and not isinstance(count, bool) and count > 0
     return subject, quick or saved.get("quick") is True, seeds or (count if usable else None)
+
+
+# "[lr] run 17 of 50, 2 running, ETA 06:12 |####  | 04:40" (tqdm's fields)
+BAR = "{desc} run {n_fmt} of {total_fmt}{postfix}, ETA {remaining} |{bar}| {elapsed}"
+
+
+def _train_all(name: str, jobs: list[Job], sweep: Sweep, log: Callable[[str], None],
+               progress: bool) -> tuple[list[Run], dict[str, Any]]:
+    """Every job trained or reused (``sweep.run_jobs``) under one bar, a line per finished run."""
+    bar = Progress(len(jobs), f"[{name}]", progress, unit="run", bar_format=BAR)
+    say = bar.write if bar.enabled and log is print else log  # lines above the bar
+    done = 0
+
+    def finished(job: Job, outcome: Outcome) -> None:
+        nonlocal done
+        done += 1
+        bar.update(done)
+        acc = outcome.run.final.get("test_acc")
+        said = f"test acc {acc:.4f}, " if isinstance(acc, float) else ""
+        say(f"[{name}] {job.label}: reused (finished earlier)" if outcome.where == "reused"
+            else f"[{name}] {job.label}: {said}{outcome.seconds:.1f} s on {outcome.where}")
+
+    try:
+        return run_jobs(jobs, sweep, finished=finished,
+                        running=lambda n: bar.status(f"{n} running"))
+    finally:
+        bar.close()
 
 
 def same_family(comparisons: Sequence[Comparison]) -> bool:

@@ -23,6 +23,23 @@ __all__ = ["QUICK_SEEDS", "STUDY_SEEDS", "StudyOptions"]
 STUDY_SEEDS = 5  # seeds per arm: enough for a paired test over seeds (``studies.stats``)
 QUICK_SEEDS = 1  # --quick: a smoke test, not evidence
 
+MAX_WORKERS = 4096  # runs in flight at once: far above any cluster a study would use
+
+
+def _workers(text: str) -> int | None:
+    """--workers: a count, or ``auto`` (None: as many as fit the cores)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a number of workers, or auto") from None
+
+
+def _address(text: str) -> str | None:
+    return None if text.strip() and len(text) <= 1000 else "must be host:port or a Ray URL"
+
+
 def _out_dir(text: str) -> str:
     """--out: a non-empty name that is not an existing file (as every command's --out)."""
     if not text.strip():
@@ -57,6 +74,14 @@ class StudyOptions:
     # Settings of every arm's runs that do not change what a study measures: TrainConfig's.
     data_dir: str | None = like(TrainConfig, "data_dir")
     threads: int | None = like(TrainConfig, "threads")
+    # Where the runs train (bnlab.studies.sweep): here, or as Ray tasks here or on a cluster.
+    workers: int | None = setting(1, "runs at a time as Ray tasks, each with --threads CPUs; "
+                                  "1 trains them one after another in this process, without "
+                                  "Ray", low=1, high=MAX_WORKERS, parse=_workers, metavar="N",
+                                  unset="auto: as many as fit the cores")
+    address: str | None = setting(None, "run on the Ray cluster at this address, e.g. "
+                                  "10.0.0.5:6379", metavar="ADDR", check=_address,
+                                  unset="$RAY_ADDRESS, else this machine")
 
     def __post_init__(self) -> None:
         validate(self)

@@ -40,6 +40,7 @@ from bnlab.studies.base import (
     summarize,
 )
 from bnlab.studies.stats import Comparison, Summary, fmt, holm
+from bnlab.studies.sweep import Sweep
 from bnlab.studies.wording import fair_word
 from bnlab.train import Run, TrainConfig
 
@@ -255,13 +256,14 @@ def write_report(out: Path, runs: dict[str, Run]) -> tuple[Path, Path, str]:
 def reproduce(epochs: int = EPOCHS, out: str | Path = "runs/reproduce", *, quick: bool = False,
               seed: int = 0, data_dir: str | None = None, threads: int | None = None,
               device: str = "auto", log: Callable[[str], None] = print,
-              progress: bool = True) -> ReproduceResult:
+              progress: bool = True, sweep: Sweep | None = None) -> ReproduceResult:
     """Train (or reuse) the three runs through ``run_study`` and write the study's files plus
-    ``REPORT.md`` and ``curves.png`` into `out`."""
+    ``REPORT.md`` and ``curves.png`` into `out`; `sweep`: where they train
+    (``bnlab.studies.sweep``, default in this process)."""
     out = Path(out)
     study = replace(STUDY, arms=lambda q: arms(q, epochs=epochs, device=device))
     findings = run_study(study, out, quick=quick, seeds=1, first_seed=seed, data_dir=data_dir,
-                         threads=threads, log=log, progress=progress)
+                         threads=threads, log=log, progress=progress, sweep=sweep)
     runs = {name: Run(out / run_path(name, seed, 1)) for name in ARMS}
     report, curves, table = write_report(out, runs)
     return ReproduceResult(out, runs, table, report, curves, findings)

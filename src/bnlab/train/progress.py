@@ -66,6 +66,11 @@ class Progress:
             self.bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
         self.bar.update(done - self.bar.n)
 
+    def status(self, text: str) -> None:
+        """A short note after the count ("2 running"); shown at the next refresh."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+
     def write(self, message: str) -> None:
         """Print a line above the bar (or plainly without one) without breaking the bar."""
         if self.bar is None:
