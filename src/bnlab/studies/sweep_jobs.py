@@ -20,7 +20,7 @@ from typing import Any
 
 from bnlab.errors import UserError
 from bnlab.train import Run, TrainConfig, train
-from bnlab.train.loop import Probe
+from bnlab.train.epoch import Probe
 from bnlab.train.rundir import DONE, LOCK, atomic_write_bytes
 
 __all__ = ["Job", "Outcome", "RunFailed", "Sweep", "read_tree", "train_here",
