@@ -82,7 +82,8 @@ def test_a_circle_would_be_found():
 
 # Lowest first: a module imports only modules of its own layer and of lower ones.
 LAYERS = [
-    {"bnlab.errors", "bnlab.files", "bnlab.memory", "bnlab.provenance", "bnlab.user_code"},
+    {"bnlab.errors", "bnlab.files", "bnlab.memory", "bnlab.provenance", "bnlab.settings",
+     "bnlab.user_code"},
     {"bnlab.norm", "bnlab.functional"},
     {"bnlab.data", "bnlab.models"},
     {"bnlab.train"},

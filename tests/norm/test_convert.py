@@ -93,9 +93,9 @@ def test_mixed_models_convert_only_what_is_foreign():
 @pytest.mark.parametrize("layer,to", [
     (bnlab.BatchNorm(4), "torch"),
     (GhostBatchNorm(4), "torch"),
-    (nn.LazyBatchNorm1d(), "bnlab"),
+    (nn.LazyBatchNorm1d(), "frozen"),
     (BatchRenorm(4), "frozen"),
-], ids=["any-rank-to-torch", "ghost-to-torch", "lazy-to-bnlab", "renorm-to-frozen"])
+], ids=["any-rank-to-torch", "ghost-to-torch", "lazy-to-frozen", "renorm-to-frozen"])
 def test_unconvertible_layers_are_named_and_nothing_changes(layer, to):
     model = nn.Sequential(nn.BatchNorm1d(4) if to != "torch" else bnlab.BatchNorm1d(4), layer)
     first = model[0]

@@ -21,6 +21,7 @@ of the wrong shape) leaves the whole model as it was, the layers swapped before 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 from torch import nn
@@ -89,8 +90,16 @@ def _copy_user_hooks(old: nn.Module, new: nn.Module) -> None:
     for table in _HOOK_TABLES:
         mine = getattr(new, table, None)
         for key, hook in getattr(old, table, {}).items():
-            if mine is not None and getattr(hook, "__self__", None) is not old:
+            if mine is not None and not _bound_to(hook, old):
                 mine[key] = hook
+
+
+def _bound_to(hook: Any, module: nn.Module) -> bool:
+    """Whether `hook` is a method of `module` itself (torch wraps some in a _WrappedHook)."""
+    fn = getattr(hook, "hook", hook)
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__self__", None) is module
 
 
 def _swap(old: nn.Module, cls: type[nn.Module]) -> nn.Module:

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 __all__ = ["Snapshot", "all_or_nothing"]
 
@@ -61,7 +62,8 @@ class Snapshot:
                     continue
                 self._modules[id(m)] = (m, type(m), _copy_tables(m.__dict__))
                 for t in (*m._parameters.values(), *m._buffers.values()):
-                    if t is not None and id(t) not in self._tensors:
+                    if t is not None and id(t) not in self._tensors and not is_lazy(t):
+                        # (a lazy layer's uninitialized tensor has no bytes to keep)
                         self._tensors[id(t)] = (t, t.detach().clone(), t.requires_grad)
 
     def restore(self) -> None:
