@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
     for command in sub.choices.values():  # `bnlab train ... --debug` works as well
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="on an error, print the full traceback too")
+                             help="on an error, print the full traceback too (default: off)")
     return parser
 
 
