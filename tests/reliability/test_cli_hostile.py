@@ -25,7 +25,8 @@ from tests.reliability.conftest import QUICK, RUN_FLAGS, assert_usage_error, cop
 BASE = {"reproduce": ["reproduce"], "train": ["train", "--out", "out"],
         "inspect": ["inspect", "x"], "data": ["data", "info"], "kernels": ["kernels", "status"],
         "study": ["study", "axes"], "report": ["report", "x"], "demo": ["demo"],
-        "compare": ["compare", "x"]}
+        "compare": ["compare", "x"], "evaluate": ["evaluate", "x"],
+        "export": ["export", "."]}
 
 # Bad values per checked type; FILE and MISSING become an existing file / an absent path. The
 # flags generated from TrainConfig and StudyOptions (bnlab.settings) bring their own: out of
@@ -63,7 +64,7 @@ FLAG_CASES = [(cmd, flag, value) for cmd, flag, kind in typed_flags()
 def test_the_table_covers_every_subcommand_and_type():
     assert sorted(BASE) == sorted(subparsers())
     assert {c for c, _, _ in FLAG_CASES} >= {"train", "reproduce", "study", "inspect", "report",
-                                            "data"}
+                                            "data", "evaluate", "export"}
 
 
 def test_every_typed_flag_uses_a_checked_type():

@@ -194,12 +194,13 @@ def _train(inputs: Inputs, rd: RunDir, resume: bool, log: Callable[[str], None],
 
 
 def _network(inputs: Inputs, train_loader: BatchLoader, test_loader: BatchLoader,
-             device: torch.device) -> nn.Module:
+             device: torch.device, world: int) -> nn.Module:
     """The network to train: built (bnlab's copy of a user's), on the device, checked and
     materialized by a dry batch, then initialized/converted/fused as the config says."""
     config = inputs.config
     x, y = next(iter(train_loader.batches(0)))
     raw = make_model(config, inputs.network).to(device)
+    _check_shares(raw, train_loader, world)  # (a batch of one cannot even run the dry batch)
     classes = dry_batch(raw, x, y)
     for loader, what in ((train_loader, "the training data"), (test_loader, "the test data")):
         if not isinstance(loader, DatasetBatches):  # labels in memory: check them all now
@@ -230,8 +231,7 @@ def _run(inputs: Inputs, rd: RunDir, checkpoint: dict[str, Any] | None, fresh: b
 
     train_loader, test_loader = batches.loaders(config, device, log, (ddp.rank, ddp.world),
                                                 inputs.train_data, inputs.test_data)
-    raw = _network(inputs, train_loader, test_loader, device)
-    _check_shares(raw, train_loader, ddp.world)
+    raw = _network(inputs, train_loader, test_loader, device, ddp.world)
     model: nn.Module = raw
     if ddp.active:
         model = nn.parallel.DistributedDataParallel(
