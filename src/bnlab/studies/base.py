@@ -15,6 +15,7 @@ of the table and the verdict, and the study's analysis sees only the arms that r
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.errors import UserError
+from bnlab.files import check_no_links, write_files
 from bnlab.provenance import provenance
 from bnlab.studies.stats import (
     FAILED_ACCURACY,
@@ -242,12 +244,12 @@ def write_table(rows: list[dict[str, Any]], out: Path,
     text = markdown_table(rows)
     if comparisons:
         text += "\n" + comparisons_table(comparisons)
-    (out / "table.md").write_text(text)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=keys, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_files(out, {"table.md": text.encode(), "table.csv": table.getvalue().encode()})
 
 
 def _skip(study: Study, arms: list[Arm], subject: Subject) -> dict[str, str]:
@@ -308,6 +310,7 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
             cfg = replace(arm_config(arm, subject), seed=seed, data_dir=data_dir,
                           threads=threads, progress=False)
             path = out / (study.run_path or default_run_path)(arm.name, seed, n_seeds)
+            check_no_links(path, out)  # a run directory planted as a link is not trained into
             if analyze_only:
                 if not (path / "DONE").exists():
                     raise FileNotFoundError(f"{path} is not a finished run: train the study "
@@ -337,9 +340,8 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
         findings.literature = mark + findings.literature if findings.literature else ""
     write_table(findings.rows, out, findings.comparisons)
     findings.plot(out / "figure.png")
-    (out / "verdict").write_text(findings.verdict.strip() + "\n")
     runs = [run for r in results for run in r.runs]
-    (out / "study.json").write_text(json.dumps(_finite({
+    study_json = json.dumps(_finite({
         "name": study.name, "question": study.question, "quick": quick, "seeds": n_seeds,
         **({} if subject.default else {"subject": subject.record(), "not_run": skip}),
         "provenance": {"analysis": provenance(threads), "runs": _run_versions(runs)},
@@ -351,7 +353,9 @@ def run_study(study: Study, out: str | Path, *, quick: bool = False, seeds: int 
         "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
                   "runs": [str(run.path.relative_to(out)) for run in r.runs],
                   "config": arm_config(r.arm, subject).to_dict()} for r in results],
-    }), indent=2, allow_nan=False) + "\n")
+    }), indent=2, allow_nan=False) + "\n"
+    write_files(out, {"verdict": (findings.verdict.strip() + "\n").encode(),
+                      "study.json": study_json.encode()})
     log(f"[{study.name}] {findings.verdict}")
     return findings
 

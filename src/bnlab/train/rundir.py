@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bnlab import files
 from bnlab.errors import CorruptFileError, RunDirError
 from bnlab.files import load_checkpoint, read_json, read_jsonl
 
@@ -36,30 +36,14 @@ METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec
                "epoch_time", "wall_time")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(file)` on a temporary sibling, then atomically rename it to `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    """Call `write(file)` on an unpredictable temporary beside `path`, then rename it to `path`
+    (``bnlab.files.atomic_write``: refused if the run directory or the name is a link)."""
+    files.atomic_write(path, write, root=path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+    files.write_bytes(path, data, root=path.parent)
 
 
 def _os_error(e: BaseException) -> OSError | None:
@@ -93,11 +77,8 @@ class RunDir:
         return (self.path / CONFIG).exists()
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete temporary files a killed writer left behind (``.NAME.tmp-PID``)."""
-        stale = sorted(self.path.glob(".*.tmp-*")) if self.path.is_dir() else []
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return stale
+        """Delete temporary files a killed writer left behind (``.NAME.*.tmp``)."""
+        return files.remove_stale_temporaries(self.path)
 
     # ---- one writer at a time ----
     @contextmanager
@@ -109,13 +90,18 @@ class RunDir:
         holds the holder's pid; a lock file left by a killed process holds no lock any more
         and is simply taken over.
         """
-        created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(self.path / LOCK, self.path)
+        created = bool(files.make_dirs(self.path))
+        try:
+            fd = _acquire(self.path / LOCK, self.path)
+        except BaseException:
+            if created:
+                with suppress(OSError):
+                    self.path.rmdir()
+            raise
         try:
             yield
         finally:
-            (self.path / LOCK).unlink(missing_ok=True)  # unlinked before the lock is dropped
+            files.remove(self.path / LOCK)  # unlinked before the lock is dropped
             os.close(fd)
             if created:
                 with suppress(OSError):  # not empty: the run is there
@@ -124,12 +110,12 @@ class RunDir:
     def discard(self) -> None:
         """Remove what a fresh run wrote before its first checkpoint (it failed to start)."""
         for name in (CONFIG, METRICS, "probes.jsonl"):
-            (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.path / "tensorboard", ignore_errors=True)  # --tensorboard events
+            files.remove(self.path / name)
+        with suppress(OSError):  # --tensorboard events (a link there is left, and not followed)
+            files.remove_tree(self.path / "tensorboard", root=self.path)
 
     # ---- config ----
     def write_config(self, config: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path / CONFIG, json.dumps(config, indent=2).encode() + b"\n")
 
     def read_config(self) -> dict[str, Any]:
@@ -200,7 +186,7 @@ def _fix(name: str) -> str:
 def _acquire(lock: Path, directory: Path) -> int:
     """An fd holding an exclusive flock on `lock` (the file holds our pid), or RunDirError."""
     for _ in range(10):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = files.open_in_place(lock, root=directory)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -215,7 +201,7 @@ def _acquire(lock: Path, directory: Path) -> int:
             same = False
         if same:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)
     raise RunDirError(f"{directory}: could not take {LOCK} (other processes keep taking it); "
