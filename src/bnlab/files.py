@@ -78,15 +78,14 @@ def _open_regular(path: Path, fix: str, limit: int, root: PathLike | None) -> IO
         raise CorruptFileError(path, "missing", fix) from e
     except OSError as e:
         raise CorruptFileError(path, f"cannot be read ({e.strerror})", fix) from e
-    f = os.fdopen(fd, "rb")
     st = os.fstat(fd)
     problem = ("not a regular file" if not stat.S_ISREG(st.st_mode) else
                f"is {_size(st.st_size)}, more than the {_size(limit)} such a file may hold"
                if st.st_size > limit else None)
     if problem:
-        f.close()
+        os.close(fd)
         raise CorruptFileError(path, problem, fix)
-    return f
+    return os.fdopen(fd, "rb")
 
 
 def read_bytes(path: PathLike, fix: str, *, limit: int = LIMITS["record"],

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from http.client import HTTPException
 from pathlib import Path
 
-from bnlab.errors import UserError
+from bnlab.errors import UnsafePathError, UserError
 from bnlab.files import make_dirs, open_in_place, remove, replace
 
 __all__ = ["DownloadError", "fetch", "md5sum"]
@@ -108,6 +108,8 @@ def fetch(
             except urllib.error.HTTPError as e:
                 failures.append(f"{url}: HTTP {e.code} {e.reason}")
                 break  # an HTTP error answer will not change on retry: next mirror
+            except UnsafePathError:
+                raise  # a planted link is no network failure: never retried, never followed
             except ValueError as e:
                 remove(part)
                 failures.append(f"{url}: {e}")

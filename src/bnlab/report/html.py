@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bnlab.errors import CorruptFileError
-from bnlab.files import LIMITS, inside, read_bytes, read_json, read_text, write_files
+from bnlab.files import LIMITS, check_no_links, inside, read_bytes, read_json, read_text, write_files
 
 __all__ = ["Section", "build_report", "h", "load_section", "md"]
 
@@ -190,6 +190,7 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
                        s.provenance, len(s.configs), json.dumps(s.configs, indent=1)))
         figure_md = ""
         if s.figure is not None:  # a copy beside the Markdown file
+            check_no_links(out / "figures" / f"{s.name}.png", out)  # a planted link: named
             inside(out, f"figures/{s.name}.png", s.source)
             outputs[f"figures/{s.name}.png"] = s.figure
             figure_md = f"![{md(s.name)}](figures/{quote(s.name)}.png)"

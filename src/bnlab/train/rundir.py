@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -31,6 +32,8 @@ __all__ = ["METRIC_KEYS", "RunDir", "atomic_write_bytes"]
 
 CONFIG, METRICS, CHECKPOINT, DONE = "config.json", "metrics.jsonl", "checkpoint.pt", "DONE"
 LOCK = ".lock"
+# Every name a run writes: none may be a link (checked under the lock, before anything is read).
+NAMES = (CONFIG, METRICS, CHECKPOINT, DONE, "probes.jsonl", "tensorboard")
 # Every metrics row (metrics.jsonl and the checkpoint's copy) holds these numbers.
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec",
                "epoch_time", "wall_time")
@@ -91,9 +94,15 @@ class RunDir:
         and is simply taken over.
         """
         created = bool(files.make_dirs(self.path))
+        fd = None
         try:
             fd = _acquire(self.path / LOCK, self.path)
+            for name in NAMES:  # a link at any name the run writes: refused before any read
+                files.check_no_links(self.path / name, self.path)
         except BaseException:
+            if fd is not None:
+                files.remove(self.path / LOCK)
+                os.close(fd)
             if created:
                 with suppress(OSError):
                     self.path.rmdir()
@@ -156,7 +165,8 @@ class RunDir:
         """The checkpoint, loaded as weights only and checked to hold what resuming needs."""
         path = self.path / CHECKPOINT
         state = load_checkpoint(path, _fix(CHECKPOINT), map_location)
-        problem = _bad_checkpoint(state)
+        epochs = self.read_config().get("epochs") if self.exists() else None
+        problem = _bad_checkpoint(state, epochs if _is_number(epochs) else None)
         if problem:
             raise CorruptFileError(path, problem, _fix(CHECKPOINT))
         return state
@@ -164,7 +174,13 @@ class RunDir:
     # ---- completion ----
     def read_done(self) -> dict[str, Any] | None:
         p = self.path / DONE
-        return read_json(p, _fix(DONE)) if p.exists() else None
+        if not os.path.lexists(p):
+            return None
+        done = read_json(p, _fix(DONE))
+        if "wall_time" in done and not _is_real(done["wall_time"]):
+            raise CorruptFileError(p, f"'wall_time' is {_short(done['wall_time'])}, not a "
+                                   f"finite number of seconds", _fix(DONE))
+        return done
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.path / DONE, json.dumps(summary, indent=2).encode() + b"\n")
@@ -208,8 +224,19 @@ def _acquire(lock: Path, directory: Path) -> int:
                       f"run again when they are done")
 
 
+# Integers beyond float64's exact range are no count, epoch or time bnlab wrote (a 400-digit
+# one would overflow float() where it is used): refused when the file is read.
+MAX_INT = 2**53
+
+
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool)
+            and abs(v) <= MAX_INT))
+
+
+def _is_real(v: Any, low: float = 0.0) -> bool:
+    """A finite number >= `low` (a hyperparameter, a wall time)."""
+    return _is_number(v) and math.isfinite(v) and v >= low
 
 
 def _bad_numbers(row: dict[str, Any]) -> str | None:
@@ -224,10 +251,35 @@ def _bad_row(row: Any) -> str | None:
     if missing:
         return f"no {missing[0]!r} value"
     bad = [k for k in METRIC_KEYS if not _is_number(row[k])]
-    return f"{bad[0]!r} is {row[bad[0]]!r}, not a number" if bad else None
+    if bad:
+        return f"{bad[0]!r} is {_short(row[bad[0]])}, not a number in range"
+    if not isinstance(row["epoch"], int) or row["epoch"] < 1:
+        return f"'epoch' is {_short(row['epoch'])}, not an epoch number (1, 2, ...)"
+    return None
 
 
-def _bad_checkpoint(state: Any) -> str | None:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _bad_optimizer(state: Any) -> str | None:
+    """What is wrong with an optimizer state dict's hyperparameters, or None."""
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return "its optimizer state has no list of parameter groups"
+    for number, group in enumerate(groups, 1):
+        for key in ("lr", "momentum", "dampening", "weight_decay", "eps"):
+            if key in group and not _is_real(group[key]):
+                return (f"optimizer parameter group {number}: {key!r} is "
+                        f"{_short(group[key])}, not a finite number >= 0")
+        betas = group.get("betas", ())
+        if not isinstance(betas, (list, tuple)) or not all(_is_real(b) for b in betas):
+            return f"optimizer parameter group {number}: 'betas' are not finite numbers"
+    return None
+
+
+def _bad_checkpoint(state: Any, epochs: int | None = None) -> str | None:
     """What is wrong with a loaded checkpoint's structure, or None."""
     if not isinstance(state, dict):
         return f"holds a {type(state).__name__}, not a bnlab checkpoint"
@@ -240,6 +292,9 @@ def _bad_checkpoint(state: Any) -> str | None:
         return "its 'model' entry is not a state dict of tensors"
     if not isinstance(state["optimizer"], dict):
         return "its 'optimizer' entry is not an optimizer state dict"
+    problem = _bad_optimizer(state["optimizer"])
+    if problem:
+        return problem
     rng = state["rng"]
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
         return "its 'rng' entry is not a random-generator state"
@@ -250,6 +305,11 @@ def _bad_checkpoint(state: Any) -> str | None:
         problem = _bad_row(row)
         if problem:
             return f"metrics row {number}: {problem}"
+        if row["epoch"] != number:
+            return f"metrics row {number} is for epoch {row['epoch']}, not {number}"
+    if epochs is not None and len(metrics) > epochs:
+        return (f"it holds {len(metrics)} metrics rows but the run's config.json asks for "
+                f"{epochs} epochs")
     probes = state.get("probes", [])
     if not isinstance(probes, list) or not all(isinstance(p, dict) for p in probes):
         return "its 'probes' entry is not a list of rows"
