@@ -27,7 +27,15 @@ from typing import Any
 from urllib.parse import quote
 
 from bnlab.errors import CorruptFileError
-from bnlab.files import LIMITS, check_no_links, inside, read_bytes, read_json, read_text, write_files
+from bnlab.files import (
+    LIMITS,
+    check_no_links,
+    inside,
+    read_bytes,
+    read_json,
+    read_text,
+    write_files,
+)
 
 __all__ = ["Section", "build_report", "h", "load_section", "md"]
 
