@@ -114,6 +114,13 @@ def _study_fields(meta: dict[str, Any], source: Path, fix: str) -> tuple[str, st
     runs = [run for arm in arms for run in arm["runs"]]
     if not all(isinstance(run, str) for run in runs):
         raise CorruptFileError(source, "a run path is not a string", fix)
+    wall = meta.get("wall_time", {})
+    if not isinstance(wall, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e12
+            for v in wall.values()):  # a string, a 400-digit integer, inf, NaN
+        shown = repr(wall) if len(repr(wall)) <= 60 else f"{repr(wall)[:40]}..."
+        raise CorruptFileError(source, f"'wall_time' is {shown}, not a wall time in seconds",
+                               fix)
     return name, question, runs
 
 
