@@ -28,6 +28,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -171,6 +172,15 @@ def _write_atomically(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _discard(path: Path, keep_files: bool = False) -> None:
+    """Remove what is at `path` (a file, a link, a FIFO, or a directory), if anything."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif not keep_files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def _compile_command(output: Path) -> list[str]:
     import sysconfig
 
@@ -234,8 +244,10 @@ def build(*, force: bool = False, quiet: bool = False) -> Path:
         record = _fingerprint(tmp)
         # The old record goes first: if the build stops between the two renames, the new
         # library has no record, and is refused (and rebuilt), never loaded unchecked.
-        _record_path(path).unlink(missing_ok=True)
+        _discard(_record_path(path))
+        _discard(path, keep_files=True)  # a directory in the way; a file is replaced below
         os.replace(tmp, path)
+        _discard(_binding_path(path))
         _write_atomically(_binding_path(path), (_binding(path, record) + "\n").encode())
         _write_atomically(_record_path(path), (record + "\n").encode())
     finally:
