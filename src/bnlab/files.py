@@ -248,6 +248,16 @@ def make_dirs(path: PathLike, root: PathLike | None = None) -> list[Path]:
     return created
 
 
+def _mode(path: Path) -> int:
+    """The permissions a new `path` gets: the old file's, else 0666 less the umask."""
+    with suppress(OSError):
+        return stat.S_IMODE(os.lstat(path).st_mode)
+    umask = 0o022
+    with suppress(OSError, ValueError), open("/proc/self/status") as f:
+        umask = next((int(ln.split()[1], 8) for ln in f if ln.startswith("Umask:")), umask)
+    return 0o666 & ~umask
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -267,6 +277,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any], *,
     _no_links(path, base)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _mode(path))  # mkstemp's 0600 would make every output private
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -224,3 +224,15 @@ def test_readers_refuse_a_link_leaving_their_root(tmp_path):
     with pytest.raises(CorruptFileError, match="outside"):
         files.read_text(tmp_path / "study" / "verdict", "fix", root=tmp_path / "study")
     assert files.read_text(tmp_path / "study" / "verdict", "fix") == VICTIM.decode()
+
+
+def test_outputs_keep_the_usual_permissions(tmp_path):
+    """mkstemp makes 0600 temporaries: a new output gets 0666 less the umask, a rewritten one
+    keeps its mode (a report stays readable by the group that read it before)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    files.write_text(tmp_path / "new.md", "x")
+    assert (tmp_path / "new.md").stat().st_mode & 0o777 == 0o666 & ~umask
+    (tmp_path / "new.md").chmod(0o640)
+    files.write_text(tmp_path / "new.md", "y")
+    assert (tmp_path / "new.md").stat().st_mode & 0o777 == 0o640
