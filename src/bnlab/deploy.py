@@ -15,7 +15,7 @@
 5. run in onnxruntime on a batch (the run's test data, or `example`) and compared with PyTorch:
    the largest absolute and relative difference go into the report, and a file that differs by
    more than `rtol` (relative to the largest output) is not written;
-6. written atomically (``bnlab.files.write_bytes_atomically``): a failure at any step leaves
+6. written atomically (``bnlab.files.write_bytes``): a failure at any step leaves
    `path` as it was.
 """
 
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from bnlab.errors import UnavailableError, UserError
-from bnlab.files import write_bytes_atomically
+from bnlab.files import write_bytes
 from bnlab.norm import onnx as norm_onnx
 from bnlab.settings import like, setting, validate
 from bnlab.train.config import TrainConfig
@@ -255,6 +255,6 @@ def export_onnx(run_or_model: Any, path: str | os.PathLike[str], *,
     if not rel <= rtol:
         raise RuntimeError(f"onnxruntime's output differs from PyTorch's by {diff:.3g} "
                            f"(relative {rel:.3g} > rtol={rtol:g}); {path} was not written")
-    write_bytes_atomically(path, data)
+    write_bytes(path, data)
     return ExportReport(path, "dynamo" if dynamo else "torchscript", int(x.shape[0]), diff, rel,
                         _operators(data), folded, samples)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CorruptFileError", "RunDirError", "UnavailableError", "UserError", "one_line"]
+__all__ = ["CorruptFileError", "RunDirError", "UnavailableError", "UnsafePathError", "UserError",
+           "one_line"]
 
 
 def one_line(text: str) -> str:
@@ -39,3 +40,21 @@ class RunDirError(UserError, ValueError):
 
 class UnavailableError(UserError, RuntimeError):
     """Something a run needs is not there: a CUDA device, a peer rank."""
+
+
+class UnsafePathError(UserError, OSError):
+    """A name bnlab would write (or read a record) through is a symbolic link or not a plain file.
+
+    Writing through a planted link would change a file outside the output directory; bnlab
+    refuses instead, naming the link, and changes nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path, self.problem = os.fspath(path), problem
+        message = (f"{self.path}: {one_line(problem)}; bnlab writes only real files and "
+                   f"directories inside its output: remove it or choose another output "
+                   f"directory")
+        Exception.__init__(self, message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])

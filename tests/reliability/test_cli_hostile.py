@@ -154,7 +154,8 @@ def test_ctrl_c_at_every_stage_exits_130_without_traceback(bnlab_cli, pristine, 
     assert r.rc == 130, (at, _calls[command], str(r))
     assert "Traceback" not in r.stderr, r
     assert r.stderr.splitlines()[-1] == "bnlab: interrupted (a run resumes with --resume)", r
-    assert not [p for p in tmp_path.rglob("*") if p.name == ".lock" or ".tmp-" in p.name]
+    assert not [p for p in tmp_path.rglob("*") if p.name == ".lock" or ".tmp-" in p.name
+                or (p.name.startswith(".") and p.name.endswith(".tmp"))]
     if command in ("train", "train-resume"):  # whatever the stage, it can be run again
         again = bnlab_cli(*argv, "--resume", cwd=tmp_path)
         assert again.rc == 0, again

@@ -53,7 +53,7 @@ def reference(tmp_path_factory) -> tuple[list[dict], float]:
 def assert_clean_and_equal(out: Path, expected: list[dict]) -> None:
     assert numbers(out) == expected
     assert (out / "DONE").exists()
-    assert not list(out.glob(".*.tmp-*")), "a temporary file was left behind"
+    assert not list(out.glob(".*.tmp")), "a temporary file was left behind"
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(ln)["epoch"] for ln in lines] == list(range(1, CFG.epochs + 1))
 
@@ -115,7 +115,7 @@ def test_kill_during_checkpoint_write_never_loads_a_torn_file(tmp_path, referenc
     r = subprocess.run([sys.executable, "-c", TORN, "train", "--out", str(out), *ARGS],
                        env=ENV, capture_output=True, timeout=300)
     assert r.returncode == -signal.SIGKILL
-    assert list(out.glob(".checkpoint.pt.tmp-*")), "the torn temporary file should be there"
+    assert list(out.glob(".checkpoint.pt.*.tmp")), "the torn temporary file should be there"
     state = torch.load(out / "checkpoint.pt", weights_only=True)  # the previous one, intact
     assert len(state["metrics"]) == 1
     r = subprocess.run(bnlab_cmd("--out", str(out), "--resume", *ARGS), env=ENV,
@@ -144,7 +144,7 @@ def test_no_space_left_while_checkpointing_keeps_the_previous_one(tmp_path, refe
     with pytest.raises(OSError, match=r"No space left.*previous checkpoint is intact"):
         train(CFG, out, log=lambda m: None)
     monkeypatch.undo()
-    assert not list(out.glob(".*.tmp-*"))
+    assert not list(out.glob(".*.tmp"))
     assert len(torch.load(out / "checkpoint.pt", weights_only=True)["metrics"]) == 1
     train(CFG, out, resume=True, log=lambda m: None)
     assert_clean_and_equal(out, reference[0])
@@ -168,7 +168,7 @@ def test_real_full_disk_keeps_the_previous_checkpoint(tmp_path, reference):
             train(CFG, out, log=lambda m: None)
         assert info.value.errno == errno.ENOSPC
         assert "the previous checkpoint is intact" in str(info.value)
-        assert not list(out.glob(".*.tmp-*"))
+        assert not list(out.glob(".*.tmp"))
         saved = torch.load(out / "checkpoint.pt", weights_only=True)
         kept = len(saved["metrics"])
         assert kept >= 1 and len(Run(out).metrics) == kept

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from http.client import HTTPException
 from pathlib import Path
 
-from bnlab.errors import UserError
+from bnlab.errors import UnsafePathError, UserError
+from bnlab.files import make_dirs, open_in_place, remove, replace
 
 __all__ = ["DownloadError", "fetch", "md5sum"]
 
@@ -41,7 +42,7 @@ def _check_writable(directory: Path) -> None:
     """Create `directory` and prove a file can be made in it (os.access is wrong for root)."""
     hint = "point bnlab at a writable place with --data-dir or BNLAB_CACHE"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
@@ -71,7 +72,9 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
         resumed = bool(offset) and response.status == 206
         length = response.headers.get("Content-Length")
         expected = (offset if resumed else 0) + int(length) if length else None
-        with part.open("ab" if resumed else "wb") as f:
+        # O_NOFOLLOW, a regular file with one link (bnlab.files): never a planted link's target
+        fd = open_in_place(part, append=resumed, truncate=not resumed)
+        with os.fdopen(fd, "ab") as f:
             for block in iter(lambda: response.read(CHUNK), b""):
                 f.write(block)
             f.flush()
@@ -105,8 +108,10 @@ def fetch(
             except urllib.error.HTTPError as e:
                 failures.append(f"{url}: HTTP {e.code} {e.reason}")
                 break  # an HTTP error answer will not change on retry: next mirror
+            except UnsafePathError:
+                raise  # a planted link is no network failure: never retried, never followed
             except ValueError as e:
-                part.unlink(missing_ok=True)
+                remove(part)
                 failures.append(f"{url}: {e}")
                 break
             except (urllib.error.URLError, HTTPException, OSError) as e:
@@ -115,9 +120,9 @@ def fetch(
                 continue  # keep the .part: the next attempt resumes it
             got = md5sum(part)
             if got == md5:
-                os.replace(part, dest)
+                replace(part, dest)
                 return dest
-            part.unlink(missing_ok=True)  # wrong bytes (or a bad resume): start clean
+            remove(part)  # wrong bytes (or a bad resume): start clean
             failures.append(f"{url}: checksum mismatch (md5 {got}, expected {md5})")
     raise DownloadError(
         f"could not download {dest.name}:\n  " + "\n  ".join(failures)

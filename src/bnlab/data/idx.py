@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bnlab.errors import UserError
+from bnlab.files import write_bytes
 
 __all__ = ["IdxError", "read_idx", "write_idx"]
 
@@ -111,7 +112,4 @@ def write_idx(path: str | os.PathLike[str], tensor: torch.Tensor) -> Path:
     data = encode_idx(tensor.contiguous().cpu())
     if path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, data)  # bnlab.files: atomic, fsynced, no link followed

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnlab.files import write_files
 from bnlab.report.html import CSS, Markup, h
 from bnlab.train.run import Run
 
@@ -120,18 +121,16 @@ def _legend_text(label: str) -> str:
 def compare(directories: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
             ) -> Comparison:
     """Compare the runs in `directories`; write compare.png/.md/.html into `out`."""
-    from bnlab.report.figures import curves_figure, save
+    from bnlab.report.figures import curves_figure, png_bytes
 
     if not directories:
         raise ValueError("compare needs at least one run directory")
     runs = [Run(d) for d in directories]  # every file is read and checked before writing
     labels = _labels(directories)
     rows = comparison_rows(runs, labels)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    figure = save(curves_figure(runs, [_legend_text(lb) for lb in labels]),
-                  out / "compare.png")
-    markdown, page = out / "compare.md", out / "compare.html"
-    markdown.write_text(_markdown(rows, figure.name), encoding="utf-8")
-    page.write_text(_html(rows, figure.read_bytes()), encoding="utf-8")
+    png = png_bytes(curves_figure(runs, [_legend_text(lb) for lb in labels]))
+    # all three or none (bnlab.files.write_files: no link followed, nothing half-written)
+    figure, markdown, page = write_files(out, {
+        "compare.png": png, "compare.md": _markdown(rows, "compare.png").encode(),
+        "compare.html": _html(rows, png).encode()})
     return Comparison(figure, markdown, page, rows)

@@ -9,6 +9,7 @@ they were (no ``matplotlib.use``, no figure left to leak in a long notebook).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from bnlab.files import write_bytes
 from bnlab.train.run import Run
 
 __all__ = ["bars_figure", "curves_figure", "new_figure", "plot_accuracy_and_loss", "plot_bars",
-           "plot_curves", "save"]
+           "plot_curves", "png_bytes", "save"]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.4, 4.0),
@@ -34,11 +36,16 @@ def save(fig: Figure, path: str | Path, title: str = "") -> Path:
     """Title the figure and write it as a PNG: the last step of every figure here."""
     if title:
         fig.suptitle(title)
-    path = Path(path)
+    return write_bytes(path, png_bytes(fig, title))
+
+
+def png_bytes(fig: Figure, title: str | None = None) -> bytes:
+    """The figure drawn as a PNG, in memory (written out by ``bnlab.files`` only); the title
+    also as the PNG's Title text, what a test (or a reader's tool) can check."""
+    buffer = io.BytesIO()
     FigureCanvasAgg(fig)  # draws with Agg whatever backend the user chose for their screen
-    # the title also as the PNG's Title text: what a test (or a reader's tool) can check
-    fig.savefig(path, dpi=110, metadata={"Title": title} if title else None)
-    return path
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Title": title} if title else None)
+    return buffer.getvalue()
 
 
 PANELS = (("train_loss", "train loss"), ("train_acc", "train accuracy"),

@@ -7,8 +7,12 @@ layout is one column that reflows on a phone.
 
 Those files are not trusted: they are read through ``bnlab.files`` (a damaged one is a
 ``CorruptFileError`` naming it), names taken from them become paths only through
-``bnlab.files.inside`` (nothing is read or written outside the directories given), and every
-string from them enters the page through ``h``, which escapes it.
+``bnlab.files.inside`` (nothing is read or written outside the directories given; a
+``verdict`` or ``figure.png`` that links outside its study directory is refused), and every
+string from them enters the page through ``h``, which escapes it, and the Markdown twin through
+``md``, which escapes HTML the same way (Markdown renders raw HTML, ``<script>`` included).
+The outputs are written by ``bnlab.files.write_files``: all of them or none, so a failed
+report leaves no partial ``figures/``.
 """
 
 from __future__ import annotations
@@ -16,14 +20,24 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from bnlab.errors import CorruptFileError
-from bnlab.files import inside, read_json, read_text
+from bnlab.files import (
+    LIMITS,
+    check_no_links,
+    inside,
+    read_bytes,
+    read_json,
+    read_text,
+    write_files,
+)
 
-__all__ = ["Section", "build_report", "h", "load_section"]
+__all__ = ["Section", "build_report", "h", "load_section", "md"]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -75,11 +89,17 @@ def _md_table_to_html(md: str) -> Markup:
     return h("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
 
 
-def _png(path: Path) -> bytes | None:
-    """The bytes of a PNG file, or None (absent, not a regular file, or not a PNG)."""
-    if not path.is_file():
+def md(text: Any) -> str:
+    """`text` for a Markdown page: HTML escaped (``&``, ``<``, ``>``), as ``h`` does for HTML."""
+    return html.escape(str(text), quote=False)
+
+
+def _png(path: Path, root: Path, fix: str) -> bytes | None:
+    """The bytes of a PNG file, or None (absent or not a PNG); one that is not a regular file,
+    too large, or a link leaving `root` is a CorruptFileError."""
+    if not os.path.lexists(path):
         return None
-    data = path.read_bytes()
+    data = read_bytes(path, fix, limit=LIMITS["figure"], root=root)
     return data if data.startswith(PNG) else None
 
 
@@ -94,6 +114,13 @@ def _study_fields(meta: dict[str, Any], source: Path, fix: str) -> tuple[str, st
     runs = [run for arm in arms for run in arm["runs"]]
     if not all(isinstance(run, str) for run in runs):
         raise CorruptFileError(source, "a run path is not a string", fix)
+    wall = meta.get("wall_time", {})
+    if not isinstance(wall, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1e12
+            for v in wall.values()):  # a string, a 400-digit integer, inf, NaN
+        shown = repr(wall) if len(repr(wall)) <= 60 else f"{repr(wall)[:40]}..."
+        raise CorruptFileError(source, f"'wall_time' is {shown}, not a wall time in seconds",
+                               fix)
     return name, question, runs
 
 
@@ -105,7 +132,7 @@ def load_section(directory: str | Path) -> Section:
     source = d / "study.json"
     fix = (f"rebuild the study's files with `bnlab study NAME --analyze-only --out {d}` "
            f"(or restore them)")
-    meta = read_json(source, fix)
+    meta = read_json(source, fix, root=d)
     name, question, runs = _study_fields(meta, source, fix)
     inside(d, name, source, flat=True)  # it names the figure's copy: checked here
     # A published record (docs/studies/NAME) has no run directories: the arm's config stands in.
@@ -113,10 +140,10 @@ def load_section(directory: str | Path) -> Section:
     configs = {}
     for run in runs:
         cfg = inside(d, run, source) / "config.json"
-        configs[run] = read_json(cfg, fix) if cfg.exists() else arm_of.get(run, {})
-    return Section(name, question, read_text(d / "verdict", fix).strip(),
-                   read_text(d / "table.md", fix), _png(d / "figure.png"), configs, source,
-                   provenance_line(meta))
+        configs[run] = read_json(cfg, fix, root=d) if cfg.exists() else arm_of.get(run, {})
+    return Section(name, question, read_text(d / "verdict", fix, root=d).strip(),
+                   read_text(d / "table.md", fix, root=d), _png(d / "figure.png", d, fix),
+                   configs, source, provenance_line(meta))
 
 
 def _commit(code: Any) -> str:
@@ -136,9 +163,9 @@ def provenance_line(meta: dict[str, Any]) -> str:
     runs = [r for r in prov.get("runs") or [] if isinstance(r, dict)]
     machine = analysis.get("machine") if isinstance(analysis.get("machine"), dict) else {}
     wall = meta.get("wall_time") if isinstance(meta.get("wall_time"), dict) else {}
-    try:
-        seconds = float(wall.get("training") or 0.0)
-    except (TypeError, ValueError):
+    seconds = wall.get("training") or 0.0
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            0 <= seconds < 1e12):  # a string, a 400-digit integer, inf: not a wall time
         seconds = 0.0
     trained = "; ".join(f"{_commit(r.get('code'))} ({r.get('runs', '?')} runs, torch "
                         f"{r.get('torch', '?')})" for r in runs) or "unrecorded"
@@ -173,13 +200,13 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
     ``out/figures``) into `out`; return their paths."""
     out = Path(out)
     sections = [load_section(d) for d in directories]  # every file checked before writing
-    out.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, bytes] = {}
     nav = Markup("".join(h('<a href="#{}">{}</a>', s.name, s.name) for s in sections))
     parts = [h("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
                "<meta name='viewport' content='width=device-width, initial-scale=1'>"
                "<title>bnlab report</title><style>{}</style></head><body>"
                "<h1>bnlab report</h1><nav>{}</nav>", Markup(CSS), nav)]
-    md = ["# bnlab report", ""]
+    text = ["# bnlab report", ""]
     for s in sections:
         tables = Markup("".join(_md_table_to_html(block) for block in
                                 s.table_md.strip().split("\n\n") if block.strip()))
@@ -191,12 +218,13 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
                        s.provenance, len(s.configs), json.dumps(s.configs, indent=1)))
         figure_md = ""
         if s.figure is not None:  # a copy beside the Markdown file
-            figure = inside(out, f"figures/{s.name}.png", s.source)
-            figure.parent.mkdir(exist_ok=True)
-            figure.write_bytes(s.figure)
-            figure_md = f"![{s.name}](figures/{s.name}.png)"
-        md += [f"## {s.name}: {s.title}", "", f"**Verdict:** {s.verdict}", "", figure_md, "",
-               s.table_md, ""] + ([f"**Provenance:** {s.provenance}", ""] if s.provenance else [])
+            check_no_links(out / "figures" / f"{s.name}.png", out)  # a planted link: named
+            inside(out, f"figures/{s.name}.png", s.source)
+            outputs[f"figures/{s.name}.png"] = s.figure
+            figure_md = f"![{md(s.name)}](figures/{quote(s.name)}.png)"
+        text += [f"## {md(s.name)}: {md(s.title)}", "", f"**Verdict:** {md(s.verdict)}", "",
+                 figure_md, "", md(s.table_md), ""]
+        text += [f"**Provenance:** {md(s.provenance)}", ""] if s.provenance else []
     # Records, once the page has loaded, how many figures decoded and whether the page fits the
     # window's width (read back by the headless-browser test; harmless for a reader).
     parts.append(Markup(
@@ -205,7 +233,7 @@ def build_report(directories: list[str | Path], out: str | Path) -> tuple[Path, 
         " imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
         " document.body.dataset.fits = String(document.documentElement.scrollWidth"
         " <= innerWidth); });</script></body></html>"))
-    page, text = out / "report.html", out / "report.md"
-    page.write_text("".join(parts))
-    text.write_text("\n".join(md))
-    return page, text
+    outputs["report.html"] = "".join(parts).encode()
+    outputs["report.md"] = "\n".join(text).encode()
+    write_files(out, outputs)
+    return out / "report.html", out / "report.md"

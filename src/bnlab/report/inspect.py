@@ -1,4 +1,10 @@
-"""What the normalization layers of a trained model learned: gamma, beta, running statistics."""
+"""What the normalization layers of a trained model learned: gamma, beta, running statistics.
+
+Layer names come from the checkpoint, which may be hostile: printed to a terminal, an ANSI
+escape sequence in a name could move the cursor, recolour or retitle it, or hide lines. Every
+name goes through ``printable``, which shows control and other non-printing characters as
+Python escapes (``\x1b``) instead of sending them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import torch
 from bnlab.errors import CorruptFileError
 from bnlab.files import load_checkpoint
 
-__all__ = ["bn_layers", "format_layers", "load_state"]
+__all__ = ["bn_layers", "format_layers", "load_state", "printable"]
 
 FIX = "pass a checkpoint.pt written by bnlab train (or its run directory)"
 
@@ -68,13 +74,18 @@ def _summary(t: torch.Tensor | None, show: int) -> str:
     return f"[{head}{more}] mean {t.mean():.3f} min {t.min():.3f} max {t.max():.3f}"
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printing character (controls, escapes, bidi marks) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_layers(layers: list[dict[str, Any]], show: int = 6) -> str:
     lines = []
     names = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean",
              "running_var": "running_var"}
     for e in layers:
         c = next((e[k].numel() for k in names if e[k] is not None), 0)
-        lines.append(f"layer {e['layer']} ({c} channels, "
+        lines.append(f"layer {printable(e['layer'])} ({c} channels, "
                      f"{e['num_batches_tracked']} batches tracked)")
         for k, label in names.items():
             lines.append(f"  {label:<13}{_summary(e[k], show)}")

@@ -6,15 +6,21 @@ decide (the statistics of ``bnlab.studies.stats``), a summary table built from e
 figure, tables, verdict, caveats and provenance (the commit and tree state its runs were
 trained and analysed with, torch, machine, threads, wall time). Nothing in it is typed by hand:
 ``tests/test_docs_fresh.py`` rebuilds it from the committed study records and compares.
+
+The study files are not trusted: read through ``bnlab.files`` (bounded, no link leaving the
+study directory), every string from them enters the page through ``md`` (HTML escaped, as in
+the report), and the page is written by ``bnlab.files.write_text`` (atomic, no link followed).
 """
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
+from urllib.parse import quote
 
-from bnlab.files import read_json, read_text
-from bnlab.report.html import provenance_line
+from bnlab.files import read_json, read_text, write_text
+from bnlab.report.html import md, provenance_line
 
 __all__ = ["write_studies_doc"]
 
@@ -61,30 +67,33 @@ def write_studies_doc(directories: list[str | Path], path: str | Path,
     studies = []
     for d in map(Path, directories):
         fix = f"rebuild it with `bnlab study NAME --analyze-only --out {d}`"
-        meta = read_json(d / "study.json", fix)
-        studies.append((meta, read_text(d / "table.md", fix).strip(),
-                        read_text(d / "verdict", fix).strip()))
+        meta = read_json(d / "study.json", fix, root=d)
+        studies.append((meta, md(read_text(d / "table.md", fix, root=d).strip()),
+                        md(read_text(d / "verdict", fix, root=d).strip())))
     rel = Path(os.path.relpath(Path(figures), path.parent))
     lines = [INTRO, "## What the studies say, in one place", "",
              "| study | seeds | finding | against the literature |", "|---|---|---|---|"]
     for meta, _, verdict in studies:
         quick = " (quick mode: not evidence)" if meta.get("quick") else ""
-        lines.append(f"| [`{meta['name']}`](#{meta['name']}) | {meta.get('seeds', '?')}{quick} "
-                     f"| {_cell(meta.get('headline') or verdict)} | "
-                     f"{_cell(meta.get('literature') or 'not stated')} |")
+        name = md(meta.get("name"))
+        lines.append(f"| [`{name}`](#{quote(str(meta.get('name')))}) | "
+                     f"{md(meta.get('seeds', '?'))}{quick} "
+                     f"| {_cell(md(meta.get('headline') or '') or verdict)} | "
+                     f"{_cell(md(meta.get('literature') or 'not stated'))} |")
     lines.append("")
     for meta, table, verdict in studies:
-        name = meta["name"]
-        lines += [f'<a id="{name}"></a>', "", f"## `{name}`: {meta['question']}", ""]
+        raw = str(meta.get("name"))
+        name = md(raw)
+        lines += [f'<a id="{html.escape(raw)}"></a>', "",
+                  f"## `{name}`: {md(meta.get('question'))}", ""]
         if meta.get("setup"):
-            lines += [f"**Setup.** {meta['setup']}", ""]
-        lines += [f"![{name}]({(rel / f'{name}.png').as_posix()})", "", table, "",
-                  f"**Verdict** ({meta.get('seeds', '?')} seeds). {verdict}", ""]
+            lines += [f"**Setup.** {md(meta['setup'])}", ""]
+        lines += [f"![{name}]({quote((rel / f'{raw}.png').as_posix())})", "", table, "",
+                  f"**Verdict** ({md(meta.get('seeds', '?'))} seeds). {verdict}", ""]
         if meta.get("literature"):
-            lines += [f"**Against the literature.** {meta['literature']}", ""]
+            lines += [f"**Against the literature.** {md(meta['literature'])}", ""]
         if meta.get("caveats"):
-            lines += [f"**Caveats.** {meta['caveats']}", ""]
-        lines += [f"**Provenance.** {provenance_line(meta)}", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+            lines += [f"**Caveats.** {md(meta['caveats'])}", ""]
+        lines += [f"**Provenance.** {md(provenance_line(meta))}", ""]
+    write_text(path, "\n".join(lines))
     return path

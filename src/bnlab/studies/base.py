@@ -15,6 +15,7 @@ of the table and the verdict, and the study's analysis sees only the arms that r
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.errors import UserError
+from bnlab.files import check_no_links, write_files
 from bnlab.provenance import provenance
 from bnlab.studies.options import QUICK_SEEDS, STUDY_SEEDS
 from bnlab.studies.stats import (
@@ -262,12 +264,12 @@ def write_table(rows: list[dict[str, Any]], out: Path,
     text = markdown_table(rows)
     if comparisons:
         text += "\n" + comparisons_table(comparisons)
-    (out / "table.md").write_text(text)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with (out / "table.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=keys, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_files(out, {"table.md": text.encode(), "table.csv": table.getvalue().encode()})
 
 
 def _skip(study: Study, arms: list[Arm], subject: Subject) -> dict[str, str]:
@@ -336,6 +338,8 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
                 replace(arm_config(arm, subject), seed=seed, data_dir=data_dir, progress=False),
                 arm.probe, subject.train_kw())
             for arm in to_run for seed in range(first_seed, first_seed + n_seeds)]
+    for job in jobs:
+        check_no_links(job.path, out)  # a run directory planted as a link is not trained into
     executor: dict[str, Any] = {}
     if analyze_only:
         for job in jobs:
@@ -368,8 +372,8 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
         findings.literature = mark + findings.literature if findings.literature else ""
     write_table(findings.rows, out, findings.comparisons)
     findings.plot(out / "figure.png")
-    (out / "verdict").write_text(findings.verdict.strip() + "\n")
-    (out / "study.json").write_text(json.dumps(_finite({
+    runs = [run for r in results for run in r.runs]
+    study_json = json.dumps(_finite({
         "name": study.name, "question": study.question, "quick": quick, "seeds": n_seeds,
         "subject": subject.record(), "not_run": skip, "ran": ran,
         "provenance": {"analysis": provenance(threads), "runs": _run_versions(runs)},
@@ -382,7 +386,9 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
         "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
                   "runs": [str(run.path.relative_to(out)) for run in r.runs],
                   "config": arm_config(r.arm, subject).to_dict()} for r in results],
-    }), indent=2, allow_nan=False) + "\n")
+    }), indent=2, allow_nan=False) + "\n"
+    write_files(out, {"verdict": (findings.verdict.strip() + "\n").encode(),
+                      "study.json": study_json.encode()})
     log(f"[{study.name}] {findings.verdict}")
     return findings
 

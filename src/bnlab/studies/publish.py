@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+from bnlab.files import LIMITS, read_bytes, remove_tree, write_files
 from bnlab.report.html import build_report
 from bnlab.report.studies_doc import write_studies_doc
 from bnlab.studies.base import run_study
@@ -44,11 +44,10 @@ def publish(runs: Path, docs: Path, only: Sequence[str] = (), *, analyze_only: b
     for name in names:
         out = runs / name
         record = docs / "studies" / name
-        if record.exists():
-            shutil.rmtree(record)
-        record.mkdir(parents=True)
-        for f in RECORD:
-            shutil.copy2(out / f, record / f)
+        fix = f"run the study again: bnlab study {name} --out {out}"
+        remove_tree(record, root=docs)
+        write_files(record, {f: read_bytes(out / f, fix, limit=LIMITS["figure"], root=out)
+                             for f in RECORD})
     records = [docs / "studies" / n for n in STUDIES if (docs / "studies" / n).is_dir()]
     build_report(records, docs / "report")
     write_studies_doc(records, docs / "studies.md", docs / "report" / "figures")

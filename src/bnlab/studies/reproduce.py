@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from bnlab.files import write_text
 from bnlab.report.figures import plot_curves
 from bnlab.report.inspect import bn_layers, format_layers, load_state
 from bnlab.studies.base import (
@@ -248,8 +249,7 @@ def write_report(out: Path, runs: dict[str, Run]) -> tuple[Path, Path, str]:
               "directory): [verdict](verdict), [table.md](table.md) (with the Holm-corrected "
               "comparisons), [study.json](study.json).", "",
               "Runs: " + ", ".join(f"[{n}]({n}/)" for n in runs), ""]
-    report = out / "REPORT.md"
-    report.write_text("\n".join(lines))
+    report = write_text(out / "REPORT.md", "\n".join(lines))
     return report, curves, table
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from bnlab import files
 from bnlab.errors import CorruptFileError, RunDirError
 from bnlab.files import load_checkpoint, read_json, read_jsonl
 
@@ -31,35 +32,21 @@ __all__ = ["METRIC_KEYS", "RunDir", "atomic_write_bytes"]
 
 CONFIG, METRICS, CHECKPOINT, DONE = "config.json", "metrics.jsonl", "checkpoint.pt", "DONE"
 LOCK = ".lock"
+# Every name a run writes: none may be a link (checked under the lock, before anything is read).
+NAMES = (CONFIG, METRICS, CHECKPOINT, DONE, "probes.jsonl", "tensorboard")
 # Every metrics row (metrics.jsonl and the checkpoint's copy) holds these numbers.
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec",
                "epoch_time", "wall_time")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(file)` on a temporary sibling, then atomically rename it to `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    """Call `write(file)` on an unpredictable temporary beside `path`, then rename it to `path`
+    (``bnlab.files.atomic_write``: refused if the run directory or the name is a link)."""
+    files.atomic_write(path, write, root=path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+    files.write_bytes(path, data, root=path.parent)
 
 
 def _os_error(e: BaseException) -> OSError | None:
@@ -93,11 +80,8 @@ class RunDir:
         return (self.path / CONFIG).exists()
 
     def remove_stale_temporaries(self) -> list[Path]:
-        """Delete temporary files a killed writer left behind (``.NAME.tmp-PID``)."""
-        stale = sorted(self.path.glob(".*.tmp-*")) if self.path.is_dir() else []
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return stale
+        """Delete temporary files a killed writer left behind (``.NAME.*.tmp``)."""
+        return files.remove_stale_temporaries(self.path)
 
     # ---- one writer at a time ----
     @contextmanager
@@ -109,13 +93,24 @@ class RunDir:
         holds the holder's pid; a lock file left by a killed process holds no lock any more
         and is simply taken over.
         """
-        created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(self.path / LOCK, self.path)
+        created = bool(files.make_dirs(self.path))
+        fd = None
+        try:
+            fd = _acquire(self.path / LOCK, self.path)
+            for name in NAMES:  # a link at any name the run writes: refused before any read
+                files.check_no_links(self.path / name, self.path)
+        except BaseException:
+            if fd is not None:
+                files.remove(self.path / LOCK)
+                os.close(fd)
+            if created:
+                with suppress(OSError):
+                    self.path.rmdir()
+            raise
         try:
             yield
         finally:
-            (self.path / LOCK).unlink(missing_ok=True)  # unlinked before the lock is dropped
+            files.remove(self.path / LOCK)  # unlinked before the lock is dropped
             os.close(fd)
             if created:
                 with suppress(OSError):  # not empty: the run is there
@@ -124,12 +119,12 @@ class RunDir:
     def discard(self) -> None:
         """Remove what a fresh run wrote before its first checkpoint (it failed to start)."""
         for name in (CONFIG, METRICS, "probes.jsonl"):
-            (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.path / "tensorboard", ignore_errors=True)  # --tensorboard events
+            files.remove(self.path / name)
+        with suppress(OSError):  # --tensorboard events (a link there is left, and not followed)
+            files.remove_tree(self.path / "tensorboard", root=self.path)
 
     # ---- config ----
     def write_config(self, config: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path / CONFIG, json.dumps(config, indent=2).encode() + b"\n")
 
     def read_config(self) -> dict[str, Any]:
@@ -170,7 +165,8 @@ class RunDir:
         """The checkpoint, loaded as weights only and checked to hold what resuming needs."""
         path = self.path / CHECKPOINT
         state = load_checkpoint(path, _fix(CHECKPOINT), map_location)
-        problem = _bad_checkpoint(state)
+        epochs = self.read_config().get("epochs") if self.exists() else None
+        problem = _bad_checkpoint(state, epochs if _is_number(epochs) else None)
         if problem:
             raise CorruptFileError(path, problem, _fix(CHECKPOINT))
         return state
@@ -178,7 +174,13 @@ class RunDir:
     # ---- completion ----
     def read_done(self) -> dict[str, Any] | None:
         p = self.path / DONE
-        return read_json(p, _fix(DONE)) if p.exists() else None
+        if not os.path.lexists(p):
+            return None
+        done = read_json(p, _fix(DONE))
+        if "wall_time" in done and not _is_real(done["wall_time"]):
+            raise CorruptFileError(p, f"'wall_time' is {_short(done['wall_time'])}, not a "
+                                   f"finite number of seconds", _fix(DONE))
+        return done
 
     def reopen(self) -> None:
         """Remove the completion marker: a finished run being extended to more epochs."""
@@ -206,7 +208,7 @@ def _fix(name: str) -> str:
 def _acquire(lock: Path, directory: Path) -> int:
     """An fd holding an exclusive flock on `lock` (the file holds our pid), or RunDirError."""
     for _ in range(10):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = files.open_in_place(lock, root=directory)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -221,15 +223,26 @@ def _acquire(lock: Path, directory: Path) -> int:
             same = False
         if same:
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)
     raise RunDirError(f"{directory}: could not take {LOCK} (other processes keep taking it); "
                       f"run again when they are done")
 
 
+# Integers beyond float64's exact range are no count, epoch or time bnlab wrote (a 400-digit
+# one would overflow float() where it is used): refused when the file is read.
+MAX_INT = 2**53
+
+
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool)
+            and abs(v) <= MAX_INT))
+
+
+def _is_real(v: Any, low: float = 0.0) -> bool:
+    """A finite number >= `low` (a hyperparameter, a wall time)."""
+    return _is_number(v) and math.isfinite(v) and v >= low
 
 
 def _bad_numbers(row: dict[str, Any]) -> str | None:
@@ -244,10 +257,35 @@ def _bad_row(row: Any) -> str | None:
     if missing:
         return f"no {missing[0]!r} value"
     bad = [k for k in METRIC_KEYS if not _is_number(row[k])]
-    return f"{bad[0]!r} is {row[bad[0]]!r}, not a number" if bad else None
+    if bad:
+        return f"{bad[0]!r} is {_short(row[bad[0]])}, not a number in range"
+    if not isinstance(row["epoch"], int) or row["epoch"] < 1:
+        return f"'epoch' is {_short(row['epoch'])}, not an epoch number (1, 2, ...)"
+    return None
 
 
-def _bad_checkpoint(state: Any) -> str | None:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _bad_optimizer(state: Any) -> str | None:
+    """What is wrong with an optimizer state dict's hyperparameters, or None."""
+    groups = state.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        return "its optimizer state has no list of parameter groups"
+    for number, group in enumerate(groups, 1):
+        for key in ("lr", "momentum", "dampening", "weight_decay", "eps"):
+            if key in group and not _is_real(group[key]):
+                return (f"optimizer parameter group {number}: {key!r} is "
+                        f"{_short(group[key])}, not a finite number >= 0")
+        betas = group.get("betas", ())
+        if not isinstance(betas, (list, tuple)) or not all(_is_real(b) for b in betas):
+            return f"optimizer parameter group {number}: 'betas' are not finite numbers"
+    return None
+
+
+def _bad_checkpoint(state: Any, epochs: int | None = None) -> str | None:
     """What is wrong with a loaded checkpoint's structure, or None."""
     if not isinstance(state, dict):
         return f"holds a {type(state).__name__}, not a bnlab checkpoint"
@@ -260,6 +298,9 @@ def _bad_checkpoint(state: Any) -> str | None:
         return "its 'model' entry is not a state dict of tensors"
     if not isinstance(state["optimizer"], dict):
         return "its 'optimizer' entry is not an optimizer state dict"
+    problem = _bad_optimizer(state["optimizer"])
+    if problem:
+        return problem
     rng = state["rng"]
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
         return "its 'rng' entry is not a random-generator state"
@@ -270,6 +311,11 @@ def _bad_checkpoint(state: Any) -> str | None:
         problem = _bad_row(row)
         if problem:
             return f"metrics row {number}: {problem}"
+        if row["epoch"] != number:
+            return f"metrics row {number} is for epoch {row['epoch']}, not {number}"
+    if epochs is not None and len(metrics) > epochs:
+        return (f"it holds {len(metrics)} metrics rows but the run's config.json asks for "
+                f"{epochs} epochs")
     probes = state.get("probes", [])
     if not isinstance(probes, list) or not all(isinstance(p, dict) for p in probes):
         return "its 'probes' entry is not a list of rows"

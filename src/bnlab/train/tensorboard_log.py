@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bnlab.errors import UnavailableError
+from bnlab.files import make_dirs
 
 __all__ = ["DIRECTORY", "NoLog", "TensorBoardLog", "open_log"]
 
@@ -89,4 +90,7 @@ def open_log(run_dir: str | Path, enabled: bool, purge_step: int | None = None) 
     """A TensorBoardLog writing into ``run_dir/tensorboard`` if `enabled`, else a NoLog."""
     if not enabled:
         return NoLog()
+    # The writer creates its files inside; the directory itself is made (or checked) here, so
+    # a link planted at ``tensorboard`` is refused, not written through.
+    make_dirs(Path(run_dir) / DIRECTORY, root=run_dir)
     return TensorBoardLog(Path(run_dir) / DIRECTORY, purge_step=purge_step or None)
