@@ -184,9 +184,7 @@ class RunDir:
 
     def reopen(self) -> None:
         """Remove the completion marker: a finished run being extended to more epochs."""
-        if (self.path / DONE).exists():
-            (self.path / DONE).unlink()
-            _fsync_dir(self.path)
+        files.remove(self.path / DONE)
 
     def mark_done(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.path / DONE, json.dumps(summary, indent=2).encode() + b"\n")
