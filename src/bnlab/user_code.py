@@ -58,21 +58,29 @@ class UserCodeError(UserError, RuntimeError):
 
 
 @contextmanager
-def user_code(what: str) -> Iterator[None]:
-    """Report an exception raised in the user's code inside this block as a UserCodeError."""
+def user_code(what: str, *, always: str | None = None) -> Iterator[None]:
+    """Report an exception raised in the user's code inside this block as a UserCodeError.
+
+    With `always` (a description of the input, e.g. "on inputs of shape (64, 1, 28, 28)"),
+    every exception of the block is reported so, even one raised by a library layer the
+    user's network is made of (an ``nn.Sequential`` has no frame of its own)."""
     try:
         yield
     except (UserError, KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except Exception as e:
         where = user_frame(e.__traceback__)
-        if where is None:
+        if where is None and always is None:
             raise
-        file, line, func = where
         message = one_line(str(e)) or "(no message)"
         if len(message) > 300:
             message = message[:297] + "..."
-        shown = os.path.relpath(file)
-        shown = file if shown.startswith("..") else shown
-        raise UserCodeError(f"{what} raised {type(e).__name__}: {message} at {shown}:{line}, "
-                            f"in {func}; run with --debug for the full traceback") from e
+        place = ""
+        if where is not None:
+            file, line, func = where
+            shown = os.path.relpath(file)
+            shown = file if shown.startswith("..") else shown
+            place = f" at {shown}:{line}, in {func}"
+        raise UserCodeError(f"{what} raised {type(e).__name__}: {message}{place}"
+                            f"{' ' + always if always else ''}; run with --debug for the full "
+                            f"traceback") from e

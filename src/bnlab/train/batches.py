@@ -29,11 +29,18 @@ def loaders(config: TrainConfig, device: torch.device, log: Callable[[str], None
             test_data: Any = None) -> tuple[BatchLoader, BatchLoader]:
     """(train, test) loaders of the run; the user's data when given."""
     if train_data is not None:  # the user's data, in bnlab's order (bnlab.data.custom)
-        return (batches_of(train_data, config.batch_size, limit=config.limit_train,
-                           what="train_data", shuffle=True, seed=config.seed,
-                           drop_last=config.drop_last, part=part, device=device),
-                batches_of(test_data, EVAL_BATCH, limit=config.limit_test,
-                           what="test_data", shuffle=False, device=device))
+        loaders = (batches_of(train_data, config.batch_size, limit=config.limit_train,
+                              what="train_data", shuffle=True, seed=config.seed,
+                              drop_last=config.drop_last, part=part, device=device),
+                   batches_of(test_data, EVAL_BATCH, limit=config.limit_test,
+                              what="test_data", shuffle=False, device=device))
+        for loader, limit, flag in zip(loaders, (config.limit_train, config.limit_test),
+                                       ("--limit-train", "--limit-test"), strict=True):
+            size = len(loader.labels)  # (the examples drawn from, before any limit)
+            if limit is not None and limit > size:
+                log(f"warning: {flag} {limit} is more than the {size} examples your data "
+                    f"has; all {size} are used")
+        return loaders
     train = load_split(config.dataset, "train", config.data_dir, log=log)
     test = load_split(config.dataset, "test", config.data_dir, log=log)
     for split, limit, flag in ((train, config.limit_train, "--limit-train"),

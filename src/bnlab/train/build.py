@@ -41,7 +41,7 @@ from bnlab.norm.renormalize import is_norm_layer
 from bnlab.norm.textbook import TextbookBatchNorm
 from bnlab.train.config import TrainConfig, gaussian_std, layer_momentum
 
-__all__ = ["PRESET_INIT", "copy_back", "initialize", "lr_factor", "make_model",
+__all__ = ["PRESET_INIT", "apply_settings", "copy_back", "initialize", "lr_factor", "make_model",
            "make_optimizer", "norm_settings", "set_lr"]
 
 PRESET_INIT = "xavier"  # the chapter's initialization of bnlab's own models
@@ -79,10 +79,13 @@ def make_model(config: TrainConfig, network: nn.Module | None = None) -> nn.Modu
         except TypeError as e:  # a norm without running averages (group, layer) has no momentum
             raise UserError(f"--bn-momentum/--bn-eps do not apply to --norm {config.norm} "
                             f"({e}); leave them out for this norm") from e
+        if settings and not any(is_norm_layer(m) for m in model.modules()):
+            raise UserError(f"--bn-momentum/--bn-eps were given, but --norm {config.norm} "
+                            f"builds no normalization layer to apply them to; leave them out")
         initialize(model, config.init or PRESET_INIT)
         return model
     model = copy_module(network)  # bnlab's copy: the user's object is never rewritten
-    _apply_settings(model, settings)
+    apply_settings(model, settings)
     return model
 
 
@@ -118,7 +121,7 @@ def initialize(model: nn.Module, init: str) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _apply_settings(model: nn.Module, settings: dict[str, float | None]) -> None:
+def apply_settings(model: nn.Module, settings: dict[str, float | None]) -> None:
     """The run's momentum/eps on bnlab's copy of a user network (built by the user's code, so
     they cannot be passed at construction); a norm the setting cannot reach is an error."""
     if not settings:
@@ -145,12 +148,14 @@ def _apply_settings(model: nn.Module, settings: dict[str, float | None]) -> None
             setattr(m, "momentum", momentum)  # noqa: B010
 
 
-def copy_back(trained: nn.Module, network: nn.Module) -> None:
+def copy_back(trained: nn.Module, network: nn.Module, config: TrainConfig) -> None:
     """The trained state into the user's own network, in place (its tensors keep their
-    identity; lazy layers materialize from the state's shapes). Same keys: fusion and
-    SyncBatchNorm keep them."""
+    identity; lazy layers materialize from the state's shapes; same keys: fusion and
+    SyncBatchNorm keep them), with the run's BatchNorm settings, which the state was trained
+    with (a different eps would compute another function)."""
     with torch.no_grad():
         network.load_state_dict(trained.state_dict())
+    apply_settings(network, norm_settings(config))
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

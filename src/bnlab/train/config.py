@@ -293,6 +293,7 @@ class TrainConfig:
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields that differ (ignoring RESUME_FREE_FIELDS), as 'name: a != b' lines."""
         a, b = _matched(self.to_dict()), _matched(other.to_dict())
+        _lazy_shapes_match(a, b)
         out = []
         for k in [*a, *(k for k in b if k not in a)]:  # field order
             x, y = a.get(k), b.get(k)
@@ -315,6 +316,19 @@ def gaussian_std(init: str | None) -> float | None:
     except ValueError:
         return None
     return std if math.isfinite(std) and std > 0 else None
+
+
+LAZY = "lazy"  # a lazy layer's recorded shape (bnlab.train.user_model): set by the first batch
+
+
+def _lazy_shapes_match(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """A tensor recorded as lazy matches any shape: the same network object, given again
+    after a run materialized its lazy layers, is still the same network."""
+    sa, sb = ((d.get("model_info") or {}).get("state") for d in (a, b))
+    if isinstance(sa, dict) and isinstance(sb, dict):
+        for name in set(sa) & set(sb):
+            if LAZY in (sa[name], sb[name]):
+                sa[name] = sb[name] = LAZY
 
 
 def _matched(d: dict[str, Any]) -> dict[str, Any]:

@@ -12,12 +12,16 @@ mode and without gradients, and checks
   shape (N,), each in [0, K).
 
 The run is not changed by it: every parameter and buffer, the module's mode and the random
-number generators are as they were afterwards. The one intended effect is that lazy layers
+number generators (torch's and Python's) are as they were afterwards; attributes a forward
+sets on the modules themselves, and hooks (which fire once), are the network's own business.
+The one intended effect is that lazy layers
 (``nn.LazyLinear``, ``nn.LazyConv2d``, ``nn.LazyBatchNorm2d``...) are materialized, so the
 optimizer that is built next sees every parameter.
 """
 
 from __future__ import annotations
+
+import random
 
 import torch
 from torch import Tensor, nn
@@ -35,21 +39,31 @@ def dry_batch(model: nn.Module, x: Tensor, y: Tensor) -> int:
     """Check `model` on the batch (x, y), leaving it as it was (lazy layers materialized);
     returns the number of outputs (classes) it gives."""
     saved = {name: t.detach().clone() for name, t in _tensors(model) if not is_lazy(t)}
+    # Lazy BatchNorms take fresh statistics (0 and 1) when the batch materializes them; the
+    # batch then moves them: put those back too.
+    lazy_norms = [m for m in model.modules() if any(is_lazy(t) for t in m.buffers(False))
+                  and hasattr(m, "reset_running_stats")]
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     was_training = model.training
+    py_random = random.getstate()
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         try:
             model.train()
-            with user_code(FORWARD):
+            with user_code(FORWARD, always=f"on inputs of shape {tuple(x.shape)} "
+                                           f"({_dtype(x)})"):
                 out = model(x)
         except UserError as e:  # a dtype mismatch is the likely cause: say so
             _explain_input(model, x, e)
             raise
         finally:
             model.train(was_training)
+            random.setstate(py_random)
             current = dict(_tensors(model))
             for name, value in saved.items():
                 current[name].copy_(value)
+            for m in lazy_norms:
+                if not any(is_lazy(t) for t in m.buffers(False)):
+                    m.reset_running_stats()
     check_output(out, x.shape[0])
     check_labels(y, out.shape[1])
     return int(out.shape[1])

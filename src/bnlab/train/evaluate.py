@@ -21,6 +21,7 @@ from bnlab.norm.base import tracked_batch_norms
 from bnlab.norm.precise import precise_bn
 from bnlab.settings import like, setting, validate
 from bnlab.train.config import TrainConfig
+from bnlab.train.dry_batch import FORWARD, check_labels
 from bnlab.train.progress import Progress
 from bnlab.train.user_model import is_import_path
 from bnlab.user_code import user_code
@@ -49,8 +50,9 @@ def evaluate_loss(model: nn.Module, loader: BatchLoader,
     bar = Progress(len(loader), "evaluate", progress)
     try:
         for i, (x, y) in enumerate(loader.batches(0)):
-            with user_code("your network's forward"):
+            with user_code(FORWARD, always=f"on test inputs of shape {tuple(x.shape)}"):
                 logits = model(x)
+            check_labels(y, logits.shape[1], f"batch {i + 1} of the test data")
             correct += int((logits.argmax(dim=1) == y).sum())
             loss += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
             total += y.shape[0]
@@ -160,6 +162,9 @@ def evaluate_run(path: str | Path, *, precise_bn: int = 0, dataset: str | None =
     if config.data_info is not None and dataset is None:
         raise UserError(f"{run.path} trained on your own data ({config.dataset}); pass "
                         f"--dataset (a bnlab dataset or package.module:factory) to evaluate")
+    if model is not None and config.model_info is None:
+        raise UserError(f"--model names the factory of a run of your own network; {run.path} "
+                        f"trained bnlab's {config.model}: leave --model out")
     net = run.model(model)
     if precise_bn and not tracked_batch_norms(net):
         raise UserError(f"--precise-bn: {run.path}'s model has no BatchNorm layer with running "
@@ -174,11 +179,14 @@ def evaluate_run(path: str | Path, *, precise_bn: int = 0, dataset: str | None =
         train_data, test_data = load_data(dataset) if is_import_path(dataset) else (None, None)
         if train_data is None:
             changes["dataset"] = dataset
-    config = replace(config, **changes)
+    try:
+        config = replace(config, **changes)
+    except ValueError as e:  # another dataset's images, say, that the run's model cannot read
+        raise UserError(f"cannot evaluate {run.path} on {dataset}: {e}") from e
     train, test = loaders(config, torch.device("cpu"), log, (0, 1), train_data, test_data)
     acc, loss = evaluate_loss(net, test)
-    out = Evaluation(str(run.path), len(run.metrics), config.dataset, test.num_examples,
-                     acc, loss)
+    out = Evaluation(str(run.path), len(run.metrics), dataset or config.dataset,
+                     test.num_examples, acc, loss)
     if precise_bn:
         p_acc, p_loss = evaluate_loss(_precise_copy(net, train, precise_bn), test)
         out = replace(out, precise_bn=precise_bn, test_acc_precise=p_acc,

@@ -66,9 +66,12 @@ def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: An
             raise UserError("this config's dataset is 'custom' (data given as Python objects): "
                             "pass them again, train(..., train_data=..., test_data=...)")
         return Inputs(config, net, given)
-    if config.normalize:
-        raise UserError("normalize=True standardizes bnlab's own datasets; standardize your "
-                        "data in its Dataset (or tensors) and leave normalize off")
+    for flag, given in (("normalize", config.normalize), ("augment", config.augment),
+                        ("data_dir", config.data_dir is not None)):
+        if given:  # bnlab's own image datasets only: never silently ignored
+            raise UserError(f"{flag} applies to bnlab's own datasets, not to your data; do "
+                            f"that in your Dataset (or tensors) and leave --"
+                            f"{flag.replace('_', '-')} out")
     info: dict[str, Any] = {"factory": source, "train": describe_data(train_data, "train_data"),
                             "test": describe_data(test_data, "test_data")}
     batch = config.batch_size

@@ -287,7 +287,7 @@ def _run(inputs: Inputs, rd: RunDir, checkpoint: dict[str, Any] | None, fresh: b
                 rd.write_metrics(probes, name="probes.jsonl")
             board.epoch(metrics[-1], raw)
         if inputs.given and inputs.network is not None:
-            copy_back(raw, inputs.network)  # the caller's own network, trained in place
+            copy_back(raw, inputs.network, config)  # the caller's network, trained in place
         m = metrics[-1]
         log(f"epoch {m['epoch']:>2}: loss {m['train_loss']:.3f}, train acc {m['train_acc']:.3f}, "
             f"test acc {m['test_acc']:.3f}, {m['examples_per_sec']:.0f} examples/sec")

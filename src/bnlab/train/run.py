@@ -9,8 +9,8 @@ from typing import Any
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from bnlab.errors import CorruptFileError, RunDirError
-from bnlab.models import MODELS, build_model
+from bnlab.errors import CorruptFileError, RunDirError, one_line
+from bnlab.models import MODELS
 from bnlab.norm.state import load_state_dict
 from bnlab.train.config import TrainConfig
 from bnlab.train.rundir import CHECKPOINT, CONFIG, METRICS, RunDir
@@ -83,15 +83,22 @@ class Run:
 
         Built plain (unfused, and with BatchNorm in place of SyncBatchNorm): the trainer's
         fused and synchronized layers compute the same function with the same state-dict
-        keys, so the weights load as they are.
+        keys, so the weights load as they are. The run's BatchNorm settings (``bn_eps``,
+        ``bn_momentum``) are the layers' again.
         """
+        from bnlab.train.build import apply_settings, make_model, norm_settings
+
         config = self.config
         if config.model in MODELS:
-            model = build_model(config.model, config.norm)
+            model = make_model(config)
+            what = "the model in config.json"
         else:  # the user's network, from its import path (bnlab.train.inputs)
             from bnlab.train.inputs import build_user_model
 
             model = build_user_model(config, factory)
+            apply_settings(model, norm_settings(config))
+            what = (f"the network that {factory if isinstance(factory, str) else 'the factory'}"
+                    f" builds (is it the run's, {config.model}?)")
         try:
             if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
                 model.load_state_dict(self.state_dict())  # a fresh model: the state's shapes
@@ -99,9 +106,9 @@ class Run:
             else:
                 load_state_dict(model, self.state_dict())  # all or nothing
         except (RuntimeError, TypeError, ValueError) as e:  # sizes or keys of another model
-            raise CorruptFileError(self.path / CHECKPOINT, f"does not fit the model in "
-                                   f"config.json ({str(e).strip().splitlines()[0]})",
-                                   "restore the run's own checkpoint") from e
+            raise CorruptFileError(self.path / CHECKPOINT, f"does not fit {what} "
+                                   f"({one_line(str(e))[:300]})", "pass the run's own factory, "
+                                   "or restore the run's own checkpoint") from e
         return model.eval()
 
     def state_dict(self) -> dict[str, Any]:

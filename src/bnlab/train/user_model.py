@@ -27,12 +27,12 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from bnlab.errors import UserError
-from bnlab.train.config import CUSTOM
+from bnlab.train.config import CUSTOM, LAZY
+from bnlab.user_code import user_code
 
 __all__ = ["CUSTOM", "IMPORT_PATH", "ModelInput", "build", "describe", "import_path",
            "is_import_path", "load_factory", "takes_norm"]
 
-LAZY = "lazy"  # the recorded shape of a lazy layer's tensor: set by the first batch
 ModelInput = nn.Module | Callable[[], nn.Module] | str
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _HOW = "write it as package.module:factory, the module importable from the current directory " \
@@ -51,12 +51,16 @@ def load_factory(path: str, flag: str = "--model") -> Callable[..., Any]:
     if os.getcwd() not in sys.path and "" not in sys.path:  # the `bnlab` script omits it
         sys.path.append(os.getcwd())
     try:
-        obj: Any = importlib.import_module(module_name)
+        with user_code(f"importing {module_name!r} ({flag} {path})"):
+            obj: Any = importlib.import_module(module_name)
     except ImportError as e:
         missing = getattr(e, "name", None)
         where = (f"module {module_name!r} was not found" if missing and
                  module_name.startswith(missing) else f"importing {module_name!r} failed ({e})")
         raise UserError(f"{flag} {path}: {where}; {_HOW}") from e
+    except SyntaxError as e:  # (the frame is the compiler's: the file and line are in `e`)
+        raise UserError(f"{flag} {path}: {e.msg} at {e.filename}:{e.lineno}; fix the module "
+                        f"and run again") from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UserError(f"{flag} {path}: module {module_name!r} has no attribute "
