@@ -149,3 +149,17 @@ def test_debug_prints_the_whole_traceback(bnlab_cli, workdir):
                   "--out", workdir / "run-debug", *RUN_FLAGS, "--debug", cwd=workdir)
     assert r.rc == 1 and "Traceback" in r.stderr and 'usernet.py", line 30' in r.stderr, r
     assert r.stderr.rstrip().splitlines()[-1].startswith("bnlab: error: your network"), r
+
+
+@pytest.mark.parametrize(("source", "needle"), [
+    ("x = 1 / 0\n\ndef f():\n    pass\n", "raised ZeroDivisionError: division by zero at "
+                                        "broken.py:1"),
+    ("def f(:\n    pass\n", "invalid syntax"),
+], ids=["raises", "syntax"])
+def test_a_module_that_fails_to_import_is_one_line(bnlab_cli, tmp_path, source, needle):
+    (tmp_path / "broken.py").write_text(source)
+    for flag in ("--model", "--dataset"):
+        r = bnlab_cli("train", flag, "broken:f", "--out", tmp_path / "r", *RUN_FLAGS,
+                      cwd=tmp_path)
+        assert_one_line_error(r, needle)
+        assert "broken.py" in r.stderr and not (tmp_path / "r").exists()

@@ -57,7 +57,8 @@ def test_settings_reach_a_users_network_and_the_run_uses_them(tmp_path):
                         nn.Linear(16, 10))
     run = train(replace(TINY, bn_momentum=1.0, bn_eps=0.5), tmp_path / "r", model=net,
                 log=quiet)
-    assert net[2].momentum == 0.1 and net[2].eps == 1e-5  # the user's object keeps its own
+    # the user's object gets the trained state and the settings it was trained with
+    assert net[2].momentum == 1.0 and net[2].eps == 0.5
     # momentum 1: the running statistics are the last training batch's (unbiased) ones
     state = run.state_dict()
     assert int(state["2.num_batches_tracked"]) == 4

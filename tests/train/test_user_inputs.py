@@ -104,7 +104,7 @@ def test_an_importable_factory_is_recorded_by_path_and_rebuilt(tmp_path, mod):
     assert run.config.model == "usernets:make"
     assert run.config.model_info["factory"] == "usernets:make"
     assert torch.equal(run.model(mod)[0].weight, run.state_dict()["0.weight"])
-    with pytest.raises(ValueError, match="does not fit the model"):
+    with pytest.raises(ValueError, match="does not fit the network"):
         run.model(lambda: mlp(32))
 
 

@@ -66,9 +66,9 @@ def resolve(config: TrainConfig, model: ModelInput | None = None, train_data: An
             raise UserError("this config's dataset is 'custom' (data given as Python objects): "
                             "pass them again, train(..., train_data=..., test_data=...)")
         return Inputs(config, net, given)
-    for flag, given in (("normalize", config.normalize), ("augment", config.augment),
+    for flag, asked in (("normalize", config.normalize), ("augment", config.augment),
                         ("data_dir", config.data_dir is not None)):
-        if given:  # bnlab's own image datasets only: never silently ignored
+        if asked:  # bnlab's own image datasets only: never silently ignored
             raise UserError(f"{flag} applies to bnlab's own datasets, not to your data; do "
                             f"that in your Dataset (or tensors) and leave --"
                             f"{flag.replace('_', '-')} out")
