@@ -224,12 +224,12 @@ def _study_description() -> str:
                                                    for n, s in STUDIES.items())
 
 
-def _run_flags() -> argparse.ArgumentParser:
+def _run_flags() -> Parser:
     """--data-dir and --threads: the flags of every subcommand that trains (TrainConfig's)."""
     from bnlab.settings import add_flags
     from bnlab.train.config import TrainConfig
 
-    p = argparse.ArgumentParser(add_help=False)
+    p = Parser(add_help=False)
     add_flags(p, TrainConfig, ("data_dir", "threads"))
     return p
 

@@ -125,7 +125,9 @@ def _export(model: nn.Module, example: Tensor, dynamo: bool, opset: int) -> byte
         assert program is not None
         return program.model_proto.SerializeToString()
     buffer = io.BytesIO()
-    torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
+    torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]  # (a file object
+                      # works: torch's annotation names paths only)
+                      dynamo=False, opset_version=opset,
                       input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                       training=torch.onnx.TrainingMode.PRESERVE)
@@ -134,7 +136,7 @@ def _export(model: nn.Module, example: Tensor, dynamo: bool, opset: int) -> byte
 
 def run_onnxruntime(model_bytes: bytes, x: Tensor) -> Tensor:
     """The serialized ONNX model run on `x` by onnxruntime's CPU provider."""
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
 
     try:
         session = onnxruntime.InferenceSession(model_bytes,

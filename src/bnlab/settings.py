@@ -249,9 +249,12 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] |
         default = (defaults or {}).get(name, default)
         text = _help(spec, kinds, default)
         if spec.positional:
-            parser.add_argument(name, choices=spec.names() or None, help=spec.text(),
-                                metavar=spec.metavar,
-                                type=None if spec.names() else FlagType(cls, name))
+            if spec.names():
+                parser.add_argument(name, choices=spec.names(), help=spec.text(),
+                                    metavar=spec.metavar)
+            else:
+                parser.add_argument(name, help=spec.text(), metavar=spec.metavar,
+                                    type=FlagType(cls, name))
         elif kinds == (bool,):
             parser.add_argument(flag, dest=name, default=default, help=text,
                                 action="store_false" if default else "store_true")

@@ -112,7 +112,7 @@ def check_batch_norm_args(
                     f"expanded tensor?) and cannot be updated in place; pass a tensor of its "
                     f"own, e.g. {name}.clone()"
                 )
-    if not -math.inf < momentum < math.inf:
+    if not -math.inf < float(momentum) < math.inf:
         raise ValueError(f"batch_norm momentum must be finite, got {momentum}; it is the weight "
                          f"of the new batch in the running average (usually 0.1)")
     if not training and (running_mean is None or running_var is None):
@@ -179,7 +179,8 @@ def check_norm_config(num_features: object, eps: object, momentum: object) -> No
             f"{eps!r}; the usual value is 1e-5"
         )
     if momentum is not None and (
-        not isinstance(momentum, Real) or isinstance(momentum, bool) or not 0 <= momentum <= 1
+        not isinstance(momentum, Real) or isinstance(momentum, bool)
+        or not 0 <= float(momentum) <= 1
     ):
         raise ValueError(
             f"momentum must be in [0, 1] or None (cumulative average), got {momentum!r}. "
@@ -277,7 +278,7 @@ def check_limit(owner: str, name: str, value: object, *, minimum: float) -> None
     """A finite real number >= `minimum` (Batch Renorm's rmax and dmax)."""
     _check_real(f"{owner}: {name}", value)
     assert isinstance(value, Real)
-    if not minimum <= value < math.inf:  # NaN fails both comparisons
+    if not minimum <= float(value) < math.inf:  # NaN fails both comparisons
         raise ValueError(f"{owner}: {name} must be finite and >= {minimum}, got {value}")
 
 
@@ -285,7 +286,7 @@ def check_eps(owner: str, eps: object) -> None:
     """A functional eps: a real number (TypeError otherwise), positive and finite."""
     _check_real(f"{owner} eps", eps)
     assert isinstance(eps, Real)
-    if not 0 < eps < math.inf:
+    if not 0 < float(eps) < math.inf:
         raise ValueError(f"{owner} eps must be positive and finite, got {eps}; the usual value "
                          f"is 1e-5")
 

@@ -94,6 +94,12 @@ def _copy_user_hooks(old: nn.Module, new: nn.Module) -> None:
                 mine[key] = hook
 
 
+def _parametrized_names(module: nn.Module) -> list[str]:
+    """The tensors torch.nn.utils.parametrize computes for `module`."""
+    table: Any = getattr(module, "parametrizations", {})
+    return list(table.keys())
+
+
 def _bound_to(hook: Any, module: nn.Module) -> bool:
     """Whether `hook` is a method of `module` itself (torch wraps some in a _WrappedHook)."""
     fn = getattr(hook, "hook", hook)
@@ -202,7 +208,8 @@ def convert(model: nn.Module, to: str = "bnlab", *, inplace: bool = False,
         if is_batch_norm(module) and parametrize.is_parametrized(module):
             raise TypeError(
                 f"convert(to={to!r}): the BatchNorm{where} is parametrized "
-                f"({', '.join(module.parametrizations.keys())}); its replacement would drop "
+                f"({', '.join(_parametrized_names(module))}); its "
+                f"replacement would drop "
                 f"that: remove it first (torch.nn.utils.parametrize.remove_parametrizations)")
         if is_batch_norm(module) and _old_style_reparametrized(module):
             raise TypeError(

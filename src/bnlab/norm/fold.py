@@ -74,7 +74,9 @@ def fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     # eps may have been set after construction: a NaN or negative one would fold into NaNs.
     check_limit(f"cannot fold {type(bn).__name__}", "eps", bn.eps, minimum=0.0)
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    if bn.running_mean.dim() != 1 or bn.running_mean.numel() != channels:
+    mean = bn.running_mean
+    assert isinstance(mean, torch.Tensor)  # (tracked: checked above)
+    if mean.dim() != 1 or mean.numel() != channels:
         raise ValueError(f"cannot fold {type(bn).__name__}: its statistics are not one per "
                          f"output channel of the {type(layer).__name__} before it")
     out = copy.deepcopy(layer)
@@ -223,7 +225,9 @@ def _why_not_pair(layer: nn.Module, bn: nn.Module) -> str | None:
     if bn.running_mean is None:
         return "no running statistics (track_running_stats=False)"
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    if bn.running_mean.dim() != 1 or bn.running_mean.numel() != channels:
+    mean = bn.running_mean
+    assert isinstance(mean, torch.Tensor)  # (tracked: checked above)
+    if mean.dim() != 1 or mean.numel() != channels:
         return "its statistics are not one per output channel of the layer before it"
     return None
 

@@ -185,7 +185,7 @@ class BatchNormAct(BatchNormBase):
         return fused
 
     def _check_input_dim(self, input: Tensor) -> None:
-        self._rank_check._check_input_dim(self, input)  # type: ignore[arg-type]
+        self._rank_check._check_input_dim(self, input)
 
     def _normalize(self, input: Tensor, running_mean: Tensor | None,
                    running_var: Tensor | None, use_batch_stats: bool, momentum: float,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bnlab.norm.base import is_batch_norm
+from bnlab.norm.base import BatchNormLike, is_batch_norm
 from bnlab.norm.checks import check_tool_args
 from bnlab.norm.functional import batch_statistics
 from bnlab.norm.transaction import all_or_nothing
@@ -92,9 +92,9 @@ class PreciseReport:
     left: dict[str, str] = field(default_factory=dict)
 
 
-def _candidates(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, str]]:
+def _candidates(model: nn.Module) -> tuple[dict[str, BatchNormLike], dict[str, str]]:
     """The layers to re-estimate, by name, and the BatchNorm layers left alone, with why."""
-    chosen: dict[str, nn.Module] = {}
+    chosen: dict[str, BatchNormLike] = {}
     left: dict[str, str] = {}
     seen: set[int] = set()
     for name, m in model.named_modules():
@@ -119,10 +119,16 @@ def _check_num_samples(num_samples: object) -> int:
     return num_samples
 
 
-def _run(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Any],
+def _stats(m: BatchNormLike) -> tuple[Tensor, Tensor]:
+    """A tracked layer's running mean and variance (chosen layers track: ``_candidates``)."""
+    assert m.running_mean is not None and m.running_var is not None
+    return m.running_mean, m.running_var
+
+
+def _run(model: nn.Module, layers: dict[str, BatchNormLike], batches: Iterable[Any],
          num_samples: int) -> tuple[int, dict[str, RunningMoments]]:
     """The dry run: feed the batches in train mode (momentum 0), gather every layer's input."""
-    moments = {name: RunningMoments(tuple(m.running_mean.shape)) for name, m in layers.items()}
+    moments = {name: RunningMoments(tuple(_stats(m)[0].shape)) for name, m in layers.items()}
     by_id = {id(m): moments[name] for name, m in layers.items()}
     hooks = [m.register_forward_pre_hook(lambda mod, args: by_id[id(mod)].add(args[0]))
              for m in layers.values()]
@@ -165,17 +171,19 @@ def precise_bn_report(model: nn.Module, batches: Iterable[Any],
             if stats.mean is None or stats.n < 2:
                 left[name] = "no batch reached it (a branch the data did not take?)"
                 continue
-            mean = stats.mean.reshape(m.running_mean.shape).to(m.running_mean.dtype)
-            var = stats.unbiased_var.reshape(m.running_var.shape).to(m.running_var.dtype)
+            running_mean, running_var = _stats(m)
+            mean = stats.mean.reshape(running_mean.shape).to(running_mean.dtype)
+            var = stats.unbiased_var.reshape(running_var.shape).to(running_var.dtype)
             if not bool(torch.isfinite(mean).all() & torch.isfinite(var).all()):
                 raise ValueError(f"precise_bn: the statistics of layer {name!r} are not finite "
-                                 f"in {m.running_mean.dtype} (a NaN or Inf in the data, or "
+                                 f"in {running_mean.dtype} (a NaN or Inf in the data, or "
                                  f"values beyond the buffer's range); nothing was changed")
             new[name] = (mean, var)
         with torch.no_grad():  # everything is checked: commit
             for name, (mean, var) in new.items():
-                layers[name].running_mean.copy_(mean)
-                layers[name].running_var.copy_(var)
+                running_mean, running_var = _stats(layers[name])
+                running_mean.copy_(mean)
+                running_var.copy_(var)
     return PreciseReport(seen, sorted(new), left)
 
 

@@ -242,7 +242,7 @@ class BatchNormFunction(Function):
     inside it: an update inside would be replayed twice)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Tensor | None,
@@ -273,7 +273,7 @@ class BatchNormFunction(Function):
         return y, mean, var
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, inv_std = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
         if torch.is_grad_enabled():  # create_graph=True

@@ -159,10 +159,12 @@ def provenance_line(meta: dict[str, Any]) -> str:
     prov = meta.get("provenance")
     if not isinstance(prov, dict):
         return ""
-    analysis = prov.get("analysis") if isinstance(prov.get("analysis"), dict) else {}
+    analysis: dict[str, Any] = prov["analysis"] if isinstance(prov.get("analysis"), dict) \
+        else {}
     runs = [r for r in prov.get("runs") or [] if isinstance(r, dict)]
-    machine = analysis.get("machine") if isinstance(analysis.get("machine"), dict) else {}
-    wall = meta.get("wall_time") if isinstance(meta.get("wall_time"), dict) else {}
+    machine: dict[str, Any] = analysis["machine"] if isinstance(analysis.get("machine"),
+                                                                dict) else {}
+    wall: dict[str, Any] = meta["wall_time"] if isinstance(meta.get("wall_time"), dict) else {}
     seconds = wall.get("training") or 0.0
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
             0 <= seconds < 1e12):  # a string, a 400-digit integer, inf: not a wall time

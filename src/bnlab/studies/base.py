@@ -421,12 +421,12 @@ def _recorded(out: Path, subject: Subject, quick: bool,
     if not path.is_file():
         return subject, quick, seeds
     saved = read_json(path, "train the study again (without --analyze-only)")
-    record = saved.get("subject") if isinstance(saved.get("subject"), dict) else {}
+    record: dict[str, Any] = saved["subject"] if isinstance(saved.get("subject"), dict) else {}
     if subject.default:
         subject = Subject.from_record(record)
     elif subject.dataset is None:  # a network given again: the recorded data with it
         subject = Subject(subject.model, Subject.from_record(record).dataset)
-    ran = saved.get("ran") if isinstance(saved.get("ran"), dict) else {}
+    ran: dict[str, Any] = saved["ran"] if isinstance(saved.get("ran"), dict) else {}
     count = ran.get("seeds", saved.get("seeds"))
     usable = isinstance(count, int) and not isinstance(count, bool) and count > 0
     return subject, quick or saved.get("quick") is True, seeds or (count if usable else None)

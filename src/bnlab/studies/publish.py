@@ -48,7 +48,8 @@ def publish(runs: Path, docs: Path, only: Sequence[str] = (), *, analyze_only: b
         remove_tree(record, root=docs)
         write_files(record, {f: read_bytes(out / f, fix, limit=LIMITS["figure"], root=out)
                              for f in RECORD})
-    records = [docs / "studies" / n for n in STUDIES if (docs / "studies" / n).is_dir()]
+    records: list[str | Path] = [docs / "studies" / n for n in STUDIES
+                                 if (docs / "studies" / n).is_dir()]
     build_report(records, docs / "report")
     write_studies_doc(records, docs / "studies.md", docs / "report" / "figures")
 

@@ -23,6 +23,7 @@ import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ TEXTBOOK_BN, TEXTBOOK_NONE = (0.81, 0.88), 0.78
 
 
 def arms(quick: bool, *, epochs: int = EPOCHS, device: str = "auto") -> list[Arm]:
-    extra = {"epochs": epochs, "device": device, **(QUICK if quick else {})}
+    extra: dict[str, Any] = {"epochs": epochs, "device": device, **(QUICK if quick else {})}
     return [Arm(name, name, replace(cfg, **extra), {"model": cfg.model, "norm": cfg.norm,
                                                     "lr": cfg.lr})
             for name, (_, cfg) in ARMS.items()]

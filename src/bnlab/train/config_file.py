@@ -63,7 +63,7 @@ def _bounded_loader(yaml: Any) -> type:
     """PyYAML's SafeLoader (plain data, no tags that build objects) with an alias budget and a
     depth limit, both counted while composing, before anything is built."""
 
-    class Loader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+    class Loader(yaml.SafeLoader):
         aliases = 0
         depth = 0
 

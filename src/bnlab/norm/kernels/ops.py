@@ -84,7 +84,8 @@ def _double_backward_of(grad_out: Tensor, x: Tensor, weight: Tensor | None,
 def _batch_norm_double_backward(grad_out: Tensor, x: Tensor, weight: Tensor | None,
                                 bias: Tensor | None, mean: Tensor, invstd: Tensor,
                                 training: bool, eps: float, pool: int,
-                                needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+                                needs: tuple[bool, bool, bool]
+                                ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     return reference.differentiable_backward(grad_out, x, weight, mean, invstd, training, eps,
                                              needs, x.dtype)
 
