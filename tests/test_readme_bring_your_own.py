@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
 import subprocess
 import sys
-from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _block(marker: str) -> str:
-    text = README.read_text()
-    start = text.index(f"<!-- bring-your-own: {marker}")
-    match = re.search(r"```\w*\n(.*?)```", text[start:], re.S)
-    assert match, f"no code block after the {marker!r} marker"
-    return match.group(1)
+from tests.readme_blocks import block
+from tests.readme_blocks import commands as commands_of
 
 
 def test_readme_bring_your_own_runs_as_written(tmp_path):
-    (tmp_path / "mynet.py").write_text(_block("mynet.py"))
-    commands = [shlex.split(c) for c in _block("commands").replace("\\\n", " ").splitlines()
-                if c.strip()]
+    (tmp_path / "mynet.py").write_text(block("bring-your-own", "mynet.py"))
+    commands = commands_of("bring-your-own")
     assert [c[:2] for c in commands] == [["bnlab", "train"], ["bnlab", "train"],
                                         ["bnlab", "compare"]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(

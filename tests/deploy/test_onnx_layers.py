@@ -8,8 +8,6 @@ Oracle: the PyTorch layer itself in the same mode, run next to onnxruntime (floa
 from __future__ import annotations
 
 import io
-import logging
-import warnings
 
 import onnx
 import pytest
@@ -23,15 +21,6 @@ from bnlab.norm.fused import fuse
 from bnlab.norm.registry import create_norm
 
 from .test_onnx_parity import EXPORTERS, assert_parity, randomize
-
-
-@pytest.fixture(autouse=True)
-def _quiet_exporters():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
 
 VARIANTS = ["ghost", "renorm", "noisy-bn", "frozen", "group", "layer", "instance", "guarded",
             "sync", "running-stats", "batch-stats-detached", "per-activation", "textbook"]

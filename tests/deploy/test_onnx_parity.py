@@ -9,9 +9,6 @@ dimension) and must hold standard ONNX operators only (no custom domain, nothing
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 import onnx
 import pytest
 import torch
@@ -23,14 +20,6 @@ from bnlab.models import build_model
 from bnlab.norm.fused import fuse
 
 EXPORTERS = [pytest.param(True, id="dynamo"), pytest.param(False, id="torchscript")]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_exporters():
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def randomize(model: nn.Module) -> nn.Module:
