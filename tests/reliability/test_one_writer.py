@@ -36,10 +36,15 @@ ALLOWED = {
     ("train/rundir.py", "ftruncate"): "the lock's fd, from bnlab.files.open_in_place "
     "(O_NOFOLLOW, a regular file with one link)",
     ("train/rundir.py", "rmdir"): "removes the run directory it created, if still empty",
+    ("train/rundir.py", "unlink"): "the lock file it holds, released without a bnlab call "
+    "between the unlink and the close (a Ctrl-C cannot land between them)",
     ("data/download.py", "TemporaryFile"): "proves the directory writable: O_EXCL, unlinked",
     ("train/tensorboard_log.py", "SummaryWriter"): "writes inside the directory "
     "bnlab.files.make_dirs made (a link there is refused first)",
     ("report/figures.py", "savefig"): "into an in-memory buffer; bnlab.files writes it",
+    ("studies/sweep_jobs.py", "TemporaryDirectory"): "a Ray worker's private directory for "
+    "one run, outside every output; the run's files reach the output through the driver's "
+    "bnlab.files writers",
 }
 
 

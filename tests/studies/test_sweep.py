@@ -126,7 +126,7 @@ def test_run_files_round_trip_and_stay_inside(tmp_path):
     files = {"config.json": b"{}", "DONE": b"{}", "tensorboard/events": b"\x00\x01"}
     write_tree(tmp_path / "run", files)
     (tmp_path / "run" / ".lock").write_text("1\n")  # neither the lock nor temporaries travel
-    (tmp_path / "run" / ".DONE.tmp-99").write_text("torn")
+    (tmp_path / "run" / ".DONE.x1y2z3.tmp").write_text("torn")  # (bnlab.files' naming)
     assert read_tree(tmp_path / "run") == files
     with pytest.raises(UserError, match="would land outside"):
         write_tree(tmp_path / "other", {"../escape": b"x"})
@@ -185,6 +185,9 @@ def test_two_local_workers_equal_the_in_process_study(reference, tmp_path):
 
 # ---- a two-node Ray cluster ----------------------------------------------------------------------
 
+RAY = str(Path(sys.executable).with_name("ray"))  # the venv's, whatever PATH says
+
+
 @pytest.fixture(scope="module")
 def cluster() -> dict:
     """`ray start --head` and a second `ray start --address` node; stopped at the end."""
@@ -197,13 +200,13 @@ def cluster() -> dict:
     logs = [open(Path(temp) / f"{n}.log", "w") for n in ("head", "node")]  # noqa: SIM115
     try:
         procs.append(subprocess.Popen(
-            ["ray", "start", "--head", "--port", str(port), "--include-dashboard", "false",
+            [RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false",
              "--ray-client-server-port", str(_free_port()), "--temp-dir", temp,
              "--dashboard-agent-listen-port", str(_free_port()), *common],
             env=env, stdout=logs[0], stderr=subprocess.STDOUT))
         _wait(lambda: _listening(port), procs[0], logs[0].name, "the head node")
         procs.append(subprocess.Popen(
-            ["ray", "start", "--address", f"127.0.0.1:{port}",
+            [RAY, "start", "--address", f"127.0.0.1:{port}",
              "--dashboard-agent-listen-port", str(_free_port()), *common],
             env=env, stdout=logs[1], stderr=subprocess.STDOUT))
         _wait(lambda: "Ray runtime started" in Path(logs[1].name).read_text(), procs[1],

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.errors import UserError
+from bnlab.files import TMP_SUFFIX, make_dirs
 from bnlab.train import Run, TrainConfig, train
 from bnlab.train.epoch import Probe
 from bnlab.train.rundir import DONE, LOCK, atomic_write_bytes
@@ -90,7 +91,8 @@ def read_tree(path: Path) -> dict[str, bytes]:
     files = {}
     for p in sorted(path.rglob("*")):
         rel = p.relative_to(path)
-        if p.is_file() and not p.is_symlink() and p.name != LOCK and ".tmp-" not in p.name:
+        temporary = p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)
+        if p.is_file() and not p.is_symlink() and p.name != LOCK and not temporary:
             files[rel.as_posix()] = p.read_bytes()
     return files
 
@@ -102,7 +104,7 @@ def write_tree(path: Path, files: dict[str, bytes]) -> None:
         target = path / rel
         if not target.resolve().is_relative_to(path.resolve()) or rel.startswith("/"):
             raise UserError(f"refused a run file named {rel!r}: it would land outside {path}")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent, root=path)
         atomic_write_bytes(target, files[rel])
 
 
@@ -120,7 +122,7 @@ def train_in_tmp(config: TrainConfig, files: dict[str, bytes],
     with tempfile.TemporaryDirectory(prefix="bnlab-run-") as tmp:
         path = Path(tmp) / "run"
         if files:
-            path.mkdir()
+            make_dirs(path)
             write_tree(path, files)
         try:
             train(config, path, resume=True, log=_silent, probe=probe() if probe else None,

@@ -109,8 +109,10 @@ class RunDir:
             raise
         try:
             yield
-        finally:
-            files.remove(self.path / LOCK)  # unlinked before the lock is dropped
+        finally:  # unlinked before the lock is dropped; plain os calls, so that a Ctrl-C
+            # arriving as the holder lets go cannot stop between them
+            with suppress(FileNotFoundError):
+                os.unlink(self.path / LOCK)
             os.close(fd)
             if created:
                 with suppress(OSError):  # not empty: the run is there
