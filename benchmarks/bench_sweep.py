@@ -55,19 +55,29 @@ def main() -> None:
     p.add_argument("--studies", nargs="+", default=["momentum", "placement", "lr"])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--skip-lr", action="store_true", help="skip part 3 (the full lr study)")
+    p.add_argument("--full", action="store_true",
+                   help="parts 1 and 2 at the studies' default size instead of --quick")
+    p.add_argument("--skip-overhead", action="store_true", help="skip part 2")
     args = p.parse_args()
-    quick = ["--quick", "--seeds", str(args.seeds)]
+    quick = [*([] if args.full else ["--quick"]), "--seeds", str(args.seeds)]
+    size = "default-size" if args.full else "quick"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        print(f"## 1. Quick studies, {args.seeds} seeds, 1 thread per run (wall s)\n")
+        print(f"## 1. {size} studies, {args.seeds} seeds, 1 thread per run (wall s)\n")
         print("| study | runs | 1 worker (in process) | 2 workers (Ray) | speed-up |")
         print("|---|---|---|---|---|")
+        on_two: dict[str, dict] = {}
         for name in args.studies:
             one, rec = study(name, root / f"{name}-1", *quick, "--threads", "1")
-            two, _ = study(name, root / f"{name}-2", *quick, "--threads", "1", "--workers", "2")
+            two, on_two[name] = study(name, root / f"{name}-2", *quick, "--threads", "1",
+                                      "--workers", "2")
             print(f"| {name} | {runs(rec)} | {one:.1f} | {two:.1f} | {one / two:.2f}x |",
                   flush=True)
 
+        if "lr" in on_two and args.full and args.seeds == 1:
+            estimate(on_two["lr"], 600.0)
+        if args.skip_overhead:
+            return
         name = args.studies[0]
         here, rec = study(name, root / "over-1", *quick, "--threads", "2")
         on_ray, _ = study(name, root / "over-ray", *quick, "--workers", "auto", "--threads", "2")
@@ -81,14 +91,21 @@ def main() -> None:
         if not args.skip_lr:
             wall, rec = study("lr", root / "lr-full", "--seeds", "1", "--threads", "1",
                               "--workers", "2")
-            n = runs(rec)
-            per_run = rec["wall_time"]["training"] / n
-            print(f"\n## 3. The full lr study, 1 seed: {n} runs, 2 workers of 1 thread\n")
-            print(f"wall {wall:.1f} s; mean run {per_run:.2f} s (training only, two at a time)")
-            total = 10 * n * per_run
-            need = math.ceil(total / (600 - init))
-            print(f"10 seeds = {10 * n} runs = {total:.0f} s of runs: about {need} workers of "
-                  f"1 thread finish them in 10 minutes (at this run time, one core each)")
+            print(f"\n(the full lr study took {wall:.1f} s of wall time)")
+            estimate(rec, 600 - init)
+
+
+def estimate(rec: dict, budget: float) -> None:
+    """Part 3: from a 1-seed `lr` record run on 2 workers of 1 thread, the workers a 10-seed
+    `lr` study needs to finish its runs within `budget` seconds."""
+    n = runs(rec)
+    per_run = rec["wall_time"]["training"] / n
+    print(f"\n## 3. The full lr study, 1 seed: {n} runs, 2 workers of 1 thread\n")
+    print(f"mean run {per_run:.2f} s (training only, two at a time)")
+    total = 10 * n * per_run
+    need = math.ceil(total / budget)
+    print(f"10 seeds = {10 * n} runs = {total:.0f} s of runs: about {need} workers of "
+          f"1 thread finish them in {budget:.0f} s (at this run time, one core each)")
 
 
 if __name__ == "__main__":
