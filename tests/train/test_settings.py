@@ -14,7 +14,7 @@ import bnlab
 from bnlab.errors import RunDirError, UserError
 from bnlab.norm.base import tracked_batch_norms
 from bnlab.train import Run, TrainConfig, train
-from bnlab.train.build import lr_factor, make_model, make_optimizer
+from bnlab.train.build import lr_factor, make_model, make_optimizer, weights_before_norm
 from bnlab.train.epoch import Estimate
 
 TINY = TrainConfig(dataset="fake-fashion-mnist", epochs=1, batch_size=64, limit_train=256,
@@ -157,3 +157,78 @@ def test_the_estimate_speaks_once_for_a_long_run_only():
     short: list[str] = []
     Estimate(short.append, epochs_left=1).step(4, 0.01, 10)
     assert short == []
+
+
+def test_no_decay_before_norm_spares_exactly_the_weights_that_feed_a_norm():
+    """LeNet-BN: every conv/linear but the last feeds a BatchNorm (the dataflow graph says
+    which); their weights lose the decay, their biases and everything else keep it."""
+    model = make_model(replace(TINY, model="lenet-bn"))
+    found = weights_before_norm(model)
+    linear = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert found == [f"{n}.weight" for n in linear[:-1]]  # the output layer feeds no norm
+    opt = make_optimizer(replace(TINY, weight_decay=1e-3, no_decay_before_norm=True), model)
+    decayed, free = opt.param_groups
+    params = dict(model.named_parameters())
+    assert {id(p) for p in free["params"]} == {id(params[n]) for n in found}
+    assert free["weight_decay"] == 0.0 and decayed["weight_decay"] == 1e-3
+    both = make_optimizer(replace(TINY, weight_decay=1e-3, no_decay_before_norm=True,
+                                  no_decay_on_norm=True), model)
+    norm = {id(p) for m in tracked_batch_norms(model) for p in m.parameters()}
+    assert {id(p) for p in both.param_groups[1]["params"]} == norm | {id(params[n])
+                                                                       for n in found}
+
+
+def test_no_decay_before_norm_reads_the_dataflow_not_the_child_order():
+    """A forward that skips the norm, or reads the conv's output twice, has no weight that
+    the norm makes scale invariant; a forward that reorders children still has one."""
+
+    class Skips(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.bn, self.out = nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return self.out(h + self.bn(h))  # fc's output is also read beside the norm
+
+    class Reordered(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn, self.out, self.fc = nn.BatchNorm1d(4), nn.Linear(4, 2), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.bn(self.fc(x))))
+
+    assert weights_before_norm(Skips()) == []
+    assert weights_before_norm(Reordered()) == ["fc.weight"]
+    with pytest.raises(UserError, match="no conv or linear layer"):
+        make_optimizer(replace(TINY, weight_decay=1e-3, no_decay_before_norm=True), Skips())
+    with pytest.raises(ValueError, match=r"no_decay_before_norm=True with weight_decay=0\.0"):
+        replace(TINY, no_decay_before_norm=True)
+
+
+def test_no_decay_before_norm_refuses_a_network_fx_cannot_trace():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.bn(self.fc(x)) if x.sum() > 0 else x  # data-dependent control flow
+
+    with pytest.raises(UserError, match=r"torch\.fx cannot trace"):
+        make_optimizer(replace(TINY, weight_decay=1e-3, no_decay_before_norm=True), Branchy())
+
+
+def test_no_decay_before_norm_trains_a_user_network(tmp_path):
+    """The flag on the user's network: the run names the spared weights and its checkpoint's
+    optimizer has the second group without decay; the user's object is not rewritten."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                        nn.Linear(16, 10))
+    lines: list[str] = []
+    config = replace(TINY, model="custom", weight_decay=1e-3, no_decay_before_norm=True)
+    run = train(config, tmp_path / "r", log=lines.append, model=net)
+    assert any("before a norm layer: 1.weight" in line for line in lines), lines
+    groups = run.dir.load_checkpoint()["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [1e-3, 0.0]
+    assert type(net[1]) is nn.Linear and type(net[2]) is nn.BatchNorm1d

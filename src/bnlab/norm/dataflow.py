@@ -22,10 +22,11 @@ from torch.nn.utils import parametrize
 
 from bnlab.norm.base import is_batch_norm
 
-__all__ = ["LeafTracer", "calls", "hooked", "module_uses", "only_input", "trace", "why_touched"]
+__all__ = ["CONV_LINEAR", "LeafTracer", "calls", "hooked", "module_uses", "only_input", "trace",
+           "why_touched"]
 
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class LeafTracer(fx.Tracer):
@@ -33,7 +34,7 @@ class LeafTracer(fx.Tracer):
     which a symbolic trace cannot run); torch.nn layers are leaves as in fx's default."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (is_batch_norm(m) or isinstance(m, _CONV_LINEAR)
+        return (is_batch_norm(m) or isinstance(m, CONV_LINEAR)
                 or type(m).__module__.startswith("bnlab.norm")
                 or super().is_leaf_module(m, module_qualified_name))
 

@@ -28,12 +28,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from bnlab.errors import UserError
 from bnlab.models import build_model
 from bnlab.norm.base import is_batch_norm
 from bnlab.norm.convert import convert
+from bnlab.norm.dataflow import CONV_LINEAR, only_input, trace
 from bnlab.norm.fused import fuse
 from bnlab.norm.lazy import copy_module
 from bnlab.norm.registry import Norm
@@ -42,7 +44,7 @@ from bnlab.norm.textbook import TextbookBatchNorm
 from bnlab.train.config import TrainConfig, gaussian_std, layer_momentum
 
 __all__ = ["PRESET_INIT", "apply_settings", "copy_back", "initialize", "lr_factor", "make_model",
-           "make_optimizer", "norm_settings", "set_lr"]
+           "make_optimizer", "norm_settings", "set_lr", "weights_before_norm"]
 
 PRESET_INIT = "xavier"  # the chapter's initialization of bnlab's own models
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)  # the layers an `init` sets
@@ -158,17 +160,54 @@ def copy_back(trained: nn.Module, network: nn.Module, config: TrainConfig) -> No
     apply_settings(network, norm_settings(config))
 
 
+def weights_before_norm(model: nn.Module) -> list[str]:
+    """The names of the conv/linear weights whose output goes straight, and only, into a
+    normalization layer: the weights a batch (or group, layer) norm makes scale invariant,
+    ``norm(a W x) = norm(W x)`` for ``a > 0``. Read from the forward's ``torch.fx`` dataflow
+    (not from the order of the children); a network fx cannot trace is refused."""
+    graph, why = trace(model)
+    if graph is None:
+        raise UserError(f"--no-decay-before-norm needs the network's dataflow, and torch.fx "
+                        f"cannot trace its forward ({why}); drop --no-decay-before-norm")
+    modules = dict(model.named_modules())
+    found: list[str] = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not is_norm_layer(modules[str(node.target)]):
+            continue
+        source = node.args[0] if node.args else None
+        if not (isinstance(source, fx.Node) and source.op == "call_module"
+                and only_input(node, source) and len(source.users) == 1):
+            continue
+        name = f"{source.target}.weight"
+        if isinstance(modules[str(source.target)], CONV_LINEAR) and name not in found:
+            found.append(name)
+    params = dict(model.named_parameters())  # (a parametrized weight is not a parameter)
+    return [name for name in found if name in params]
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer; with ``no_decay_on_norm``, the normalization layers' gamma and beta are
-    a second parameter group without weight decay."""
+    """The optimizer. Parameters left out of weight decay form a second group without it:
+    with ``no_decay_on_norm`` the normalization layers' gamma and beta, with
+    ``no_decay_before_norm`` the weights that feed a normalization layer
+    (``weights_before_norm``)."""
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("the network has no trainable parameters (none with requires_grad), "
                         "so there is nothing to train; give it layers with weights")
-    groups: list[dict] = [{"params": list(model.parameters())}]
+    spared: set[int] = set()
     if config.no_decay_on_norm:
-        norm = {id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters()}
-        groups = [{"params": [p for p in model.parameters() if id(p) not in norm]},
-                  {"params": [p for p in model.parameters() if id(p) in norm],
+        spared |= {id(p) for m in model.modules() if is_norm_layer(m) for p in m.parameters()}
+    if config.no_decay_before_norm:
+        names = weights_before_norm(model)
+        if not names:
+            raise UserError("--no-decay-before-norm: no conv or linear layer of the network "
+                            "feeds a normalization layer directly, so there is no weight to "
+                            "spare; drop --no-decay-before-norm")
+        params = dict(model.named_parameters())
+        spared |= {id(params[n]) for n in names}
+    groups: list[dict] = [{"params": list(model.parameters())}]
+    if spared:
+        groups = [{"params": [p for p in model.parameters() if id(p) not in spared]},
+                  {"params": [p for p in model.parameters() if id(p) in spared],
                    "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
     lr, wd = config.lr, config.weight_decay

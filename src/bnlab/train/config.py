@@ -151,6 +151,9 @@ class TrainConfig:
                                   "adamw)", low=0)
     no_decay_on_norm: bool = setting(False, "no weight decay on the normalization layers' "
                                      "gamma and beta (needs --weight-decay)")
+    no_decay_before_norm: bool = setting(False, "no weight decay on the conv/linear weights "
+                                         "whose output goes straight into a normalization "
+                                         "layer (needs --weight-decay)")
     schedule: str = setting("constant", "learning-rate schedule over the epochs: constant, "
                             "step decay or cosine annealing", choices=SCHEDULES)
     warmup_epochs: int = setting(0, "epochs of linear learning-rate warm-up before the "
@@ -250,6 +253,10 @@ class TrainConfig:
             raise ValueError("invalid no_decay_on_norm=True with weight_decay=0.0: there is "
                              "no decay to leave out; give --weight-decay, or drop "
                              "--no-decay-on-norm")
+        if self.no_decay_before_norm and self.weight_decay == 0:
+            raise ValueError("invalid no_decay_before_norm=True with weight_decay=0.0: there "
+                             "is no decay to leave out; give --weight-decay, or drop "
+                             "--no-decay-before-norm")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"invalid warmup_epochs={self.warmup_epochs}: must be fewer than "
                              f"epochs={self.epochs}")

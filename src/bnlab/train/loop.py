@@ -29,7 +29,13 @@ from bnlab.norm.base import is_batch_norm, tracked_batch_norms
 from bnlab.norm.state import load_state_dict
 from bnlab.provenance import provenance
 from bnlab.train import batches
-from bnlab.train.build import copy_back, finish, make_model, make_optimizer
+from bnlab.train.build import (
+    copy_back,
+    finish,
+    make_model,
+    make_optimizer,
+    weights_before_norm,
+)
 from bnlab.train.config import TrainConfig
 from bnlab.train.distributed import Dist, setup
 from bnlab.train.dry_batch import check_labels, dry_batch
@@ -237,6 +243,9 @@ def _run(inputs: Inputs, rd: RunDir, checkpoint: dict[str, Any] | None, fresh: b
         model = nn.parallel.DistributedDataParallel(
             raw, device_ids=[device.index] if device.type == "cuda" else None)
     stepper = Stepper.create(config, raw, model, make_optimizer(config, raw), device)
+    if config.no_decay_before_norm:
+        log(f"no weight decay on the weights before a norm layer: "
+            f"{', '.join(weights_before_norm(raw))}")
     metrics: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
     if checkpoint is not None:
