@@ -31,6 +31,7 @@ from bnlab.data import BatchLoader, load_split
 from bnlab.norm.base import tracked_batch_norms
 from bnlab.report.figures import plot_bars
 from bnlab.studies.base import Arm, ArmResult, Findings, Study
+from bnlab.studies.options import SHORT_STUDY_SEEDS
 from bnlab.studies.stats import Comparison, Summary, compare, fmt, holm, summary
 from bnlab.train import TrainConfig, evaluate
 from bnlab.train.evaluate import precise_accuracy
@@ -200,9 +201,9 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 STUDY = Study(
     "inference-stats", "Why running averages at inference, and what is wrong with them?", arms,
-    analyze, needs="it re-estimates the statistics of LeNet-BN's layers",
+    analyze, seeds=SHORT_STUDY_SEEDS, needs="it re-estimates the statistics of LeNet-BN's layers",
     setup="LeNet-BN (bnlab's BN) on Fashion-MNIST (60k train, 10k test), batch 256, plain SGD "
-    "at lr 1.0, 5 epochs, 5 seeds. Each seed's trained model is evaluated on the test set with "
+    "at lr 1.0, 5 epochs, 10 seeds. Each seed's trained model is evaluated on the test set with "
     "different statistics in its BN layers: the EMA it trained with (momentum 0.1); the EMA "
     "re-estimated from scratch over 200 training batches with the weights frozen (momentum "
     "0.01, 0.1, 0.5, and the cumulative average; at momentum 0.01, 0.99^200 = 13% of the "

@@ -30,6 +30,7 @@ from torch import nn
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, accuracy_comparisons, summarize
+from bnlab.studies.options import SHORT_STUDY_SEEDS
 from bnlab.studies.stats import Comparison, compare, holm, p_is
 from bnlab.train import Run, TrainConfig
 
@@ -251,9 +252,10 @@ def _plot(by: dict[str, ArmResult], lrs: list[float], path: Path) -> None:
 STUDY = Study(
     "landscape", "Does BN make the loss landscape smoother (Santurkar et al.)?", arms, analyze,
     needs="its analysis pairs BN and no-BN runs of bnlab's deep MLP step by step",
+    seeds=SHORT_STUDY_SEEDS,
     setup=("A deep ReLU MLP on Fashion-MNIST (784 -> six hidden layers of 128 -> 10, about "
            "185k weights; with BN, a BatchNorm before each hidden ReLU), Xavier init, plain "
-           "SGD, batch 128, 2 epochs, at three learning rates (0.02, 0.1, 0.5), 5 seeds. Every "
+           "SGD, batch 128, 2 epochs, at three learning rates (0.02, 0.1, 0.5), 10 seeds. Every "
            "10 steps a probe moves the weights along the step's gradient by 0.5, 1, 2 and 4 "
            "times the learning rate on the step's batch and records the loss range, the "
            "largest gradient change and the effective beta-smoothness, then restores "

@@ -38,6 +38,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
+from bnlab.studies.options import SHORT_STUDY_SEEDS
 from bnlab.studies.stats import Comparison, holm
 from bnlab.train import TrainConfig
 
@@ -198,7 +199,7 @@ def fmt_diff(c: Comparison) -> str:
 
 SETUP = (
     "The chapter's sigmoid LeNet on Fashion-MNIST (the first 30000 training images, the full "
-    "test set), batch 256, SGD lr 1.0, 4 epochs, 5 seeds, with bnlab's BatchNorm before every "
+    "test set), batch 256, SGD lr 1.0, 4 epochs, 10 seeds, with bnlab's BatchNorm before every "
     "sigmoid (the chapter's LeNet-BN) or after it. The arms are compared on final train loss "
     "and test accuracy with the running averages and with PreciseBN statistics (10000 "
     "training examples), by paired t-tests over seeds, Holm-corrected together; a difference "
@@ -216,5 +217,5 @@ CAVEATS = (
     "rounding).")
 
 STUDY = Study("placement", "Does BN go before or after the activation? Is the bias before it "
-              "needed?", arms, analyze, setup=SETUP, caveats=CAVEATS,
+              "needed?", arms, analyze, seeds=SHORT_STUDY_SEEDS, setup=SETUP, caveats=CAVEATS,
               needs="it moves BN inside the textbook's sigmoid LeNet")
