@@ -45,7 +45,6 @@ against BN at batch 128 (paired).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -269,7 +268,7 @@ def _literature(primary: list[Judgement], small: int, bn_ran: bool) -> str:
         return "Not tested: BN did not run on this network."
     if not primary:
         return "Not tested: neither GroupNorm nor Batch Renorm ran at the smallest batch."
-    return " ".join(f"{j.wording.capitalize()}: {j.claim.statement[:1].lower()}{j.claim.statement[1:]} "
+    return " ".join(f"{j.wording.capitalize()}: {j.claim.statement} "
                     f"({j.claim.source}); at batch {small}, equal epochs, {j.text()}."
                     for j in primary)
 
