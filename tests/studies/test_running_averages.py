@@ -10,6 +10,7 @@ import torch
 from bnlab.models import build_model
 from bnlab.studies import running_averages as ra
 from bnlab.studies.base import ArmResult
+from bnlab.studies.probes.running_averages import norm_weights
 from bnlab.train import TrainConfig
 
 
@@ -158,7 +159,7 @@ def test_one_seed_is_never_clear():
 
 def test_norm_weights_probe_reads_the_layers_feeding_each_norm():
     model = build_model("lenet-bn", "batch-stats-detached")
-    got = ra.norm_weights(model)
+    got = norm_weights(model)
     convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     fed = convs[:4]  # the last linear layer feeds no norm layer
     expected = math.sqrt(sum(float(m.weight.detach().square().sum()) for m in fed))

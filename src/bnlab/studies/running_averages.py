@@ -34,12 +34,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from matplotlib.ticker import MaxNLocator
-from torch import nn
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import (
@@ -51,6 +50,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
+from bnlab.studies.probes.running_averages import NormWeightsProbe
 from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, holm, summary
 from bnlab.studies.wording import fair_word
 from bnlab.train import TrainConfig
@@ -60,40 +60,6 @@ RUNNING_MOMENTA = (0.01, 0.1, 0.5)
 DEFAULT_MOMENTUM = 0.1
 KINDS = {"bnlab": "BN", "batch-stats-detached": "batch stats, detached",
          "renorm-wide": "Batch Renorm (wide)", "running-stats": "running averages"}
-NORM_KEYS = ("w_norm", "b_norm", "gamma_norm", "beta_norm")
-
-
-class NormWeightsProbe:
-    """Every `every` steps: the L2 norms, over all norm layers of the model, of the weights and
-    biases of the convolution / linear layer feeding each one (``w_norm``, ``b_norm``) and of
-    the layers' own gamma and beta. Reads parameters only: training is unchanged."""
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return norm_weights(model)
-
-
-def norm_weights(model: nn.Module) -> dict[str, float]:
-    """{w_norm, b_norm, gamma_norm, beta_norm} of `model` (see ``NormWeightsProbe``)."""
-    sums = dict.fromkeys(NORM_KEYS, 0.0)
-    feeding: nn.Conv2d | nn.Linear | None = None
-
-    def add(key: str, p: torch.Tensor | None) -> None:
-        if p is not None:
-            sums[key] += float(p.detach().double().square().sum())
-
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            feeding = m
-        elif getattr(m, "running_mean", None) is not None and feeding is not None:
-            add("w_norm", feeding.weight)
-            add("b_norm", feeding.bias)
-            add("gamma_norm", getattr(m, "weight", None))
-            add("beta_norm", getattr(m, "bias", None))
-            feeding = None
-    return {k: math.sqrt(v) for k, v in sums.items()}
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -110,7 +76,7 @@ def arms(quick: bool) -> list[Arm]:
                                                  if norm == "running-stats" else "")
                 out.append(Arm(name, text, replace(base, norm=norm, lr=lr, bn_momentum=m),
                                {"norm": norm, "lr": lr, "bn_momentum": m},
-                               probe=lambda: NormWeightsProbe(every)))
+                               probe=partial(NormWeightsProbe, every)))
     return out
 
 
