@@ -51,7 +51,7 @@ def test_bn_losing_at_small_batches_where_groupnorm_does_not_reproduces_wu_and_h
     assert gn.comparison.diff == pytest.approx(0.1) and gn.paired
     a, b = gn.comparison.a.values, gn.comparison.b.values
     assert gn.comparison.p == pytest.approx(sps.ttest_rel(b, a).pvalue)
-    assert f.literature.startswith("Reproduces: at small batches BN's accuracy falls below")
+    assert f.literature.startswith("Reproduces: At small batches BN's accuracy falls below")
     assert "(Wu & He 2018)" in f.literature and "(Ioffe 2017)" in f.literature
     # the primary comparison is not repeated in the exploratory family
     assert not any(c.label == "batch 2, equal epochs: GroupNorm vs BN" and

@@ -90,7 +90,7 @@ def test_bn_training_where_no_bn_fails_at_the_high_end_reproduces():
     assert c.diff == 1.0 and j.paired
     # no spread: the sign test (stats) and the exact sign-flip test, 2 / 2^10
     assert c.p == pytest.approx(2 * 0.5 ** 10) and j.p_exact == pytest.approx(2 / 2 ** 10)
-    assert f.literature.startswith("Reproduces: with BN a network trains at learning rates")
+    assert f.literature.startswith("Reproduces: With BN a network trains at learning rates")
     assert "judged on the high end only (lr 3, 10)" in f.literature
     assert "without BN 1; with BN 0.03 to 10" in f.verdict
     # the low end is reported, exploratory, outside the primary family

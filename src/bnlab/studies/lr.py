@@ -296,7 +296,7 @@ def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
                           f"(the high end the claim is about).")
     j = primary[0]
     headline += f" Above lr {BASE_LR:g} (lr {_rates(high)}), BN's higher usable rate: {j.wording}."
-    literature = (f"{j.wording.capitalize()}: {HIGH_END.statement[:1].lower()}{HIGH_END.statement[1:]} "
+    literature = (f"{j.wording.capitalize()}: {HIGH_END.statement} "
                   f"({HIGH_END.source}); judged on the high end only (lr {_rates(high)}), "
                   f"per seed the share of those rates that train: {j.text()}.")
     return headline, literature
