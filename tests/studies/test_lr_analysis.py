@@ -96,7 +96,7 @@ def test_bn_training_where_no_bn_fails_at_the_high_end_reproduces():
     # the low end is reported, exploratory, outside the primary family
     assert low_end(f).word == "better" and low_end(f).label.startswith("low end (lr 0.03")
     assert "Exploratory" in f.verdict and "no verdict on the claim" in f.verdict
-    assert all(c.metric != lr.HIGH for c in f.comparisons)
+    assert all(c.metric != lr.HIGH for c in f.comparisons if c is not j.comparison)
     assert all(not math.isnan(c.p_holm) for c in f.comparisons if c.testable)
 
 
