@@ -215,47 +215,56 @@ def values(delta: dict[str, float], seeds: int = 5) -> dict[str, list[float]]:
     return out
 
 
-def test_inference_precise_better_agrees_with_wu_johnson_and_is_paired():
-    rows, verdict, tests, headline, lit = inference_stats.analyze_values(
-        values({"PreciseBN 10^4": 0.01, "PreciseBN 10^2": -0.02}))
-    by = {c.label.split(" vs ")[0]: c for c in tests}
-    assert all(c.test == "paired t" for c in tests)
+def test_inference_precise_better_reproduces_wu_johnson_and_is_paired():
+    """The issue's case: PreciseBN ahead of the EMA. With one primary comparison (the other
+    methods exploratory), ten paired seeds call it; the near-duplicate methods no longer
+    raise the bar."""
+    rows, verdict, primary, tests, headline, lit = inference_stats.analyze_values(
+        values({"PreciseBN 10^4": 0.01, "PreciseBN 10^2": -0.02}, seeds=10))
+    (j,) = primary
+    assert j.claim.key == "precise-beats-ema" and j.comparison.test == "paired t"
     # the models' spread (+-0.02) dwarfs the effect (0.01): only pairing makes it clear
-    assert by["PreciseBN 10^4"].word == "better" and by["PreciseBN 10^2"].word == "worse"
-    assert by["PreciseBN 10^4"].p_holm < ALPHA
-    assert lit.startswith("agrees with Wu & Johnson 2021")
-    assert "test batch 1" not in by and "Undefined" in verdict
-    assert {r["arm"]: r["vs EMA as trained"] for r in rows}["test batch 1"] == "undefined"
-    assert "clearly better: PreciseBN 10^4" in headline
-
-
-def test_inference_reversed_effect_flips_the_verdict():
-    _, _, tests, _, lit = inference_stats.analyze_values(values({"PreciseBN 10^4": -0.01}))
+    assert j.comparison.p_holm == j.comparison.p < ALPHA and j.wording == "reproduces"
     by = {c.label.split(" vs ")[0]: c for c in tests}
-    assert by["PreciseBN 10^4"].word == "worse"
-    assert lit.startswith("does not reproduce Wu & Johnson 2021")
+    assert "PreciseBN 10^4" not in by and by["PreciseBN 10^2"].word == "worse"
+    assert all(c.test == "paired t" for c in tests)
+    assert lit == ('Wu & Johnson 2021, "Population statistics (PreciseBN) evaluate better than '
+                   'the EMA the model trained with": reproduces')
+    assert "test batch 1" not in by and "Undefined" in verdict
+    table = {r["arm"]: r["vs EMA as trained"] for r in rows}
+    assert table["test batch 1"] == "undefined" and table["PreciseBN 10^4"] == "claim: reproduces"
+    assert "PreciseBN 10^4 vs EMA as trained: reproduces" in headline
 
 
-def test_inference_equal_methods_no_clear_difference():
-    _, _, tests, _, lit = inference_stats.analyze_values(values({}))
+def test_inference_five_seeds_are_not_shown_with_the_mde():
+    _, _, (j,), _, _, _ = inference_stats.analyze_values(values({"PreciseBN 10^4": 0.01}))
+    assert j.wording == "not shown" and math.isinf(j.mde) and "MDE none at 5 seeds" in j.text()
+
+
+def test_inference_reversed_effect_contradicts():
+    _, _, (j,), _, _, lit = inference_stats.analyze_values(
+        values({"PreciseBN 10^4": -0.01}, seeds=10))
+    assert j.wording == "contradicts" and lit.endswith(": contradicts")
+
+
+def test_inference_equal_methods_are_equivalent_not_a_failure_to_call():
+    _, _, (j,), tests, _, lit = inference_stats.analyze_values(values({}, seeds=10))
     assert all(c.word == "no clear difference" for c in tests)
-    assert lit.startswith("does not reproduce")
+    assert j.p_tost < ALPHA and j.wording == "does not reproduce"
 
 
-@pytest.mark.parametrize("seeds", [1])
-def test_inference_one_seed_is_not_testable(seeds):
-    _, _, tests, _, lit = inference_stats.analyze_values(
-        values({"PreciseBN 10^4": 0.05}, seeds))
+def test_inference_one_seed_is_not_testable():
+    _, _, (j,), tests, _, lit = inference_stats.analyze_values(
+        values({"PreciseBN 10^4": 0.05}, 1))
     assert tests and not any(c.testable or c.clear for c in tests)
-    assert lit.startswith("cannot be tested")
+    assert j.wording.startswith("not testable") and "not testable" in lit
 
 
 def test_inference_a_nan_seed_is_not_testable():
     v = values({"PreciseBN 10^4": 0.05})
     v["PreciseBN 10^4"][2] = math.nan
-    _, _, tests, _, _ = inference_stats.analyze_values(v)
-    c = next(c for c in tests if c.label.startswith("PreciseBN 10^4"))
-    assert not c.testable and not c.clear
+    _, _, (j,), _, _, _ = inference_stats.analyze_values(v)
+    assert not j.comparison.testable and j.wording.startswith("not testable")
 
 
 def test_inference_stats_has_no_running_average_training_arm():
