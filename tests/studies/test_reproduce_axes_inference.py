@@ -248,7 +248,7 @@ def test_inference_reversed_effect_contradicts():
 
 
 def test_inference_equal_methods_are_equivalent_not_a_failure_to_call():
-    _, _, (j,), tests, _, lit = inference_stats.analyze_values(values({}, seeds=10))
+    _, _, (j,), tests, _, _ = inference_stats.analyze_values(values({}, seeds=10))
     assert all(c.word == "no clear difference" for c in tests)
     assert j.p_tost < ALPHA and j.wording == "does not reproduce"
 

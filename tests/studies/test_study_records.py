@@ -85,6 +85,6 @@ def test_runner_refuses_split_families_and_hand_wording(ran, tmp_path):
     with pytest.raises(AssertionError, match="one family"):
         run_study(_study(lambda r: _analyze(r, split=True)), ran, analyze_only=True,
                   log=lambda m: None, progress=False)
-    with pytest.raises(AssertionError, match="one claims.judge call"):
+    with pytest.raises(AssertionError, match=r"one claims\.judge call"):
         run_study(_study(lambda r: _analyze(r, reword=True)), ran, analyze_only=True,
                   log=lambda m: None, progress=False)
