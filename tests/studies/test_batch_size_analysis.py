@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from bnlab.studies import batch_size
+from bnlab.studies.base import check_families
 from tests.studies.fakes import results
 
 BN_LIKE = ("bnlab", "renorm-fixed", "ghost")
@@ -53,8 +54,9 @@ def test_bn_losing_at_small_batches_where_groupnorm_does_not_reproduces_wu_and_h
     assert gn.comparison.diff == pytest.approx(0.1) and gn.paired
     a, b = gn.comparison.a.values, gn.comparison.b.values
     assert gn.comparison.p == pytest.approx(sps.ttest_rel(b, a).pvalue)
-    assert f.literature.startswith("Reproduces: At small batches BN's accuracy falls below")
-    assert "(Wu & He 2018)" in f.literature and "(Ioffe 2017)" in f.literature
+    assert f.literature.startswith('Wu & He 2018, "At small batches BN\'s accuracy falls below')
+    assert f.literature.count(": reproduces") == 2 and "Ioffe 2017, " in f.literature
+    check_families("batch-size", f)  # the runner's check
     # the primary comparison is not repeated in the exploratory family
     assert not any(c.label == "batch 2, equal epochs: GroupNorm vs BN" and
                    c.metric == "test_acc" for c in f.comparisons)
@@ -97,13 +99,15 @@ def test_two_arms_at_chance_are_a_floor_not_a_comparison():
 
 def test_primary_arms_at_chance_are_not_testable_and_leave_the_family():
     f = study(chance={"group-b2-epochs", "bnlab-b2-epochs"})
-    j = claims(f)
-    gn = j[batch_size.WU_HE.key]
-    assert gn.wording == "not testable (both arms at chance (a floor, not evidence))"
-    assert math.isnan(gn.comparison.p_holm) and list(gn.comparison.a.values)
+    assert list(claims(f)) == [batch_size.IOFFE.key]
+    assert ('Wu & He 2018, "At small batches BN\'s accuracy falls below GroupNorm\'s, which does '
+            'not depend on the batch": GroupNorm vs BN (Wu & He 2018) not testable: both arms '
+            'at chance at batch 2, equal epochs (a floor, not evidence)') in f.literature
+    assert "GroupNorm vs BN: not testable (both at chance)" in f.headline
     # Batch Renorm at 0.80 against BN at chance: judged alone (a family of one)
-    rn = j[batch_size.IOFFE.key]
+    rn = claims(f)[batch_size.IOFFE.key]
     assert rn.wording == "reproduces" and rn.comparison.p_holm == rn.comparison.p
+    check_families("batch-size", f)
 
 
 def test_running_averages_at_chance_with_trained_weights_are_not_at_chance():

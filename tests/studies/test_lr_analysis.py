@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from bnlab.studies import lr
+from bnlab.studies.base import check_families
 from tests.studies.fakes import results
 
 STUCK = [2.31, 2.305]
@@ -90,8 +91,11 @@ def test_bn_training_where_no_bn_fails_at_the_high_end_reproduces():
     assert c.diff == 1.0 and j.paired
     # no spread: the sign test (stats) and the exact sign-flip test, 2 / 2^10
     assert c.p == pytest.approx(2 * 0.5 ** 10) and j.p_exact == pytest.approx(2 / 2 ** 10)
-    assert f.literature.startswith("Reproduces: With BN a network trains at learning rates")
-    assert "judged on the high end only (lr 3, 10)" in f.literature
+    assert f.literature.startswith('Ioffe & Szegedy 2015; Bjorck et al. 2018, "With BN a '
+                                   'network trains at learning rates')
+    assert f.literature.split("(judged")[0].endswith(": reproduces ")
+    assert "judged on the high end only, lr 3, 10" in f.literature
+    check_families("lr", f)  # the runner's check: one judge call, one exploratory family
     assert "without BN 1; with BN 0.03 to 10" in f.verdict
     # the low end is reported, exploratory, outside the primary family
     assert low_end(f).word == "better" and low_end(f).label.startswith("low end (lr 0.03")
@@ -109,7 +113,7 @@ def test_a_low_end_gap_alone_says_nothing_about_a_higher_rate():
     assert j.comparison.diff == 0.0 and j.wording == "does not reproduce"
     assert j.p_tost < 0.05
     assert low_end(f).word == "better"  # the plateau gap is there, and exploratory
-    assert not f.literature.startswith("Reproduces")
+    assert ": does not reproduce (judged on the high end only" in f.literature
 
 
 def test_bn_failing_at_the_high_end_contradicts():
@@ -174,7 +178,7 @@ def test_one_seed_is_never_clear():
     (j,) = f.primary
     assert j.wording.startswith("not testable")
     assert all(not c.clear for c in f.comparisons)
-    assert not f.literature.startswith("Reproduces")
+    assert ": reproduces" not in f.literature
 
 
 def test_bn_only_on_a_users_network_is_not_tested():

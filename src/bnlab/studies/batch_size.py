@@ -24,7 +24,8 @@ is a floor, not a normalization's effect:
 * an arm at chance is never a *reference*: a layer's small batch against its own batch 128 is
   not testable when that batch-128 run is at chance (a "drop" from chance reads as a gain);
 * two arms both at chance are not compared (not testable: a floor); a comparison with one arm
-  at chance is made and says so.
+  at chance is made and says so. A primary claim whose arms are both at chance leaves the
+  primary family and is reported as not testable.
 
 **Primary comparisons** (``bnlab.studies.claims``; wording from ``claims.judge``), both at
 the smallest batch under equal epochs, the control of the papers, on test accuracy with the
@@ -60,8 +61,8 @@ from bnlab.studies.base import (
     ran_on,
     summarize,
 )
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge
-from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
+from bnlab.studies.stats import FAILED_ACCURACY, Comparison
 from bnlab.train import TrainConfig
 
 NORMS = {"bnlab": "BN", "renorm-fixed": "Batch Renorm", "group": "GroupNorm",
@@ -135,25 +136,15 @@ def floor_guard(c: Comparison, a: ArmResult, b: ArmResult, *, reference: bool) -
                    p=math.nan, p_holm=math.nan)
 
 
-def _floor_judgement(claim: Claim, a: ArmResult, b: ArmResult, paired: bool) -> Judgement:
-    """A primary comparison whose arms are both at chance: not testable, outside the family."""
-    c = floor_guard(compare(a.finals(claim.metric), b.finals(claim.metric),
-                            metric=claim.metric, label=claim.label, paired=paired), a, b,
-                    reference=False)
-    return Judgement(claim, c, math.nan, math.nan, math.nan,
-                     c.test.replace("not testable: ", "not testable (", 1) + ")", paired)
-
-
-def primary_judgements(bn: ArmResult, others: dict[str, ArmResult]) -> list[Judgement]:
+def primary_judgements(bn: ArmResult, others: dict[str, ArmResult]
+                       ) -> tuple[list[Judgement], list[Claim]]:
     """The declared claims (``CLAIMS``) at the smallest batch, equal epochs, for the layers
-    that ran: judged together (one Holm family), except a claim whose arms are both at chance
-    (not testable)."""
+    that ran, judged together (one Holm family); a claim whose two arms are both at chance is
+    left out of the family (a floor, not evidence) and returned second."""
     keyed = [(CLAIMS[n], bn, r) for n, r in others.items() if n in CLAIMS]
-    floor = {c.key for c, a, b in keyed if at_chance(a) and at_chance(b)}
-    judged = iter(judge([(c, a.finals(c.metric), b.finals(c.metric), a.paired_with(b))
-                         for c, a, b in keyed if c.key not in floor]))
-    return [_floor_judgement(c, a, b, a.paired_with(b)) if c.key in floor else next(judged)
-            for c, a, b in keyed]
+    floor = [c for c, a, b in keyed if at_chance(a) and at_chance(b)]
+    return judge([(c, a.finals(c.metric), b.finals(c.metric), a.paired_with(b))
+                  for c, a, b in keyed if c not in floor]), floor
 
 
 def analyze(results: list[ArmResult]) -> Findings:
@@ -173,8 +164,9 @@ def analyze(results: list[ArmResult]) -> Findings:
         return (norm, b, "both" if b == ref else control) in by
 
     primary: list[Judgement] = []
+    floor: list[Claim] = []
     if has("bnlab", small, "epochs"):
-        primary = primary_judgements(at("bnlab", small, "epochs"), {
+        primary, floor = primary_judgements(at("bnlab", small, "epochs"), {
             n: at(n, small, "epochs") for n in CLAIMS if n in ran and has(n, small, "epochs")})
     raw: list[tuple[str, Comparison]] = []  # (group, comparison)
     direct = [(b, control) for control in CONTROLS for b in batches
@@ -211,9 +203,9 @@ def analyze(results: list[ArmResult]) -> Findings:
     own = {k: [next(it) for _ in cs] for k, cs in own.items()}
     chance = {control: [r.arm.label for k, r in by.items()
                         if k[2] in (control, "both") and at_chance(r)] for control in CONTROLS}
-    verdict = _verdict(primary, groups, own, chance, small, ref)
-    headline = _headline(primary, own, chance, small)
-    literature = _literature(primary, small, "bnlab" in ran)
+    verdict = _verdict(floor, groups, own, chance, small, ref)
+    headline = _headline(primary, floor, own, chance, small)
+    literature = _literature(primary, floor, small, "bnlab" in ran)
     n_seeds = max(len(r.runs) for r in results)
 
     def plot(path: Path) -> None:
@@ -234,12 +226,17 @@ def _chance_text(chance: dict[str, list[str]]) -> str:
                      for k, v in chance.items())
 
 
-def _verdict(primary: list[Judgement], groups: dict[str, list[Comparison]],
+def _floored(floor: list[Claim], small: int) -> str:
+    """'GroupNorm vs BN (Wu & He 2018) not testable: both at chance at batch 2'."""
+    return "; ".join(f"{c.label} ({c.source}) not testable: both arms at chance at batch "
+                     f"{small}, equal epochs (a floor, not evidence)" for c in floor)
+
+
+def _verdict(floor: list[Claim], groups: dict[str, list[Comparison]],
              own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
              small: int, ref: int) -> str:
-    text = (f"Primary, at batch {small} under equal epochs, test accuracy (paired over seeds): "
-            + ("; ".join(j.text() for j in primary) if primary else "none tested") + ".")
-    text += (f" At chance (most seeds failed; never a reference, two such arms never "
+    text = f"{_floored(floor, small)}. " if floor else ""
+    text += (f"At chance (most seeds failed; never a reference, two such arms never "
              f"compared): {_chance_text(chance)}.")
     direct = [f"{c.label.split(': ')[0]} {c.text()}" for c in groups.get("direct", [])
               if c.metric == "test_acc"]
@@ -258,9 +255,11 @@ def _verdict(primary: list[Judgement], groups: dict[str, list[Comparison]],
     return text
 
 
-def _headline(primary: list[Judgement], own: dict[tuple[str, str], list[Comparison]],
-              chance: dict[str, list[str]], small: int) -> str:
-    claims = "; ".join(f"{j.comparison.label}: {j.wording}" for j in primary)
+def _headline(primary: list[Judgement], floor: list[Claim],
+              own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
+              small: int) -> str:
+    claims = "; ".join([f"{j.comparison.label}: {j.wording}" for j in primary]
+                       + [f"{c.label}: not testable (both at chance)" for c in floor])
     worse = {k: [NORMS[n] for (n, c), cs in own.items() if c == k and _worse(cs)]
              for k in CONTROLS}
     return (f"At batch {small}, equal epochs: {claims or 'no claim tested'}. Clearly worse at "
@@ -269,14 +268,15 @@ def _headline(primary: list[Judgement], own: dict[tuple[str, str], list[Comparis
             + f". At chance: {_chance_text(chance)}.")
 
 
-def _literature(primary: list[Judgement], small: int, bn_ran: bool) -> str:
+def _literature(primary: list[Judgement], floor: list[Claim], small: int,
+                bn_ran: bool) -> str:
     if not bn_ran:
         return "Not tested: BN did not run on this network."
-    if not primary:
+    if not primary and not floor:
         return "Not tested: neither GroupNorm nor Batch Renorm ran at the smallest batch."
-    return " ".join(f"{j.wording.capitalize()}: {j.claim.statement} "
-                    f"({j.claim.source}); at batch {small}, equal epochs, {j.text()}."
-                    for j in primary)
+    parts = [literature_text(primary)] if primary else []
+    parts += [f"{c.source}, \"{c.statement}\": {_floored([c], small)}" for c in floor]
+    return "; ".join(parts) + f" (at batch {small}, equal epochs, test accuracy)."
 
 
 def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: list[int],

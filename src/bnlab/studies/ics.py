@@ -63,7 +63,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge, tost
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text, tost
 from bnlab.studies.options import SHORT_STUDY_SEEDS
 from bnlab.studies.probes.ics import POOL, UnitInputProbe
 from bnlab.studies.stats import ALPHA, Comparison, compare, p_is
@@ -191,13 +191,10 @@ def floor_word(c: Comparison) -> str:
 
 
 def literature(judged: list[Judgement], t: dict[str, Comparison], penalty: str) -> str:
-    """Each claim's wording (``claims``), with what the manipulation check and the train-loss
-    penalty add; the check failing makes Santurkar et al.'s test inconclusive, said beside."""
-    ioffe, santurkar = judged
-    text = (f"{ioffe.wording.capitalize()}: {ioffe.claim.statement} "
-            f"({ioffe.claim.source}); {ioffe.text()}. {santurkar.wording.capitalize()}: "
-            f"{santurkar.claim.statement} ({santurkar.claim.source}); "
-            f"{santurkar.text()}.")
+    """Each claim's wording (``claims.literature_text``), with what the manipulation check and
+    the train-loss penalty add; the check failing makes Santurkar et al.'s test
+    inconclusive, said beside."""
+    text = f"{literature_text(judged)}."
     check = t["drift noisy"]
     if not check.testable or check.word != "worse":
         text += (f" The manipulation check did not pass (noisy BN's relative drift against "
@@ -223,11 +220,10 @@ def analyze(results: list[ArmResult]) -> Findings:
     t = tests(by)
     penalty = penalty_text(penalty_shares(by))
     less, noisy = judged
-    verdict = (f"Primary (paired over seeds): relative drift of the last hidden layer's unit "
-               f"inputs, log(drift / noise floor) (training mode, mean |move| of their "
-               f"15/50/85th percentiles between probes over the same between two batches at one "
-               f"step: scale-free), {less.text()}; test accuracy, {noisy.text()}. Exploratory "
-               f"(own Holm family): noisy BN against BN on the relative drift "
+    verdict = (f"The drift measure: log(drift / noise floor) of the last hidden layer's unit "
+               f"inputs (training mode, mean |move| of their 15/50/85th percentiles between "
+               f"probes over the same between two batches at one step: scale-free). "
+               f"Exploratory (own Holm family): noisy BN against BN on the relative drift "
                f"{t['drift noisy'].text()} (a manipulation check: the noise is redrawn each "
                f"step, so a larger drift is forced by design). Against the noise floor (two "
                f"batches at the same step): "

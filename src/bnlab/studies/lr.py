@@ -59,7 +59,7 @@ from bnlab.studies.base import (
     ran_on,
     summarize,
 )
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
 from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, p_is
 from bnlab.train import TrainConfig
 
@@ -196,10 +196,9 @@ def analyze(results: list[ArmResult]) -> Findings:
                "the chance plateau; see the setup): "
                + "; ".join(f"{words[n]} {_span(usable[n], swept)}" for n in ran) + ".")
     if primary:
-        j = primary[0]
-        verdict += (f" Primary, the high end (lr {_rates(high)}, above the chapter's "
-                    f"{BASE_LR:g}): per seed the share of those rates at which it trains, "
-                    f"{_seed_shares(j.comparison)}; {j.text()}.")
+        verdict += (f" The claim's values, the high end (lr {_rates(high)}, above the "
+                    f"chapter's {BASE_LR:g}): per seed the share of those rates at which it "
+                    f"trains, {_seed_shares(primary[0].comparison)}.")
     if (-math.inf, LOW) in t:
         c = t[(-math.inf, LOW)]
         verdict += (f" Exploratory (Holm over the exploratory family; no verdict on the "
@@ -296,9 +295,9 @@ def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
                           f"(the high end the claim is about).")
     j = primary[0]
     headline += f" Above lr {BASE_LR:g} (lr {_rates(high)}), BN's higher usable rate: {j.wording}."
-    literature = (f"{j.wording.capitalize()}: {HIGH_END.statement} "
-                  f"({HIGH_END.source}); judged on the high end only (lr {_rates(high)}), "
-                  f"per seed the share of those rates that train: {j.text()}.")
+    literature = (f"{literature_text(primary)} (judged on the high end only, lr "
+                  f"{_rates(high)}: per seed the share of those rates that train; the low end "
+                  f"is exploratory).")
     return headline, literature
 
 
