@@ -22,8 +22,9 @@ __all__ = ["QUICK_SEEDS", "SHORT_STUDY_SEEDS", "STUDY_SEEDS", "StudyOptions"]
 
 STUDY_SEEDS = 5  # seeds per arm: enough for a paired test over seeds (``studies.stats``)
 QUICK_SEEDS = 1  # --quick: a smoke test, not evidence
-# Studies whose arms train in under 3 minutes at 5 seeds run 10: at n >= 8 the paired t-test
-# decides alone (``studies.claims``), and the minimum detectable effect is about 0.7x 5 seeds'.
+# Seeds of the studies cheap enough to run 10 (placement, inference-stats, landscape, ics): from
+# 8 seeds the t-test decides alone (``studies.claims``); at 5 paired seeds the exact sign-flip
+# test's smallest p is 2 / 2^5 = 0.0625, so nothing paired can be called "clear" at all.
 SHORT_STUDY_SEEDS = 10
 
 MAX_WORKERS = 4096  # runs in flight at once: far above any cluster a study would use
