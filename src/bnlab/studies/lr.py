@@ -311,6 +311,9 @@ def _plot(rows: list[dict[str, Any]], ran: list[str], path: Path, n_seeds: int,
                         yerr=[r[f"{key}_std"] for r in pts], marker="o", ms=4, capsize=3,
                         label=NORMS[norm])
     axes[0].axhline(CHANCE_LOSS, color="gray", ls=":", label="chance (ln 10)")
+    for ax in axes:  # the split: the claim is judged on the rates to the right
+        ax.axvline(BASE_LR, color="gray", ls="--", lw=0.8,
+                   label=f"chapter's rate {BASE_LR:g}: low | high end" if ax is axes[0] else None)
     for ax, name in zip(axes, ("final train loss", "final test accuracy"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (SGD)")
