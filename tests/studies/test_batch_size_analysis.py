@@ -9,7 +9,8 @@ from scipy import stats as sps
 
 from bnlab.studies import batch_size
 from bnlab.studies.base import check_families
-from tests.studies.fakes import results
+from bnlab.studies.recompute import differences
+from tests.studies.fakes import record, results
 
 BN_LIKE = ("bnlab", "renorm-fixed", "ghost")
 SEEDS = batch_size.SEEDS
@@ -77,8 +78,10 @@ def test_a_reference_at_chance_is_never_used():
     """GroupNorm's batch-128 run at chance (as in the committed record): its batch 2 against
     it would read as a large gain; it is not testable instead."""
     f = study(chance={"group-b128"})
-    c = find(f, "GroupNorm: batch 2 vs 128, equal epochs")
-    assert not c.testable and "reference (GroupNorm, batch 128) is at chance" in c.test
+    assert not any(c.label.startswith("GroupNorm: batch 2 vs 128") for c in f.comparisons)
+    assert ("Not compared, a floor: GroupNorm: batch 2 vs 128, equal epochs (its reference, "
+            "GroupNorm, batch 128, at chance); GroupNorm: batch 2 vs 128, equal steps (its "
+            "reference, GroupNorm, batch 128, at chance).") in f.verdict
     assert next(r for r in f.rows if r["arm"] == "GroupNorm, batch 128")["at chance"] == "yes"
     assert "GroupNorm, batch 128" in f.headline.split("At chance:")[1]
     # BN's own reference is not at chance: its comparison stands
@@ -91,8 +94,8 @@ def test_two_arms_at_chance_are_a_floor_not_a_comparison():
     """Under equal steps GroupNorm and (here) BN both sit at chance at batch 2: no comparison,
     and no 'does not reproduce' from two floors."""
     f = study(chance={"group-b2-steps", "bnlab-b2-steps"})
-    c = find(f, "batch 2, equal steps: GroupNorm vs BN")
-    assert not c.testable and "both arms at chance" in c.test
+    assert not any(c.label == "batch 2, equal steps: GroupNorm vs BN" for c in f.comparisons)
+    assert "batch 2, equal steps: GroupNorm vs BN (both at chance)" in f.verdict
     assert ("equal epochs (none), equal steps (BN, batch 2, equal steps; GroupNorm, batch 2, "
             "equal steps)") in f.verdict
 
@@ -144,3 +147,12 @@ def test_arms_share_the_reference_batch_and_match_the_controls():
     assert arms["ghost-b128"].config.batch_size == 128  # Ghost BN is BN at batch <= 32
     assert batch_size.STUDY.seeds == SEEDS and f"{SEEDS} seeds" in batch_size.SETUP
     assert "48 steps at lr 0.5" in batch_size.SETUP
+
+
+def test_every_comparison_recomputes_from_its_per_seed_values():
+    """What test_docs_fresh checks on the published record (``studies.recompute``); arms at
+    chance included."""
+    f = study({("bnlab", 2, "epochs"): 0.1},
+              chance={"group-b128", "group-b2-steps", "bnlab-b2-steps"})
+    assert "Not compared, a floor" in f.verdict
+    assert differences(record("batch-size", f)) == []

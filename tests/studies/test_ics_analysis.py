@@ -11,7 +11,9 @@ from scipy import stats as sps
 
 from bnlab.studies import ics
 from bnlab.studies.base import Arm, ArmResult, check_families
+from bnlab.studies.recompute import differences
 from bnlab.train import TrainConfig
+from tests.studies.fakes import record
 
 # per seed, shared by the arms (paired), and per seed differing between arms
 JITTER = (0.011, -0.017, 0.004, 0.013, -0.009, 0.006, -0.012, 0.008, -0.003, -0.001)
@@ -161,3 +163,9 @@ def test_setup_states_the_design_and_the_figure_draws(tmp_path):
     f = ics.analyze(ics_results(PICTURE, GOOD))
     f.plot(tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_comparison_recomputes_from_its_per_seed_values():
+    """What test_docs_fresh checks on the published record (``studies.recompute``); arms at
+    chance included."""
+    assert differences(record("ics", ics.analyze(ics_results(PICTURE, GOOD)))) == []

@@ -21,11 +21,11 @@ whole arms there (the sigmoid LeNet without normalization never leaves its plate
 equal steps GroupNorm and LayerNorm do not either), and a difference from an arm at chance
 is a floor, not a normalization's effect:
 
-* an arm at chance is never a *reference*: a layer's small batch against its own batch 128 is
-  not testable when that batch-128 run is at chance (a "drop" from chance reads as a gain);
-* two arms both at chance are not compared (not testable: a floor); a comparison with one arm
-  at chance is made and says so. A primary claim whose arms are both at chance leaves the
-  primary family and is reported as not testable.
+* an arm at chance is never a *reference*: a layer's small batch is not compared with its own
+  batch 128 when that batch-128 run is at chance (a "drop" from chance reads as a gain);
+* two arms both at chance are not compared (a floor). A comparison not made never enters a
+  Holm family; the verdict names it, and a primary claim whose arms are both at chance is
+  reported as not testable. A comparison with one arm at chance is made.
 
 **Primary comparisons** (``bnlab.studies.claims``; wording from ``claims.judge``), both at
 the smallest batch under equal epochs, the control of the papers, on test accuracy with the
@@ -47,7 +47,6 @@ against BN at batch 128 (paired).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 from bnlab.report.figures import new_figure, save
@@ -125,15 +124,13 @@ def at_chance(res: ArmResult) -> bool:
     return 2 * failed > len(res.runs)
 
 
-def floor_guard(c: Comparison, a: ArmResult, b: ArmResult, *, reference: bool) -> Comparison:
-    """`c` (b against a), not testable when both arms are at chance, or (`reference`: `a` is
-    the reference the other is measured from) when `a` is; otherwise `c` unchanged."""
-    why = ("both arms at chance (a floor, not evidence)" if at_chance(a) and at_chance(b) else
-           f"the reference ({a.arm.label}) is at chance" if reference and at_chance(a) else "")
-    if not why:
-        return c
-    return replace(c, test=f"not testable: {why}", diff=math.nan, low=math.nan, high=math.nan,
-                   p=math.nan, p_holm=math.nan)
+def floor(a: ArmResult, b: ArmResult, *, reference: bool) -> str:
+    """Why `b` is not compared with `a`: both at chance, or (`reference`: `a` is what `b` is
+    measured from) `a` at chance; '' when the comparison stands. A comparison not made never
+    enters the Holm family; the verdict names it."""
+    if at_chance(a) and at_chance(b):
+        return "both at chance"
+    return f"its reference, {a.arm.label}, at chance" if reference and at_chance(a) else ""
 
 
 def primary_judgements(bn: ArmResult, others: dict[str, ArmResult]
@@ -142,9 +139,9 @@ def primary_judgements(bn: ArmResult, others: dict[str, ArmResult]
     that ran, judged together (one Holm family); a claim whose two arms are both at chance is
     left out of the family (a floor, not evidence) and returned second."""
     keyed = [(CLAIMS[n], bn, r) for n, r in others.items() if n in CLAIMS]
-    floor = [c for c, a, b in keyed if at_chance(a) and at_chance(b)]
+    floored = [c for c, a, b in keyed if floor(a, b, reference=False)]
     return judge([(c, a.finals(c.metric), b.finals(c.metric), a.paired_with(b))
-                  for c, a, b in keyed if c not in floor]), floor
+                  for c, a, b in keyed if c not in floored]), floored
 
 
 def analyze(results: list[ArmResult]) -> Findings:
@@ -164,33 +161,43 @@ def analyze(results: list[ArmResult]) -> Findings:
         return (norm, b, "both" if b == ref else control) in by
 
     primary: list[Judgement] = []
-    floor: list[Claim] = []
+    floored: list[Claim] = []
     if has("bnlab", small, "epochs"):
-        primary, floor = primary_judgements(at("bnlab", small, "epochs"), {
+        primary, floored = primary_judgements(at("bnlab", small, "epochs"), {
             n: at(n, small, "epochs") for n in CLAIMS if n in ran and has(n, small, "epochs")})
     raw: list[tuple[str, Comparison]] = []  # (group, comparison)
+    skipped: list[str] = []  # comparisons not made, with why
+
+    def add(group: str, a: ArmResult, b: ArmResult, cs: list[Comparison],
+            reference: bool = False) -> None:
+        why = floor(a, b, reference=reference)
+        if why:
+            skipped.append(f"{cs[0].label} ({why})")
+        else:
+            raw.extend((group, c) for c in cs)
     direct = [(b, control) for control in CONTROLS for b in batches
               if not (b == ref and control == "steps")]
     for b, control in direct:
         if has("bnlab", b, control) and has("group", b, control):
             bn, gn = at("bnlab", b, control), at("group", b, control)
             where = f"batch {b}" + ("" if b == ref else f", {CONTROLS[control]}")
-            for c in accuracy_comparisons(bn, gn, f"{where}: GroupNorm vs BN"):
-                if not (b == small and control == "epochs" and c.metric == WU_HE.metric):
-                    raw.append(("direct", floor_guard(c, bn, gn, reference=False)))
+            add("direct", bn, gn, [
+                c for c in accuracy_comparisons(bn, gn, f"{where}: GroupNorm vs BN")
+                if not (b == small and control == "epochs" and c.metric == WU_HE.metric)])
     if has("bnlab", small, "steps") and has("renorm-fixed", small, "steps"):
         bn, rn = at("bnlab", small, "steps"), at("renorm-fixed", small, "steps")
-        raw += [("renorm", floor_guard(c, bn, rn, reference=False)) for c in accuracy_comparisons(
-            bn, rn, f"batch {small}, equal steps: Batch Renorm vs BN")]
+        add("renorm", bn, rn, accuracy_comparisons(
+            bn, rn, f"batch {small}, equal steps: Batch Renorm vs BN"))
     own: dict[tuple[str, str], list[Comparison]] = {}
     for norm in ran:
         for control in CONTROLS:
             if has(norm, small, control):
                 r, s = at(norm, ref, control), at(norm, small, control)
                 label = f"{NORMS[norm]}: batch {small} vs {ref}, {CONTROLS[control]}"
-                own[(norm, control)] = [floor_guard(c, r, s, reference=True)
-                                        for c in accuracy_comparisons(r, s, label)]
-                raw += [("own", c) for c in own[(norm, control)]]
+                n_raw = len(raw)
+                add("own", r, s, accuracy_comparisons(r, s, label), reference=True)
+                if len(raw) > n_raw:
+                    own[(norm, control)] = [c for _, c in raw[n_raw:]]
     if (GHOST, ref, "both") in by and ("bnlab", ref, "both") in by:
         raw += [("ghost", c) for c in accuracy_comparisons(
             by[("bnlab", ref, "both")], by[(GHOST, ref, "both")],
@@ -203,9 +210,9 @@ def analyze(results: list[ArmResult]) -> Findings:
     own = {k: [next(it) for _ in cs] for k, cs in own.items()}
     chance = {control: [r.arm.label for k, r in by.items()
                         if k[2] in (control, "both") and at_chance(r)] for control in CONTROLS}
-    verdict = _verdict(floor, groups, own, chance, small, ref)
-    headline = _headline(primary, floor, own, chance, small)
-    literature = _literature(primary, floor, small, "bnlab" in ran)
+    verdict = _verdict(floored, groups, own, chance, skipped, small, ref)
+    headline = _headline(primary, floored, own, chance, small)
+    literature = _literature(primary, floored, small, "bnlab" in ran)
     n_seeds = max(len(r.runs) for r in results)
 
     def plot(path: Path) -> None:
@@ -217,7 +224,7 @@ def analyze(results: list[ArmResult]) -> Findings:
 def _worse(cs: list[Comparison]) -> bool:
     """The small batch is clearly worse on every accuracy tested (running averages and, where
     the layer has them, PreciseBN statistics): the fair accuracy."""
-    return all(c.word == "worse" for c in cs)
+    return bool(cs) and all(c.word == "worse" for c in cs)
 
 
 def _chance_text(chance: dict[str, list[str]]) -> str:
@@ -232,12 +239,14 @@ def _floored(floor: list[Claim], small: int) -> str:
                      f"{small}, equal epochs (a floor, not evidence)" for c in floor)
 
 
-def _verdict(floor: list[Claim], groups: dict[str, list[Comparison]],
+def _verdict(floored: list[Claim], groups: dict[str, list[Comparison]],
              own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
-             small: int, ref: int) -> str:
-    text = f"{_floored(floor, small)}. " if floor else ""
+             skipped: list[str], small: int, ref: int) -> str:
+    text = f"{_floored(floored, small)}. " if floored else ""
     text += (f"At chance (most seeds failed; never a reference, two such arms never "
              f"compared): {_chance_text(chance)}.")
+    if skipped:
+        text += f" Not compared, a floor: {'; '.join(skipped)}."
     direct = [f"{c.label.split(': ')[0]} {c.text()}" for c in groups.get("direct", [])
               if c.metric == "test_acc"]
     if direct:
