@@ -93,7 +93,8 @@ def test_bn_training_where_no_bn_fails_at_the_high_end_reproduces():
     # no spread: the sign test (stats) and the exact sign-flip test, 2 / 2^10
     assert c.p == pytest.approx(2 * 0.5 ** 10) and j.p_exact == pytest.approx(2 / 2 ** 10)
     assert f.literature.startswith('Ioffe & Szegedy 2015; Bjorck et al. 2018, "With BN a '
-                                   'network trains at learning rates')
+                                   'network trains at higher learning rates than without it": '
+                                   'reproduces')
     assert f.literature.split("(judged")[0].endswith(": reproduces ")
     assert "judged on the high end only, lr 3, 10" in f.literature
     check_families("lr", f)  # the runner's check: one judge call, one exploratory family

@@ -74,8 +74,7 @@ SEEDS = 10  # the exact sign-flip test needs 6 paired seeds to reach p < 0.05 at
 
 HIGH_END = Claim(
     key="higher-lr-high-end",
-    statement=("With BN a network trains at learning rates well above the base rate at which "
-               "it fails without BN"),
+    statement="With BN a network trains at higher learning rates than without it",
     source="Ioffe & Szegedy 2015; Bjorck et al. 2018", metric=HIGH, direction=+1,
     # a quarter of the high-end rates: e.g. one more of two rates on every second seed
     margin=0.25, a="no BN", b="BN")
