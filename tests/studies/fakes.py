@@ -3,6 +3,7 @@ three things an analysis reads (``config``, ``metrics``, ``final``)."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -38,3 +39,10 @@ def results(arms: list[Arm], seeds: int,
                 for s in range(seeds)]
         out.append(ArmResult(arm, runs))  # type: ignore[arg-type]
     return out
+
+
+def record(name: str, findings: Any) -> dict[str, Any]:
+    """The comparisons of `findings` as study.json stores them, through JSON (NaN as null)."""
+    text = json.dumps({"name": name, "primary": [j.record() for j in findings.primary],
+                       "exploratory": [c.record() for c in findings.exploratory]})
+    return json.loads(text.replace("NaN", "null"))  # type: ignore[no-any-return]

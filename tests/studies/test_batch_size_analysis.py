@@ -1,96 +1,138 @@
-"""The batch-size study's analysis on synthetic runs: each layer at the smallest batch against
-its own batch 128 under both controls, Ghost BN against BN, all Holm-corrected."""
+"""The batch-size study's analysis on synthetic runs: BN against GroupNorm (and Batch Renorm)
+directly at the smallest batch as the primary claims, arms at chance never a reference and
+never compared with each other, the rest exploratory."""
 
 import math
 
+import pytest
+from scipy import stats as sps
+
 from bnlab.studies import batch_size
-from tests.studies.fakes import results
+from bnlab.studies.base import check_families
+from bnlab.studies.recompute import differences
+from tests.studies.fakes import record, results
 
 BN_LIKE = ("bnlab", "renorm-fixed", "ghost")
+SEEDS = batch_size.SEEDS
 
 
-def study(drop=None, seeds=5, nan_arm=None):
-    """Accuracy 0.80 everywhere, minus drop[(norm, control)] at batch 2."""
-    drop = drop or {}
+def study(acc=None, seeds=SEEDS, nan_arm=None, chance=(), lagging=()):
+    """Test accuracy 0.80 everywhere (plus shared noise), minus acc[(norm, batch, control)]
+    where given ('both' for batch 128); arms named in `chance` sit at 0.10 on every seed."""
+    acc = acc or {}
 
     def curve(arm, seed, noise):
         t = arm.tags
-        acc = 0.80 + 0.005 * noise
-        if t["batch"] == 2:
-            acc -= drop.get((t["norm"], t["control"]), 0.0)
-        row = {"epoch": 1, "train_loss": 0.6 - 0.01 * noise, "test_acc": acc}
+        value = 0.80 + 0.005 * noise - acc.get((t["norm"], t["batch"], t["control"]), 0.0)
+        if arm.name in chance:
+            value = 0.10 + 0.001 * noise
+        row = {"epoch": 1, "train_loss": 0.6 - 0.01 * noise, "test_acc": value}
         if nan_arm == arm.name and seed == 0:
             row["train_loss"] = math.nan
             row["test_acc"] = 0.10
         if t["norm"] in BN_LIKE:
-            row["test_acc_precise"] = acc + 0.002
+            row["test_acc_precise"] = value + 0.002
+        if arm.name in lagging:  # running averages at chance, the weights trained
+            row["test_acc"] = 0.10
         return [row]
 
     return batch_size.analyze(results(batch_size.arms(False), seeds, curve))
 
 
-def words(findings, label_part):
-    return {c.metric: c.word for c in findings.comparisons if label_part in c.label}
+def find(f, label, metric="test_acc"):
+    return next(c for c in f.comparisons if c.label == label and c.metric == metric)
 
 
-def test_a_drop_under_both_controls_is_the_normalizations():
-    f = study({(n, c): 0.1 for n in ("bnlab", "renorm-fixed") for c in ("epochs", "steps")})
-    assert words(f, "BN: batch 2 vs 128, equal epochs") == {"test_acc": "worse",
-                                                            "test_acc_precise": "worse"}
-    assert words(f, "GroupNorm: batch 2 vs 128, equal steps") == {
-        "test_acc": "no clear difference"}
-    assert ("under both controls: BN, Batch Renorm; under equal epochs only: none; under "
-            "equal steps only: none.") in f.headline
-    assert f.literature.startswith("Agrees with Wu & He 2018")
-    # Batch Renorm drops as much as BN: its drop is not shown to be smaller (Ioffe 2017)
-    assert "Batch Renorm's drop is not shown to be smaller than BN's" in f.literature
-    assert "it is clearly worse at that batch itself" in f.literature
-    assert all(not math.isnan(c.p_holm) for c in f.comparisons)
-    # the batches differ: Welch; Ghost BN and BN at batch 128 share them: paired
-    assert {c.test for c in f.comparisons if "batch 2 vs" in c.label} == {"Welch t"}
-    assert {c.test for c in f.comparisons if "Ghost" in c.label} == {"paired t"}
+def claims(f):
+    return {j.claim.key: j for j in f.primary}
 
 
-def test_which_control_the_effect_survives():
-    f = study({("bnlab", "epochs"): 0.1, ("group", "steps"): 0.1})
-    assert "under equal epochs only: BN; under equal steps only: GroupNorm." in f.headline
-    assert f.literature.startswith("Agrees with Wu & He 2018")  # their control: equal epochs
-    assert "clearly larger than GroupNorm's" in f.literature
-    assert "Batch Renorm's drop is clearly smaller than BN's, as Ioffe 2017 claims" in \
-        f.literature
-    drop = words(f, "drop at batch 2 (vs 128), equal epochs: GroupNorm vs BN")
-    assert drop == {"test_acc": "better", "test_acc_precise": "better"}
-    assert {c.test for c in f.comparisons if "drop" in c.label} == {"paired t"}
+def test_bn_losing_at_small_batches_where_groupnorm_does_not_reproduces_wu_and_he():
+    f = study({("bnlab", 2, "epochs"): 0.1})
+    j = claims(f)
+    gn, rn = j[batch_size.WU_HE.key], j[batch_size.IOFFE.key]
+    assert gn.wording == "reproduces" and rn.wording == "reproduces"
+    assert gn.comparison.diff == pytest.approx(0.1) and gn.paired
+    a, b = gn.comparison.a.values, gn.comparison.b.values
+    assert gn.comparison.p == pytest.approx(sps.ttest_rel(b, a).pvalue)
+    assert f.literature.startswith('Wu & He 2018, "At small batches BN\'s accuracy falls below')
+    assert f.literature.count(": reproduces") == 2 and "Ioffe 2017, " in f.literature
+    check_families("batch-size", f)  # the runner's check
+    # the primary comparison is not repeated in the exploratory family
+    assert not any(c.label == "batch 2, equal epochs: GroupNorm vs BN" and
+                   c.metric == "test_acc" for c in f.comparisons)
+    assert find(f, "batch 2, equal epochs: GroupNorm vs BN", "test_acc_precise").word == "better"
+    assert find(f, "batch 8, equal epochs: GroupNorm vs BN").word == "no clear difference"
+    assert all(not math.isnan(c.p_holm) for c in f.comparisons if c.testable)
 
 
-def test_reversed_effect_flips_the_verdict():
-    f = study({("bnlab", "epochs"): -0.1})
-    assert words(f, "BN: batch 2 vs 128, equal epochs") == {"test_acc": "better",
-                                                            "test_acc_precise": "better"}
-    assert "under both controls: none; under equal epochs only: none" in f.headline
-    assert f.literature.startswith("Does not reproduce")
+def test_groupnorm_below_bn_contradicts_and_equal_arms_are_not_reproduced():
+    f = study({("group", 2, "epochs"): 0.1, ("renorm-fixed", 2, "epochs"): 0.1})
+    assert {j.wording for j in f.primary} == {"contradicts"}
+    f = study()  # equal arms, 8 seeds: within the +-0.02 margin
+    assert {j.wording for j in f.primary} == {"does not reproduce"}
+    assert all(j.p_tost < 0.05 for j in f.primary)
 
 
-def test_equal_arms_give_no_clear_difference():
-    f = study()
-    assert {c.word for c in f.comparisons} == {"no clear difference"}
-    assert "Ghost BN (statistics of 32) against BN" in f.verdict
+def test_a_reference_at_chance_is_never_used():
+    """GroupNorm's batch-128 run at chance (as in the committed record): its batch 2 against
+    it would read as a large gain; it is not testable instead."""
+    f = study(chance={"group-b128"})
+    assert not any(c.label.startswith("GroupNorm: batch 2 vs 128") for c in f.comparisons)
+    assert ("Not compared, a floor: GroupNorm: batch 2 vs 128, equal epochs (its reference, "
+            "GroupNorm, batch 128, at chance); GroupNorm: batch 2 vs 128, equal steps (its "
+            "reference, GroupNorm, batch 128, at chance).") in f.verdict
+    assert next(r for r in f.rows if r["arm"] == "GroupNorm, batch 128")["at chance"] == "yes"
+    assert "GroupNorm, batch 128" in f.headline.split("At chance:")[1]
+    # BN's own reference is not at chance: its comparison stands
+    assert find(f, "BN: batch 2 vs 128, equal epochs").testable
+    # the direct comparison at batch 128 (one arm at chance) is made
+    assert find(f, "batch 128: GroupNorm vs BN").word == "worse"
 
 
-def test_a_failed_seed_is_counted_and_untestable():
+def test_two_arms_at_chance_are_a_floor_not_a_comparison():
+    """Under equal steps GroupNorm and (here) BN both sit at chance at batch 2: no comparison,
+    and no 'does not reproduce' from two floors."""
+    f = study(chance={"group-b2-steps", "bnlab-b2-steps"})
+    assert not any(c.label == "batch 2, equal steps: GroupNorm vs BN" for c in f.comparisons)
+    assert "batch 2, equal steps: GroupNorm vs BN (both at chance)" in f.verdict
+    assert ("equal epochs (none), equal steps (BN, batch 2, equal steps; GroupNorm, batch 2, "
+            "equal steps)") in f.verdict
+
+
+def test_primary_arms_at_chance_are_not_testable_and_leave_the_family():
+    f = study(chance={"group-b2-epochs", "bnlab-b2-epochs"})
+    assert list(claims(f)) == [batch_size.IOFFE.key]
+    assert ('Wu & He 2018, "At small batches BN\'s accuracy falls below GroupNorm\'s, which does '
+            'not depend on the batch": GroupNorm vs BN (Wu & He 2018) not testable: both arms '
+            'at chance at batch 2, equal epochs (a floor, not evidence)') in f.literature
+    assert "GroupNorm vs BN: not testable (both at chance)" in f.headline
+    # Batch Renorm at 0.80 against BN at chance: judged alone (a family of one)
+    rn = claims(f)[batch_size.IOFFE.key]
+    assert rn.wording == "reproduces" and rn.comparison.p_holm == rn.comparison.p
+    check_families("batch-size", f)
+
+
+def test_running_averages_at_chance_with_trained_weights_are_not_at_chance():
+    """BN's running averages can lag a short run (test accuracy at chance) while PreciseBN
+    statistics show trained weights: the arm is judged on the fair accuracy, not at chance."""
+    f = study(lagging={"bnlab-b128"})
+    assert next(r for r in f.rows if r["arm"] == "BN, batch 128")["at chance"] == "no"
+    assert find(f, "BN: batch 2 vs 128, equal epochs").word == "better"  # the lag, shown
+    assert find(f, "BN: batch 2 vs 128, equal epochs", "test_acc_precise").word == \
+        "no clear difference"
+
+
+def test_a_failed_seed_is_counted():
     f = study(nan_arm="group-b2-epochs")
     row = next(r for r in f.rows if r["arm"] == "GroupNorm, batch 2, equal epochs")
-    assert row["failed"] == 1 and row["diverged"] == 1
-    # accuracy stays finite (a diverged network's accuracy is what it is): still tested, and
-    # one failed seed of five widens the spread too much for a clear difference
-    assert words(f, "GroupNorm: batch 2 vs 128, equal epochs") == {
-        "test_acc": "no clear difference"}
+    assert row["failed"] == 1 and row["diverged"] == 1 and row["at chance"] == "no"
 
 
 def test_one_seed_is_never_clear():
-    f = study({(n, c): 0.1 for n in ("bnlab",) for c in ("epochs", "steps")}, seeds=1)
+    f = study({("bnlab", 2, "epochs"): 0.1}, seeds=1)
     assert all(not c.clear for c in f.comparisons)
-    assert f.literature.startswith("Not tested")
+    assert all(j.wording.startswith("not testable") for j in f.primary)
 
 
 def test_arms_share_the_reference_batch_and_match_the_controls():
@@ -103,27 +145,14 @@ def test_arms_share_the_reference_batch_and_match_the_controls():
         assert eq_epochs.limit_train == batch_size.EXAMPLES and eq_epochs.lr == b / 256
         assert eq_steps.limit_train // b == steps and eq_steps.lr == ref.lr
     assert arms["ghost-b128"].config.batch_size == 128  # Ghost BN is BN at batch <= 32
+    assert batch_size.STUDY.seeds == SEEDS and f"{SEEDS} seeds" in batch_size.SETUP
+    assert "48 steps at lr 0.5" in batch_size.SETUP
 
 
-def test_a_groupnorm_drop_that_is_not_clear_is_not_agreement():
-    """GroupNorm loses as much as BN on average, with a huge spread: its own drop is not clear,
-    which before read as 'GroupNorm does not lose' ('Agrees'). The drops' difference decides."""
-    spread = [0.0, 0.2, 0.0, 0.2, 0.1]
-
-    def curve(arm, seed, noise):
-        t = arm.tags
-        acc = 0.80 + 0.005 * noise
-        if t["batch"] == 2 and t["control"] == "epochs":
-            acc -= {"bnlab": 0.1, "group": spread[seed]}.get(t["norm"], 0.0)
-        row = {"epoch": 1, "train_loss": 0.6, "test_acc": acc}
-        if t["norm"] in BN_LIKE:
-            row["test_acc_precise"] = acc + 0.002
-        return [row]
-
-    f = batch_size.analyze(results(batch_size.arms(False), 5, curve))
-    assert words(f, "GroupNorm: batch 2 vs 128, equal epochs")["test_acc"] == \
-        "no clear difference"
-    assert not f.literature.startswith("Agrees")
-    assert f.literature.startswith("Partly agrees with Wu & He 2018")
-    assert "no clear difference of the drops" in f.literature
-    assert "not shown to be absent" in f.literature
+def test_every_comparison_recomputes_from_its_per_seed_values():
+    """What test_docs_fresh checks on the published record (``studies.recompute``); arms at
+    chance included."""
+    f = study({("bnlab", 2, "epochs"): 0.1},
+              chance={"group-b128", "group-b2-steps", "bnlab-b2-steps"})
+    assert "Not compared, a floor" in f.verdict
+    assert differences(record("batch-size", f)) == []

@@ -12,25 +12,41 @@ LeNet, at batch sizes B in {2, 8, 32, 128}, under two controls:
   fewer examples (S * B) with noisier gradients: a layer that gains from more data peaks at
   large B by design.
 
-A loss of accuracy at small batches that only BN-like layers show, under *both* controls, is
-the statistics' noise rather than the step or example budget. Ghost BN (Hoffer et al. 2017)
-normalizes virtual batches of 32 (``GhostBatchNorm``'s default): at B <= 32 it is BN exactly
-(same code path, same numbers), so it runs only at B = 128, where it isolates the statistics'
-batch size (32 instead of 128) at the same steps, examples and gradients.
+Ghost BN (Hoffer et al. 2017) normalizes virtual batches of 32 (``GhostBatchNorm``'s
+default): at B <= 32 it is BN exactly, so it runs only at B = 128.
 
-Verdict: each layer at the smallest batch against its own batch 128, under each control, on
-test accuracy with the running averages and, for layers with running statistics, with PreciseBN
-statistics (Welch t: the batch sizes see different batches); Ghost BN against BN at batch 128
-(paired t). The literature's claims are about an interaction (BN loses *more* than GroupNorm;
-Batch Renorm loses *less* than BN), so they are tested as one: per seed, each layer's drop
-acc(batch 2) - acc(batch 128) under equal epochs against BN's drop, paired over seeds (arms at
-the same batch size share seeds and batches). All comparisons Holm-corrected together; a layer
-whose own drop is not clear is never read as "does not lose accuracy".
+**At chance.** An arm is *at chance* when most of its seeds failed (``stats``: diverged, or
+test accuracy <= 0.15, PreciseBN's where the arm has running statistics). Short budgets put
+whole arms there (the sigmoid LeNet without normalization never leaves its plateau; under
+equal steps GroupNorm and LayerNorm do not either), and a difference from an arm at chance
+is a floor, not a normalization's effect:
+
+* an arm at chance is never a *reference*: a layer's small batch is not compared with its own
+  batch 128 when that batch-128 run is at chance (a "drop" from chance reads as a gain);
+* two arms both at chance are not compared (a floor). A comparison not made never enters a
+  Holm family; the verdict names it, and a primary claim whose arms are both at chance is
+  reported as not testable. A comparison with one arm at chance is made.
+
+**Primary comparisons** (``bnlab.studies.claims``; wording from ``claims.judge``), both at
+the smallest batch under equal epochs, the control of the papers, on test accuracy with the
+running averages (as the papers evaluate), paired over seeds (arms at one batch size share
+seeds and batches):
+
+* ``WU_HE``: GroupNorm against BN directly (Wu & He 2018: at small batches BN falls below
+  GroupNorm);
+* ``IOFFE``: Batch Renorm against BN (Ioffe 2017: Batch Renorm keeps more accuracy than BN at
+  small batches).
+
+Exploratory (one Holm family of their own, never a verdict on a paper): GroupNorm against BN
+at every batch size under both controls (running averages and PreciseBN statistics for BN),
+Batch Renorm against BN at the smallest batch under equal steps, each layer's smallest batch
+against its own batch 128 under each control (Welch t: different batches), and Ghost BN
+against BN at batch 128 (paired).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from pathlib import Path
 
 from bnlab.report.figures import new_figure, save
@@ -44,7 +60,8 @@ from bnlab.studies.base import (
     ran_on,
     summarize,
 )
-from bnlab.studies.stats import Comparison, compare, holm
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
+from bnlab.studies.stats import FAILED_ACCURACY, Comparison
 from bnlab.train import TrainConfig
 
 NORMS = {"bnlab": "BN", "renorm-fixed": "Batch Renorm", "group": "GroupNorm",
@@ -53,6 +70,20 @@ GHOST = "ghost"
 BATCHES = (2, 8, 32, 128)
 EXAMPLES = 6144  # N: equal epochs' training examples; equal steps: S = N / reference batch
 CONTROLS = {"epochs": "equal epochs", "steps": "equal steps"}
+SEEDS = 8  # paired primaries: from 8 seeds the t-test decides alone (claims.EXACT_BELOW)
+MARGIN = 0.02  # two points of test accuracy: the smallest gap either paper would call a loss
+
+WU_HE = Claim(
+    key="groupnorm-beats-bn-small-batch",
+    statement="At small batches BN's accuracy falls below GroupNorm's, which does not depend "
+              "on the batch", source="Wu & He 2018", metric="test_acc", direction=+1,
+    margin=MARGIN, a="BN", b="GroupNorm")
+IOFFE = Claim(
+    key="renorm-beats-bn-small-batch",
+    statement="At small batches Batch Renormalization keeps more accuracy than BN",
+    source="Ioffe 2017", metric="test_acc", direction=+1, margin=MARGIN, a="BN",
+    b="Batch Renorm")
+CLAIMS = {"group": WU_HE, "renorm-fixed": IOFFE}
 
 
 def arms(quick: bool) -> list[Arm]:
@@ -83,10 +114,42 @@ def arms(quick: bool) -> list[Arm]:
     return out
 
 
+def at_chance(res: ArmResult) -> bool:
+    """Most of the arm's seeds failed: diverged, or never beat chance (``stats``' bar) on the
+    fair accuracy, PreciseBN's where the arm has running statistics (running averages that lag
+    a few hundred steps can sit at chance while the weights are trained)."""
+    failed = sum(1 for loss, acc in zip(res.finals("train_loss"),
+                                        res.fair_finals("test_acc_precise"), strict=True)
+                 if not math.isfinite(loss) or acc <= FAILED_ACCURACY)
+    return 2 * failed > len(res.runs)
+
+
+def floor(a: ArmResult, b: ArmResult, *, reference: bool) -> str:
+    """Why `b` is not compared with `a`: both at chance, or (`reference`: `a` is what `b` is
+    measured from) `a` at chance; '' when the comparison stands. A comparison not made never
+    enters the Holm family; the verdict names it."""
+    if at_chance(a) and at_chance(b):
+        return "both at chance"
+    return f"its reference, {a.arm.label}, at chance" if reference and at_chance(a) else ""
+
+
+def primary_judgements(bn: ArmResult, others: dict[str, ArmResult]
+                       ) -> tuple[list[Judgement], list[Claim]]:
+    """The declared claims (``CLAIMS``) at the smallest batch, equal epochs, for the layers
+    that ran, judged together (one Holm family); a claim whose two arms are both at chance is
+    left out of the family (a floor, not evidence) and returned second."""
+    keyed = [(CLAIMS[n], bn, r) for n, r in others.items() if n in CLAIMS]
+    floored = [c for c, a, b in keyed if floor(a, b, reference=False)]
+    return judge([(c, a.finals(c.metric), b.finals(c.metric), a.paired_with(b))
+                  for c, a, b in keyed if c not in floored]), floored
+
+
 def analyze(results: list[ArmResult]) -> Findings:
     rows = summarize(results)
     by = {(r.arm.tags["norm"], r.arm.tags["batch"], r.arm.tags["control"]): r
           for r in results}
+    for row, res in zip(rows, results, strict=True):
+        row["at chance"] = "yes" if at_chance(res) else "no"
     batches = sorted({k[1] for k in by})
     small, ref = batches[0], batches[-1]
     ran = [n for n in NORMS if (n, ref, "both") in by]  # a user's net: maybe BN only
@@ -94,160 +157,135 @@ def analyze(results: list[ArmResult]) -> Findings:
     def at(norm: str, b: int, control: str) -> ArmResult:
         return by[(norm, b, "both" if b == ref else control)]
 
-    groups: list[tuple[str, str, list[Comparison]]] = []  # (norm, control, its tests)
+    def has(norm: str, b: int, control: str) -> bool:
+        return (norm, b, "both" if b == ref else control) in by
+
+    primary: list[Judgement] = []
+    floored: list[Claim] = []
+    if has("bnlab", small, "epochs"):
+        primary, floored = primary_judgements(at("bnlab", small, "epochs"), {
+            n: at(n, small, "epochs") for n in CLAIMS if n in ran and has(n, small, "epochs")})
+    raw: list[tuple[str, Comparison]] = []  # (group, comparison)
+    skipped: list[str] = []  # comparisons not made, with why
+
+    def add(group: str, a: ArmResult, b: ArmResult, cs: list[Comparison],
+            reference: bool = False) -> None:
+        why = floor(a, b, reference=reference)
+        if why:
+            skipped.append(f"{cs[0].label} ({why})")
+        else:
+            raw.extend((group, c) for c in cs)
+    direct = [(b, control) for control in CONTROLS for b in batches
+              if not (b == ref and control == "steps")]
+    for b, control in direct:
+        if has("bnlab", b, control) and has("group", b, control):
+            bn, gn = at("bnlab", b, control), at("group", b, control)
+            where = f"batch {b}" + ("" if b == ref else f", {CONTROLS[control]}")
+            add("direct", bn, gn, [
+                c for c in accuracy_comparisons(bn, gn, f"{where}: GroupNorm vs BN")
+                if not (b == small and control == "epochs" and c.metric == WU_HE.metric)])
+    if has("bnlab", small, "steps") and has("renorm-fixed", small, "steps"):
+        bn, rn = at("bnlab", small, "steps"), at("renorm-fixed", small, "steps")
+        add("renorm", bn, rn, accuracy_comparisons(
+            bn, rn, f"batch {small}, equal steps: Batch Renorm vs BN"))
+    own: dict[tuple[str, str], list[Comparison]] = {}
     for norm in ran:
         for control in CONTROLS:
-            if (norm, small, control) in by:
+            if has(norm, small, control):
+                r, s = at(norm, ref, control), at(norm, small, control)
                 label = f"{NORMS[norm]}: batch {small} vs {ref}, {CONTROLS[control]}"
-                groups.append((norm, control, accuracy_comparisons(
-                    at(norm, ref, control), at(norm, small, control), label)))
+                n_raw = len(raw)
+                add("own", r, s, accuracy_comparisons(r, s, label), reference=True)
+                if len(raw) > n_raw:
+                    own[(norm, control)] = [c for _, c in raw[n_raw:]]
     if (GHOST, ref, "both") in by and ("bnlab", ref, "both") in by:
-        groups.append((GHOST, "both", accuracy_comparisons(
+        raw += [("ghost", c) for c in accuracy_comparisons(
             by[("bnlab", ref, "both")], by[(GHOST, ref, "both")],
-            f"batch {ref}: Ghost BN (virtual 32) vs BN")))
-    # The interaction the literature is about: per seed, each layer's drop (batch `small`
-    # minus batch `ref`, equal epochs) against BN's, paired (same seeds and batches).
-    drops: dict[str, list[Comparison]] = {}
-    if ("bnlab", small, "epochs") in by:
-        for norm in ("group", "renorm-fixed"):
-            if norm in ran and (norm, small, "epochs") in by:
-                drops[norm] = drop_comparisons(
-                    at("bnlab", small, "epochs"), at("bnlab", ref, "epochs"),
-                    at(norm, small, "epochs"), at(norm, ref, "epochs"),
-                    f"drop at batch {small} (vs {ref}), equal epochs: {NORMS[norm]} vs BN")
-    flat = holm([c for _, _, cs in groups for c in cs] + [c for cs in drops.values() for c in cs])
-    it = iter(flat)
-    groups = [(n, c, [next(it) for _ in cs]) for n, c, cs in groups]
-    drops = {n: [next(it) for _ in cs] for n, cs in drops.items()}
-
-    parts: list[str] = []
-    survives: dict[str, dict[str, bool]] = {}
-    for norm, control, cs in groups:
-        if norm == GHOST:
-            continue
-        running, precise = cs[0], (cs[1] if len(cs) > 1 else None)
-        parts.append(f"{NORMS[norm]}, {CONTROLS[control]}: {accuracy_text(running, precise)}")
-        survives.setdefault(norm, {})[control] = _worse(cs)
-    verdict = (f"Test accuracy at batch {small} against the same layer at batch {ref} "
-               f"(Welch t over seeds, Holm-corrected; 'worse' means batch {small} is clearly "
-               f"lower): " + "; ".join(parts) + ".")
-    verdict += " " + _survival(survives, small)
-    ghost = next((cs for n, _, cs in groups if n == GHOST), None)
-    if ghost:
-        verdict += (f" Ghost BN (statistics of 32) against BN (statistics of {ref}) at batch "
-                    f"{ref}: {accuracy_text(ghost[0], ghost[1] if len(ghost) > 1 else None)}.")
-    headline = _survival(survives, small)
-    literature = _literature(survives, small, all(c.testable for c in flat), drops)
+            f"batch {ref}: Ghost BN (virtual 32) vs BN")]
+    flat = exploratory([c for _, c in raw])
+    groups: dict[str, list[Comparison]] = {}
+    for (g, _), c in zip(raw, flat, strict=True):
+        groups.setdefault(g, []).append(c)
+    it = iter(groups.get("own", []))
+    own = {k: [next(it) for _ in cs] for k, cs in own.items()}
+    chance = {control: [r.arm.label for k, r in by.items()
+                        if k[2] in (control, "both") and at_chance(r)] for control in CONTROLS}
+    verdict = _verdict(floored, groups, own, chance, skipped, small, ref)
+    headline = _headline(primary, floored, own, chance, small)
+    literature = _literature(primary, floored, small, "bnlab" in ran)
     n_seeds = max(len(r.runs) for r in results)
 
     def plot(path: Path) -> None:
         _plot(by, ran, batches, path, n_seeds, ran_on(results))
 
-    return Findings(rows, verdict, plot, flat, headline, literature)
-
-
-def drop_comparisons(bn_small: ArmResult, bn_ref: ArmResult, small: ArmResult, ref: ArmResult,
-                     label: str) -> list[Comparison]:
-    """Per seed, drop = acc(small batch) - acc(reference batch) of the layer and of BN; the
-    layer's drop against BN's, paired over seeds when the layer's arms share seeds and batches
-    with BN's at each batch size (Welch otherwise), on test accuracy with the running averages
-    and, where BN has them, with PreciseBN statistics. 'better': the layer loses clearly less
-    than BN."""
-    metrics = ["test_acc"] + (["test_acc_precise"] if bn_small.has("test_acc_precise") else [])
-    # seed s's drops share their batches when the layer's arms share BN's at each batch size
-    paired = bn_small.paired_with(small) and bn_ref.paired_with(ref)
-    out = []
-    for metric in metrics:
-        bn = [s - r for s, r in zip(bn_small.fair_finals(metric), bn_ref.fair_finals(metric),
-                                    strict=True)]
-        other = [s - r for s, r in zip(small.fair_finals(metric), ref.fair_finals(metric),
-                                       strict=True)]
-        out.append(compare(bn, other, metric=metric, label=label, paired=paired))
-    return out
-
-
-def _drop_word(cs: list[Comparison] | None) -> str:
-    """'smaller' (the layer's drop is clearly smaller than BN's on every accuracy), 'larger',
-    'untestable', 'unclear' or 'absent' (not run)."""
-    if cs is None:
-        return "absent"
-    if not all(c.testable for c in cs):
-        return "untestable"
-    if all(c.word == "better" for c in cs):
-        return "smaller"
-    if all(c.word == "worse" for c in cs):
-        return "larger"
-    return "unclear"
+    return Findings(rows, verdict, plot, flat, headline, literature, primary=primary)
 
 
 def _worse(cs: list[Comparison]) -> bool:
     """The small batch is clearly worse on every accuracy tested (running averages and, where
     the layer has them, PreciseBN statistics): the fair accuracy."""
-    return all(c.word == "worse" for c in cs)
+    return bool(cs) and all(c.word == "worse" for c in cs)
 
 
-def _survival(survives: dict[str, dict[str, bool]], small: int) -> str:
-    """Which layers lose accuracy at the smallest batch, and under which controls."""
-    def names(pred: Callable[[dict[str, bool]], bool]) -> str:
-        out = [NORMS[n] for n, s in survives.items() if pred(s)]
-        return ", ".join(out) if out else "none"
-
-    return (f"Clearly worse at batch {small} under both controls: "
-            f"{names(lambda s: all(s.values()) and len(s) == 2)}; under equal epochs only: "
-            f"{names(lambda s: bool(s.get('epochs')) and not s.get('steps'))}; under equal "
-            f"steps only: {names(lambda s: bool(s.get('steps')) and not s.get('epochs'))}.")
+def _chance_text(chance: dict[str, list[str]]) -> str:
+    """'equal epochs (none), equal steps (GroupNorm, batch 2, equal steps; no norm, ...)'."""
+    return ", ".join(f"{CONTROLS[k]} ({'; '.join(v) if v else 'none'})"
+                     for k, v in chance.items())
 
 
-def _literature(survives: dict[str, dict[str, bool]], small: int, testable: bool,
-                drops: dict[str, list[Comparison]] | None = None) -> str:
-    """Wu & He 2018: BN degrades at small batches, GroupNorm (and LayerNorm) do not; Ioffe
-    2017: Batch Renorm reduces the degradation. Both are claims about the *difference* of
-    drops (an interaction), so they are decided by the paired test of each layer's drop
-    against BN's, never by a layer's own drop not being clear (absence of evidence)."""
-    drops = drops or {}
-    if "bnlab" not in survives:
+def _floored(floor: list[Claim], small: int) -> str:
+    """'GroupNorm vs BN (Wu & He 2018) not testable: both at chance at batch 2'."""
+    return "; ".join(f"{c.label} ({c.source}) not testable: both arms at chance at batch "
+                     f"{small}, equal epochs (a floor, not evidence)" for c in floor)
+
+
+def _verdict(floored: list[Claim], groups: dict[str, list[Comparison]],
+             own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
+             skipped: list[str], small: int, ref: int) -> str:
+    text = f"{_floored(floored, small)}. " if floored else ""
+    text += (f"At chance (most seeds failed; never a reference, two such arms never "
+             f"compared): {_chance_text(chance)}.")
+    if skipped:
+        text += f" Not compared, a floor: {'; '.join(skipped)}."
+    direct = [f"{c.label.split(': ')[0]} {c.text()}" for c in groups.get("direct", [])
+              if c.metric == "test_acc"]
+    if direct:
+        text += (" Exploratory (own Holm family), GroupNorm vs BN at each batch size, test "
+                 "accuracy: " + "; ".join(direct) + ".")
+    parts = [f"{NORMS[n]}, {CONTROLS[k]}: {accuracy_text(cs[0], cs[1] if len(cs) > 1 else None)}"
+             for (n, k), cs in own.items()]
+    if parts:
+        text += (f" Each layer at batch {small} against its own batch {ref} (Welch t): "
+                 + "; ".join(parts) + ".")
+    ghost = groups.get("ghost")
+    if ghost:
+        text += (f" Ghost BN (statistics of 32) against BN (statistics of {ref}) at batch "
+                 f"{ref}: {accuracy_text(ghost[0], ghost[1] if len(ghost) > 1 else None)}.")
+    return text
+
+
+def _headline(primary: list[Judgement], floor: list[Claim],
+              own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
+              small: int) -> str:
+    claims = "; ".join([f"{j.comparison.label}: {j.wording}" for j in primary]
+                       + [f"{c.label}: not testable (both at chance)" for c in floor])
+    worse = {k: [NORMS[n] for (n, c), cs in own.items() if c == k and _worse(cs)]
+             for k in CONTROLS}
+    return (f"At batch {small}, equal epochs: {claims or 'no claim tested'}. Clearly worse at "
+            f"batch {small} than at its own reference: "
+            + "; ".join(f"{CONTROLS[k]}: {', '.join(v) or 'none'}" for k, v in worse.items())
+            + f". At chance: {_chance_text(chance)}.")
+
+
+def _literature(primary: list[Judgement], floor: list[Claim], small: int,
+                bn_ran: bool) -> str:
+    if not bn_ran:
         return "Not tested: BN did not run on this network."
-    if not testable:
-        return ("Not tested against Wu & He 2018 (BN loses accuracy at small batches, "
-                "GroupNorm does not): fewer than two usable seeds per arm.")
-    bn = survives["bnlab"].get("epochs", False)
-    gn_own = survives.get("group", {}).get("epochs")
-    gn = _drop_word(drops.get("group"))
-    rn = _drop_word(drops.get("renorm-fixed"))
-    claim = ("Wu & He 2018 (BN loses accuracy at small batches, GroupNorm does not) under "
-             "their equal-epochs control")
-    gn_self = ("GroupNorm is clearly worse there too" if gn_own else
-               "GroupNorm's own drop is not clear (not shown to be absent)")
-    if gn == "absent":
-        head = (f"{'Partly agrees with' if bn else 'Does not reproduce'} {claim}: at batch "
-                f"{small} BN is {'' if bn else 'not '}clearly worse; GroupNorm did not run")
-    elif gn == "untestable":
-        head = (f"Cannot test {claim}: GroupNorm's drop against BN's is not testable "
-                f"({drops['group'][0].test})")
-    elif bn and gn == "smaller":
-        head = (f"Agrees with {claim}: at batch {small} BN is clearly worse, and its drop is "
-                f"clearly larger than GroupNorm's ({gn_self})")
-    elif bn:
-        how = ("GroupNorm drops clearly more" if gn == "larger" else
-               "no clear difference of the drops")
-        head = (f"Partly agrees with {claim}: at batch {small} BN is clearly worse, but its "
-                f"drop is not shown to be larger than GroupNorm's ({how}; {gn_self})")
-    else:
-        head = f"Does not reproduce {claim}: at batch {small} BN is not clearly worse"
-    if rn == "absent":
-        renorm = ""
-    elif rn == "untestable":
-        renorm = "; Batch Renorm's drop against BN's (Ioffe 2017) cannot be tested"
-    elif rn == "smaller":
-        renorm = "; Batch Renorm's drop is clearly smaller than BN's, as Ioffe 2017 claims"
-    elif rn == "larger":
-        renorm = "; Batch Renorm's drop is clearly larger than BN's, against Ioffe 2017"
-    else:
-        renorm = ("; Batch Renorm's drop is not shown to be smaller than BN's (Ioffe 2017's "
-                  "claim not shown" + ("; it is clearly worse at that batch itself)"
-                                       if survives.get("renorm-fixed", {}).get("epochs")
-                                       else ")"))
-    return head + renorm + "."
+    if not primary and not floor:
+        return "Not tested: neither GroupNorm nor Batch Renorm ran at the smallest batch."
+    parts = [literature_text(primary)] if primary else []
+    parts += [f"{c.source}, \"{c.statement}\": {_floored([c], small)}" for c in floor]
+    return "; ".join(parts) + f" (at batch {small}, equal epochs, test accuracy)."
 
 
 def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: list[int],
@@ -279,26 +317,33 @@ def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: li
 
 
 SETUP = (
-    "The chapter's sigmoid LeNet on Fashion-MNIST (5000 test images) with BN, Batch Renorm "
-    "(rmax 3, dmax 5 from the first step), GroupNorm, LayerNorm or no normalization, at batch "
-    "sizes 2, 8, 32 and 128, plain SGD, 5 seeds. Equal epochs: each batch size sees the same "
-    "6144 training examples once at lr = B / 256. Equal steps: each takes the same 48 steps at "
-    "lr 0.5 (so batch B sees 48 B examples); batch 128 is the same run in both. Ghost BN "
-    "(virtual batches of 32) runs at batch 128 only: below 32 it is BN. Test accuracy is "
-    "measured with the running averages and with PreciseBN statistics (10000 training "
-    "examples). Each layer's smallest batch is tested against its own batch 128 under each "
-    "control (Welch t over seeds), Ghost BN against BN at batch 128 (paired t), and, under "
-    "equal epochs, GroupNorm's and Batch Renorm's drop (smallest batch minus 128, per seed) "
-    "against BN's drop (paired t), all Holm-corrected together; a difference is clear at Holm "
-    "p < 0.05.")
+    f"The chapter's sigmoid LeNet on Fashion-MNIST (5000 test images) with BN, Batch Renorm "
+    f"(rmax 3, dmax 5 from the first step), GroupNorm, LayerNorm or no normalization, at batch "
+    f"sizes {', '.join(map(str, BATCHES))}, plain SGD, {SEEDS} seeds. Equal epochs: each batch "
+    f"size sees the same {EXAMPLES} training examples once at lr = B / 256. Equal steps: each "
+    f"takes the same {EXAMPLES // BATCHES[-1]} steps at lr {BATCHES[-1] / 256:g} (so batch B "
+    f"sees {EXAMPLES // BATCHES[-1]} B examples); batch {BATCHES[-1]} is the same run in both. "
+    f"Ghost BN (virtual batches of 32) runs at batch {BATCHES[-1]} only: below 32 it is BN. "
+    f"Test accuracy is measured with the running averages and with PreciseBN statistics "
+    f"(10000 training examples). An arm is at chance when most of its seeds failed (test "
+    f"accuracy, PreciseBN's where the arm has running statistics, <= 0.15, or diverged); it "
+    f"is never a reference, and two arms at chance are not compared. Primary (the wording "
+    f"rule of bnlab.studies.claims: t-test and exact sign-flip test, TOST against "
+    f"+-{MARGIN:g}), at batch {BATCHES[0]} under equal epochs, test accuracy with the running "
+    f"averages, paired over seeds: GroupNorm against BN (Wu & He 2018) and Batch Renorm "
+    f"against BN (Ioffe 2017). Exploratory, a Holm family of its own: GroupNorm against BN at "
+    f"every batch size under both controls, Batch Renorm against BN at batch {BATCHES[0]} "
+    f"under equal steps, each layer's smallest batch against its own batch {BATCHES[-1]} "
+    f"under each control (Welch t), Ghost BN against BN at batch {BATCHES[-1]} (paired t).")
 CAVEATS = (
     "Both controls are biased by design, in opposite directions: equal epochs gives small "
     "batches many more steps, equal steps gives them far fewer examples; only an effect under "
     "both is the normalization's. The runs are short (one pass over 6144 examples, or 48 "
-    "steps), so the sigmoid LeNet without normalization may not leave its initial plateau at "
-    "all; batch 128 is each layer's reference, not necessarily its best. Batch Renorm is run "
-    "without the paper's warm-up; Ghost BN only at one virtual batch size (32). One network, "
-    "one dataset.")
+    "steps): the sigmoid LeNet without normalization does not leave its initial plateau, and "
+    "under equal steps GroupNorm and LayerNorm may not either, so a difference from such an arm "
+    "is the budget's floor (the study names the arms at chance). Batch 128 is each layer's "
+    "reference, not necessarily its best. Batch Renorm is run without the paper's warm-up; "
+    "Ghost BN only at one virtual batch size (32). One network, one dataset.")
 
 STUDY = Study("batch-size", "What happens to BN with small batches?", arms, analyze,
-              setup=SETUP, caveats=CAVEATS)
+              seeds=SEEDS, setup=SETUP, caveats=CAVEATS)

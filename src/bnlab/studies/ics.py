@@ -22,11 +22,25 @@ Per run, drift = mean_t d_t and noise = mean_t n_t (in the units of z, the sigmo
 Those units differ between the arms by a factor of about 20 (the unnormalized arm's inputs
 start at a scale of about 0.05, the BN arms' at about 1), so the arms are compared on the
 scale-free *relative drift* log(drift / noise) per seed: how many times the move between
-probes exceeds what two batches at the same weights differ by (paired t: same seeds, same
-batches). Each arm's drift is also tested against its own floor (is there a shift at all?).
-Noisy BN against BN is a *manipulation check*: its injected noise is redrawn every step, so
-its drift is larger by design; it shows the manipulation worked, not that ICS is harmless.
-All tests go through one Holm correction.
+probes exceeds what two batches at the same weights differ by (paired: same seeds, same
+batches).
+
+**Primary comparisons** (``bnlab.studies.claims``, wording from ``claims.judge``), one per
+paper:
+
+* ``LESS_SHIFT`` (Ioffe & Szegedy 2015): BN against no BN on the relative drift, lower with BN;
+* ``NOISY_BEATS_NONE`` (Santurkar et al. 2018's argument): noisy BN, whose distributions move
+  *more* than without BN, against no BN on test accuracy, higher with noisy BN. If BN helped by
+  reducing the shift, the shift injected after it would undo the help.
+
+Exploratory (one Holm family of their own, never a verdict on a paper): noisy BN against BN on
+the relative drift (a *manipulation check*: the noise is redrawn every step, so its drift is
+larger by design), each arm's drift against its own noise floor, BN against no BN on test
+accuracy, and noisy BN against BN on train loss and test accuracy. The train-loss penalty of
+noisy BN is also read as an effect size: per seed, the share of BN's train-loss gain over no BN
+that the noise takes back, (L_noisy - L_BN) / (L_none - L_BN), with a TOST against
++-``PENALTY_MARGIN`` (a quarter of the gain): a penalty that is clear but inside the margin
+does not contradict Santurkar et al.
 """
 
 from __future__ import annotations
@@ -35,13 +49,10 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from bnlab.data import load_split
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import (
     Arm,
@@ -52,74 +63,13 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
-from bnlab.studies.stats import Comparison, compare, holm
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text, tost
+from bnlab.studies.options import SHORT_STUDY_SEEDS
+from bnlab.studies.probes.ics import POOL, UnitInputProbe
+from bnlab.studies.stats import ALPHA, Comparison, compare, p_is
 from bnlab.train import TrainConfig
 
-PERCENTILES = (0.15, 0.5, 0.85)
 LABELS = {"none": "without BN", "bnlab": "with BN", "noisy-bn": "noisy BN"}
-POOL = 10_000  # training images the noise floor's second batch is drawn from
-
-
-class UnitInputProbe:
-    """Per-unit percentiles of the last hidden layer's input, in training mode, on the step's
-    batch and on a second batch (the noise floor); test accuracy in eval mode on a subset.
-
-    Leaves the model's parameters, gradients, buffers, mode and the global RNG as found: the
-    second forward re-draws the injected noise of the first (noisy BN), then the RNG is reset.
-    """
-
-    def __init__(self, every: int, n_test: int, pool: int = POOL, seed: int = 0) -> None:
-        def images(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            s = load_split("fashion-mnist", split, log=lambda m: None)
-            return s.images[:n].unsqueeze(1).float().div(255), s.labels[:n]  # (n,1,28,28)
-
-        self.every = every
-        self.test_x, self.test_y = images("test", n_test)
-        self.pool, _ = images("train", pool)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.prev: torch.Tensor | None = None  # the previous probe's percentiles (3, H)
-
-    @staticmethod
-    def _last_sigmoid(model: nn.Module) -> nn.Module:
-        sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
-        if not sigmoids:
-            raise ValueError("the unit-input probe hooks the model's last nn.Sigmoid, and this "
-                             "model has none (a fused model? train it with fuse=False)")
-        return sigmoids[-1]
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        seen: list[torch.Tensor] = []
-        hook = self._last_sigmoid(model).register_forward_pre_hook(
-            lambda m, a: seen.append(a[0].detach()))
-        other = self.pool[torch.randint(len(self.pool), (x.shape[0],), generator=self.gen)]
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
-        rng, was = torch.get_rng_state(), model.training
-        try:
-            with torch.no_grad():
-                model.train()
-                model(x)
-                torch.set_rng_state(rng)  # the same injected noise for both batches
-                model(other.to(x.device))
-                model.eval()
-                acc = float((model(self.test_x.to(x.device)).argmax(1).cpu()
-                             == self.test_y).float().mean())
-        finally:
-            hook.remove()
-            model.train(was)
-            torch.set_rng_state(rng)
-            with torch.no_grad():
-                for n, b in model.named_buffers():
-                    b.copy_(buffers[n])
-        levels = torch.tensor(PERCENTILES, dtype=torch.float64)
-        q = torch.quantile(seen[0].double().cpu(), levels, dim=0)  # (B,H) -> (3,H)
-        q_other = torch.quantile(seen[1].double().cpu(), levels, dim=0)
-        # The move since the previous probe of this run (None at the first, and at the first
-        # after a resume: this object's memory is not in the checkpoint).
-        drift = None if self.prev is None else float((q - self.prev).abs().mean())
-        self.prev = q
-        return {"test_acc": acc, "noise": float((q - q_other).abs().mean()), "drift": drift,
-                "width": float((q[-1] - q[0]).mean()),
-                **{f"p{round(100 * v)}": float(q[k, 0]) for k, v in enumerate(PERCENTILES)}}
 
 
 def drift_and_noise(probes: Sequence[dict[str, Any]]) -> tuple[float, float]:
@@ -140,7 +90,7 @@ def arms(quick: bool) -> list[Arm]:
                       limit_train=1200 if quick else None, limit_test=1000 if quick else None)
     every, n_test = (4, 500) if quick else (50, 2000)
     return [Arm(norm, label, replace(cfg, norm=norm), {"norm": norm},
-                probe=lambda: UnitInputProbe(every, n_test, pool=600 if quick else POOL))
+                probe=partial(UnitInputProbe, every, n_test, pool=600 if quick else POOL))
             for norm, label in LABELS.items()]
 
 
@@ -159,16 +109,39 @@ def _drifts(res: ArmResult) -> tuple[list[float], list[float], list[float]]:
 
 
 RELATIVE = "log(drift / noise floor)"
+PENALTY = "share of BN's train-loss gain lost to the noise"
+PENALTY_MARGIN = 0.25
+SEEDS = SHORT_STUDY_SEEDS
+
+LESS_SHIFT = Claim(
+    key="bn-reduces-shift",
+    statement="BN reduces internal covariate shift: the distribution of a layer's inputs "
+              "drifts less during training", source="Ioffe & Szegedy 2015", metric=RELATIVE,
+    # 0.05 in log units: a 5% change of the drift relative to the noise floor
+    direction=-1, margin=0.05, a="no BN", b="BN")
+NOISY_BEATS_NONE = Claim(
+    key="noisy-bn-beats-none",
+    statement="BN with injected distributional shift (noisy BN) still trains better than no "
+              "BN, so reducing internal covariate shift is not what makes BN help",
+    source="Santurkar et al. 2018", metric="test_acc", direction=+1, margin=0.01,
+    a="no BN", b="noisy BN")
+
+
+def primary(by: dict[str, ArmResult]) -> list[Judgement]:
+    """The two declared claims, judged as one family."""
+    none, bn, noisy = by["none"], by["bnlab"], by["noisy-bn"]
+    return judge([
+        (LESS_SHIFT, _drifts(none)[2], _drifts(bn)[2], none.paired_with(bn)),
+        (NOISY_BEATS_NONE, none.finals("test_acc"), noisy.finals("test_acc"),
+         none.paired_with(noisy)),
+    ])
 
 
 def tests(by: dict[str, ArmResult]) -> dict[str, Comparison]:
-    """Every comparison of the study, Holm-corrected together, by name."""
+    """Every exploratory comparison, Holm-corrected together (their own family), by name."""
     none, bn, noisy = by["none"], by["bnlab"], by["noisy-bn"]
     drift = {k: _drifts(r) for k, r in by.items()}
     raw: dict[str, Comparison] = {
-        "drift bn": compare(drift["none"][2], drift["bnlab"][2], metric=RELATIVE,
-                            label="drift: BN vs none", paired=none.paired_with(bn),
-                            higher_is_better=False),
         "drift noisy": compare(drift["bnlab"][2], drift["noisy-bn"][2], metric=RELATIVE,
                                label="drift: noisy BN vs BN (manipulation check)",
                                paired=bn.paired_with(noisy), higher_is_better=False),
@@ -182,7 +155,30 @@ def tests(by: dict[str, ArmResult]) -> dict[str, Comparison]:
                                      higher_is_better=False)
     acc, precise = accuracy_comparisons(bn, noisy, "noisy BN vs BN")
     raw["acc noisy"], raw["precise noisy"] = acc, precise
-    return dict(zip(raw, holm(list(raw.values())), strict=True))
+    return dict(zip(raw, exploratory(list(raw.values())), strict=True))
+
+
+def penalty_shares(by: dict[str, ArmResult]) -> list[float]:
+    """Per seed, (L_noisy - L_BN) / (L_none - L_BN): the share of BN's train-loss gain over no
+    BN that the injected noise takes back; NaN where BN has no gain (L_none <= L_BN)."""
+    out = []
+    for n, b, z in zip(by["none"].finals("train_loss"), by["bnlab"].finals("train_loss"),
+                       by["noisy-bn"].finals("train_loss"), strict=True):
+        gain = n - b
+        out.append((z - b) / gain if math.isfinite(gain) and gain > 0 else math.nan)
+    return out
+
+
+def penalty_text(shares: list[float]) -> str:
+    """'0.076 (95% CI ...), inside +-0.25: TOST p = 0.001' or why it cannot be read."""
+    if len(shares) < 2 or not all(math.isfinite(v) for v in shares):
+        return "not testable (fewer than two seeds, or a seed where BN has no train-loss gain)"
+    zero = [0.0] * len(shares)
+    c = compare(zero, shares, metric=PENALTY, label="noisy BN's penalty", paired=True)
+    p = tost(zero, shares, PENALTY_MARGIN, paired=True)
+    inside = "inside" if p < ALPHA else "not shown inside"
+    return (f"{c.b.mean:.3f} (95% CI {c.low:.3f} to {c.high:.3f}), {inside} "
+            f"+-{PENALTY_MARGIN:g} (TOST {p_is(p)}, exploratory)")
 
 
 def floor_word(c: Comparison) -> str:
@@ -194,48 +190,20 @@ def floor_word(c: Comparison) -> str:
     return "clearly above its floor" if c.diff > 0 else "clearly below its floor"
 
 
-def literature(t: dict[str, Comparison]) -> str:
-    """Agreement with Ioffe & Szegedy's picture and with Santurkar et al.'s claim, decided from
-    the corrected comparisons. Santurkar et al.'s claim needs noisy BN to train *as well as*
-    BN; without an equivalence test "not clearly worse" is absence of evidence, so it is at
-    most "consistent with", never "agrees"."""
-    word = t["drift bn"].word
-    if word == "better":
-        ioffe = ("agrees with Ioffe & Szegedy (2015, Figure 1): BN clearly reduces the relative "
-                 "drift of the last hidden layer's input distributions")
-    elif not t["drift bn"].testable:
-        ioffe = (f"Ioffe & Szegedy (2015, Figure 1) cannot be tested: {t['drift bn'].test}")
+def literature(judged: list[Judgement], t: dict[str, Comparison], penalty: str) -> str:
+    """Each claim's wording (``claims.literature_text``), with what the manipulation check and
+    the train-loss penalty add; the check failing makes Santurkar et al.'s test
+    inconclusive, said beside."""
+    text = f"{literature_text(judged)}."
+    check = t["drift noisy"]
+    if not check.testable or check.word != "worse":
+        text += (f" The manipulation check did not pass (noisy BN's relative drift against "
+                 f"BN's: {check.word}), so noisy BN is not shown to shift the distributions "
+                 f"more, and the second comparison does not test Santurkar et al.'s argument.")
     else:
-        how = {"worse": "clearly increases", "no clear difference": "does not clearly reduce"}
-        ioffe = (f"does not reproduce Ioffe & Szegedy (2015, Figure 1): BN {how[word]} the "
-                 f"relative drift of the last hidden layer's input distributions")
-    legs = [t[k] for k in ("loss noisy", "acc noisy", "precise noisy")]
-    untestable = [c for c in legs if not c.testable]
-    worse = [c for c in legs if c.word == "worse"]
-    names = {"train_loss": "train loss", "test_acc": "test accuracy",
-             "test_acc_precise": "test accuracy with PreciseBN statistics"}
-    if not t["drift noisy"].testable:
-        santurkar = (f"Santurkar et al. (2018)'s test cannot be tested: "
-                     f"{t['drift noisy'].test}")
-    elif t["drift noisy"].word != "worse":
-        santurkar = (f"Santurkar et al. (2018)'s test is inconclusive here: the manipulation "
-                     f"check failed, the injected noise did not clearly raise the relative "
-                     f"drift ({t['drift noisy'].word})")
-    elif worse:
-        santurkar = ("does not reproduce Santurkar et al. (2018): noisy BN shifts the "
-                     "distributions clearly more and is clearly worse than BN in "
-                     + ", ".join(names[c.metric] for c in worse))
-    elif untestable:
-        santurkar = ("Santurkar et al. (2018)'s claim cannot be tested: noisy BN shifts the "
-                     "distributions clearly more, but its training against BN cannot be tested "
-                     f"({untestable[0].test})")
-    else:
-        santurkar = ("consistent with Santurkar et al. (2018), not a confirmation: noisy BN's "
-                     "relative drift is clearly larger than BN's (the manipulation check, forced "
-                     "by the noise redrawn each step), and noisy BN is not clearly worse than BN "
-                     "in train loss or test accuracy (no equivalence test: absence of evidence, "
-                     "not shown equal)")
-    return f"{ioffe}; {santurkar}."
+        text += (" Noisy BN's relative drift is clearly larger than BN's (the manipulation "
+                 "check, forced by the noise).")
+    return text + f" Noisy BN's train-loss penalty, as a share of BN's gain: {penalty}."
 
 
 def analyze(results: list[ArmResult]) -> Findings:
@@ -248,28 +216,33 @@ def analyze(results: list[ArmResult]) -> Findings:
             row[key] = statistics.fmean(values) if finite and values else math.nan
             row[f"{key}_std"] = statistics.stdev(values) if finite and len(values) > 1 \
                 else math.nan
+    judged = primary(by)
     t = tests(by)
-    verdict = (f"Relative drift of the last hidden layer's unit inputs, log(drift / noise "
-               f"floor) (training mode, mean |move| of their 15/50/85th percentiles between "
-               f"probes over the same between two batches at one step: scale-free; paired t "
-               f"over seeds, Holm): with BN {t['drift bn'].text()}; noisy BN against BN "
+    penalty = penalty_text(penalty_shares(by))
+    less, noisy = judged
+    verdict = (f"The drift measure: log(drift / noise floor) of the last hidden layer's unit "
+               f"inputs (training mode, mean |move| of their 15/50/85th percentiles between "
+               f"probes over the same between two batches at one step: scale-free). "
+               f"Exploratory (own Holm family): noisy BN against BN on the relative drift "
                f"{t['drift noisy'].text()} (a manipulation check: the noise is redrawn each "
-               f"step, so a larger drift is forced by design, not evidence). "
-               f"Against the noise floor (two batches at the same step): "
+               f"step, so a larger drift is forced by design). Against the noise floor (two "
+               f"batches at the same step): "
                + "; ".join(f"{LABELS[k]} {floor_word(t[f'floor {k}'])}" for k in LABELS)
                + f". Test accuracy: BN vs none {t['acc bn'].text()} (PreciseBN "
                f"{t['precise bn'].word}); noisy BN vs BN {t['acc noisy'].text()} (PreciseBN "
-               f"{t['precise noisy'].word}), train loss {t['loss noisy'].word}.")
+               f"{t['precise noisy'].word}), train loss {t['loss noisy'].text()}; that "
+               f"penalty as a share of BN's train-loss gain over no BN: {penalty}.")
     headline = (f"Relative drift of unit inputs, log(drift / noise floor), "
-                f"{t['drift bn'].a.text()} without BN, "
-                f"{t['drift bn'].b.text()} with BN ({t['drift bn'].word}), "
-                f"{t['drift noisy'].b.text()} with noisy BN; test accuracy with noisy BN vs BN: "
-                f"{t['acc noisy'].word}.")
+                f"{less.comparison.a.text()} without BN, {less.comparison.b.text()} with BN "
+                f"(Ioffe & Szegedy: {less.wording}), {t['drift noisy'].b.text()} with noisy "
+                f"BN; noisy BN against no BN in test accuracy (Santurkar et al.): "
+                f"{noisy.wording}.")
 
     def plot(path: Path) -> None:
         _plot(results, path)
 
-    return Findings(rows, verdict, plot, list(t.values()), headline, literature(t))
+    return Findings(rows, verdict, plot, list(t.values()), headline,
+                    literature(judged, t, penalty), primary=judged)
 
 
 def _band(ax: Any, steps: list[float], series: list[list[float]], label: str,
@@ -319,19 +292,27 @@ STUDY = Study(
     "ics", "Does BN reduce internal covariate shift, and is that why it helps (Ioffe & "
     "Szegedy's Figure 1 vs Santurkar et al.'s noisy BN)?", arms, analyze,
     needs="it trains Ioffe & Szegedy's own sigmoid network and probes its units",
+    seeds=SEEDS,
     setup=("Ioffe & Szegedy's network: three fully connected sigmoid layers of 100 units "
            "(mlp3), weights N(0, 0.01^2) and zero biases (init gaussian-0.01), plain SGD at lr "
            "0.5, batch 60, 6 epochs of Fashion-MNIST (their MNIST is not installable here), "
-           "5 seeds. Arms: without BN, with BN before each sigmoid, and Santurkar et al.'s noisy "
-           "BN (BN then a per-unit scale in [0.5, 2] and shift in [-1, 1] redrawn every step). "
-           "Every 50 steps a probe reads, in training mode, the percentiles (15/50/85) of the "
-           "input of each of the 100 last-hidden-layer units on the step's batch, and on a "
-           "second batch at the same weights (the noise floor). Drift: the mean per-unit move "
-           "of those percentiles between consecutive probes. Verdicts: paired t over seeds on "
-           "the relative drift log(drift / noise floor), train loss and test accuracy "
-           "(running averages and PreciseBN), and drift "
-           "against its own noise floor, all Holm-corrected together; a difference is clear "
-           "at Holm p < 0.05."),
+           f"{SEEDS} seeds. Arms: without BN, with BN before each sigmoid, and Santurkar et "
+           "al.'s noisy BN (BN then a per-unit scale in [0.5, 2] and shift in [-1, 1] redrawn "
+           "every step). Every 50 steps a probe reads, in training mode, the percentiles "
+           "(15/50/85) of the input of each of the 100 last-hidden-layer units on the step's "
+           "batch, and on a second batch at the same weights (the noise floor). Drift: the "
+           "mean per-unit move of those percentiles between consecutive probes. Primary (the "
+           "wording rule of bnlab.studies.claims: t-test and exact sign-flip test, TOST against "
+           f"the claim's margin), paired over seeds: BN against no BN on the relative drift "
+           f"log(drift / noise floor) (Ioffe & Szegedy 2015; margin "
+           f"{LESS_SHIFT.margin:g}, about a {LESS_SHIFT.margin:.0%} change), and noisy BN "
+           f"against no BN on test accuracy (Santurkar et al. 2018; margin "
+           f"{NOISY_BEATS_NONE.margin:g}). Exploratory, a Holm family of its own: noisy BN "
+           "against BN on the relative drift (the manipulation check), each arm's drift "
+           "against its noise floor, test accuracy (running averages and PreciseBN) of BN "
+           "against no BN and of noisy BN against BN, and noisy BN's train-loss penalty "
+           "against BN, also as a share of BN's gain over no BN with a TOST against "
+           f"+-{PENALTY_MARGIN:g}."),
     caveats=("Fashion-MNIST instead of MNIST and 6 epochs (6k steps) instead of their "
              "50k; Ioffe & Szegedy gave no learning rate, 0.5 is ours. Drift is measured in the "
              "units of the sigmoid's input: the BN arms' inputs are normalized (scale about 1) "
@@ -341,7 +322,8 @@ STUDY = Study(
              "check (forced by the noise redrawn each step), not evidence. The noise model is "
              "bnlab's reading "
              "of Santurkar et al.'s section 2.1 (per unit and step; theirs is also per "
-             "example). 'No clear difference' in accuracy is not proof of equal accuracy: "
-             "with 5 seeds only large gaps are detectable. PreciseBN re-estimates the noisy "
-             "arm's statistics with the noise on, as its running averages were."),
+             "example). 'No clear difference' in accuracy is not proof of equal accuracy: the "
+             "minimum detectable effect beside each primary comparison says what the seeds "
+             "could see. PreciseBN re-estimates the noisy arm's statistics with the noise on, "
+             "as its running averages were."),
 )

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from scipy import stats as sps
 
 __all__ = ["ALPHA", "FAILED_ACCURACY", "Comparison", "Summary", "compare", "fmt", "holm",
-           "p_is", "p_text", "summary"]
+           "holm_p", "p_is", "p_text", "summary"]
 
 ALPHA = 0.05
 FAILED_ACCURACY = 0.15  # chance is 0.10 on the 10-class datasets bnlab ships
@@ -116,6 +116,7 @@ class Comparison:
     high: float
     p: float
     p_holm: float = math.nan  # set by `holm` over the study's comparisons
+    paired: bool | None = None  # how `compare` tested it (None: not testable)
 
     @property
     def testable(self) -> bool:
@@ -161,6 +162,7 @@ class Comparison:
     def record(self) -> dict[str, object]:
         """The comparison as study.json stores it."""
         return {"label": self.label, "metric": self.metric, "test": self.test,
+                "paired": self.paired, "higher_is_better": self.higher_is_better,
                 "a": list(self.a.values), "b": list(self.b.values), "diff": self.diff,
                 "ci95": [self.low, self.high], "p": self.p, "p_holm": self.p_holm,
                 "clear": self.clear, "verdict": self.word}
@@ -213,7 +215,7 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
     half = float(sps.t.ppf(0.975, df)) * se
     p = float(2 * sps.t.sf(abs(diff) / se, df))
     return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff - half,
-                      diff + half, p)
+                      diff + half, p, paired=paired)
 
 
 def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, paired: bool,
@@ -229,22 +231,28 @@ def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, 
         p, test = min(1.0, 2.0 ** (1 - a.n)), "sign test (no spread)"
     else:
         p, test = min(1.0, 2.0 / math.comb(a.n + b.n, a.n)), "permutation test (no spread)"
-    return Comparison(label, metric, a, b, hib, test, diff, diff, diff, p)
+    return Comparison(label, metric, a, b, hib, test, diff, diff, diff, p, paired=paired)
 
 
-def holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
-    """The comparisons with Holm-adjusted p values (same order); untestable ones unchanged.
+def holm_p(ps: Sequence[float]) -> list[float]:
+    """Holm-adjusted p values (same order); NaN (not tested) stays NaN, outside the family.
 
     Sorted by p, the k-th smallest of m tests gets ``max over j <= k of min(1, (m - j + 1) p_j)``
     (monotone), which controls the family-wise error rate at ALPHA.
     """
-    testable = [i for i, c in enumerate(comparisons) if c.testable]
-    m = len(testable)
-    order = sorted(testable, key=lambda i: comparisons[i].p)
-    adjusted: dict[int, float] = {}
+    tested = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    m = len(tested)
+    adjusted = [math.nan] * len(ps)
     running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * comparisons[i].p))
+    for rank, i in enumerate(sorted(tested, key=lambda i: ps[i])):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
         adjusted[i] = running
-    return [replace(c, p_holm=adjusted[i]) if i in adjusted else c
-            for i, c in enumerate(comparisons)]
+    return adjusted
+
+
+def holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons with Holm-adjusted p values (``holm_p``, same order); untestable ones
+    unchanged."""
+    adjusted = holm_p([c.p if c.testable else math.nan for c in comparisons])
+    return [replace(c, p_holm=q) if c.testable else c
+            for c, q in zip(comparisons, adjusted, strict=True)]
