@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from scipy import stats as sps
 
 __all__ = ["ALPHA", "FAILED_ACCURACY", "Comparison", "Summary", "compare", "fmt", "holm",
-           "p_is", "p_text", "summary"]
+           "holm_p", "p_is", "p_text", "summary"]
 
 ALPHA = 0.05
 FAILED_ACCURACY = 0.15  # chance is 0.10 on the 10-class datasets bnlab ships
@@ -232,19 +232,25 @@ def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, 
     return Comparison(label, metric, a, b, hib, test, diff, diff, diff, p)
 
 
-def holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
-    """The comparisons with Holm-adjusted p values (same order); untestable ones unchanged.
+def holm_p(ps: Sequence[float]) -> list[float]:
+    """Holm-adjusted p values (same order); NaN (not tested) stays NaN, outside the family.
 
     Sorted by p, the k-th smallest of m tests gets ``max over j <= k of min(1, (m - j + 1) p_j)``
     (monotone), which controls the family-wise error rate at ALPHA.
     """
-    testable = [i for i, c in enumerate(comparisons) if c.testable]
-    m = len(testable)
-    order = sorted(testable, key=lambda i: comparisons[i].p)
-    adjusted: dict[int, float] = {}
+    tested = [i for i, p in enumerate(ps) if not math.isnan(p)]
+    m = len(tested)
+    adjusted = [math.nan] * len(ps)
     running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * comparisons[i].p))
+    for rank, i in enumerate(sorted(tested, key=lambda i: ps[i])):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
         adjusted[i] = running
-    return [replace(c, p_holm=adjusted[i]) if i in adjusted else c
-            for i, c in enumerate(comparisons)]
+    return adjusted
+
+
+def holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons with Holm-adjusted p values (``holm_p``, same order); untestable ones
+    unchanged."""
+    adjusted = holm_p([c.p if c.testable else math.nan for c in comparisons])
+    return [replace(c, p_holm=q) if c.testable else c
+            for c, q in zip(comparisons, adjusted, strict=True)]

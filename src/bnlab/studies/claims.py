@@ -1,0 +1,218 @@
+"""Claims from the literature, declared before a study runs, and the one rule that words them.
+
+A study declares one ``Claim`` per literature claim it tests: the metric, the direction the
+paper says ``b - a`` goes, and the smallest effect that matters (``margin``). ``judge`` takes
+each claim with its per-seed values and returns ``Judgement``s:
+
+* the t-test of ``stats.compare`` (paired t on per-seed differences, or Welch t), Holm-corrected
+  over the *primary* family only (the claims; every other comparison a study makes is
+  exploratory, its own Holm family, and never worded as a verdict on the paper);
+* an exact test beside it that needs no normality: the sign-flip test for paired values (all
+  2^n sign patterns of the differences d_i, statistic mean(d)) or the permutation test for
+  unpaired arms (all C(n_a + n_b, n_b) splits, statistic mean(b) - mean(a)); two-sided
+  p = share of patterns with |statistic| >= |observed|. Its smallest possible p is
+  2 / 2^n paired (0.0625 at n = 5) and 2 / C(n_a + n_b, n_b) unpaired;
+* the minimum detectable effect (MDE): the |b - a| that a two-sided t-test at level
+  ALPHA / m (Holm's first step over m claims) finds with POWER = 0.8, from the noncentral t
+  with the observed spread: power(delta) = P(|T'| > t_crit), T' ~ t(df, delta / se). Infinite
+  when the exact test cannot reach ALPHA / m at these seeds (then nothing can be called);
+* TOST (two one-sided tests) against +-margin: p_tost = max(P(t <= (diff + margin) / se) upper,
+  P(t >= (diff - margin) / se) lower) = max of the one-sided p values of H0: diff <= -margin and
+  H0: diff >= +margin; for n < 8 the exact one-sided tests of the shifted values stand beside
+  them (the larger p counts). Holm-corrected over the family like the others.
+
+The rule (``wording``): *clear* = Holm p < ALPHA and, for n < 8 seeds, the exact test's Holm
+p < ALPHA too. "reproduces": clear in the paper's direction; "contradicts": clear, the other
+way; "does not reproduce": not clear and TOST's Holm p < ALPHA (equivalent within +-margin);
+otherwise "not shown" (the MDE says what the seeds could have seen).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from scipy import stats as sps
+from scipy.optimize import brentq
+
+from bnlab.studies.exact import exact_floor, exact_p
+from bnlab.studies.stats import ALPHA, Comparison, compare, holm, holm_p, p_is
+
+__all__ = ["EXACT_BELOW", "POWER", "WORDS", "Claim", "Judgement", "exploratory", "judge", "mde",
+           "tost", "wording"]
+
+WORDS = ("reproduces", "contradicts", "not shown", "does not reproduce")
+EXACT_BELOW = 8  # seeds below which the exact test must agree for "clear"
+POWER = 0.8
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One literature claim a study tests, declared in the study module before it runs."""
+
+    key: str  # short id, unique in the study, e.g. "higher-lr-high-end"
+    statement: str  # the claim in one sentence, as the paper makes it
+    source: str  # "Ioffe & Szegedy 2015"
+    metric: str  # e.g. "test_acc"
+    direction: int  # +1: the paper says b - a > 0; -1: b - a < 0
+    margin: float  # smallest effect that matters (> 0, metric units): the TOST bounds
+    a: str = ""  # label of the reference arm/group, for the table
+    b: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key or not self.statement or not self.source:
+            raise ValueError(f"claim {self.key!r}: key, statement and source must be given")
+        if self.direction not in (1, -1):
+            raise ValueError(f"claim {self.key!r}: direction must be +1 (b - a > 0) or -1 "
+                             f"(b - a < 0), not {self.direction!r}")
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin)
+                and self.margin > 0):
+            raise ValueError(f"claim {self.key!r}: margin must be a finite number > 0 in "
+                             f"{self.metric} units, not {self.margin!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.b} vs {self.a}" if self.a and self.b else self.key
+
+    def record(self) -> dict[str, object]:
+        return {"key": self.key, "statement": self.statement, "source": self.source,
+                "metric": self.metric, "direction": self.direction, "margin": self.margin,
+                "a": self.a, "b": self.b}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One primary comparison, judged."""
+
+    claim: Claim
+    comparison: Comparison  # from stats.compare, with p_holm over the PRIMARY family only
+    p_exact: float  # sign-flip (paired) / permutation (unpaired) test, exact; Holm'd
+    mde: float  # minimum detectable effect at these seeds (ALPHA / m, POWER)
+    p_tost: float  # two one-sided tests against +-margin; Holm'd
+    wording: str  # one of WORDS or "not testable (...)"
+    paired: bool = True
+
+    def record(self) -> dict[str, object]:
+        """The judgement as study.json stores it (values per seed included, so anyone can
+        recompute it: ``judge`` on ``a``, ``b`` and ``paired``)."""
+        c = self.comparison
+        return {"claim": self.claim.record(), "label": c.label, "metric": c.metric,
+                "test": c.test, "paired": self.paired, "a": list(c.a.values),
+                "b": list(c.b.values), "diff": c.diff, "ci95": [c.low, c.high], "mde": self.mde,
+                "p": c.p, "p_holm": c.p_holm, "p_exact": self.p_exact, "p_tost": self.p_tost,
+                "wording": self.wording}
+
+    def mde_text(self) -> str:
+        if math.isinf(self.mde):
+            return f"none at {self.comparison.a.n} seeds"
+        return "n/a" if math.isnan(self.mde) else f"{self.mde:.{self.comparison.digits()}f}"
+
+    def text(self) -> str:
+        """'BN vs no BN (Ioffe & Szegedy 2015): +0.111 (95% CI ...), MDE 0.020, Holm
+        p = 0.003, exact p = 0.031: reproduces'."""
+        c = self.comparison
+        head = f"{c.label} ({self.claim.source})"
+        if not c.testable:
+            return f"{head}: {self.wording}"
+        return (f"{head}: {c.diff_text()}, MDE {self.mde_text()}, Holm {p_is(c.p_holm)}, "
+                f"exact Holm {p_is(self.p_exact)}, TOST (+-{self.claim.margin:g}) Holm "
+                f"{p_is(self.p_tost)}: {self.wording}")
+
+
+def mde(se: float, df: float, m: int = 1, *, alpha: float = ALPHA,
+        power: float = POWER) -> float:
+    """Smallest |diff| a two-sided t-test at level alpha / m detects with `power` (module
+    docstring), for standard error `se` and `df` degrees of freedom."""
+    if not (math.isfinite(se) and math.isfinite(df)) or df <= 0:
+        return math.nan
+    if se == 0:
+        return 0.0
+    level = alpha / max(1, m)
+    crit = float(sps.t.ppf(1 - level / 2, df))
+
+    def short(nc: float) -> float:  # power at noncentrality nc, minus the target
+        upper = float(sps.nct.sf(crit, df, nc))
+        lower = float(sps.nct.cdf(-crit, df, nc))  # the wrong tail: tiny, NaN far out
+        return upper + (lower if math.isfinite(lower) else 0.0) - power
+
+    hi = crit + 10.0
+    while short(hi) < 0:
+        hi *= 2
+    return float(brentq(short, 0.0, hi, xtol=1e-10)) * se
+
+
+def _se_df(a: Sequence[float], b: Sequence[float], paired: bool) -> tuple[float, float]:
+    """Standard error and degrees of freedom of mean(b) - mean(a), as ``stats.compare``."""
+    import statistics as st
+    if paired:
+        d = [y - x for x, y in zip(a, b, strict=True)]
+        return st.stdev(d) / math.sqrt(len(d)), len(d) - 1.0
+    va, vb = st.variance(a) / len(a), st.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return 0.0, float(len(a) + len(b) - 2)
+    return se, (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+
+
+def tost(a: Sequence[float], b: Sequence[float], margin: float, *, paired: bool) -> float:
+    """TOST p of |mean(b) - mean(a)| < margin: the larger of the two one-sided t-tests (and,
+    for n < EXACT_BELOW, of the two exact one-sided tests of the shifted values)."""
+    se, df = _se_df(a, b, paired)
+    diff = sum(b) / len(b) - sum(a) / len(a)
+    if se > 0:
+        p_t = max(float(sps.t.sf((diff + margin) / se, df)),
+                  float(sps.t.cdf((diff - margin) / se, df)))
+    else:  # no spread: t is infinite, so the exact tests below decide
+        p_t = 0.0 if abs(diff) < margin else 1.0
+    if min(len(a), len(b)) >= EXACT_BELOW:
+        return p_t
+    up = [v + margin for v in b]  # H0: diff <= -margin, against diff > -margin
+    down = [v - margin for v in b]  # H0: diff >= +margin, against diff < +margin
+    return max(p_t, exact_p(a, up, paired=paired, alternative="greater"),
+               exact_p(a, down, paired=paired, alternative="less"))
+
+
+def wording(c: Comparison, p_exact: float, p_tost: float, direction: int) -> str:
+    """The one rule (module docstring) from Holm-corrected p values."""
+    if not c.testable:
+        return c.test.replace("not testable: ", "not testable (", 1) + ")"
+    n = min(c.a.n, c.b.n)
+    clear = c.p_holm < ALPHA and (n >= EXACT_BELOW or p_exact < ALPHA)
+    if clear:
+        return "reproduces" if (c.diff > 0) == (direction > 0) else "contradicts"
+    return "does not reproduce" if p_tost < ALPHA else "not shown"
+
+
+def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]]
+          ) -> list[Judgement]:
+    """(claim, a values per seed, b values per seed, paired) -> judgements; Holm over this
+    family only; wording by the one fixed rule (``wording``)."""
+    keys = [claim.key for claim, *_ in primary]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"claims must have distinct keys within a study: {keys}")
+    comps = holm([compare(a, b, metric=claim.metric, label=claim.label, paired=paired,
+                          higher_is_better="loss" not in claim.metric)
+                  for claim, a, b, paired in primary])
+    m = sum(1 for c in comps if c.testable)
+    raw_exact, raw_tost, mdes = [], [], []
+    for (claim, a, b, paired), c in zip(primary, comps, strict=True):
+        if not c.testable:
+            raw_exact.append(math.nan)
+            raw_tost.append(math.nan)
+            mdes.append(math.nan)
+            continue
+        raw_exact.append(exact_p(a, b, paired=paired))
+        raw_tost.append(tost(a, b, claim.margin, paired=paired))
+        floor = exact_floor(len(a), len(b), paired=paired)
+        reachable = min(len(a), len(b)) >= EXACT_BELOW or floor * m < ALPHA
+        mdes.append(mde(*_se_df(a, b, paired), m) if reachable else math.inf)
+    p_exact, p_tost = holm_p(raw_exact), holm_p(raw_tost)
+    return [Judgement(claim, c, pe, md, pt, wording(c, pe, pt, claim.direction), paired)
+            for (claim, _, _, paired), c, pe, pt, md
+            in zip(primary, comps, p_exact, p_tost, mdes, strict=True)]
+
+
+def exploratory(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Every other comparison a study makes: its own Holm family (reported, never a verdict)."""
+    return holm([replace(c, p_holm=math.nan) for c in comparisons])
