@@ -1,15 +1,14 @@
 r"""The weight-decay-on-norm study's probe: the norms of the weights that feed each norm layer.
 
-The weights before a norm are those ``--no-decay-before-norm`` spares, found the same
-way (``bnlab.train.build.weights_before_norm``: a conv/linear weight whose output goes straight,
-and only, into a norm layer, read from the fx dataflow). For each such weight W_l the probe
-records ||W_l|| (L2 over
-all its entries); over all of them ``w_norm`` = sqrt(sum_l ||W_l||^2); and over all norm layers
-``gamma_norm`` and ``beta_norm`` likewise. BN(W x) = BN(c W x) for any c > 0, so the loss does
-not see ||W_l||: plain SGD moves W_l orthogonally to itself (||W_l|| grows), and weight decay
-only shrinks it. The step the function sees is the angular one, ``lr * ||grad||`` on the unit
-sphere, and since grad scales as 1 / ||W_l|| the effective step is lr / ||W_l||^2 (van
-Laarhoven 2017). Reads parameters only: training is unchanged.
+The weights before a norm are those ``--no-decay-before-norm`` spares, found the same way
+(``bnlab.train.build.weights_before_norm``: a conv/linear weight whose output goes straight, and
+only, into a norm layer, read from the fx dataflow). For each such weight W_l the probe records
+||W_l|| (L2 over all its entries); over all of them ``w_norm`` = sqrt(sum_l ||W_l||^2); over
+all norm layers ``gamma_norm`` and ``beta_norm`` likewise. BN(W x) = BN(c W x) for any c > 0
+(up to BN's eps), so the loss does not see ||W_l||: plain SGD moves W_l orthogonally to itself
+(||W_l|| grows), and weight decay only shrinks it. The step the function sees is the angular
+one, and since the gradient scales as 1 / ||W_l|| it is lr / ||W_l||^2 (van Laarhoven 2017).
+Reads parameters only: training is unchanged.
 """
 
 from __future__ import annotations

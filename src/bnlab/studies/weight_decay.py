@@ -38,7 +38,7 @@ from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, compare_arms, summarize
 from bnlab.studies.claims import Claim, Judgement, exploratory, judge
 from bnlab.studies.probes_weight_decay import PreNormProbe
-from bnlab.studies.stats import Comparison, compare, holm, summary
+from bnlab.studies.stats import Comparison, compare, summary
 from bnlab.train import TrainConfig
 
 LENET_DATA = "fashion-mnist"
@@ -58,11 +58,11 @@ def _factor(base: TrainConfig, on_norm: bool, before_norm: bool) -> TrainConfig:
 def arms(quick: bool) -> list[Arm]:
     lenet = TrainConfig(model="lenet-bn", dataset=LENET_DATA, lr=LENET_LR, batch_size=256,
                         weight_decay=LENET_WD, epochs=1 if quick else 3,
-                        limit_train=512 if quick else 3000, limit_test=256 if quick else 1000)
+                        limit_train=512 if quick else 6000, limit_test=256 if quick else 2000)
     resnet = TrainConfig(model="resnet18-cifar", dataset="fake-cifar10", lr=RESNET_LR,
-                         momentum=RESNET_MOMENTUM, weight_decay=RESNET_WD, batch_size=16,
-                         epochs=1, limit_train=32 if quick else 64,
-                         limit_test=32 if quick else 64)
+                         momentum=RESNET_MOMENTUM, weight_decay=RESNET_WD,
+                         batch_size=8 if quick else 16, epochs=1, limit_train=16 if quick else 64,
+                         limit_test=16 if quick else 64)
     out = []
     for (on_norm, before), (name, label) in FACTORS.items():
         out.append(Arm(f"lenet-{name}", f"LeNet-BN, {label}", _factor(lenet, on_norm, before),
@@ -246,31 +246,31 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 SETUP = (
     "LeNet-BN (sigmoid) on Fashion-MNIST, plain SGD at lr 1.0, batch 256, 3 epochs over the "
-    "first 3,000 training examples (36 steps), tested on 1,000 test examples; weight decay "
-    "1e-2 (L2), so lr * wd * steps is 0.36 and decay can move ||W|| within the run. A "
-    "2x2 design: decay on BN's gamma and beta on or off (--no-decay-on-norm), crossed with "
-    "decay on the weights before a norm on or off (--no-decay-before-norm); the output layer "
-    "and every bias always decay. ResNet-18 (CIFAR variant) on synthetic CIFAR-shaped data "
+    "first 6,000 training examples (72 steps), tested on 2,000 test examples; weight decay "
+    "1e-2 (L2), so lr * wd * steps is 0.72 and decay can move ||W|| within the run. A 2x2 "
+    "design: decay on BN's gamma and beta on or off (--no-decay-on-norm), crossed with decay on "
+    "the weights before a norm on or off (--no-decay-before-norm); the output layer and every "
+    "bias always decay. ResNet-18 (CIFAR variant) on synthetic CIFAR-shaped data "
     "(fake-cifar10), SGD lr 0.1 with momentum 0.9, weight decay 5e-2, batch 16, 4 steps over "
-    "64 examples, tested on 64: decay "
-    "before norm on or off, gamma and beta decayed. A probe records, every 3 steps (LeNet) or "
-    "every step (ResNet), before the step's update, the L2 norm of the weights before each "
-    "norm (the weights --no-decay-before-norm spares, from the fx dataflow) and of gamma and "
-    "beta. Every arm of a seed shares its initial weights and batches, so comparisons are "
-    "paired over 7 seeds (the fewest at which the exact sign-flip test can pass Holm over "
-    "three claims: 3 * 2 / 2^7 = 0.047 < 0.05). Primary claims, declared before the runs: decay before norm shrinks "
-    "||W|| (log10 of the last probed norm, margin 0.02, van Laarhoven 2017); it improves test "
-    "accuracy (margin 0.01, Zhang et al. 2019); no decay on gamma/beta improves test accuracy "
-    "(margin 0.01, He et al. 2019). Exploratory: every arm against decay on all, per network.")
+    "64 examples, tested on 64: decay before norm on or off, gamma and beta decayed. A probe "
+    "records, every 3 steps (LeNet) or every step (ResNet), before the step's update, the L2 "
+    "norm of the weights before each norm (the weights --no-decay-before-norm spares, from the "
+    "fx dataflow) and of gamma and beta. Every arm of a seed shares its initial weights and "
+    "batches, so comparisons are paired, over 7 seeds: the fewest at which the exact sign-flip "
+    "test can pass Holm over three claims (3 * 2 / 2^7 = 0.047 < 0.05). Primary claims, "
+    "declared before the runs: decay before norm shrinks ||W|| (log10 of the last probed "
+    "norm, margin 0.02, van Laarhoven 2017); it improves test accuracy (margin 0.01, Zhang et "
+    "al. 2019); no decay on gamma/beta improves test accuracy (margin 0.01, He et al. 2019). "
+    "Exploratory: every arm against decay on all, per network.")
 
 CAVEATS = (
-    "Short runs: 36 LeNet steps and 4 ResNet steps, sized so that the study takes minutes on "
-    "two CPU threads; the effective-learning-rate mechanism acts over the equilibrium time "
-    "1 / (lr * wd) steps (100 here for LeNet), longer than the run, so the accuracy claims are "
-    "tested far from the regime of the papers (ImageNet-scale training). The ResNet arms "
-    "train 4 steps on synthetic data and sit near chance: they show the mechanism on ||W|| "
-    "only, never an accuracy effect. The last probe is taken before the last step's update. "
-    "One weight decay per network; the effect on accuracy depends on it.")
+    "Short runs: 72 LeNet steps and 4 ResNet steps, sized so that the study takes minutes on "
+    "two CPU threads. The effective-learning-rate mechanism acts over the equilibrium time "
+    "1 / (lr * wd) steps (100 here for LeNet), about the length of the run, so the accuracy "
+    "claims are tested far from the regime of the papers (long ImageNet-scale training). The "
+    "ResNet arms train 4 steps on synthetic data and sit near chance: they show the mechanism "
+    "on ||W|| only, never an accuracy effect. The last probe is taken before the last step's "
+    "update. One weight decay per network; the effect on accuracy depends on it.")
 
 STUDY = Study("weight-decay-on-norm", "What does weight decay on BN's gamma and beta, and on "
               "the weights that feed a BN, change?", arms, analyze, seeds=7,
