@@ -7,8 +7,10 @@ fresh when
 * every registered study has a full (not --quick) record, made from clean trees;
 * the analysis ran on exactly the current ``src/`` (any change since fails);
 * the runs were trained by the current training code: ``src/`` as now outside the analysis
-  and reporting code (``ANALYSIS_ONLY``), and with the configs the study's arms give now (so
-  a changed design in ``studies/`` is caught too);
+  and reporting code (``ANALYSIS_ONLY``), the probe modules *that study's* arms run
+  (``bnlab.studies.probes.probe_files``: probes are training code, so a changed probe makes
+  its study's runs stale, and no other study's), and with the configs the study's arms give
+  now (so a changed design in ``studies/`` is caught too);
 * docs/studies.md and docs/report/report.md are exactly what ``bnlab report`` builds from the
   records (nothing in them is edited by hand).
 
@@ -25,12 +27,15 @@ from pathlib import Path
 import pytest
 
 from bnlab.studies.base import arm_config
+from bnlab.studies.probes import probe_files
 from bnlab.studies.registry import STUDIES
 from bnlab.studies.subject import Subject
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 RECORDS = DOCS / "studies"
+# Analysis and reporting code; the probes in studies/probes/ are training code and are checked
+# per study (``probe_files``), so they are excluded here and added back study by study.
 ANALYSIS_ONLY = ("src/bnlab/report", "src/bnlab/studies", "src/bnlab/cli.py")
 FIX = "run `make docs` (it retrains only what changed) and commit docs/"
 
@@ -47,10 +52,13 @@ def records() -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in RECORDS.glob("*/study.json")}
 
 
-def _changed(commit: str, exclude: tuple[str, ...] = ()) -> list[str]:
+def _changed(commit: str, exclude: tuple[str, ...] = (), paths: tuple[str, ...] = ("src",)
+             ) -> list[str]:
     if _git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
         pytest.fail(f"recorded commit {commit} is not in this repository's history")
-    spec = ["src", *(f":(exclude){p}" for p in exclude)]
+    if not paths:
+        return []
+    spec = [*paths, *(f":(exclude){p}" for p in exclude)]
     out = _git("diff", "--name-only", commit, "HEAD", "--", *spec)
     return out.stdout.split()
 
@@ -66,6 +74,7 @@ def test_a_record_comes_from_the_current_code(records, name):
     meta = records.get(name)
     if meta is None:
         pytest.fail(f"{name}: no record in docs/studies; {FIX}")
+    probes = probe_files(STUDIES[name].arms(False))
     analysis = meta["provenance"]["analysis"]["code"]
     assert analysis.get("clean"), f"{name}: analysed from an uncommitted tree; {FIX}"
     changed = _changed(analysis["commit"])
@@ -76,6 +85,8 @@ def test_a_record_comes_from_the_current_code(records, name):
             f"{name}: runs trained from an uncommitted or unrecorded tree; {FIX}"
         changed = _changed(code["commit"], ANALYSIS_ONLY)
         assert not changed, f"{name}: training code changed since its runs ({changed[:5]}); {FIX}"
+        changed = _changed(code["commit"], paths=tuple(probes))
+        assert not changed, f"{name}: its probes changed since its runs ({changed}); {FIX}"
     study = STUDIES[name]
     now = {a.name: arm_config(a, Subject()).to_dict() for a in study.arms(False)}
     recorded = {a["name"]: a["config"] for a in meta["arms"]}
@@ -93,3 +104,16 @@ def test_pages_are_built_from_the_records(records, tmp_path):
     for built, committed in ((tmp_path / "studies.md", DOCS / "studies.md"),
                              (tmp_path / "report" / "report.md", DOCS / "report" / "report.md")):
         assert built.read_text() == committed.read_text(), f"{committed} differs; {FIX}"
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_published_comparison_recomputes_from_its_own_values(records, name):
+    """Each primary judgement and exploratory comparison in the record, recomputed from the
+    record's per-seed values by the current statistics (``bnlab.studies.recompute``)."""
+    from bnlab.studies.recompute import differences
+
+    meta = records.get(name)
+    if meta is None:
+        pytest.fail(f"{name}: no record in docs/studies; {FIX}")
+    wrong = differences(meta)
+    assert not wrong, f"{name}: {len(wrong)} published values differ ({wrong[:3]}); {FIX}"

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from bnlab.norm.variants.teaching import RunningStatsBatchNorm
-from bnlab.studies.ics import UnitInputProbe
-from bnlab.studies.landscape import LandscapeProbe
+from bnlab.studies.probes.ics import UnitInputProbe
+from bnlab.studies.probes.landscape import LandscapeProbe
 from bnlab.train import TrainConfig, train
 
 CFG = TrainConfig(model="lenet-bn", epochs=1, limit_train=1024, limit_test=500, batch_size=128,
