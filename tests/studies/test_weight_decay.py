@@ -13,7 +13,7 @@ from torch import nn
 from bnlab.norm.renormalize import is_norm_layer
 from bnlab.studies import weight_decay as wd
 from bnlab.studies.base import ArmResult, run_study
-from bnlab.studies.probes_weight_decay import PreNormProbe, pre_norm_norms
+from bnlab.studies.probes.weight_decay import PreNormProbe, pre_norm_norms
 from bnlab.train import TrainConfig
 from bnlab.train.build import make_model, make_optimizer
 
@@ -139,8 +139,12 @@ def test_decay_shrinks_w_and_accuracy_equal_within_the_margin(tmp_path):
                               "decay-before-norm-helps": "does not reproduce",
                               "no-decay-on-gamma-beta": "does not reproduce"}
     findings = wd.analyze(results)
-    assert "van Laarhoven 2017 (decay-shrinks-w): reproduces" in findings.literature
-    assert findings.headline and findings.verdict.count("reproduce") >= 3
+    assert [j.wording for j in findings.primary] == ["reproduces", "does not reproduce",
+                                                     "does not reproduce"]
+    assert findings.literature.startswith('van Laarhoven 2017, "Weight decay on the weights')
+    assert findings.literature.count(": does not reproduce") == 2
+    assert findings.headline and "Exploratory" in findings.verdict
+    assert "reproduce" not in findings.verdict  # exploratory comparisons are never worded so
     findings.plot(tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     rows = {r["arm"]: r for r in findings.rows}

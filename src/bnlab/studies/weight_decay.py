@@ -17,8 +17,8 @@ The study is a 2x2 design on LeNet-BN (Fashion-MNIST): decay on gamma/beta on or
 (``no_decay_on_norm``) crossed with decay on the weights before a norm on or off
 (``no_decay_before_norm``), every arm with the same ``weight_decay`` on everything else; and
 ``resnet18-cifar`` on synthetic CIFAR-shaped data with decay on or off for the weights before a
-norm. A probe (``probes_weight_decay``) records ||W|| of the weights before each norm (those
-``no_decay_before_norm`` spares) and of gamma and beta.
+norm. A probe (``bnlab.studies.probes.weight_decay``) records ||W|| of the weights before
+each norm (those ``no_decay_before_norm`` spares) and of gamma and beta.
 
 Primary comparisons (one per claim, LeNet-BN, paired over seeds: the arms share seeds and
 batches): decay on the weights before a norm shrinks ||W|| (log10 of the final ||W||), and it
@@ -31,13 +31,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, compare_arms, summarize
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge
-from bnlab.studies.probes_weight_decay import PreNormProbe
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
+from bnlab.studies.probes.weight_decay import PreNormProbe
 from bnlab.studies.stats import Comparison, compare, summary
 from bnlab.train import TrainConfig
 
@@ -67,12 +68,12 @@ def arms(quick: bool) -> list[Arm]:
     for (on_norm, before), (name, label) in FACTORS.items():
         out.append(Arm(f"lenet-{name}", f"LeNet-BN, {label}", _factor(lenet, on_norm, before),
                        {"net": "lenet-bn", "decay_norm": on_norm, "decay_before": before},
-                       probe=lambda: PreNormProbe(1 if quick else 3)))
+                       probe=partial(PreNormProbe, 1 if quick else 3)))
     for before in (True, False):
         name, label = FACTORS[(True, before)]
         out.append(Arm(f"resnet-{name}", f"ResNet-18, {label}", _factor(resnet, True, before),
                        {"net": "resnet18-cifar", "decay_norm": True, "decay_before": before},
-                       probe=lambda: PreNormProbe(1)))
+                       probe=partial(PreNormProbe, 1)))
     return out
 
 
@@ -178,21 +179,21 @@ def exploratory_comparisons(results: Sequence[ArmResult]) -> list[Comparison]:
     return exploratory(out)
 
 
-def verdict_text(judged: Sequence[Judgement], explored: Sequence[Comparison]) -> str:
-    head = ("Primary claims (LeNet-BN, paired over seeds, Holm over the claims; the wording "
-            "rule of bnlab.studies.claims): ")
-    text = head + "; ".join(j.text() for j in judged) + "."
-    w = [c for c in explored if c.metric == W_METRIC]
-    if w:
-        text += (" Exploratory (own Holm family), ||W|| before norm: "
-                 + "; ".join(f"{c.label}: {c.diff_text()}, {c.word}" for c in w) + ".")
-    return text
+def verdict_text(results: Sequence[ArmResult], explored: Sequence[Comparison]) -> str:
+    """The exploratory part of the verdict (the claims' wording is put before it by the
+    runner): each arm against decay on all, per network, on the W-norm and test accuracy."""
+    parts = [f"{c.label}: {c.metric} {c.diff_text()}, {c.word}" for c in explored
+             if c.metric in (W_METRIC, "test_acc")]
+    if not parts:
+        return "Exploratory: nothing to compare (fewer than two arms of a network ran)."
+    return ("Exploratory (every arm against decay on all, per network; paired t over seeds, "
+            "its own Holm family, not verdicts on the literature): " + "; ".join(parts) + ".")
 
 
 def literature(judged: Sequence[Judgement]) -> str:
     if not judged:
         return "not testable: the LeNet-BN arms did not run."
-    return "; ".join(f"{j.claim.source} ({j.claim.key}): {j.wording}" for j in judged) + "."
+    return literature_text(judged) + "."
 
 
 def headline(results: Sequence[ArmResult]) -> str:
@@ -239,9 +240,8 @@ def analyze(results: list[ArmResult]) -> Findings:
         save(fig, path, f"Weight decay on norm layers and the weights before them (mean over "
                         f"{n_seeds} seed{'s' if n_seeds != 1 else ''})")
 
-    return Findings(rows, verdict_text(judged, explored), plot,
-                    [j.comparison for j in judged] + list(explored),
-                    headline(results), literature(judged))
+    return Findings(rows, verdict_text(results, explored), plot, explored, headline(results),
+                    literature(judged), judged)
 
 
 SETUP = (
