@@ -178,8 +178,12 @@ def test_exploratory_family_is_separate_from_the_claims():
     explored = wd.exploratory_comparisons(results)
     assert {c.label.split(",")[0] for c in explored} == {"LeNet-BN", "ResNet-18"}
     assert len(explored) == 3 * 3 + 1 * 3  # 3 LeNet arms and 1 ResNet arm vs decay on all
-    resnet_w = [c for c in explored if c.label.startswith("ResNet") and c.metric == wd.W_METRIC]
-    assert resnet_w[0].diff > 0 and resnet_w[0].word  # no decay before norm: a larger norm
+    resnet_w = [c for c in explored if c.label.startswith("ResNet")
+                and c.metric == wd.W_METRIC + wd.LARGER]
+    assert resnet_w[0].diff > 0 and resnet_w[0].clear  # no decay before norm: a larger norm
+    verdict = wd.verdict_text(results, explored)
+    assert "ResNet-18, no decay before norm vs ResNet-18, decay on all: log10 W-norm before " \
+        "norm +0." in verdict and ", larger;" in verdict and "better" not in verdict
 
 
 def test_quick_run_end_to_end(tmp_path):

@@ -121,9 +121,10 @@ def table(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
 LENET_ALL, LENET_NO_NORM, LENET_NO_PRE = ("lenet-bn", True, True), ("lenet-bn", False, True), \
     ("lenet-bn", True, False)
 W_METRIC = "log10 W-norm before norm"
+LARGER = " ('better': larger)"  # a norm is not better or worse: the table's word means larger
 CLAIMS = (
     Claim("decay-shrinks-w", "Weight decay on the weights before a BN only shrinks their norm "
-          "(the loss is scale invariant in them), which raises the effective step lr/||W||^2.",
+          "(the loss is scale invariant in them), which raises the effective step lr / norm(W)^2.",
           "van Laarhoven 2017", W_METRIC, -1, 0.02,
           a=FACTORS[(True, False)][1], b=FACTORS[(True, True)][1]),
     Claim("decay-before-norm-helps", "Weight decay on the weights before a BN improves test "
@@ -172,8 +173,8 @@ def exploratory_comparisons(results: Sequence[ArmResult]) -> list[Comparison]:
                 continue
             label = f"{res.arm.label} vs {ref.arm.label}"
             out.append(compare_arms(ref, res, "test_acc", label))
-            for probe_key, metric in (("w_norm", W_METRIC),
-                                      ("gamma_norm", "log10 gamma norm")):
+            for probe_key, metric in (("w_norm", W_METRIC + LARGER),
+                                      ("gamma_norm", "log10 gamma norm" + LARGER)):
                 out.append(compare(log_norm(ref, probe_key), log_norm(res, probe_key),
                                    metric=metric, label=label, paired=ref.paired_with(res)))
     return exploratory(out)
@@ -182,12 +183,19 @@ def exploratory_comparisons(results: Sequence[ArmResult]) -> list[Comparison]:
 def verdict_text(results: Sequence[ArmResult], explored: Sequence[Comparison]) -> str:
     """The exploratory part of the verdict (the claims' wording is put before it by the
     runner): each arm against decay on all, per network, on the W-norm and test accuracy."""
-    parts = [f"{c.label}: {c.metric} {c.diff_text()}, {c.word}" for c in explored
-             if c.metric in (W_METRIC, "test_acc")]
+    parts = [f"{c.label}: {c.metric.removesuffix(LARGER)} {c.diff_text()}, {_word(c)}"
+             for c in explored if c.metric in (W_METRIC + LARGER, "test_acc")]
     if not parts:
         return "Exploratory: nothing to compare (fewer than two arms of a network ran)."
     return ("Exploratory (every arm against decay on all, per network; paired t over seeds, "
             "its own Holm family, not verdicts on the literature): " + "; ".join(parts) + ".")
+
+
+def _word(c: Comparison) -> str:
+    """'larger'/'smaller' for a norm (never 'better'), the comparison's word otherwise."""
+    if not c.metric.endswith(LARGER) or not c.clear:
+        return c.word
+    return "larger" if c.diff > 0 else "smaller"
 
 
 def literature(judged: Sequence[Judgement]) -> str:
@@ -222,14 +230,16 @@ def analyze(results: list[ArmResult]) -> Findings:
                     steps = [p["step"] for p in res.runs[0].probes]
                     curves = [[float(p[key]) for p in r.probes] for r in res.runs]
                     n = min(len(c) for c in curves) if curves else 0
+                    # dashed: gamma/beta not decayed (arms that share a curve stay visible)
                     ax.plot(steps[:n], [summary([c[i] for c in curves]).mean
-                                        for i in range(n)], label=res.arm.label)
+                                        for i in range(n)], label=res.arm.label,
+                            linestyle="-" if res.arm.tags["decay_norm"] else "--")
             accs = [r.summary("test_acc") for r in mine]
             row[2].bar(range(len(mine)), [s.mean for s in accs],
                        yerr=[s.std if math.isfinite(s.std) else 0.0 for s in accs], capsize=3)
             row[2].set_xticks(range(len(mine)), [r.arm.label.split(", ", 1)[-1] for r in mine],
                               rotation=15, ha="right", fontsize=7)
-            for ax, title in zip(row, (f"{net}: ||W|| before norm", f"{net}: ||gamma||",
+            for ax, title in zip(row, (f"{net}: W-norm before norm", f"{net}: gamma norm",
                                        f"{net}: final test accuracy"), strict=True):
                 ax.set_title(title)
                 ax.grid(alpha=0.3)
