@@ -284,5 +284,5 @@ CAVEATS = (
 
 STUDY = Study("weight-decay-on-norm", "What does weight decay on BN's gamma and beta, and on "
               "the weights that feed a BN, change?", arms, analyze, seeds=7,
-              needs="its arms set bnlab's presets' optimizer groups and read their norms",
+              needs="it trains two of bnlab's networks (LeNet-BN, ResNet-18), each on its own data",
               setup=SETUP, caveats=CAVEATS)
