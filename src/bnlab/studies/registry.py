@@ -14,13 +14,14 @@ from bnlab.studies import (
     placement,
     reproduce,
     running_averages,
+    why_lr,
 )
 from bnlab.studies.base import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     reproduce.STUDY, chapter.STUDY, lr.STUDY, batch_size.STUDY, inference_stats.STUDY,
     running_averages.STUDY, momentum.STUDY, axes.STUDY, ics.STUDY, placement.STUDY,
-    landscape.STUDY)}
+    landscape.STUDY, why_lr.STUDY)}
 
 
 def get_study(name: str) -> Study:
