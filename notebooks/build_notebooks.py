@@ -315,20 +315,25 @@ md("""
 Each bnlab study trains several arms over several seeds and computes a table, a figure and a
 one-line verdict from the run directories alone. Its record is committed in
 `docs/studies/<name>/`: `study.json` (the question, the number of seeds, a computed headline,
-the computed comparison with the literature, the setup, the caveats and every Holm-corrected
-test) and `verdict`; the figure is `docs/report/figures/<name>.png`. No result is typed into
-this notebook: the cells below read those records as files, so every number shown is the
-committed run's, and nothing is retrained here. First one line per study, with the number of
-seeds read from its record, then each verdict as the study wrote it:
+the setup, the caveats, the *primary comparisons*, one per literature claim the study declared
+before it ran, each worded by one fixed rule as "reproduces", "contradicts", "not shown" (with
+the smallest effect the seeds could have detected) or "does not reproduce" (only when an
+equivalence test says so), and the exploratory comparisons) and `verdict`; the figure is
+`docs/report/figures/<name>.png`. No result is typed into this notebook: the cells below read
+those records as files, so every number and every word shown is the committed run's, and
+nothing is retrained here. First one line per study, with the number of seeds and the claims'
+wording read from its record, then each verdict as the study wrote it:
 """, """
 ## 3. 各项研究测到了什么
 
 bnlab 的每项研究（study）都会用若干个随机种子训练若干组对照，再仅根据运行目录计算出一张表、一幅图和一句结论。
 每项研究的记录提交在 `docs/studies/<name>/` 中：`study.json`（研究的问题、种子个数、计算得到的一句话总结、
-计算得到的与文献的对照、实验设置、注意事项以及每一项经 Holm 校正的检验）和 `verdict`（结论）；图在
+实验设置、注意事项、*主要比较*（研究在运行前为每条文献论断声明一项比较，按同一条固定规则措辞：
+"reproduces"（复现）、"contradicts"（相反）、"not shown"（未能显示，并给出这些种子能检出的最小效应）或
+"does not reproduce"（不复现，仅当等价性检验成立时）以及探索性比较）和 `verdict`（结论）；图在
 `docs/report/figures/<name>.png`。本笔记本里没有手写任何实验结果：下面的单元只把这些记录当作文件读取，
-所以显示的每个数字都来自已提交的运行，这里不重新训练任何东西。先列出每项研究的一行总结（种子个数读自其记录），
-再逐条给出研究写下的结论原文（这些记录是英文的）：
+所以显示的每个数字和每个措辞都来自已提交的运行，这里不重新训练任何东西。先列出每项研究的一行总结
+（种子个数和各论断的措辞读自其记录），再逐条给出研究写下的结论原文（这些记录是英文的）：
 """)
 
 code("""
@@ -360,11 +365,22 @@ def seeds_text(meta: dict) -> str:
     return f"{meta['seeds']}" + (" (quick mode: not evidence)" if meta.get("quick") else "")
 
 
+def claims_text(meta: dict) -> str:
+    \"\"\"'key: wording; ...' from the record's primary comparisons (older records: none).\"\"\"
+    return "; ".join(f"{p['claim']['key']}: {p['wording']}" for p in meta.get("primary", []))
+
+
 def show_study(name: str) -> None:
-    \"\"\"Print one study's committed record: question, seeds, headline, verdict, literature,
-    caveats (the record's own English text).\"\"\"
+    \"\"\"Print one study's committed record: question, seeds, each claim's wording, headline,
+    verdict, literature, caveats (the record's own English text).\"\"\"
     meta, verdict = study_record(name)
     print(f"[{meta['name']}] {meta['question']}\\n    seeds: {seeds_text(meta)}")
+    for p in meta.get("primary", []):
+        claim = p["claim"]
+        print(textwrap.fill(f"claim {claim['key']} ({claim['source']}: {claim['statement']}): "
+                            f"{p['wording']}" + (f" (MDE {p['mde_text']})"
+                                                 if p["wording"] == "not shown" else ""),
+                            width=100, initial_indent="    ", subsequent_indent="        "))
     for label, text in (("headline", meta.get("headline")), ("verdict", verdict),
                         ("against the literature", meta.get("literature")),
                         ("caveats", meta.get("caveats"))):
@@ -382,10 +398,10 @@ for name in QUOTED:
     study_record(name)
 RECORDS = {d.name: study_record(d.name) for d in sorted((DOCS / "studies").iterdir())
            if (d / "study.json").is_file()}
-rows = ["| study | seeds | finding | against the literature |", "|---|---|---|---|"]
+rows = ["| study | seeds | finding | claims (primary comparisons) |", "|---|---|---|---|"]
 for name, (meta, verdict) in RECORDS.items():
     rows.append(f"| `{name}` | {seeds_text(meta)} | {cell(meta.get('headline') or verdict)} | "
-                f"{cell(meta.get('literature') or 'not stated')} |")
+                f"{cell(claims_text(meta) or meta.get('literature') or 'not stated')} |")
 display(Markdown("\\n".join(rows)))
 for name, (meta, verdict) in RECORDS.items():
     print(f"[{name}] {meta['question']}\\n    verdict: {verdict}\\n")

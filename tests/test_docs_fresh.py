@@ -104,3 +104,16 @@ def test_pages_are_built_from_the_records(records, tmp_path):
     for built, committed in ((tmp_path / "studies.md", DOCS / "studies.md"),
                              (tmp_path / "report" / "report.md", DOCS / "report" / "report.md")):
         assert built.read_text() == committed.read_text(), f"{committed} differs; {FIX}"
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_published_comparison_recomputes_from_its_own_values(records, name):
+    """Each primary judgement and exploratory comparison in the record, recomputed from the
+    record's per-seed values by the current statistics (``bnlab.studies.recompute``)."""
+    from bnlab.studies.recompute import differences
+
+    meta = records.get(name)
+    if meta is None:
+        pytest.fail(f"{name}: no record in docs/studies; {FIX}")
+    wrong = differences(meta)
+    assert not wrong, f"{name}: {len(wrong)} published values differ ({wrong[:3]}); {FIX}"

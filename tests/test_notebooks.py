@@ -18,6 +18,7 @@ import pytest
 from traitlets.config import Config
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+DOCS = NOTEBOOKS.parent / "docs" / "studies"
 PATHS = [NOTEBOOKS / "batch_norm_chapter.ipynb", NOTEBOOKS / "batch_norm_chapter.zh-CN.ipynb"]
 KERNEL = "bnlab-test"
 CELL_TIMEOUT = 120  # seconds; the slowest cell (training) takes a few on 2 cores
@@ -65,6 +66,11 @@ def check_outputs(nb: nbformat.NotebookNode) -> None:
                   "axes"):
         assert f"[{study}] " in text and "verdict: " in text, study
     assert len(re.findall(r"^\[\S+\] .+\n    seeds: \d+", text, re.M)) == 5, "show_study"
+    # each claim's wording as the committed record words it (records with primary comparisons)
+    for study in ("train-with-running-averages", "momentum", "axes"):
+        record = json.loads((DOCS / study / "study.json").read_text())
+        for p in record.get("primary", []):
+            assert f"claim {p['claim']['key']} (" in text and p["wording"] in text, (study, p)
     # Scale invariance with BN: the same loss at weight scales 1 and 10, the gradient / 10.
     bn = re.findall(r"with BN\s+weight scale\s+\S+: loss\s+(\S+), \|grad W\|\s+(\S+)", text)
     assert len(bn) == 2 and bn[0][0] == bn[1][0], bn

@@ -49,3 +49,16 @@ def test_headline_uses_both_evaluations():
     assert "LeNet better" not in f.headline
     assert "MLP better" not in study(lag=0.05).headline
     assert "CNN better" in study().headline
+
+
+def test_claims_one_per_network_on_train_loss():
+    f = study(seeds=10)
+    assert [j.claim.key for j in f.primary] == ["lenet-bn-trains-faster",
+                                               "mlp-bn-trains-faster", "cnn-bn-trains-faster"]
+    assert all(j.comparison.metric == "train_loss" and j.claim.direction == -1
+               for j in f.primary)
+    assert [j.wording for j in f.primary] == ["reproduces"] * 3
+    assert all(c.metric != "train_loss" for c in f.exploratory)  # accuracy and the twin
+    assert f.literature.count("reproduces") == 3
+    # five paired seeds: the sign-flip floor (0.0625, times 3 claims) calls nothing
+    assert {j.wording for j in study(seeds=5).primary} == {"not shown"}

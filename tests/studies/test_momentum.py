@@ -58,16 +58,24 @@ def test_swing_and_gap_measures():
 def test_running_averages_swing_more_and_the_verdict_flips_when_reversed(tmp_path):
     results = fake(lambda m: ZIGZAG, lambda m: SMOOTH)
     tests = mo.comparisons(results)
-    assert tests[(0.1, "swing within")].word == "better"  # PreciseBN swings less
+    within = tests[(0.1, "swing within")]  # a primary comparison: judged, not worded
+    assert within.diff < 0 and within.clear  # PreciseBN swings less
     findings = mo.analyze(results)
-    assert findings.literature.startswith("agrees with Wu & Johnson 2021")
+    words = {j.claim.key: j.wording for j in findings.primary}
+    assert words["precise-swings-less"] == "not shown"  # 5 paired seeds: the exact floor
+    assert findings.literature.startswith("Wu & Johnson 2021")
     assert "0.1" in findings.headline and findings.verdict
     findings.plot(tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
     rev = fake(lambda m: SMOOTH, lambda m: ZIGZAG)
-    assert mo.comparisons(rev)[(0.1, "swing within")].word == "worse"
-    assert mo.analyze(rev).literature.startswith("does not reproduce Wu & Johnson 2021")
+    assert mo.comparisons(rev)[(0.1, "swing within")].diff > 0
+    ten = mo.analyze(fake(lambda m: ZIGZAG, lambda m: SMOOTH, seeds=10))
+    assert {j.claim.key: j.wording for j in ten.primary}["precise-swings-less"] == "reproduces"
+    rev10 = mo.analyze(fake(lambda m: SMOOTH, lambda m: ZIGZAG, seeds=10))
+    assert {j.claim.key: j.wording for j in rev10.primary}["precise-swings-less"] == \
+        "contradicts"
+    assert "claim precise-swings-less: contradicts" in rev10.verdict
 
 
 def test_a_smaller_momentum_that_lags_more_is_worse():
@@ -76,10 +84,12 @@ def test_a_smaller_momentum_that_lags_more_is_worse():
         return [a - lag for a in SMOOTH]
 
     tests = mo.comparisons(fake(running, lambda m: SMOOTH))
-    assert tests[(0.01, "mean_abs_gap")].word == "worse"
+    assert tests[(0.01, "mean_abs_gap")].diff > 0 and tests[(0.03, "mean_abs_gap")].word == "worse"
     assert tests[(0.01, "test_acc")].word == "worse"
     assert tests[(0.3, "mean_abs_gap")].word == "no clear difference"
-    assert "a smaller momentum (0.01, 0.03) widens the gap" in mo.literature(tests)
+    primary, _ = mo.judged(fake(running, lambda m: SMOOTH, seeds=10))
+    assert {j.claim.key: j.wording for j in primary}["small-momentum-lags"] == "reproduces"
+    assert len(primary) == 2  # the primary family: the two claims only
 
 
 def test_equal_arms_give_no_clear_difference():
@@ -91,7 +101,7 @@ def test_diverged_seeds_fail_by_the_stats_rule_and_do_not_crash(tmp_path):
     def loss(m, s):
         return math.nan if m == 0.9 and s < 3 else 0.4
 
-    results = fake(lambda m: ZIGZAG, lambda m: SMOOTH, loss=loss)
+    results = fake(lambda m: ZIGZAG, lambda m: SMOOTH, loss=loss)  # 5 seeds
     findings = mo.analyze(results)
     row = next(r for r in findings.rows if r["bn_momentum"] == 0.9)
     assert row["diverged"] == 3 and row["failed"] == 3

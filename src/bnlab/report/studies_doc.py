@@ -34,17 +34,25 @@ directories in `docs/studies/` by `bnlab report docs/studies/* --out docs/report
 docs/studies.md`; each section says which commit trained and analysed it. The same results as
 one HTML page with every run's configuration: [docs/report/report.html](report/report.html).
 
-**How a verdict is decided** (`bnlab.studies.stats`, the same rule in every study):
+**How a verdict is decided** (`bnlab.studies.claims` and `bnlab.studies.stats`, the same
+rule in every study):
 
 * Each seed gives one value per arm (the final epoch's unless a study says otherwise); tables
   show the mean +- the *sample* standard deviation over seeds, rounded to the spread.
+* Each study declares, before it runs, one **primary comparison per literature claim**: the
+  metric, the direction the paper states and the smallest effect that matters (the margin).
+  Holm's correction runs over those primary comparisons only; every other comparison is
+  **exploratory** (its own Holm family, reported, never a verdict on the paper).
 * A difference between two arms is tested with a *paired* t-test when the arms share seeds and
   batches (seed s of both saw the same batches in the same order), Welch's t-test otherwise,
-  with an (unadjusted) 95% confidence interval; where arms do not vary at all (accuracies
-  come in steps of 1/n_test) the exact sign or permutation test replaces the t-test. Holm's
-  correction runs over all the comparisons of a study;
-  a difference is **clear** only at a Holm-adjusted p < 0.05, and it is then called "better" or
-  "worse"; otherwise "no clear difference". An arm with one seed is "not testable".
+  with an (unadjusted) 95% confidence interval. Beside it, an exact test that needs no
+  normality: the sign-flip test (paired) or the permutation test (unpaired).
+* The wording, from one rule: **reproduces** = Holm p < 0.05 in the paper's direction (and,
+  below 8 seeds, the exact test's Holm p < 0.05 too); **contradicts** = the same, the other
+  way; **does not reproduce** only when an equivalence test (TOST against +-margin) is clear;
+  otherwise **not shown**, with the minimum detectable effect (80% power at Holm's first
+  level) beside it. At 5 paired seeds the exact test cannot go below p = 0.0625, so nothing
+  there is called either way. An arm with one seed is "not testable".
 * A seed *diverged* when its final training loss is not finite, and *failed* when it diverged
   or its test accuracy stayed at chance (<= 0.15 on 10 classes). A metric with a diverged seed
   has no mean and enters no test.
@@ -57,6 +65,15 @@ one HTML page with every run's configuration: [docs/report/report.html](report/r
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _claims(meta: dict[str, object]) -> str:
+    """'key: wording; ...' from the record's primary judgements."""
+    primary = meta.get("primary")
+    if not isinstance(primary, list):
+        return ""
+    return "; ".join(f"{p['claim']['key']}: {p['wording']}" for p in primary
+                     if isinstance(p, dict) and isinstance(p.get("claim"), dict))
 
 
 def write_studies_doc(directories: list[str | Path], path: str | Path,
@@ -72,14 +89,14 @@ def write_studies_doc(directories: list[str | Path], path: str | Path,
                         md(read_text(d / "verdict", fix, root=d).strip())))
     rel = Path(os.path.relpath(Path(figures), path.parent))
     lines = [INTRO, "## What the studies say, in one place", "",
-             "| study | seeds | finding | against the literature |", "|---|---|---|---|"]
+             "| study | seeds | finding | claims (primary comparisons) |", "|---|---|---|---|"]
     for meta, _, verdict in studies:
         quick = " (quick mode: not evidence)" if meta.get("quick") else ""
         name = md(meta.get("name"))
         lines.append(f"| [`{name}`](#{quote(str(meta.get('name')))}) | "
                      f"{md(meta.get('seeds', '?'))}{quick} "
                      f"| {_cell(md(meta.get('headline') or '') or verdict)} | "
-                     f"{_cell(md(meta.get('literature') or 'not stated'))} |")
+                     f"{_cell(md(_claims(meta) or meta.get('literature') or 'not stated'))} |")
     lines.append("")
     for meta, table, verdict in studies:
         raw = str(meta.get("name"))

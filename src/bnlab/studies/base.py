@@ -27,6 +27,7 @@ from typing import Any
 from bnlab.errors import UserError
 from bnlab.files import check_no_links, write_files
 from bnlab.provenance import provenance
+from bnlab.studies.claims import Judgement, judge, primary_table, primary_text
 from bnlab.studies.options import QUICK_SEEDS, STUDY_SEEDS
 from bnlab.studies.stats import (
     FAILED_ACCURACY,
@@ -167,12 +168,21 @@ class Findings:
     rows: list[dict[str, Any]]  # the table
     verdict: str
     plot: Callable[[Path], None]  # draws figure.png at the given path
-    # Every test the verdict rests on, Holm-corrected together (``stats.holm``).
-    comparisons: list[Comparison] = field(default_factory=list)
+    # Every other comparison the study makes: its own Holm family (``claims.exploratory``),
+    # reported, never worded as a verdict on the paper.
+    exploratory: list[Comparison] = field(default_factory=list)
     # One computed sentence for the summary table of docs/studies.md, and the computed
     # statement of whether the result agrees with the literature the study cites.
     headline: str = ""
     literature: str = ""
+    # One judgement per literature claim the study declared (``claims.judge``: Holm over
+    # these only, worded by the one rule).
+    primary: list[Judgement] = field(default_factory=list)
+
+    @property
+    def comparisons(self) -> list[Comparison]:
+        """Every comparison made: the primary ones (as judged), then the exploratory ones."""
+        return [j.comparison for j in self.primary] + list(self.exploratory)
 
 
 @dataclass(frozen=True)
@@ -260,10 +270,14 @@ def comparisons_table(comparisons: Sequence[Comparison]) -> str:
 
 
 def write_table(rows: list[dict[str, Any]], out: Path,
-                comparisons: Sequence[Comparison] = ()) -> None:
+                comparisons: Sequence[Comparison] = (),
+                primary: Sequence[Judgement] = ()) -> None:
     text = markdown_table(rows)
+    if primary:
+        text += "\n" + primary_table(primary)
     if comparisons:
-        text += "\n" + comparisons_table(comparisons)
+        text += ("\nExploratory comparisons (their own Holm family; not verdicts on the "
+                 "literature):\n\n" if primary else "\n") + comparisons_table(comparisons)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=keys, restval="")
@@ -354,11 +368,9 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
     results = [ArmResult(arm, runs[i * n_seeds:(i + 1) * n_seeds])
                for i, arm in enumerate(to_run)]
     findings = study.analyze(results)
-    # One Holm family per study: every testable comparison adjusted, and adjusted together
-    # (a study that split its comparisons into two holm calls would get smaller p values).
-    if not same_family(findings.comparisons):
-        raise AssertionError(f"study {study.name}: its comparisons were not Holm-corrected as "
-                             f"one family (pass all of them through one stats.holm call)")
+    check_families(study.name, findings)
+    if findings.primary:  # the claims' wording leads the verdict
+        findings.verdict = f"{primary_text(findings.primary)} {findings.verdict}"
     if skip:
         findings.rows, note = _not_run(findings.rows, arms, skip, subject)
         findings.verdict = f"{findings.verdict} {note}"
@@ -370,7 +382,7 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
     if mark:  # on every computed sentence that may be quoted alone
         findings.verdict, findings.headline = mark + findings.verdict, mark + findings.headline
         findings.literature = mark + findings.literature if findings.literature else ""
-    write_table(findings.rows, out, findings.comparisons)
+    write_table(findings.rows, out, findings.exploratory, findings.primary)
     findings.plot(out / "figure.png")
     runs = [run for r in results for run in r.runs]
     study_json = json.dumps(_finite({
@@ -382,7 +394,8 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
                       "this_call": time.perf_counter() - started},
         "headline": findings.headline, "literature": findings.literature,
         "setup": _setup(study, ran, n_seeds), "caveats": study.caveats,
-        "comparisons": [c.record() for c in findings.comparisons],
+        "primary": [j.record() for j in findings.primary],
+        "exploratory": [c.record() for c in findings.exploratory],
         "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
                   "runs": [str(run.path.relative_to(out)) for run in r.runs],
                   "config": arm_config(r.arm, subject).to_dict()} for r in results],
@@ -457,6 +470,22 @@ def _train_all(name: str, jobs: list[Job], sweep: Sweep, log: Callable[[str], No
                         running=lambda n: bar.status(f"{n} running"))
     finally:
         bar.close()
+
+
+def check_families(name: str, findings: Findings) -> None:
+    """The runner's check of the two families: the exploratory comparisons Holm-corrected as
+    one family (a study that split them into two holm calls would get smaller p values), and
+    the primary judgements exactly what ``claims.judge`` gives for their claims and values (so
+    no judgement was built or reworded by hand, and they were judged together)."""
+    if not same_family(findings.exploratory):
+        raise AssertionError(f"study {name}: its exploratory comparisons were not "
+                             f"Holm-corrected as one family (pass all of them through one "
+                             f"claims.exploratory call)")
+    again = judge([(j.claim, j.comparison.a.values, j.comparison.b.values, j.paired)
+                   for j in findings.primary])
+    if _finite([j.record() for j in again]) != _finite([j.record() for j in findings.primary]):
+        raise AssertionError(f"study {name}: its primary judgements are not one claims.judge "
+                             f"call over all its claims (judge every claim together)")
 
 
 def same_family(comparisons: Sequence[Comparison]) -> bool:

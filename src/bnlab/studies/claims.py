@@ -37,10 +37,10 @@ from scipy import stats as sps
 from scipy.optimize import brentq
 
 from bnlab.studies.exact import exact_floor, exact_p
-from bnlab.studies.stats import ALPHA, Comparison, compare, holm, holm_p, p_is
+from bnlab.studies.stats import ALPHA, Comparison, compare, holm, holm_p, p_is, p_text
 
-__all__ = ["EXACT_BELOW", "POWER", "WORDS", "Claim", "Judgement", "exploratory", "judge", "mde",
-           "tost", "wording"]
+__all__ = ["EXACT_BELOW", "POWER", "WORDS", "Claim", "Judgement", "exploratory", "judge",
+           "literature_text", "mde", "primary_table", "primary_text", "tost", "wording"]
 
 WORDS = ("reproduces", "contradicts", "not shown", "does not reproduce")
 EXACT_BELOW = 8  # seeds below which the exact test must agree for "clear"
@@ -100,6 +100,7 @@ class Judgement:
         return {"claim": self.claim.record(), "label": c.label, "metric": c.metric,
                 "test": c.test, "paired": self.paired, "a": list(c.a.values),
                 "b": list(c.b.values), "diff": c.diff, "ci95": [c.low, c.high], "mde": self.mde,
+                "mde_text": self.mde_text(),
                 "p": c.p, "p_holm": c.p_holm, "p_exact": self.p_exact, "p_tost": self.p_tost,
                 "wording": self.wording}
 
@@ -211,6 +212,36 @@ def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]
     return [Judgement(claim, c, pe, md, pt, wording(c, pe, pt, claim.direction), paired)
             for (claim, _, _, paired), c, pe, pt, md
             in zip(primary, comps, p_exact, p_tost, mdes, strict=True)]
+
+
+def primary_text(judgements: Sequence[Judgement]) -> str:
+    """The verdict's first sentence: every claim's wording with its evidence."""
+    m = sum(1 for j in judgements if j.comparison.testable)
+    return (f"Claims ({m} primary comparison{'s' if m != 1 else ''}, Holm over these only; "
+            f"'reproduces'/'contradicts' need Holm p < 0.05, and below {EXACT_BELOW} seeds the "
+            f"exact test too; 'does not reproduce' needs equivalence within the margin): "
+            + "; ".join(f"[{j.claim.key}] {j.text()}" for j in judgements) + ".")
+
+
+def literature_text(judgements: Sequence[Judgement]) -> str:
+    """Against the literature, one clause per claim: 'Ioffe & Szegedy 2015, "BN ...":
+    reproduces'."""
+    return "; ".join(f"{j.claim.source}, \"{j.claim.statement.rstrip('.')}\": {j.wording}"
+                     for j in judgements)
+
+
+def primary_table(judgements: Sequence[Judgement]) -> str:
+    """The primary comparisons as Markdown: effect with its CI, MDE, p values and wording."""
+    lines = ["| primary comparison (claim) | metric | effect b - a (95% CI) | MDE | test | p | "
+             "Holm p | exact Holm p | TOST Holm p (margin) | wording |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for j in judgements:
+        c = j.comparison
+        lines.append(f"| {c.label} ({j.claim.source}: {j.claim.statement}) | {c.metric} | "
+                     f"{c.diff_text()} | {j.mde_text()} | {c.test.split(':')[0]} | "
+                     f"{p_text(c.p)} | {p_text(c.p_holm)} | {p_text(j.p_exact)} | "
+                     f"{p_text(j.p_tost)} (+-{j.claim.margin:g}) | {j.wording} |")
+    return "\n".join(lines) + "\n"
 
 
 def exploratory(comparisons: Sequence[Comparison]) -> list[Comparison]:

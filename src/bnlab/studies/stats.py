@@ -116,6 +116,7 @@ class Comparison:
     high: float
     p: float
     p_holm: float = math.nan  # set by `holm` over the study's comparisons
+    paired: bool | None = None  # how `compare` tested it (None: not testable)
 
     @property
     def testable(self) -> bool:
@@ -161,6 +162,7 @@ class Comparison:
     def record(self) -> dict[str, object]:
         """The comparison as study.json stores it."""
         return {"label": self.label, "metric": self.metric, "test": self.test,
+                "paired": self.paired, "higher_is_better": self.higher_is_better,
                 "a": list(self.a.values), "b": list(self.b.values), "diff": self.diff,
                 "ci95": [self.low, self.high], "p": self.p, "p_holm": self.p_holm,
                 "clear": self.clear, "verdict": self.word}
@@ -213,7 +215,7 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
     half = float(sps.t.ppf(0.975, df)) * se
     p = float(2 * sps.t.sf(abs(diff) / se, df))
     return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff - half,
-                      diff + half, p)
+                      diff + half, p, paired=paired)
 
 
 def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, paired: bool,
@@ -229,7 +231,7 @@ def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, 
         p, test = min(1.0, 2.0 ** (1 - a.n)), "sign test (no spread)"
     else:
         p, test = min(1.0, 2.0 / math.comb(a.n + b.n, a.n)), "permutation test (no spread)"
-    return Comparison(label, metric, a, b, hib, test, diff, diff, diff, p)
+    return Comparison(label, metric, a, b, hib, test, diff, diff, diff, p, paired=paired)
 
 
 def holm_p(ps: Sequence[float]) -> list[float]:

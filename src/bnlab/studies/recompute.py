@@ -1,0 +1,76 @@
+"""Recompute a study record's published comparisons from its own per-seed values.
+
+A record (``study.json``) stores, for every primary judgement and every exploratory
+comparison, the per-seed values it was computed from, how they were tested (paired or not)
+and every published number. ``differences(record)`` runs the same statistics again on those
+values (``claims.judge`` over the primary family, ``stats.compare`` + one Holm family over the
+exploratory ones) and lists every published field that does not match, so a record edited by
+hand, or analysed by other code than the current, cannot pass ``tests/test_docs_fresh.py``.
+Floats match within ``RTOL`` (JSON keeps floats exactly; the margin covers a different
+libm); a non-finite float is stored as null (the MDE's text says which).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bnlab.studies.claims import Claim, exploratory, judge
+from bnlab.studies.stats import compare
+
+__all__ = ["RTOL", "differences"]
+
+RTOL = 1e-9
+
+
+def _values(v: Sequence[Any]) -> list[float]:
+    return [math.nan if x is None else float(x) for x in v]
+
+
+def _same(x: Any, y: Any) -> bool:
+    """Equal as JSON would store them (NaN as None), floats within RTOL."""
+    if isinstance(x, float) and not math.isfinite(x):
+        x = None
+    if isinstance(y, float) and not math.isfinite(y):
+        y = None
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not (
+            isinstance(x, bool) or isinstance(y, bool)):
+        return x == y or math.isclose(x, y, rel_tol=RTOL, abs_tol=1e-15)
+    if isinstance(x, Mapping) and isinstance(y, Mapping):
+        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y, strict=True))
+    return bool(x == y)
+
+
+def _diff(where: str, published: Mapping[str, Any], again: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(published) | set(again))
+    return [f"{where}: {k} published {published.get(k)!r}, recomputed {again.get(k)!r}"
+            for k in keys if not _same(published.get(k), again.get(k))]
+
+
+def differences(record: Mapping[str, Any]) -> list[str]:
+    """Every published comparison field that its per-seed values do not reproduce."""
+    name = record.get("name", "?")
+    if "primary" not in record or "exploratory" not in record:
+        return [f"{name}: the record has no primary/exploratory comparisons (an older format)"]
+    out: list[str] = []
+    primary = record["primary"]
+    try:
+        judged = judge([(Claim(**p["claim"]), _values(p["a"]), _values(p["b"]), bool(p["paired"]))
+                        for p in primary])
+    except (KeyError, TypeError, ValueError) as e:
+        return [f"{name}: primary comparisons cannot be recomputed ({e})"]
+    for p, j in zip(primary, judged, strict=True):
+        out += _diff(f"{name} primary [{p['claim'].get('key')}]", p, j.record())
+    try:
+        again = exploratory([compare(_values(c["a"]), _values(c["b"]), metric=c["metric"],
+                                     label=c["label"], paired=bool(c["paired"]),
+                                     higher_is_better=bool(c["higher_is_better"]))
+                             for c in record["exploratory"]])
+    except (KeyError, TypeError, ValueError) as e:
+        return [*out, f"{name}: exploratory comparisons cannot be recomputed ({e})"]
+    for c, r in zip(record["exploratory"], again, strict=True):
+        out += _diff(f"{name} exploratory [{c['label']} {c['metric']}]", c, r.record())
+    return out
