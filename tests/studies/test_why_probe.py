@@ -178,7 +178,8 @@ def test_probed_run_trains_bit_for_bit_like_an_unprobed_one(tmp_path):
     assert [p["step"] for p in probed.probes] == [0, 1, 2, 3]
     assert "sharpness" in probed.probes[0] and "sharpness" not in probed.probes[1]
     def timeless(rows):
-        return [{k: v for k, v in r.items() if "time" not in k and "per_sec" not in k} for r in rows]
+        return [{k: v for k, v in r.items() if "time" not in k and "per_sec" not in k}
+                for r in rows]
 
     assert timeless(plain.metrics) == timeless(probed.metrics)
     a, b = plain.state_dict(), probed.state_dict()

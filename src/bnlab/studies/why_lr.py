@@ -42,7 +42,7 @@ from typing import Any
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, accuracy_comparisons, summarize
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
 from bnlab.studies.probes.why import WhyProbe
 from bnlab.studies.stats import Comparison, compare
 from bnlab.train import TrainConfig
@@ -83,7 +83,7 @@ def arms(quick: bool) -> list[Arm]:
     # training subset: the probe's Hessian-vector products cost several steps each.
     base = TrainConfig(model="lenet-bn", epochs=1, limit_train=512 if quick else 7680,
                        limit_test=500 if quick else 2000)
-    every, sharp_every, iters = (1, 2, 4) if quick else (2, 5, 20)
+    every, sharp_every, iters = (1, 2, 4) if quick else (3, 5, 12)
     return [Arm(arm_name(norm, lr), f"{label}, lr {lr:g}", replace(base, norm=norm, lr=lr),
                 {"norm": norm, "lr": lr},
                 probe=partial(WhyProbe, every, lr, sharp_every=sharp_every, iters=iters))
@@ -229,31 +229,45 @@ def analyze(results: list[ArmResult]) -> Findings:
     top = lrs[-1]
     judged = judge(primary(by, top))
     explored = exploratory_tests(by, lrs)
-    verdict = (f"At lr {top:g}, the highest rate of the sweep: "
-               + "; ".join(f"{name}: {j.text()}" for name, j in zip(CLAIMS, judged, strict=True))
-               + ". Exploratory (own Holm family): " + "; ".join(
-                   f"{c.label}, {c.metric}: {c.diff_text()} ({c.word})" for c in explored) + ".")
-    headline, literature = summary(judged, top)
+    verdict = (f"Which mechanism the data support at lr {top:g}, the sweep's highest rate: "
+               + "; ".join(f"{name} [{j.claim.key}]: {j.wording}"
+                           for name, j in zip(CLAIMS, judged, strict=True))
+               + ". Geometric means over seeds, first -> last probe (exploratory): "
+               + "; ".join(_trajectory(rows, results, lr) for lr in lrs) + ".")
 
     def plot(path: Path) -> None:
         _plot(by, lrs, path)
 
-    return Findings(rows, verdict, plot, explored, headline, literature)
+    return Findings(rows, verdict, plot, explored, headline(judged, top),
+                    literature_text(judged), judged)
 
 
-def summary(judged: Sequence[Judgement], top: float) -> tuple[str, str]:
-    """The headline (which mechanisms the data support) and the literature line."""
+def _trajectory(rows: list[Row], results: list[ArmResult], lr: float) -> str:
+    """'lr 10: lr x lambda_max BN 2.3e+02 -> 3.1, no BN 63 -> 1.4; effective step (BN) 6.3
+    -> 0.06'."""
+    row = {res.arm.tags["norm"]: r for r, res in zip(rows, results, strict=True)
+           if res.arm.tags["lr"] == lr}
+
+    def change(norm: str, key: str) -> str:
+        first, last = row[norm][f"{key} first"], row[norm][f"{key} last"]
+        return f"{math.exp(first):.2g} -> {math.exp(last):.2g}" \
+            if math.isfinite(first) and math.isfinite(last) else "n/a"
+
+    return (f"lr {lr:g}: lr x lambda_max BN {change('bnlab', 'log lr x sharpness')}, no BN "
+            f"{change('none', 'log lr x sharpness')}; effective step of the pre-BN layers "
+            f"{change('bnlab', 'log eff. step')}")
+
+
+def headline(judged: Sequence[Judgement], top: float) -> str:
+    """Which mechanisms the primary tests support, contradict or leave open."""
     by_word: dict[str, list[str]] = {}
     for name, j in zip(CLAIMS, judged, strict=True):
         by_word.setdefault(j.wording.split(" (")[0], []).append(name)
     support = by_word.get("reproduces", [])
     against = by_word.get("contradicts", [])
     rest = [n for n in CLAIMS if n not in support and n not in against]
-    headline = (f"At lr {top:g}: the data support {_names(support)}; they contradict "
-                f"{_names(against)}; not decided: {_names(rest)}.")
-    literature = " ".join(f"{j.claim.source}: {j.claim.statement} -> {j.wording}."
-                          for j in judged)
-    return headline, literature
+    return (f"At lr {top:g}: the data support {_names(support)}; they contradict "
+            f"{_names(against)}; not decided: {_names(rest)}.")
 
 
 def _names(names: list[str]) -> str:
@@ -282,6 +296,10 @@ def _curve(res: ArmResult, value: Callable[[Row], float]) -> tuple[list[float], 
     return xs, ys
 
 
+def _field(key: str, row: Row) -> float:
+    return float(row.get(key, math.nan))
+
+
 def _plot(by: dict[tuple[str, float], ArmResult], lrs: list[float], path: Path) -> None:
     fig, axes = new_figure(len(lrs), len(PANELS), figsize=(16, 3.2 * len(lrs)), squeeze=False)
     n = 0
@@ -296,9 +314,9 @@ def _plot(by: dict[tuple[str, float], ArmResult], lrs: list[float], path: Path) 
                                 (axes[i, 2], "grad_norm")):
                     if key == "eff_step" and probes[0].get(f"feeds_norm.layer{k}") != 1.0:
                         continue
-                    xs, ys = _curve(res, lambda p, key=key, k=k: p.get(f"{key}.layer{k}"))
+                    xs, ys = _curve(res, partial(_field, f"{key}.layer{k}"))
                     ax.plot(xs, ys, style, color=f"C{k - 1}", label=f"{NORMS[norm]}, layer {k}")
-            xs, ys = _curve(res, lambda p: p.get("lr_sharpness", math.nan))
+            xs, ys = _curve(res, partial(_field, "lr_sharpness"))
             axes[i, 3].plot(xs, ys, style, marker="o", ms=3, color="k", label=NORMS[norm])
         axes[i, 3].axhline(2.0, color="red", lw=0.8, label="stability bound 2")
         for j, title in enumerate(PANELS):
@@ -318,22 +336,26 @@ STUDY = Study(
     needs="its probe reads the conv/linear layers of bnlab's LeNet with and without BN",
     setup=("The lr study's network: the BN chapter's LeNet (sigmoid; with BN, a BatchNorm "
            "before each sigmoid; without, the same layers minus the BN), Xavier init, plain "
-           "SGD, batch 256, on the first 5,120 Fashion-MNIST training images for 2 epochs (40 "
-           "steps; a subset, because each probe costs several steps), test on 2,000 images, at "
-           "lr 0.1, 1 and 10, 8 seeds. Every 2 steps a probe records each conv/linear layer's "
-           "weight norm, gradient norm and effective step lr/||W||^2; every 10 steps also the "
-           "largest Hessian eigenvalue of the step's loss (power iteration on Hessian-vector "
-           "products by double backward, at most 20 products, stopped at 1% relative change, "
-           "on the step's batch in training mode). Three primary claims at lr 10 (the rate "
-           "where the lr study's network fails without BN), paired by seed, margin a factor of "
-           "two, judged by the one wording rule of bnlab.studies.claims: the effective step of "
-           "the pre-BN weights shrinks from the first to the last probed step; lr x lambda_max "
-           "is lower with BN (mean log over the sharpness probes); the first and last layers' "
-           "gradient norms are closer with BN (mean |log ratio| over probes). The same "
-           "measures at the other rates, the compression of the effective step across rates "
-           "and the test accuracies are exploratory."),
-    caveats=("Forty steps on a training subset show the early phase, where the rate decides "
-             "whether a network trains at all; later phases are not measured. lambda_max is "
+           "SGD, batch 256, one epoch over the first 7,680 Fashion-MNIST training images (30 "
+           "steps: a subset, because each Hessian-vector product costs several steps), test "
+           "on 2,000 images, at lr 0.1, 1 and 10, 7 seeds (the fewest at which the exact "
+           "sign-flip test can reach Holm p < 0.05 over three claims). Every 3 steps a probe "
+           "records each conv/linear layer's weight norm, gradient norm and effective step "
+           "lr/||W||^2; at steps 0 and 15 also the largest Hessian eigenvalue of the step's "
+           "loss (power iteration on Hessian-vector products by double backward, warm-started "
+           "from the previous probe's vector, at most 12 products, stopped at 1% relative "
+           "change, on the step's batch in training mode). Three primary claims at lr 10 (the "
+           "rate where the lr study's network fails without BN), paired by seed, margin a "
+           "factor of two, judged by the one wording rule of bnlab.studies.claims: the "
+           "effective step of the pre-BN weights shrinks from the first to the last probed "
+           "step; lr x lambda_max is lower with BN (mean log over the sharpness probes); the "
+           "first and last layers' gradient norms are closer with BN (mean |log ratio| over "
+           "probes). The same measures at the other rates, the compression of the effective "
+           "step across rates and the test accuracies are exploratory."),
+    caveats=("Thirty steps on a training subset show the early phase, where the rate decides "
+             "whether a network trains at all; later phases are not measured. At most 12 "
+             "power-iteration products may stop short of convergence (the probe records how "
+             "many it used). lambda_max is "
              "over all parameters (the last layer and BN's weight and bias included, which are "
              "not scale invariant) and is the eigenvalue of largest magnitude that power "
              "iteration finds; a seed whose value is not positive has no log and drops out of "

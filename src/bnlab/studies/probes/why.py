@@ -47,7 +47,7 @@ def layers(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     """Every conv/linear layer in forward (registration) order, and whether its output goes
     straight into a normalization layer (the next leaf module, skipping Identity/Flatten)."""
     leaves = [m for m in model.modules() if not list(m.children())]
-    out = []
+    out: list[tuple[nn.Module, bool]] = []
     for i, m in enumerate(leaves):
         if not isinstance(m, WEIGHTED):
             continue
@@ -61,9 +61,10 @@ def weight_stats(model: nn.Module, lr: float) -> dict[str, float]:
     whether it feeds a norm layer."""
     out: dict[str, float] = {}
     for k, (m, feeds) in enumerate(layers(model), 1):
-        w = m.weight.detach()
-        norm = float(torch.linalg.vector_norm(w.double()))
-        g = m.weight.grad
+        weight = m.weight
+        assert isinstance(weight, torch.Tensor)  # a conv/linear layer's (``layers``)
+        norm = float(torch.linalg.vector_norm(weight.detach().double()))
+        g = weight.grad
         out[f"weight_norm.layer{k}"] = norm
         out[f"grad_norm.layer{k}"] = 0.0 if g is None else float(
             torch.linalg.vector_norm(g.double()))
