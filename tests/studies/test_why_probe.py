@@ -5,8 +5,8 @@
   gradient, the standard tolerances atol 1e-5 / rtol 1e-3 of a float64 check).
 * The Hessian-vector product through bnlab's LeNet-BN equals the one through the same network
   with ``torch.nn.BatchNorm*`` (float64: both are exact to rounding, 1e-10 relative).
-* Power iteration against the exact eigenvalue of largest magnitude: of a known matrix, and of
-  a tiny network's Hessian (``torch.autograd.functional.hessian`` + ``eigvalsh``, float64);
+* Power iteration against the exact eigenvalues: the largest in magnitude and (shifted) the
+  largest of a known matrix, and the largest of a tiny network's Hessian (``torch.autograd.functional.hessian`` + ``eigvalsh``, float64);
   power iteration stopped at 1e-12 relative change is good to ~1e-8 relative.
 * Weight norm, gradient norm and effective step by hand.
 * The probe leaves parameters, gradients, buffers, mode and RNG as found; a probed run trains
@@ -26,7 +26,13 @@ from bnlab.models import build_model
 from bnlab.norm import backends, kernels
 from bnlab.norm.batchnorm import BatchNorm1d, BatchNorm2d
 from bnlab.norm.fused import fuse
-from bnlab.studies.probes.why import WhyProbe, layers, power_iteration, weight_stats
+from bnlab.studies.probes.why import (
+    WhyProbe,
+    layers,
+    power_iteration,
+    top_eigenvalue,
+    weight_stats,
+)
 from bnlab.train import TrainConfig, train
 
 BACKENDS = ["reference"] + (["kernels"] if kernels.available() else [])
@@ -102,6 +108,10 @@ def test_power_iteration_on_a_known_matrix():
     lam, *_ = power_iteration(lambda v: [-h @ v[0]], [h[0]], iters=1000, tol=1e-14,
                              generator=torch.Generator().manual_seed(0))
     assert lam == pytest.approx(-7.0, rel=1e-10)
+    # the largest (most positive) eigenvalue of -h is 4: found through the shift
+    top, n, _ = top_eigenvalue(lambda v: [-h @ v[0]], [h[0]], iters=5000, tol=1e-15,
+                               generator=torch.Generator().manual_seed(0))
+    assert top == pytest.approx(4.0, rel=1e-8) and n > 1
 
 
 @pytest.mark.parametrize("norm", [True, False])
@@ -121,7 +131,7 @@ def test_probe_sharpness_is_the_exact_top_eigenvalue(norm):
 
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     eig = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat))
-    top = float(eig[eig.abs().argmax()])
+    top = float(eig.max())
     probe = WhyProbe(1, 0.5, iters=5000, tol=1e-12)
     lam, value, _ = probe.sharpness(model, x, y)
     assert lam == pytest.approx(top, rel=1e-7)

@@ -81,9 +81,9 @@ def arm_name(norm: str, lr: float) -> str:
 def arms(quick: bool) -> list[Arm]:
     # The lr study's network and data (LeNet of the BN chapter, sigmoid, plain SGD), on a
     # training subset: the probe's Hessian-vector products cost several steps each.
-    base = TrainConfig(model="lenet-bn", epochs=1, limit_train=512 if quick else 7680,
+    base = TrainConfig(model="lenet-bn", epochs=1, limit_train=512 if quick else 5120,
                        limit_test=500 if quick else 2000)
-    every, sharp_every, iters = (1, 2, 4) if quick else (3, 5, 12)
+    every, sharp_every, iters = (1, 2, 4) if quick else (2, 5, 12)
     return [Arm(arm_name(norm, lr), f"{label}, lr {lr:g}", replace(base, norm=norm, lr=lr),
                 {"norm": norm, "lr": lr},
                 probe=partial(WhyProbe, every, lr, sharp_every=sharp_every, iters=iters))
@@ -336,15 +336,16 @@ STUDY = Study(
     needs="its probe reads the conv/linear layers of bnlab's LeNet with and without BN",
     setup=("The lr study's network: the BN chapter's LeNet (sigmoid; with BN, a BatchNorm "
            "before each sigmoid; without, the same layers minus the BN), Xavier init, plain "
-           "SGD, batch 256, one epoch over the first 7,680 Fashion-MNIST training images (30 "
+           "SGD, batch 256, one epoch over the first 5,120 Fashion-MNIST training images (20 "
            "steps: a subset, because each Hessian-vector product costs several steps), test "
            "on 2,000 images, at lr 0.1, 1 and 10, 7 seeds (the fewest at which the exact "
-           "sign-flip test can reach Holm p < 0.05 over three claims). Every 3 steps a probe "
+           "sign-flip test can reach Holm p < 0.05 over three claims). Every 2 steps a probe "
            "records each conv/linear layer's weight norm, gradient norm and effective step "
-           "lr/||W||^2; at steps 0 and 15 also the largest Hessian eigenvalue of the step's "
+           "lr/||W||^2; at steps 0 and 10 also the largest Hessian eigenvalue of the step's "
            "loss (power iteration on Hessian-vector products by double backward, warm-started "
            "from the previous probe's vector, at most 12 products, stopped at 1% relative "
-           "change, on the step's batch in training mode). Three primary claims at lr 10 (the "
+           "change, on the step's batch in training mode; when the eigenvalue of largest "
+           "magnitude is negative, a second run on the shifted Hessian finds the largest). Three primary claims at lr 10 (the "
            "rate where the lr study's network fails without BN), paired by seed, margin a "
            "factor of two, judged by the one wording rule of bnlab.studies.claims: the "
            "effective step of the pre-BN weights shrinks from the first to the last probed "
@@ -352,13 +353,12 @@ STUDY = Study(
            "first and last layers' gradient norms are closer with BN (mean |log ratio| over "
            "probes). The same measures at the other rates, the compression of the effective "
            "step across rates and the test accuracies are exploratory."),
-    caveats=("Thirty steps on a training subset show the early phase, where the rate decides "
-             "whether a network trains at all; later phases are not measured. At most 12 "
-             "power-iteration products may stop short of convergence (the probe records how "
-             "many it used). lambda_max is "
-             "over all parameters (the last layer and BN's weight and bias included, which are "
-             "not scale invariant) and is the eigenvalue of largest magnitude that power "
-             "iteration finds; a seed whose value is not positive has no log and drops out of "
-             "the mean. A saturated network without BN has small gradients and a flat loss: a "
-             "low sharpness there means the network stopped moving, not that it trains."),
+    caveats=("Twenty steps on a training subset show the early phase, where the rate decides "
+             "whether a network trains at all; later phases are not measured. A power "
+             "iteration capped at 12 products may stop short of convergence (the probe records "
+             "how many it used). lambda_max is over all parameters (the last layer and BN's "
+             "weight and bias included, which are not scale invariant); a probe whose value is "
+             "not positive has no log and drops out of the mean. A saturated network without "
+             "BN has small gradients and a flat loss: a low sharpness there means the network "
+             "stopped moving, not that it trains."),
 )

@@ -15,7 +15,8 @@ Sharpness: a gradient step on a quadratic with Hessian H is stable only if lr < 
 Hessian-vector products Hv = d/dw <dL/dw, v> (double backward through the network, BN
 included: bnlab's layers, reference and kernels, support it), on the step's batch, in
 training mode (batch statistics: the loss the optimizer descends). Power iteration converges
-to the eigenvalue of largest magnitude; its sign is kept (the Rayleigh quotient v'Hv).
+to the eigenvalue of largest magnitude; when that is negative (as it can be at
+initialization), a second run on H - lambda_1 I gives the largest (``top_eigenvalue``).
 
 ``WhyProbe`` records, per conv/linear layer k in forward order (``layer1`` = the first):
 ``weight_norm.k`` = ||W_k|| (the weight only, not the bias), ``grad_norm.k`` = ||dL/dW_k||,
@@ -36,7 +37,7 @@ from torch import nn
 
 from bnlab.norm.renormalize import is_norm_layer
 
-__all__ = ["WhyProbe", "layers", "power_iteration", "weight_stats"]
+__all__ = ["WhyProbe", "layers", "power_iteration", "top_eigenvalue", "weight_stats"]
 
 WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
 # Modules that do not change scale invariance between a weight and the norm after it.
@@ -100,6 +101,26 @@ def power_iteration(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]],
     return lam, iters, v
 
 
+def top_eigenvalue(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+                   shapes: Sequence[torch.Tensor], *, iters: int, tol: float,
+                   generator: torch.Generator, start: list[torch.Tensor] | None = None
+                   ) -> tuple[float, int, list[torch.Tensor]]:
+    """The largest (most positive) eigenvalue: power iteration finds the one of largest
+    magnitude, lambda_1; if that is negative, a second run on the shifted operator
+    H - lambda_1 I (whose eigenvalues are all >= 0, the largest lambda_max - lambda_1) finds
+    lambda_max. Returns (lambda_max, products used, the last vector of the first run)."""
+    lam, n, v = power_iteration(hvp, shapes, iters=iters, tol=tol, generator=generator,
+                                start=start)
+    if not (math.isfinite(lam) and lam < 0):
+        return lam, n, v
+
+    def shifted(u: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [h - lam * t for h, t in zip(hvp(u), u, strict=True)]
+
+    top, m, _ = power_iteration(shifted, shapes, iters=iters, tol=tol, generator=generator)
+    return top + lam, n + m, v
+
+
 class WhyProbe:
     """Weight and gradient norms per layer, effective steps and the sharpness (module
     docstring), every `every` steps, at learning rate `lr`."""
@@ -128,7 +149,7 @@ class WhyProbe:
                 return list(torch.autograd.grad(grads, params, grad_outputs=v,
                                                 retain_graph=True, allow_unused=True))
 
-            lam, n, v = power_iteration(
+            lam, n, v = top_eigenvalue(
                 lambda v: [torch.zeros_like(p) if h is None else h
                            for p, h in zip(params, hvp(v), strict=True)],
                 params, iters=self.iters, tol=self.tol, generator=self.generator,
