@@ -23,7 +23,8 @@ initialization), a second run on H - lambda_1 I gives the largest (``top_eigenva
 ``eff_step.k`` = lr / ||W_k||^2 and ``feeds_norm.k`` (1.0 if the layer's output goes straight
 into a normalization layer, whose scale invariance makes the effective step meaningful);
 ``sharpness`` = lambda_max, ``lr_sharpness`` = lr * lambda_max (stable below 2), ``loss`` and
-``power_iters``. It leaves parameters, gradients, buffers, mode and the global RNG as found.
+``power_iters`` (products used; up to ``max_iters``). It leaves parameters, gradients,
+buffers, mode and the global RNG as found.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def top_eigenvalue(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]],
     """The largest (most positive) eigenvalue: power iteration finds the one of largest
     magnitude, lambda_1; if that is negative, a second run on the shifted operator
     H - lambda_1 I (whose eigenvalues are all >= 0, the largest lambda_max - lambda_1) finds
-    lambda_max. Returns (lambda_max, products used, the last vector of the first run)."""
+    lambda_max. The shifted run converges more slowly (its top two eigenvalues are both
+    shifted up by |lambda_1|), so it gets twice the products. Returns (lambda_max, products
+    used, the last vector of the first run)."""
     lam, n, v = power_iteration(hvp, shapes, iters=iters, tol=tol, generator=generator,
                                 start=start)
     if not (math.isfinite(lam) and lam < 0):
@@ -117,7 +120,8 @@ def top_eigenvalue(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]],
     def shifted(u: list[torch.Tensor]) -> list[torch.Tensor]:
         return [h - lam * t for h, t in zip(hvp(u), u, strict=True)]
 
-    top, m, _ = power_iteration(shifted, shapes, iters=iters, tol=tol, generator=generator)
+    top, m, _ = power_iteration(shifted, shapes, iters=2 * iters, tol=tol / 10,
+                                generator=generator)
     return top + lam, n + m, v
 
 
@@ -177,4 +181,4 @@ class WhyProbe:
             for p, g in grads.items():
                 p.grad = g
         return {**out, "sharpness": lam, "lr_sharpness": self.lr * lam, "loss": loss,
-                "power_iters": float(n)}
+                "power_iters": float(n), "max_iters": float(3 * self.iters)}
