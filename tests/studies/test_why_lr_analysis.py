@@ -10,6 +10,7 @@ import pytest
 
 from bnlab.studies import why_lr
 from bnlab.studies.base import ArmResult, run_study
+from bnlab.studies.recompute import differences
 from bnlab.studies.registry import STUDIES
 from tests.studies.fakes import FakeRun
 
@@ -128,3 +129,6 @@ def test_quick_run_end_to_end(tmp_path):
     run = next((tmp_path / "runs").iterdir())
     rows = [json.loads(line) for line in (run / "probes.jsonl").read_text().splitlines()]
     assert rows and "weight_norm.layer1" in rows[0] and "lr_sharpness" in rows[0]
+    assert [p["claim"]["key"] for p in meta["primary"]] == [
+        c.key for c in why_lr.CLAIMS.values()]
+    assert differences(meta) == []  # every published comparison recomputes from the record
