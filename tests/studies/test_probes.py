@@ -25,10 +25,11 @@ def test_each_study_depends_on_its_own_probe_modules_only():
     assert files["train-with-running-averages"] == [
         "src/bnlab/studies/probes/running_averages.py"]
     assert files["weight-decay-on-norm"] == ["src/bnlab/studies/probes/weight_decay.py"]
+    assert files["why-higher-lr"] == ["src/bnlab/studies/probes/why.py"]
     for name, paths in files.items():
         assert all(Path(__file__).resolve().parents[2].joinpath(p).is_file() for p in paths)
         if name not in ("ics", "landscape", "train-with-running-averages",
-                        "weight-decay-on-norm"):
+                        "weight-decay-on-norm", "why-higher-lr"):
             assert paths == [], name
 
 

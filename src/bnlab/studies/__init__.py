@@ -5,4 +5,4 @@
 # two lists equal).
 STUDY_NAMES = ("reproduce", "chapter", "lr", "batch-size", "inference-stats",
                "train-with-running-averages", "momentum", "axes", "ics", "placement",
-               "landscape", "weight-decay-on-norm")
+               "landscape", "weight-decay-on-norm", "why-higher-lr")

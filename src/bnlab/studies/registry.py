@@ -15,13 +15,14 @@ from bnlab.studies import (
     reproduce,
     running_averages,
     weight_decay,
+    why_lr,
 )
 from bnlab.studies.base import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     reproduce.STUDY, chapter.STUDY, lr.STUDY, batch_size.STUDY, inference_stats.STUDY,
     running_averages.STUDY, momentum.STUDY, axes.STUDY, ics.STUDY, placement.STUDY,
-    landscape.STUDY, weight_decay.STUDY)}
+    landscape.STUDY, weight_decay.STUDY, why_lr.STUDY)}
 
 
 def get_study(name: str) -> Study:
