@@ -12,6 +12,7 @@ import pytest
 
 from bnlab.studies import axes, inference_stats, reproduce
 from bnlab.studies.base import ArmResult
+from bnlab.studies.options import SHORT_STUDY_SEEDS, STUDY_SEEDS
 from bnlab.studies.stats import ALPHA
 
 # seed-to-seed variation shared by every arm (the first five: the studies' default seeds)
@@ -270,7 +271,7 @@ def test_inference_a_nan_seed_is_not_testable():
 def test_inference_stats_has_no_running_average_training_arm():
     assert [a.name for a in inference_stats.arms(False)] == ["bn"]
     assert "train-with-running-averages" in inference_stats.STUDY.setup
-    assert inference_stats.STUDY.seeds == axes.STUDY.seeds == 5
+    assert (inference_stats.STUDY.seeds, axes.STUDY.seeds) == (SHORT_STUDY_SEEDS, STUDY_SEEDS)
 
 
 def test_inference_ema_label_states_the_weight_left_on_the_reset_values():

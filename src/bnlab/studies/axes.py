@@ -109,7 +109,7 @@ STUDY = Study(
     "axes", "Which axes should be averaged over?", arms, analyze,
     needs="its analysis compares every member of the norm family on LeNet-BN",
     setup="LeNet-BN on Fashion-MNIST (the first 30k training examples, the 10k test set), "
-    "batch 256, plain SGD at lr 1.0, 4 epochs, 5 seeds (seed s of every arm sees the same "
+    "batch 256, plain SGD at lr 1.0, 4 epochs, 8 seeds (seed s of every arm sees the same "
     "initial data order). The normalization layer is swapped for each member of the family: "
     "none, BN per channel (over N, H, W), BN per activation (over N only), LayerNorm, "
     "GroupNorm, and InstanceNorm on the convolutions with BN on the linear layers. Measured: "

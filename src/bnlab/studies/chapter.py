@@ -123,7 +123,7 @@ STUDY = Study(
     setup="LeNet without BN (the LeNet chapter's: lr 0.9) against LeNet-BN with bnlab's and "
     "with torch's BatchNorm (the BN chapter's recipe: lr 1.0), 5 epochs, batch 256, plain "
     "SGD, Xavier init; the MNIST notebook's MLP (784-100-10) and small ReLU CNN with and "
-    "without BN (its recipe: SGD lr 0.1, batch 32), 3 epochs. Full Fashion-MNIST, 5 seeds; "
+    "without BN (its recipe: SGD lr 0.1, batch 32), 3 epochs. Full Fashion-MNIST, 8 seeds; "
     "seed s of every arm sees the same batches, so the tests are paired. Compared per "
     "network: final train loss, and test accuracy with running averages and with PreciseBN "
     "statistics; and bnlab's against torch's BatchNorm.",

@@ -277,7 +277,7 @@ SETUP = (
     "256, 8 epochs over the first 15,000 training examples, evaluated each epoch on 5,000 test "
     "examples twice: with the running averages and with PreciseBN statistics re-estimated "
     "over 10^4 training examples (weights frozen). The BN momentum of every layer is 0.01, "
-    "0.03, 0.1 (torch's default), 0.3 or 0.9; 5 seeds, the same batches for every momentum "
+    "0.03, 0.1 (torch's default), 0.3 or 0.9; 8 seeds, the same batches for every momentum "
     "of a seed: BN trains with batch statistics, so a seed's weights are the same at every "
     "momentum and only the running averages differ. Measured per seed: final accuracies, "
     "the mean over epochs of |gap| (PreciseBN minus running-average accuracy), and the "

@@ -363,7 +363,7 @@ def analyze(results: list[ArmResult]) -> Findings:
 
 SETUP = (
     "The BN chapter's LeNet (sigmoid) on Fashion-MNIST, plain SGD, batch 256, 3 epochs over "
-    "the first 12,000 training examples, evaluated on 5,000 test examples; 5 seeds, the same "
+    "the first 12,000 training examples, evaluated on 5,000 test examples; 8 seeds, the same "
     "batches for every arm of a seed. Four normalizations: BN; BN whose batch mean and "
     "variance are constants of the backward pass (batch-stats-detached: fresh statistics, no "
     "gradient through them); Batch Renorm with limits so wide (rmax = dmax = 1000) that r "
