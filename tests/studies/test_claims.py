@@ -127,7 +127,8 @@ def test_issue_examples_one_seed_shifted_by_one_test_image() -> None:
     assert j.comparison.p == pytest.approx(ref.pvalue, rel=1e-6)
     assert j.comparison.p < 1e-8
     assert j.p_exact == pytest.approx(0.0625)
-    assert j.wording == "not shown"
+    assert j.wording == "not shown (the exact test does not agree)"
+    assert not j.comparison.clear and j.comparison.word == "no clear difference"
 
 
 def test_wording_rule_on_synthetic_arms() -> None:
@@ -170,7 +171,8 @@ def test_holm_is_over_the_primary_family_only() -> None:
 def test_below_eight_seeds_clear_needs_the_exact_test() -> None:
     c = compare([0.1] * 3, [0.2] * 3, metric="test_acc", label="x", paired=False)
     clear_t = c.__class__(**{**c.__dict__, "p_holm": 0.01})
-    assert wording(clear_t, p_exact=0.2, p_tost=1.0, direction=1) == "not shown"
+    assert wording(clear_t, p_exact=0.2, p_tost=1.0, direction=1) == \
+        "not shown (the exact test does not agree)"
     assert wording(clear_t, p_exact=0.01, p_tost=1.0, direction=1) == "reproduces"
     assert wording(clear_t, p_exact=0.01, p_tost=1.0, direction=-1) == "contradicts"
 
@@ -199,3 +201,60 @@ def test_judge_rejects_duplicate_keys() -> None:
     a, b = _seeds(5, 0.0, 0.01)
     with pytest.raises(ValueError, match="distinct keys"):
         judge([(CLAIM, a, b, True), (CLAIM, a, b, True)])
+
+
+def test_reviewer_case_not_shown_beyond_the_mde_says_why() -> None:
+    """n = 6 paired, a = 0.5 each, b = 1.5 five times and 0.4 once: paired t p = 0.0067, exact
+    p = 0.0625, effect 0.817 beyond the t-test's MDE 0.644; the word stays "not shown" (the
+    exact test decides below 8 seeds) and says why beside it; the comparison is not clear and
+    its word ("better"/"worse") agrees with the judgement."""
+    a, b = [0.5] * 6, [1.5] * 5 + [0.4]
+    (j,) = judge([(CLAIM, a, b, True)])
+    assert j.comparison.p == pytest.approx(sps.ttest_rel(b, a).pvalue, rel=1e-9)
+    assert j.comparison.p == pytest.approx(0.0067, abs=1e-4)
+    assert j.p_exact == pytest.approx(4 / 64)  # all-positive and the one flipped sign, x2
+    assert j.comparison.diff == pytest.approx(0.81667, abs=1e-5)
+    assert j.mde == pytest.approx(0.644, abs=1e-3) and j.comparison.diff > j.mde
+    assert j.wording == "not shown (the exact test does not agree)"
+    assert not j.comparison.clear and j.comparison.word == "no clear difference"
+
+
+def test_not_shown_beyond_the_mde_from_eight_seeds() -> None:
+    """From 8 seeds only the t-test counts; Holm over 2 claims can leave an effect beyond
+    the single-step MDE unclear only through Holm's monotone step, so check the qualifier on
+    the rule itself."""
+    c = compare([0.1, 0.2] * 4, [0.3, 0.35] * 4, metric="test_acc", label="x", paired=False)
+    unclear = c.__class__(**{**c.__dict__, "p_holm": 0.2})
+    assert wording(unclear, 1.0, 1.0, 1, margin=0.01, mde=0.05) == \
+        "not shown (the effect is beyond the MDE)"
+    assert wording(unclear, 1.0, 1.0, 1, margin=0.01, mde=0.5) == "not shown"
+
+
+def test_clear_but_smaller_than_the_margin_is_qualified() -> None:
+    c = compare([0.1, 0.2] * 4, [0.104, 0.205] * 4, metric="test_acc", label="x", paired=True)
+    clear = c.__class__(**{**c.__dict__, "p_holm": 0.001})
+    assert wording(clear, 0.01, 1.0, +1, margin=0.01) == "reproduces (smaller than the margin)"
+    assert wording(clear, 0.01, 1.0, -1, margin=0.01) == "contradicts (smaller than the margin)"
+    assert wording(clear, 0.01, 1.0, +1, margin=0.004) == "reproduces"
+
+
+def test_higher_is_better_follows_the_claims_direction() -> None:
+    """'better' for a primary comparison is the paper's direction, whatever the metric's
+    name says (a loss, a smoothness constant, a norm growth)."""
+    a, b = _seeds(10, -0.05, 0.005, seed=6)
+    for metric in ("train_loss", "log beta-smoothness", "pre-norm bias norm growth"):
+        (j,) = judge([(Claim("l", "L drops.", "X 2020", metric, -1, 0.01), a, b, True)])
+        assert j.comparison.higher_is_better is False and j.comparison.word == "better"
+        assert j.wording == "reproduces"
+    (j,) = judge([(Claim("g", "G grows.", "X 2020", "train_loss", +1, 0.01), a, b, True)])
+    assert j.comparison.word == "worse" and j.wording == "contradicts"
+
+
+def test_mde_uses_compares_no_spread_threshold() -> None:
+    """Identical differences whose stdev is float rounding (~1e-17): no spread, MDE 0 (not
+    8.7e-17); unpaired unequal arms that cannot be called name both counts."""
+    a = [0.1, 0.2, 0.3, 0.7, 0.9, 0.11, 0.13, 0.17]
+    (j,) = judge([(CLAIM, a, [x + 0.1 for x in a], True)])
+    assert j.comparison.test.startswith("sign test") and j.mde == 0.0
+    (u,) = judge([(CLAIM, [0.1, 0.2], [0.3, 0.4, 0.5], False)])
+    assert math.isinf(u.mde) and u.mde_text() == "none at 2 + 3 seeds"

@@ -10,12 +10,16 @@ each claim with its per-seed values and returns ``Judgement``s:
 * an exact test beside it that needs no normality: the sign-flip test for paired values (all
   2^n sign patterns of the differences d_i, statistic mean(d)) or the permutation test for
   unpaired arms (all C(n_a + n_b, n_b) splits, statistic mean(b) - mean(a)); two-sided
-  p = share of patterns with |statistic| >= |observed|. Its smallest possible p is
+  p = twice the smaller one-sided share (``exact``: the same as the share with |statistic| >=
+  |observed| for the sign-flip test, whose null is symmetric). Its smallest possible p is
   2 / 2^n paired (0.0625 at n = 5) and 2 / C(n_a + n_b, n_b) unpaired;
 * the minimum detectable effect (MDE): the |b - a| that a two-sided t-test at level
   ALPHA / m (Holm's first step over m claims) finds with POWER = 0.8, from the noncentral t
-  with the observed spread: power(delta) = P(|T'| > t_crit), T' ~ t(df, delta / se). Infinite
-  when the exact test cannot reach ALPHA / m at these seeds (then nothing can be called);
+  with the observed spread: power(delta) = P(|T'| > t_crit), T' ~ t(df, delta / se); 0 when
+  the values have no spread (``stats.no_spread``, as ``compare``). Infinite when the exact test
+  cannot reach ALPHA / m at these seeds (then nothing can be called). It is the t-test's MDE:
+  below EXACT_BELOW seeds "clear" also needs the exact test, so an effect beyond it can still
+  be "not shown", and the wording then says why beside the word (below);
 * TOST (two one-sided tests) against +-margin: p_tost = max(P(t <= (diff + margin) / se) upper,
   P(t >= (diff - margin) / se) lower) = max of the one-sided p values of H0: diff <= -margin and
   H0: diff >= +margin; for n < 8 the exact one-sided tests of the shifted values stand beside
@@ -24,7 +28,12 @@ each claim with its per-seed values and returns ``Judgement``s:
 The rule (``wording``): *clear* = Holm p < ALPHA and, for n < 8 seeds, the exact test's Holm
 p < ALPHA too. "reproduces": clear in the paper's direction; "contradicts": clear, the other
 way; "does not reproduce": not clear and TOST's Holm p < ALPHA (equivalent within +-margin);
-otherwise "not shown" (the MDE says what the seeds could have seen).
+otherwise "not shown". One of these four words always leads; a qualifier in parentheses may
+stand beside it: "reproduces (smaller than the margin)" (or "contradicts (...)") when the clear
+effect is smaller than the margin; "not shown (the exact test does not agree)" when the t-test
+alone is clear; "not shown (the effect is beyond the MDE)" when |effect| >= MDE yet not clear.
+For a primary comparison "better"/"worse" (``Comparison.word``) mean in the paper's direction
+or against it (``Claim.higher_is_better``), and ``Comparison.clear`` is the rule's *clear*.
 """
 
 from __future__ import annotations
@@ -37,10 +46,11 @@ from scipy import stats as sps
 from scipy.optimize import brentq
 
 from bnlab.studies.exact import exact_floor, exact_p
-from bnlab.studies.stats import ALPHA, Comparison, compare, holm, holm_p, p_is, p_text
+from bnlab.studies.stats import (ALPHA, Comparison, compare, holm, holm_p, no_spread, p_is,
+                                 p_text)
 
-__all__ = ["EXACT_BELOW", "POWER", "WORDS", "Claim", "Judgement", "exploratory", "judge",
-           "literature_text", "mde", "primary_table", "primary_text", "tost", "wording"]
+__all__ = ["EXACT_BELOW", "POWER", "WORDS", "Claim", "Judgement", "exact_agrees", "exploratory",
+           "judge", "literature_text", "mde", "primary_table", "primary_text", "tost", "wording"]
 
 WORDS = ("reproduces", "contradicts", "not shown", "does not reproduce")
 EXACT_BELOW = 8  # seeds below which the exact test must agree for "clear"
@@ -70,6 +80,11 @@ class Claim:
                 and self.margin > 0):
             raise ValueError(f"claim {self.key!r}: margin must be a finite number > 0 in "
                              f"{self.metric} units, not {self.margin!r}")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """'better' for this claim's comparison means the paper's direction."""
+        return self.direction > 0
 
     @property
     def label(self) -> str:
@@ -106,7 +121,8 @@ class Judgement:
 
     def mde_text(self) -> str:
         if math.isinf(self.mde):
-            return f"none at {self.comparison.a.n} seeds"
+            na, nb = self.comparison.a.n, self.comparison.b.n
+            return f"none at {na} seeds" if na == nb else f"none at {na} + {nb} seeds"
         return "n/a" if math.isnan(self.mde) else f"{self.mde:.{self.comparison.digits()}f}"
 
     def text(self) -> str:
@@ -144,14 +160,17 @@ def mde(se: float, df: float, m: int = 1, *, alpha: float = ALPHA,
 
 
 def _se_df(a: Sequence[float], b: Sequence[float], paired: bool) -> tuple[float, float]:
-    """Standard error and degrees of freedom of mean(b) - mean(a), as ``stats.compare``."""
+    """Standard error and degrees of freedom of mean(b) - mean(a), as ``stats.compare``
+    (a spread below its threshold, ``no_spread``, is none: 0)."""
     import statistics as st
+    diff = sum(b) / len(b) - sum(a) / len(a)
     if paired:
         d = [y - x for x, y in zip(a, b, strict=True)]
-        return st.stdev(d) / math.sqrt(len(d)), len(d) - 1.0
+        se = st.stdev(d) / math.sqrt(len(d))
+        return (0.0 if no_spread(se, diff) else se), len(d) - 1.0
     va, vb = st.variance(a) / len(a), st.variance(b) / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:
+    if no_spread(se, diff):
         return 0.0, float(len(a) + len(b) - 2)
     return se, (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
 
@@ -174,15 +193,29 @@ def tost(a: Sequence[float], b: Sequence[float], margin: float, *, paired: bool)
                exact_p(a, down, paired=paired, alternative="less"))
 
 
-def wording(c: Comparison, p_exact: float, p_tost: float, direction: int) -> str:
-    """The one rule (module docstring) from Holm-corrected p values."""
+def exact_agrees(c: Comparison, p_exact: float) -> bool:
+    """Whether the exact test lets the t-test's verdict stand: always from EXACT_BELOW seeds,
+    below that only when its Holm p < ALPHA too."""
+    return min(c.a.n, c.b.n) >= EXACT_BELOW or p_exact < ALPHA
+
+
+def wording(c: Comparison, p_exact: float, p_tost: float, direction: int,
+            margin: float = 0.0, mde: float = math.nan) -> str:
+    """The one rule (module docstring) from Holm-corrected p values: one of WORDS, with its
+    qualifier beside it where one applies."""
     if not c.testable:
         return c.test.replace("not testable: ", "not testable (", 1) + ")"
-    n = min(c.a.n, c.b.n)
-    clear = c.p_holm < ALPHA and (n >= EXACT_BELOW or p_exact < ALPHA)
-    if clear:
-        return "reproduces" if (c.diff > 0) == (direction > 0) else "contradicts"
-    return "does not reproduce" if p_tost < ALPHA else "not shown"
+    t_clear = c.p_holm < ALPHA
+    if t_clear and exact_agrees(c, p_exact):
+        word = "reproduces" if (c.diff > 0) == (direction > 0) else "contradicts"
+        return f"{word} (smaller than the margin)" if abs(c.diff) < margin else word
+    if p_tost < ALPHA:
+        return "does not reproduce"
+    if t_clear:
+        return "not shown (the exact test does not agree)"
+    if math.isfinite(mde) and abs(c.diff) >= mde:
+        return "not shown (the effect is beyond the MDE)"
+    return "not shown"
 
 
 def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]]
@@ -193,7 +226,7 @@ def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]
     if len(set(keys)) != len(keys):
         raise ValueError(f"claims must have distinct keys within a study: {keys}")
     comps = holm([compare(a, b, metric=claim.metric, label=claim.label, paired=paired,
-                          higher_is_better="loss" not in claim.metric)
+                          higher_is_better=claim.higher_is_better)
                   for claim, a, b, paired in primary])
     m = sum(1 for c in comps if c.testable)
     raw_exact, raw_tost, mdes = [], [], []
@@ -209,7 +242,8 @@ def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]
         reachable = min(len(a), len(b)) >= EXACT_BELOW or floor * m < ALPHA
         mdes.append(mde(*_se_df(a, b, paired), m) if reachable else math.inf)
     p_exact, p_tost = holm_p(raw_exact), holm_p(raw_tost)
-    return [Judgement(claim, c, pe, md, pt, wording(c, pe, pt, claim.direction), paired)
+    return [Judgement(claim, replace(c, exact_agrees=not c.testable or exact_agrees(c, pe)),
+                      pe, md, pt, wording(c, pe, pt, claim.direction, claim.margin, md), paired)
             for (claim, _, _, paired), c, pe, pt, md
             in zip(primary, comps, p_exact, p_tost, mdes, strict=True)]
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from scipy import stats as sps
 
 __all__ = ["ALPHA", "FAILED_ACCURACY", "Comparison", "Summary", "compare", "fmt", "holm",
-           "holm_p", "p_is", "p_text", "summary"]
+           "holm_p", "no_spread", "p_is", "p_text", "summary"]
 
 ALPHA = 0.05
 FAILED_ACCURACY = 0.15  # chance is 0.10 on the 10-class datasets bnlab ships
@@ -117,6 +117,9 @@ class Comparison:
     p: float
     p_holm: float = math.nan  # set by `holm` over the study's comparisons
     paired: bool | None = None  # how `compare` tested it (None: not testable)
+    # False for a primary comparison whose exact test does not agree below
+    # ``claims.EXACT_BELOW`` seeds (``claims.judge`` sets it): then it is not clear either.
+    exact_agrees: bool = True
 
     @property
     def testable(self) -> bool:
@@ -124,7 +127,7 @@ class Comparison:
 
     @property
     def clear(self) -> bool:
-        return self.testable and self.p_holm < ALPHA
+        return self.testable and self.p_holm < ALPHA and self.exact_agrees
 
     @property
     def word(self) -> str:
@@ -210,12 +213,18 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
         # Welch-Satterthwaite degrees of freedom
         df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se > 0 else \
             float(sa.n + sb.n - 2)
-    if se <= 1e-12 * max(1.0, abs(diff)):  # no spread (up to float rounding): t is 0 or inf
+    if no_spread(se, diff):  # no spread (up to float rounding): t is 0 or inf
         return _without_spread(label, metric, sa, sb, higher_is_better, paired, diff)
     half = float(sps.t.ppf(0.975, df)) * se
     p = float(2 * sps.t.sf(abs(diff) / se, df))
     return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff - half,
                       diff + half, p, paired=paired)
+
+
+def no_spread(se: float, diff: float) -> bool:
+    """Whether a standard error is no spread at all, up to float rounding (then t is 0 or
+    infinite and ``compare`` uses the exact test that needs no spread)."""
+    return se <= 1e-12 * max(1.0, abs(diff))
 
 
 def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, paired: bool,
