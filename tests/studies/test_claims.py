@@ -258,3 +258,34 @@ def test_mde_uses_compares_no_spread_threshold() -> None:
     assert j.comparison.test.startswith("sign test") and j.mde == 0.0
     (u,) = judge([(CLAIM, [0.1, 0.2], [0.3, 0.4, 0.5], False)])
     assert math.isinf(u.mde) and u.mde_text() == "none at 2 + 3 seeds"
+
+
+def _abs_share(null: list[float], observed: float) -> float:
+    return sum(abs(v) >= abs(observed) - 1e-12 for v in null) / len(null)
+
+
+def test_two_sided_is_the_abs_share_exactly_when_the_null_is_symmetric() -> None:
+    """exact.py's docstring: twice the smaller tail = share of |stat| >= |observed| for the
+    sign-flip null and the permutation null with equal arms; a skewed unequal split differs."""
+    from itertools import combinations, product
+    d = [0.3, -0.1, 0.5, 0.2, 0.7]
+    flips = [sum(s * x for s, x in zip(signs, d, strict=True)) / len(d)
+             for signs in product((1, -1), repeat=len(d))]
+    assert exact_p([0.0] * 5, d, paired=True) == pytest.approx(
+        _abs_share(flips, sum(d) / len(d)), rel=1e-12)
+
+    def perm_null(a: list[float], b: list[float]) -> list[float]:
+        pool = a + b
+        out = []
+        for pick in combinations(range(len(pool)), len(b)):
+            bb = [pool[i] for i in pick]
+            aa = [pool[i] for i in range(len(pool)) if i not in pick]
+            out.append(sum(bb) / len(bb) - sum(aa) / len(aa))
+        return out
+
+    a, b = [0.1, 0.4, 0.2], [0.5, 0.3, 0.9]
+    assert exact_p(a, b, paired=False) == pytest.approx(
+        _abs_share(perm_null(a, b), sum(b) / 3 - sum(a) / 3), rel=1e-12)
+    a, b = [0.0, 0.0, 0.0, 0.0, 10.0], [1.0]  # one big value: a skewed null
+    obs = sum(b) - sum(a) / 5
+    assert exact_p(a, b, paired=False) != pytest.approx(_abs_share(perm_null(a, b), obs))

@@ -6,8 +6,10 @@ are exchangeable, so the C(n_a + n_b, n_b) ways to pick the b group from the poo
 the null distribution of mean(b) - mean(a). A one-sided p value is the share of patterns at
 least as extreme as the observed statistic, counted with a tolerance of float rounding so that
 exact ties count; the two-sided p is twice the smaller one (at most 1), as scipy's
-``permutation_test`` has it (for the symmetric sign-flip null: the share with |stat| >=
-|observed|). Every pattern is enumerated up to ``MAX_EXACT``
+``permutation_test`` has it. That equals the share of patterns with |stat| >= |observed| when
+the null distribution is symmetric about 0: always for the sign-flip test (flipping every sign
+negates the statistic), and for the permutation test when n_a == n_b (swapping the groups
+negates it). With n_a != n_b the permutation null can be skewed, and the two can differ. Every pattern is enumerated up to ``MAX_EXACT``
 patterns; above that (n > 17 paired, e.g. 10 + 10 unpaired is still exact) ``RESAMPLES``
 random patterns from a fixed seed, with p = (hits + 1) / (RESAMPLES + 1).
 """
