@@ -132,3 +132,34 @@ def test_quick_run_end_to_end(tmp_path):
     assert [p["claim"]["key"] for p in meta["primary"]] == [
         c.key for c in why_lr.CLAIMS.values()]
     assert differences(meta) == []  # every published comparison recomputes from the record
+
+
+def test_sharpness_is_averaged_over_the_steps_both_runs_share():
+    """A step one run could not measure drops out of both arms' means (not only its own), and a
+    run that diverged (a non-finite loss, or sharpness probes missing after it) makes the seed
+    NaN, so the claim is untestable instead of comparing early steps with a whole run."""
+    off = probe_rows("none", 10.0, 0.0, bn_sharper=False)
+    on = probe_rows("bnlab", 10.0, 0.0, bn_sharper=False)
+    lv = {t: 8.0 / (1 + t / 10) for t in SHARP_STEPS}  # BN's level; no BN's is 4x
+    a, b = why_lr.sharpness_pair(off, on)
+    assert a == pytest.approx(sum(math.log(4 * v) for v in lv.values()) / 3, rel=1e-12)
+    assert b == pytest.approx(sum(math.log(v) for v in lv.values()) / 3, rel=1e-12)
+    off[10]["lr_sharpness"] = math.nan  # step 20 of the no-BN run failed
+    a, b = why_lr.sharpness_pair(off, on)
+    assert a == pytest.approx((math.log(4 * lv[0]) + math.log(4 * lv[10])) / 2, rel=1e-12)
+    assert b == pytest.approx((math.log(lv[0]) + math.log(lv[10])) / 2, rel=1e-12)
+    off[10]["loss"] = math.inf  # it diverged there
+    assert all(math.isnan(v) for v in why_lr.sharpness_pair(off, on))
+    cut = [r for r in probe_rows("none", 10.0, 0.0, bn_sharper=False) if r["step"] < 20]
+    assert all(math.isnan(v) for v in why_lr.sharpness_pair(cut, on))  # stopped probing
+
+
+def test_a_diverged_no_bn_seed_makes_the_sharpness_claim_untestable():
+    res = results(bn_sharper=False)
+    top = max(r.arm.tags["lr"] for r in res)
+    off = next(r for r in res if r.arm.tags == {**r.arm.tags, "norm": "none", "lr": top})
+    off.runs[0].probes[-5]["loss"] = math.nan
+    findings = why_lr.analyze(res)
+    words = {j.claim.key: j.wording for j in findings.primary}
+    assert words["sharpness-lower-with-bn"].startswith("not testable (1 of 7 seeds")
+    assert words["effective-step-shrinks"] == "reproduces"

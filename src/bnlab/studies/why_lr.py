@@ -17,8 +17,12 @@ order, so the BN - no-BN differences are paired by seed):
   against the last (paired): the claim says e(last) - e(first) < 0.
 * **lower sharpness** (Santurkar et al. 2018; Bjorck et al. 2018): BN makes the loss smoother,
   so lr * lambda_max stays under the stability bound 2 where it would not without BN. Per
-  seed, the mean of log(lr * lambda_max) over the run's sharpness probes (finite, positive
-  values only); the claim says BN - no BN < 0.
+  seed, the mean of log(lr * lambda_max) over the sharpness probes' steps that the run with
+  and the run without BN share (``sharpness_pair``): both arms are averaged over the same steps,
+  a step whose value is not finite and positive in either run drops out of both, and a seed
+  where either run diverged (a non-finite loss at a probe, or fewer sharpness probes than the
+  other run) is NaN, so the claim becomes untestable rather than comparing a diverged run's
+  early steps with the other's whole run; the claim says BN - no BN < 0.
 * **balanced gradients** (Ioffe & Szegedy 2015, section 3.3; Bjorck et al. 2018): with BN the
   gradient's scale does not depend on the layers' weight scales, so one rate suits every
   layer. Per seed, the mean over probes of |log(||g_1|| / ||g_L||)| (first against last
@@ -132,6 +136,31 @@ def sharpness_level(probes: Sequence[Row]) -> float:
     return _finite_mean([_log(p["lr_sharpness"]) for p in probes if "lr_sharpness" in p])
 
 
+def _diverged(probes: Sequence[Row]) -> bool:
+    return any(not math.isfinite(float(p.get("loss", 0.0))) for p in probes)
+
+
+def sharpness_pair(off: Sequence[Row], on: Sequence[Row]) -> tuple[float, float]:
+    """One seed's mean log(lr x lambda_max) without and with BN over the sharpness steps both
+    runs share (module docstring); NaN for both when either run diverged or none is shared."""
+    a = {p["step"]: _log(p["lr_sharpness"]) for p in off if "lr_sharpness" in p}
+    b = {p["step"]: _log(p["lr_sharpness"]) for p in on if "lr_sharpness" in p}
+    if a.keys() != b.keys() or _diverged(off) or _diverged(on):
+        return math.nan, math.nan
+    steps = [s for s in sorted(a) if math.isfinite(a[s]) and math.isfinite(b[s])]
+    if not steps:
+        return math.nan, math.nan
+    return statistics.fmean(a[s] for s in steps), statistics.fmean(b[s] for s in steps)
+
+
+def sharpness_pairs(off: ArmResult, on: ArmResult) -> tuple[list[float], list[float]]:
+    """Per seed (runs matched by seed), ``sharpness_pair``: the no-BN and the BN values."""
+    on_by = {run.config.seed: run for run in on.runs}
+    pairs = [sharpness_pair(run.probes, on_by[run.config.seed].probes)
+             if run.config.seed in on_by else (math.nan, math.nan) for run in off.runs]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
 def sharpness_at(probes: Sequence[Row], which: int) -> float:
     """log(lr x lambda_max) at the first (`which` 0) or last (-1) sharpness probe."""
     measured = [p for p in probes if "lr_sharpness" in p]
@@ -157,8 +186,7 @@ def primary(by: dict[tuple[str, float], ArmResult], top: float
     return [
         (_at(CLAIMS["auto-tuning"], top), [a for a, _ in first_last],
          [b for _, b in first_last], True),
-        (_at(CLAIMS["lower sharpness"], top), per_seed(off, sharpness_level),
-         per_seed(on, sharpness_level), paired),
+        (_at(CLAIMS["lower sharpness"], top), *sharpness_pairs(off, on), paired),
         (_at(CLAIMS["balanced gradients"], top), per_seed(off, balance_level),
          per_seed(on, balance_level), paired),
     ]
@@ -185,8 +213,7 @@ def exploratory_tests(by: dict[tuple[str, float], ArmResult], lrs: list[float]
             out.append(compare([a for a, _ in pairs], [b for _, b in pairs], metric=EFF,
                                label=f"lr {lr:g}, BN: last vs first probed step", paired=True,
                                higher_is_better=False))
-            out.append(compare(per_seed(off, sharpness_level), per_seed(on, sharpness_level),
-                               metric=SHARP, label=label, paired=paired,
+            out.append(compare(*sharpness_pairs(off, on), metric=SHARP, label=label, paired=paired,
                                higher_is_better=False))
             out.append(compare(per_seed(off, balance_level), per_seed(on, balance_level),
                                metric=BALANCE, label=label, paired=paired,
@@ -349,8 +376,9 @@ STUDY = Study(
            "10 (the rate where the lr study's network fails without BN), paired by seed, margin "
            "a factor of two, judged by the one wording rule of bnlab.studies.claims: the "
            "effective step of the pre-BN weights shrinks from the first to the last probed step;"
-           " lr x lambda_max is lower with BN (mean log over the sharpness probes); the first "
-           "and last layers' gradient norms are closer with BN (mean |log ratio| over probes). "
+           " lr x lambda_max is lower with BN (mean log over the sharpness probes' steps both "
+           "runs share; a diverged run makes its seed untestable); the first and last layers' "
+           "gradient norms are closer with BN (mean |log ratio| over probes). "
            "The same measures at the other rates, the compression of the effective step across "
            "rates and the test accuracies are exploratory."),
     caveats=("Twenty steps on a training subset show the early phase, where the rate decides "
@@ -358,7 +386,9 @@ STUDY = Study(
              "iteration capped at 12 products may stop short of convergence (the probe records "
              "how many it used). lambda_max is over all parameters (the last layer and BN's "
              "weight and bias included, which are not scale invariant); a probe whose value is "
-             "not positive has no log and drops out of the mean. A saturated network without "
-             "BN has small gradients and a flat loss: a low sharpness there means the network "
-             "stopped moving, not that it trains."),
+             "not positive has no log and drops out of the mean of both arms (the steps both "
+             "runs share), and a seed where a run diverged makes the comparison untestable. A "
+             "saturated network without BN has small gradients and a flat loss, so its "
+             "lambda_max can be tiny: a low sharpness there means the network stopped moving, "
+             "not that it trains."),
 )
