@@ -10,6 +10,7 @@ import pytest
 
 from bnlab.studies import landscape
 from bnlab.studies.base import Arm, ArmResult
+from bnlab.studies.claims import EXACT_DISAGREES
 from bnlab.train import TrainConfig
 
 # per seed, shared by the arms (paired); the first five: the studies' default seeds
@@ -85,7 +86,7 @@ def test_landscape_smoother_with_bn_reproduces_santurkar_at_ten_seeds():
     assert "0.5x" in f.verdict and "BN smoother" in f.verdict
     assert "[claim bn-loss-smoother]" in f.verdict
     # five paired seeds: the exact floor calls neither claim
-    assert set(_claims(landscape.analyze(land_results(0.5))).values()) == {"not shown"}
+    assert set(_claims(landscape.analyze(land_results(0.5))).values()) == {EXACT_DISAGREES}
 
 
 def test_landscape_reversed_ratio_contradicts():

@@ -12,6 +12,7 @@ import pytest
 
 from bnlab.studies import axes, inference_stats, reproduce
 from bnlab.studies.base import ArmResult
+from bnlab.studies.claims import EXACT_DISAGREES, primary_table
 from bnlab.studies.options import SHORT_STUDY_SEEDS, STUDY_SEEDS
 from bnlab.studies.stats import ALPHA
 
@@ -69,6 +70,9 @@ def test_reproduce_one_seed_tests_nothing_and_reports_the_runs():
     assert "no-bn: loss" in f.verdict and "bnlab-bn: loss" in f.verdict
     assert "Dive into Deep Learning" in f.literature and "not testable" in f.literature
     assert "0.860 vs 0.779 without BN" in f.headline and "(1 seed)" in f.headline
+    # the page (the primary table, headline and verdict) says the claim is not testable
+    assert "| not testable (1 seed(s) in the first arm) |" in primary_table(f.primary)
+    assert "(not testable)" in f.headline
 
 
 def test_reproduce_bn_clearly_better_reproduces_the_textbook_at_eight_seeds():
@@ -87,7 +91,12 @@ def test_reproduce_five_paired_seeds_cannot_call_it():
     the rule says "not shown", and the MDE says nothing was detectable."""
     (j,) = repro(0.78, 0.86, 0.86, 5).primary
     assert j.comparison.p_holm < ALPHA and j.p_exact == pytest.approx(0.0625)
-    assert j.wording == "not shown" and math.isinf(j.mde)
+    assert j.wording == EXACT_DISAGREES and math.isinf(j.mde)
+    # the headline's word comes from the judgement: never "better" beside "not shown"
+    f = repro(0.78, 0.86, 0.86, 5)
+    assert not f.primary[0].comparison.clear
+    assert ("(claim bn-beats-no-bn: not shown (the exact test does not agree); PreciseBN, "
+            "exploratory: better)") in f.headline
 
 
 def test_reproduce_reversed_effect_contradicts():
@@ -150,7 +159,7 @@ def test_axes_other_layers_behind_bn_reproduce_wu_he_at_eight_seeds():
 
 def test_axes_five_paired_seeds_call_nothing():
     f = axes_findings(AXES)
-    assert set(_wording(f).values()) == {"not shown"}
+    assert set(_wording(f).values()) == {EXACT_DISAGREES}
     assert all(math.isinf(j.mde) for j in f.primary)
 
 
@@ -239,7 +248,7 @@ def test_inference_precise_better_reproduces_wu_johnson_and_is_paired():
 
 def test_inference_five_seeds_are_not_shown_with_the_mde():
     _, _, (j,), _, _, _ = inference_stats.analyze_values(values({"PreciseBN 10^4": 0.01}))
-    assert j.wording == "not shown" and math.isinf(j.mde) and "MDE none at 5 seeds" in j.text()
+    assert j.wording == EXACT_DISAGREES and math.isinf(j.mde) and "MDE none at 5 seeds" in j.text()
 
 
 def test_inference_reversed_effect_contradicts():

@@ -46,13 +46,16 @@ from scipy import stats as sps
 from scipy.optimize import brentq
 
 from bnlab.studies.exact import exact_floor, exact_p
-from bnlab.studies.stats import (ALPHA, Comparison, compare, holm, holm_p, no_spread, p_is,
-                                 p_text)
+from bnlab.studies.stats import ALPHA, Comparison, compare, holm, holm_p, no_spread, p_is, p_text
 
-__all__ = ["EXACT_BELOW", "POWER", "WORDS", "Claim", "Judgement", "exact_agrees", "exploratory",
-           "judge", "literature_text", "mde", "primary_table", "primary_text", "tost", "wording"]
+__all__ = ["BEYOND_MDE", "EXACT_BELOW", "EXACT_DISAGREES", "POWER", "SMALLER", "WORDS", "Claim",
+           "Judgement", "exact_agrees", "exploratory", "judge", "literature_text", "mde",
+           "primary_table", "primary_text", "tost", "wording"]
 
 WORDS = ("reproduces", "contradicts", "not shown", "does not reproduce")
+EXACT_DISAGREES = "not shown (the exact test does not agree)"  # t-test clear, exact test not
+BEYOND_MDE = "not shown (the effect is beyond the MDE)"
+SMALLER = " (smaller than the margin)"
 EXACT_BELOW = 8  # seeds below which the exact test must agree for "clear"
 POWER = 0.8
 
@@ -208,13 +211,13 @@ def wording(c: Comparison, p_exact: float, p_tost: float, direction: int,
     t_clear = c.p_holm < ALPHA
     if t_clear and exact_agrees(c, p_exact):
         word = "reproduces" if (c.diff > 0) == (direction > 0) else "contradicts"
-        return f"{word} (smaller than the margin)" if abs(c.diff) < margin else word
+        return word + SMALLER if abs(c.diff) < margin else word
     if p_tost < ALPHA:
         return "does not reproduce"
     if t_clear:
-        return "not shown (the exact test does not agree)"
+        return EXACT_DISAGREES
     if math.isfinite(mde) and abs(c.diff) >= mde:
-        return "not shown (the effect is beyond the MDE)"
+        return BEYOND_MDE
     return "not shown"
 
 

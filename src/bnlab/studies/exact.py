@@ -9,9 +9,10 @@ exact ties count; the two-sided p is twice the smaller one (at most 1), as scipy
 ``permutation_test`` has it. That equals the share of patterns with |stat| >= |observed| when
 the null distribution is symmetric about 0: always for the sign-flip test (flipping every sign
 negates the statistic), and for the permutation test when n_a == n_b (swapping the groups
-negates it). With n_a != n_b the permutation null can be skewed, and the two can differ. Every pattern is enumerated up to ``MAX_EXACT``
-patterns; above that (n > 17 paired, e.g. 10 + 10 unpaired is still exact) ``RESAMPLES``
-random patterns from a fixed seed, with p = (hits + 1) / (RESAMPLES + 1).
+negates it). With n_a != n_b the permutation null can be skewed, and the two can differ.
+Every pattern is enumerated up to ``MAX_EXACT`` patterns; above that (n > 17 paired, e.g.
+10 + 10 unpaired is still exact) ``RESAMPLES`` random patterns from a fixed seed, with
+p = (hits + 1) / (RESAMPLES + 1).
 """
 
 from __future__ import annotations

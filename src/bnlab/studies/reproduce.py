@@ -44,7 +44,6 @@ from bnlab.studies.base import (
 from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
 from bnlab.studies.stats import Comparison, Summary, fmt
 from bnlab.studies.sweep import Sweep
-from bnlab.studies.wording import fair_word
 from bnlab.train import Run, TrainConfig
 
 __all__ = ["ARMS", "STUDY", "ReproduceResult", "reproduce", "write_report"]
@@ -170,8 +169,10 @@ def analyze(results: list[ArmResult]) -> Findings:
                f"{gap:.4f} in test accuracy and {loss_gap:.4f} in train loss; final "
                f"{_accuracy(twin_acc, twin_precise)}."
                + (f" [{'; '.join(untested)}]" if untested else ""))
-    word = (fair_word([acc, precise]) if acc.testable and precise.testable else
-            "not testable")
+    # the claim's word from its judgement (t-test and, below 8 seeds, the exact test); the
+    # PreciseBN evaluation beside it is exploratory
+    word = (f"claim {CLAIMS[0].key}: {primary[0].wording}; PreciseBN, exploratory: "
+            f"{precise.word}" if acc.testable and precise.testable else "not testable")
     headline = (f"after {epochs} epochs ({n} seed{'s' if n > 1 else ''}) LeNet-BN reaches test "
                 f"accuracy {_value(acc.b)} vs {_value(acc.a)} without BN with the running "
                 f"averages, {_value(precise.b)} vs {_value(precise.a)} with PreciseBN "
