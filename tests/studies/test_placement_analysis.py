@@ -99,3 +99,14 @@ def test_biases_are_redundant_only_below_rounding(monkeypatch):
     assert "redundant there" not in f.verdict
     assert "NOT redundant: the output changes by 3.0e-04" in f.verdict
     assert "biases before BN are not redundant" in f.headline
+
+
+def test_lower_on_a_primary_comparison_follows_its_judgement():
+    """The reviewer's case: paired t p = 0.0067, exact p = 0.0625 at 6 seeds: the claim is
+    "not shown", so the comparison's own words must not say "clear"/"better" beside it."""
+    from bnlab.studies.claims import EXACT_DISAGREES, judge
+    (j,) = judge([(placement.CLAIM, [0.5] * 6, [1.5] * 5 + [0.4], True)])
+    assert j.wording == EXACT_DISAGREES and j.comparison.p_holm < 0.05
+    assert placement.lower(j.comparison, "before", "after", "higher") == \
+        "after higher (not clear)"
+    assert j.comparison.word == "no clear difference"

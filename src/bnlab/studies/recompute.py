@@ -6,6 +6,11 @@ and every published number. ``differences(record)`` runs the same statistics aga
 values (``claims.judge`` over the primary family, ``stats.compare`` + one Holm family over the
 exploratory ones) and lists every published field that does not match, so a record edited by
 hand, or analysed by other code than the current, cannot pass ``tests/test_docs_fresh.py``.
+``claim_differences`` compares the record's claims with the ones the study module declares
+(key, statement, source, metric, direction and margin; the arm labels may be specialised), so
+a direction flipped together with its wording in study.json is caught; ``text_differences``
+checks that the record's literature sentence (and, given, the verdict file) holds exactly what
+``literature_text``/``primary_text`` give for the judged claims.
 Floats match within ``RTOL`` (JSON keeps floats exactly; the margin covers a different
 libm); a non-finite float is stored as null (the MDE's text says which).
 """
@@ -13,13 +18,16 @@ libm); a non-finite float is stored as null (the MDE's text says which).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bnlab.studies.claims import Claim, exploratory, judge
+from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text, primary_text
 from bnlab.studies.stats import compare
 
-__all__ = ["RTOL", "differences"]
+__all__ = ["RTOL", "claim_differences", "declared_claims", "differences", "text_differences"]
+
+SAME = ("key", "statement", "source", "metric", "direction", "margin")  # a claim's identity
 
 RTOL = 1e-9
 
@@ -58,8 +66,7 @@ def differences(record: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     primary = record["primary"]
     try:
-        judged = judge([(Claim(**p["claim"]), _values(p["a"]), _values(p["b"]), bool(p["paired"]))
-                        for p in primary])
+        judged = _judged(record)
     except (KeyError, TypeError, ValueError) as e:
         return [f"{name}: primary comparisons cannot be recomputed ({e})"]
     for p, j in zip(primary, judged, strict=True):
@@ -73,4 +80,64 @@ def differences(record: Mapping[str, Any]) -> list[str]:
         return [*out, f"{name}: exploratory comparisons cannot be recomputed ({e})"]
     for c, r in zip(record["exploratory"], again, strict=True):
         out += _diff(f"{name} exploratory [{c['label']} {c['metric']}]", c, r.record())
+    return out
+
+
+def declared_claims(analyze: Any) -> dict[str, Claim]:
+    """Every ``Claim`` the module of a study's `analyze` function declares at module level
+    (alone, or in a dict, tuple or list), by key."""
+    found: dict[str, Claim] = {}
+
+    def visit(v: Any, depth: int) -> None:
+        if isinstance(v, Claim):
+            found[v.key] = v
+        elif depth and isinstance(v, Mapping):
+            for x in v.values():
+                visit(x, depth - 1)
+        elif depth and isinstance(v, (tuple, list)):
+            for x in v:
+                visit(x, depth - 1)
+
+    for value in vars(sys.modules[analyze.__module__]).values():
+        visit(value, 2)
+    return found
+
+
+def claim_differences(record: Mapping[str, Any], declared: Mapping[str, Claim]) -> list[str]:
+    """The record's claims that the study does not declare as they are stored."""
+    name, out = record.get("name", "?"), []
+    for p in record.get("primary", []):
+        stored = p.get("claim", {})
+        claim = declared.get(stored.get("key"))
+        if claim is None:
+            out.append(f"{name}: claim {stored.get('key')!r} is not declared by the study")
+            continue
+        now = claim.record()
+        out += [f"{name} claim [{claim.key}]: {k} recorded {stored.get(k)!r}, declared {now[k]!r}"
+                for k in SAME if not _same(stored.get(k), now[k])]
+    return out
+
+
+def _judged(record: Mapping[str, Any]) -> list[Judgement]:
+    return judge([(Claim(**p["claim"]), _values(p["a"]), _values(p["b"]), bool(p["paired"]))
+                  for p in record["primary"]])
+
+
+def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> list[str]:
+    """Whether the record's literature sentence, and the `verdict` file's text when given,
+    carry what ``literature_text`` and ``primary_text`` give for the record's judged claims."""
+    name = record.get("name", "?")
+    try:
+        judged = _judged(record)
+    except (KeyError, TypeError, ValueError) as e:
+        return [f"{name}: primary comparisons cannot be recomputed ({e})"]
+    if not judged:
+        return []
+    out = []
+    if literature_text(judged) not in str(record.get("literature", "")):
+        out.append(f"{name}: the literature sentence is not what its claims' wording gives "
+                   f"({literature_text(judged)!r})")
+    if verdict is not None and primary_text(judged) not in verdict:
+        out.append(f"{name}: the verdict does not lead with its claims' wording "
+                   f"({primary_text(judged)[:120]!r}...)")
     return out
