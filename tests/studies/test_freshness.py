@@ -12,8 +12,12 @@ import pytest
 
 from bnlab.studies import placement
 from bnlab.studies.claims import exploratory, judge, literature_text, primary_text
-from bnlab.studies.recompute import (claim_differences, declared_claims, differences,
-                                     text_differences)
+from bnlab.studies.recompute import (
+    claim_differences,
+    declared_claims,
+    differences,
+    text_differences,
+)
 from bnlab.studies.stats import compare
 from tests.test_docs_fresh import ANALYSIS_ONLY, changed_since
 
@@ -40,7 +44,7 @@ def test_a_synthetic_record_passes_every_check():
 
 
 def test_flipping_a_claims_direction_with_its_wording_is_caught():
-    record, verdict = synthetic()
+    record, _ = synthetic()
     flipped = copy.deepcopy(record)
     flipped["primary"][0]["claim"]["direction"] = -placement.CLAIM.direction
     flipped["primary"][0]["wording"] = "contradicts"

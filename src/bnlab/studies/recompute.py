@@ -127,6 +127,8 @@ def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> l
     """Whether the record's literature sentence, and the `verdict` file's text when given,
     carry what ``literature_text`` and ``primary_text`` give for the record's judged claims."""
     name = record.get("name", "?")
+    if "primary" not in record:
+        return [f"{name}: the record has no primary comparisons (an older format)"]
     try:
         judged = _judged(record)
     except (KeyError, TypeError, ValueError) as e:
