@@ -52,7 +52,11 @@ rule in every study):
   way; **does not reproduce** only when an equivalence test (TOST against +-margin) is clear;
   otherwise **not shown**, with the minimum detectable effect (80% power at Holm's first
   level) beside it. At 5 paired seeds the exact test cannot go below p = 0.0625, so nothing
-  there is called either way. An arm with one seed is "not testable".
+  there is called either way. A qualifier may stand beside the word: "not shown (the exact
+  test does not agree)" when the t-test alone is clear, "not shown (the effect is beyond the
+  MDE)" (the MDE is the t-test's), "reproduces (smaller than the margin)" when the clear
+  effect is below the margin. For a primary comparison "better" means the paper's direction.
+  An arm with one seed is "not testable".
 * A seed *diverged* when its final training loss is not finite, and *failed* when it diverged
   or its test accuracy stayed at chance (<= 0.15 on 10 classes). A metric with a diverged seed
   has no mean and enters no test.
