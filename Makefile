@@ -7,16 +7,35 @@ STAMP  := $(VENV)/.bnlab-installed
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 
-.PHONY: setup data browser reproduce docs test test-slow lint bench demo clean
+.PHONY: FORCE setup data browser reproduce docs test test-slow lint bench demo clean
 
-$(STAMP): pyproject.toml src/bnlab/norm/kernels/csrc/batch_norm_cpu.cpp
+## Which torch `make setup` installs (tools/torch_pip.sh): TORCH=auto (the default) picks the
+## CUDA build where `nvidia-smi` answers and the CPU build elsewhere; TORCH=cpu, TORCH=cuda, or
+## a wheel index such as TORCH=cu128 forces one. An unpinned `torch` would pull several GB of
+## CUDA wheels even on a CPU machine, so the version is pinned on both paths.
+TORCH         ?= auto
+TORCH_VERSION := 2.13.0
+TORCH_WANTED  := $(VENV)/.bnlab-torch
+
+# The pip arguments for the wanted build, rewritten only when they change (so the stamp below,
+# which records the build it installed, is remade exactly when the build must change).
+$(TORCH_WANTED): FORCE
+	@mkdir -p $(VENV)
+	@sh tools/torch_pip.sh $(TORCH) $(TORCH_VERSION) > $@.new || { rm -f $@.new; exit 1; }
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
+
+$(STAMP): pyproject.toml src/bnlab/norm/kernels/csrc/batch_norm_cpu.cpp $(TORCH_WANTED)
 	$(PYTHON) -m venv $(VENV)
-	# The pinned CPU build; an unpinned `torch` would pull several GB of CUDA wheels.
-	$(PY) -m pip install --quiet torch==2.13.0
+	# From a CUDA build back to the CPU one: `torch==X` alone would take the CUDA build as
+	# satisfying the pin (a CUDA pin names its build, so pip replaces a CPU build by itself).
+	@case "$$($(PY) -m pip show torch 2>/dev/null | sed -n 's/^Version: //p')" in \
+	  *+cu*) grep -q '+cu' $(TORCH_WANTED) || $(PY) -m pip uninstall --quiet -y torch ;; esac
+	@echo "bnlab: torch from: $$(cat $(TORCH_WANTED))"
+	$(PY) -m pip install --quiet $$(cat $(TORCH_WANTED))
 	$(PY) -m pip install --quiet -e '.[test]'
 	# The fused C++ BatchNorm kernels (bnlab works without them, slower, if this fails).
 	$(BNLAB) kernels build || echo "bnlab: kernels not built; the reference implementation is used"
-	touch $(STAMP)
+	cp $(TORCH_WANTED) $(STAMP)
 
 setup: $(STAMP)
 
@@ -76,3 +95,5 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache
+
+FORCE:

@@ -2,7 +2,7 @@
 and both against the memory floor.
 
     python benchmarks/bench_bn.py [--reps 15] [--threads N] [--device cpu|cuda]
-                                  [--memory reuse|system] [--only TEXT]
+                                  [--memory reuse|system] [--only TEXT] [--peak-gbs GB/S]
 
 Training-mode forward+backward (float32) on the textbook LeNet's BN shapes and larger ones,
 contiguous and channels_last, plus eval-mode forward. "bnlab" is the default path (the compiled
@@ -21,11 +21,18 @@ kernel that reads x twice in the forward and x and dy twice in the backward (eve
 memory) makes 8 passes, 1.6x the floor. The memory policy (``bnlab.memory``) is ``reuse``, the
 command line's, unless ``--memory system``: then each fresh output tensor also pays its page
 faults, which the copy into a preallocated tensor does not.
+
+On CUDA (or with ``--peak-gbs`` anywhere) a second table sets each row against the card: the
+floor's bytes (passes x the tensor's bytes) over the call's time is the bandwidth the op
+achieves, in GB/s and as a share of the card's peak, 2 (double data rate) x memory clock x bus
+width as the device's properties report them (or ``--peak-gbs``, a datasheet figure, where the
+driver does not say).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -87,6 +94,21 @@ def bandwidth(device: str, mb: int = 512, reps: int = 5) -> float:
     return 2 * src.numel() * 4 / min(times) / 1e9
 
 
+def peak_gbs(props) -> float | None:
+    """A card's peak memory bandwidth in GB/s from its CUDA device properties: 2 transfers a
+    clock x memory clock (kHz) x bus width (bits) / 8; None where the driver reports neither."""
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
+
+
+def card_peak_gbs(device: str, override: float | None) -> float | None:
+    """``--peak-gbs`` if given, else the CUDA device's own figure (None on the CPU)."""
+    if override is not None or device != "cuda":
+        return override
+    return peak_gbs(torch.cuda.get_device_properties(torch.cuda.current_device()))
+
+
 def step(impl: Callable, x, g, rm, rv, w, b, training: bool) -> None:
     if training:
         impl(x, rm, rv, w, b, True, 0.1, 1e-5).backward(g)  # backward follows forward's path
@@ -146,7 +168,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--memory", choices=memory.POLICIES, default="reuse")
     ap.add_argument("--only", default="", help="measure only shapes whose text contains this")
+    ap.add_argument("--peak-gbs", type=float, default=None,
+                    help="the card's peak memory bandwidth (GB/s) where the driver does not say")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"bench_bn.py: torch {torch.__version__} sees no CUDA device here; "
+                         "run it on a GPU host (make setup installs the CUDA build there)")
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = memory.set_policy(args.memory)
@@ -156,6 +183,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {name}, threads {torch.get_num_threads()}, "
           f"memory policy {policy}, streaming copy bandwidth {bw:.1f} GB/s (512 MiB), "
           f"{args.reps} reps, medians")
+    peak = card_peak_gbs(args.device, args.peak_gbs)
+    if args.device == "cuda" or peak:
+        print("peak memory bandwidth: "
+              + (f"{peak:.0f} GB/s; the copy reaches {bw / peak:.0%} of it" if peak else
+                 "unknown (give it with --peak-gbs)"))
+    achieved = []
     print("| mode | shape | format | aten ms | bnlab ms | reference ms | naive ms | floor ms "
           "| bnlab/aten | reference/aten | naive/aten | aten/floor | bnlab/floor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -170,6 +203,20 @@ def main() -> None:
                       f"{floor * 1e3:.3f} | {t['bnlab'] / t['aten']:.2f} | "
                       f"{t['reference'] / t['aten']:.2f} | {t['naive'] / t['aten']:.2f} | "
                       f"{t['aten'] / floor:.2f} | {t['bnlab'] / floor:.2f} |", flush=True)
+                nbytes = PASSES[training] * math.prod(shape) * 4  # float32
+                achieved.append((training, shape, fmt, nbytes / t["aten"] / 1e9,
+                                 nbytes / t["bnlab"] / 1e9))
+    if args.device == "cuda" or peak:
+        print("\nAchieved bandwidth: the floor's bytes (passes x tensor bytes) / time a call; "
+              f"peak {f'{peak:.0f} GB/s' if peak else 'unknown'}, copy {bw:.0f} GB/s\n")
+        print("| mode | shape | format | aten GB/s | bnlab GB/s | aten/peak | bnlab/peak |")
+        print("|---|---|---|---|---|---|---|")
+        def share(gbs: float) -> str:
+            return f"{gbs / peak:.0%}" if peak else "-"
+
+        for training, shape, fmt, aten_gbs, ours_gbs in achieved:
+            print(f"| {'train fwd+bwd' if training else 'eval fwd'} | {shape} | {fmt} | "
+                  f"{aten_gbs:,.1f} | {ours_gbs:,.1f} | {share(aten_gbs)} | {share(ours_gbs)} |")
 
 
 if __name__ == "__main__":
