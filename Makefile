@@ -64,7 +64,9 @@ reproduce: data
 docs: data
 	$(PY) -m bnlab.studies.publish --runs runs/studies --docs docs --workers 2 --threads 1
 
-## Fast suite (CPU) plus the linter and the type checker ([tool.mypy]): what CI runs.
+## Fast suite plus the linter and the type checker ([tool.mypy]): what CI runs. The CUDA tests
+## (-m cuda) run where torch sees a GPU and are reported skipped elsewhere: never deselect them
+## here (tests/test_gpu_host.py checks the marker expression).
 test: data browser
 	$(PY) -m ruff check src tests benchmarks examples notebooks
 	$(PY) -m mypy src

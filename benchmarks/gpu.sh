@@ -1,21 +1,64 @@
 #!/bin/sh
-# Every GPU figure of BENCHMARKS.md in one short run, for a machine with a CUDA device (about
-# 5 minutes on an H100): the CUDA tests, the op against ATen/cuDNN and the device's memory
-# floor, and LeNet-BN training throughput with the dataset on the device.
+# Every GPU figure of BENCHMARKS.md in one run, on a host with a CUDA device (after `make
+# setup`, which installs torch's CUDA build where nvidia-smi answers):
 #
-#   PY=/path/to/python-with-CUDA-torch sh benchmarks/gpu.sh [OUT_DIR]
+#   sh benchmarks/gpu.sh [OUT_DIR]          (PY=/other/python to use another interpreter)
 #
-# PY must be a Python whose torch is a CUDA build and where bnlab is installed (make setup
-# installs the CPU build; a GPU host needs torch's CUDA wheel instead). Each result goes to
-# OUT_DIR (default gpu-results/) as it is produced, so a run cut short keeps what it finished.
+# Steps, cheapest first, each into its own file in OUT_DIR (default gpu-results/):
+#   device.txt        torch, its CUDA version, the card, and nvidia-smi's header
+#   tests_cuda.txt    the CUDA tests (pytest -m cuda)
+#   bench_bn.txt      the op against ATen/cuDNN, the copy and the card's peak bandwidth
+#   lenet_gpu.txt     LeNet-BN examples/s with Fashion-MNIST resident on the device
+#   resnet_gpu.txt    a ResNet-18 CIFAR training step: torch, bnlab, bnlab fused
+# A step writes NAME.partial while it runs and renames it NAME.txt when it ends, so a run cut
+# short keeps every finished file and the partial output of the one it was in; steps.txt
+# records each step's exit status and seconds. A step is stopped after STEP_LIMIT seconds
+# (default 600) where `timeout` exists. Without a CUDA device it stops with one line.
 set -u
 PY=${PY:-.venv/bin/python}
 OUT=${1:-gpu-results}
-mkdir -p "$OUT"
-if ! "$PY" -c "import torch; assert torch.cuda.is_available(), 'torch has no CUDA device here'; print(torch.__version__, torch.cuda.get_device_name())" > "$OUT/device.txt" 2>&1; then
-  tail -n 1 "$OUT/device.txt"; exit 1
+LIMIT=${STEP_LIMIT:-600}
+
+if [ ! -x "$PY" ] && ! command -v "$PY" >/dev/null 2>&1; then
+  echo "gpu.sh: no Python at $PY; run \`make setup\` first (or set PY)"; exit 1
 fi
-cat "$OUT/device.txt"
-"$PY" -m pytest -q -m cuda tests > "$OUT/tests_cuda.txt" 2>&1; tail -n 3 "$OUT/tests_cuda.txt"
-"$PY" benchmarks/bench_bn.py --device cuda --reps 10 > "$OUT/bench_bn_cuda.txt" 2>&1; cat "$OUT/bench_bn_cuda.txt"
-"$PY" benchmarks/bench_gpu_lenet.py --epochs 3 > "$OUT/lenet_gpu.txt" 2>&1; cat "$OUT/lenet_gpu.txt"
+why=$("$PY" -c 'import torch
+if not torch.cuda.is_available():
+    print(f"torch {torch.__version__} sees no CUDA device here")' 2>&1 | tail -n 1)
+if [ -n "$why" ]; then
+  echo "gpu.sh: $why; run it on a GPU host after \`make setup\` (it installs the CUDA build)"
+  exit 1
+fi
+mkdir -p "$OUT" || exit 1
+: > "$OUT/steps.txt"
+failed=0
+
+step() {  # step NAME COMMAND...: run COMMAND into OUT/NAME.partial, then rename it NAME.txt
+  name=$1; shift
+  echo "gpu.sh: $name ..."
+  start=$(date +%s)
+  if command -v timeout >/dev/null 2>&1; then
+    timeout "$LIMIT" "$@" > "$OUT/$name.partial" 2>&1
+  else
+    "$@" > "$OUT/$name.partial" 2>&1
+  fi
+  rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "gpu.sh: $name ended with exit status $rc (124: stopped after $LIMIT s); incomplete" \
+      >> "$OUT/$name.partial"
+    failed=1
+  fi
+  mv "$OUT/$name.partial" "$OUT/$name.txt"
+  echo "$name rc=$rc seconds=$(( $(date +%s) - start ))" >> "$OUT/steps.txt"
+  tail -n 3 "$OUT/$name.txt"
+}
+
+step device "$PY" -c 'import torch
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "device", torch.cuda.get_device_name())'
+if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi 2>&1 | head -n 12 >> "$OUT/device.txt"; fi
+step tests_cuda "$PY" -m pytest -q -m cuda tests
+step bench_bn "$PY" -u benchmarks/bench_bn.py --device cuda --reps 10
+step lenet_gpu "$PY" -u benchmarks/bench_gpu_lenet.py --epochs 3
+step resnet_gpu "$PY" -u benchmarks/bench_resnet.py --device cuda --reps 20
+echo "gpu.sh: done; results in $OUT/ (steps.txt: exit status and seconds of each step)"
+exit "$failed"
