@@ -23,7 +23,7 @@ DOCUMENTS = ["README.md", "README.zh-CN.md", "CONTRIBUTING.md", "CHANGELOG.md", 
 SPANS = re.compile(r"`([^`\n]+)`|\]\(([^)\s]+)\)")  # `code` or [text](target)
 # A repository path: a top-level folder of this repository, or bnlab/... (short for src/bnlab/),
 # optionally followed by ::name (a test or a function in that file).
-PATH = re.compile(r"(?<![\w/.-])((?:src|tests|docs|benchmarks|examples|notebooks)/[\w./-]*\w"
+PATH = re.compile(r"(?<![\w/.-])((?:src|tests|docs|benchmarks|examples|notebooks|tools)/[\w./-]*\w"
                   r"|bnlab/[\w/]+\.py)(?:::(\w+))?")
 
 

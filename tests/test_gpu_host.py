@@ -300,3 +300,19 @@ def test_card_peak_bandwidth_from_the_device_properties(clock_mhz, bus_bits, dat
     assert peak_gbs(props) == pytest.approx(datasheet_gbs, rel=2e-3)
     assert peak_gbs(SimpleNamespace(memory_clock_rate=0, memory_bus_width=bus_bits)) is None
     assert peak_gbs(SimpleNamespace()) is None
+
+
+def test_the_readme_gpu_host_commands_exist():
+    """The README's GPU host block, as written: each make target is one the Makefile has (a dry
+    run succeeds) and each script is in the repository; tools/torch_pip.sh is named there."""
+    from tests.readme_blocks import README, commands
+
+    ran = commands("gpu-host")
+    assert [c[0] for c in ran] == ["make", "make", "sh"]
+    for command in ran:
+        if command[0] == "make":
+            subprocess.run(["make", "-n", *command[1:]], cwd=ROOT, check=True,
+                           capture_output=True, timeout=60)
+        else:
+            assert (ROOT / command[1]).is_file(), command
+    assert "`tools/torch_pip.sh`" in README.read_text()
