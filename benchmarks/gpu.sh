@@ -4,6 +4,9 @@
 #
 #   sh benchmarks/gpu.sh [OUT_DIR]          (PY=/other/python to use another interpreter)
 #
+# from any folder; OUT_DIR and PY are read relative to it, the default PY is the repository's
+# .venv/bin/python.
+#
 # Steps, cheapest first, each into its own file in OUT_DIR (default gpu-results/):
 #   device.txt        torch, its CUDA version, the card, and nvidia-smi's header
 #   tests_cuda.txt    the CUDA tests (pytest -m cuda)
@@ -15,9 +18,14 @@
 # records each step's exit status and seconds. A step is stopped after STEP_LIMIT seconds
 # (default 600) where `timeout` exists. Without a CUDA device it stops with one line.
 set -u
-PY=${PY:-.venv/bin/python}
+ROOT=$(cd "$(dirname "$0")/.." && pwd) || exit 1
+PY=${PY:-$ROOT/.venv/bin/python}
 OUT=${1:-gpu-results}
 LIMIT=${STEP_LIMIT:-600}
+# Paths given relative to where the script was started; then work from the repository root.
+case $OUT in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+case $PY in /*) ;; */*) PY="$PWD/$PY" ;; esac
+cd "$ROOT" || exit 1
 
 if [ ! -x "$PY" ] && ! command -v "$PY" >/dev/null 2>&1; then
   echo "gpu.sh: no Python at $PY; run \`make setup\` first (or set PY)"; exit 1
@@ -25,10 +33,12 @@ fi
 why=$("$PY" -c 'import torch
 if not torch.cuda.is_available():
     print(f"torch {torch.__version__} sees no CUDA device here")' 2>&1 | tail -n 1)
-if [ -n "$why" ]; then
-  echo "gpu.sh: $why; run it on a GPU host after \`make setup\` (it installs the CUDA build)"
-  exit 1
-fi
+case $why in
+  '') ;;
+  "torch "*) echo "gpu.sh: $why; run it on a GPU host after \`make setup\` (it installs the CUDA build)"
+             exit 1 ;;
+  *) echo "gpu.sh: $PY cannot run torch ($why); run \`make setup\` first (or set PY)"; exit 1 ;;
+esac
 mkdir -p "$OUT" || exit 1
 : > "$OUT/steps.txt"
 failed=0
@@ -55,7 +65,10 @@ step() {  # step NAME COMMAND...: run COMMAND into OUT/NAME.partial, then rename
 
 step device "$PY" -c 'import torch
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "device", torch.cuda.get_device_name())'
-if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi 2>&1 | head -n 12 >> "$OUT/device.txt"; fi
+if command -v nvidia-smi >/dev/null 2>&1; then
+  { if command -v timeout >/dev/null 2>&1; then timeout 60 nvidia-smi; else nvidia-smi; fi; } 2>&1 |
+    head -n 12 >> "$OUT/device.txt"
+fi
 step tests_cuda "$PY" -m pytest -q -m cuda tests
 step bench_bn "$PY" -u benchmarks/bench_bn.py --device cuda --reps 10
 step lenet_gpu "$PY" -u benchmarks/bench_gpu_lenet.py --epochs 3

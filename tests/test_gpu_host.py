@@ -242,6 +242,13 @@ def test_gpu_sh_refuses_without_a_device_in_one_line(tmp_path):
     done = run_gpu_sh(tmp_path, str(tmp_path / "missing" / "python"))
     assert done.returncode == 1 and done.stdout.count("\n") == 1
     assert "no Python at" in done.stdout
+    no_torch = executable(tmp_path / "python", "#!/bin/sh\necho 'Traceback (most recent call "
+                          "last):' >&2\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\n"
+                          "exit 1\n")
+    done = run_gpu_sh(tmp_path, str(no_torch))
+    assert done.returncode == 1 and done.stdout.count("\n") == 1
+    assert "cannot run torch (ModuleNotFoundError" in done.stdout and "make setup" in done.stdout
+    assert not (tmp_path / "out").exists()
 
 
 FAKE_CUDA_PYTHON = """#!/bin/sh
