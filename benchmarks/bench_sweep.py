@@ -6,8 +6,9 @@ Every measurement is a fresh ``bnlab study`` process into a fresh directory (not
 timed from start to exit, so Python's and torch's imports, loading the data and starting Ray
 are all in it:
 
-1. each study in quick mode with ``--seeds`` seeds, one thread per run, ``--workers 1`` (in
-   process, no Ray) and ``--workers 2`` (a local Ray instance): the speed-up;
+1. each study in quick mode (at its default size with ``--full``) with ``--seeds`` seeds, one
+   thread per run, ``--workers 1`` (in process, no Ray) and ``--workers 2`` (a local Ray
+   instance): the speed-up;
 2. Ray's overhead: the first study with ``--threads 2`` in process and on Ray with one worker
    of two threads (``--workers auto`` on a 2-core machine), per run; and ``ray.init`` plus
    ``ray.shutdown`` alone;
@@ -59,7 +60,7 @@ def main() -> None:
                    help="parts 1 and 2 at the studies' default size instead of --quick")
     p.add_argument("--skip-overhead", action="store_true", help="skip part 2")
     args = p.parse_args()
-    quick = [*([] if args.full else ["--quick"]), "--seeds", str(args.seeds)]
+    sized = [*([] if args.full else ["--quick"]), "--seeds", str(args.seeds)]
     size = "default-size" if args.full else "quick"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -68,8 +69,8 @@ def main() -> None:
         print("|---|---|---|---|---|")
         on_two: dict[str, dict] = {}
         for name in args.studies:
-            one, rec = study(name, root / f"{name}-1", *quick, "--threads", "1")
-            two, on_two[name] = study(name, root / f"{name}-2", *quick, "--threads", "1",
+            one, rec = study(name, root / f"{name}-1", *sized, "--threads", "1")
+            two, on_two[name] = study(name, root / f"{name}-2", *sized, "--threads", "1",
                                       "--workers", "2")
             print(f"| {name} | {runs(rec)} | {one:.1f} | {two:.1f} | {one / two:.2f}x |",
                   flush=True)
@@ -79,8 +80,8 @@ def main() -> None:
         if args.skip_overhead:
             return
         name = args.studies[0]
-        here, rec = study(name, root / "over-1", *quick, "--threads", "2")
-        on_ray, _ = study(name, root / "over-ray", *quick, "--workers", "auto", "--threads", "2")
+        here, rec = study(name, root / "over-1", *sized, "--threads", "2")
+        on_ray, _ = study(name, root / "over-ray", *sized, "--workers", "auto", "--threads", "2")
         n = runs(rec)
         init = ray_start_stop()
         print(f"\n## 2. Ray's overhead ({name}, {n} runs, 2 threads per run)\n")

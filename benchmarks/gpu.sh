@@ -43,15 +43,16 @@ mkdir -p "$OUT" || exit 1
 : > "$OUT/steps.txt"
 failed=0
 
+limited() {  # limited SECONDS COMMAND...: COMMAND under `timeout` where it exists
+  seconds=$1; shift
+  if command -v timeout >/dev/null 2>&1; then timeout "$seconds" "$@"; else "$@"; fi
+}
+
 step() {  # step NAME COMMAND...: run COMMAND into OUT/NAME.partial, then rename it NAME.txt
   name=$1; shift
   echo "gpu.sh: $name ..."
   start=$(date +%s)
-  if command -v timeout >/dev/null 2>&1; then
-    timeout "$LIMIT" "$@" > "$OUT/$name.partial" 2>&1
-  else
-    "$@" > "$OUT/$name.partial" 2>&1
-  fi
+  limited "$LIMIT" "$@" > "$OUT/$name.partial" 2>&1
   rc=$?
   if [ "$rc" -ne 0 ]; then
     echo "gpu.sh: $name ended with exit status $rc (124: stopped after $LIMIT s); incomplete" \
@@ -66,8 +67,7 @@ step() {  # step NAME COMMAND...: run COMMAND into OUT/NAME.partial, then rename
 step device "$PY" -c 'import torch
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "device", torch.cuda.get_device_name())'
 if command -v nvidia-smi >/dev/null 2>&1; then
-  { if command -v timeout >/dev/null 2>&1; then timeout 60 nvidia-smi; else nvidia-smi; fi; } 2>&1 |
-    head -n 12 >> "$OUT/device.txt"
+  limited 60 nvidia-smi 2>&1 | head -n 12 >> "$OUT/device.txt"
 fi
 step tests_cuda "$PY" -m pytest -q -m cuda tests
 step bench_bn "$PY" -u benchmarks/bench_bn.py --device cuda --reps 10

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bnlab.studies.base import Arm, ArmResult
@@ -17,10 +17,27 @@ from bnlab.train import TrainConfig
 class FakeRun:
     config: TrainConfig
     metrics: list[dict[str, Any]]
+    probes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, Any]:
         return self.metrics[-1]
+
+
+@dataclass
+class FinalRun:
+    """A run known by its final metrics alone (one epoch), with its probes."""
+
+    config: TrainConfig
+    final: dict[str, float]
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> list[dict[str, float]]:
+        return [self.final]
+
+    def has(self, key: str) -> bool:
+        return key in self.final
 
 
 def results(arms: list[Arm], seeds: int,

@@ -3,8 +3,7 @@ relative drift; noisy BN against no BN on test accuracy), the manipulation check
 train-loss penalty as an effect size, exploratory."""
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 from scipy import stats as sps
@@ -12,26 +11,13 @@ from scipy import stats as sps
 from bnlab.studies import ics
 from bnlab.studies.base import Arm, ArmResult, check_families
 from bnlab.studies.recompute import differences
-from bnlab.train import TrainConfig
+from tests.studies.fakes import FinalRun as FakeRun
 from tests.studies.fakes import record
 
 # per seed, shared by the arms (paired), and per seed differing between arms
 JITTER = (0.011, -0.017, 0.004, 0.013, -0.009, 0.006, -0.012, 0.008, -0.003, -0.001)
 WOBBLE = (0.002, -0.001, 0.0015, -0.002, 0.0005, -0.0015, 0.001, -0.0005, 0.0025, -0.002)
 SEEDS = ics.SEEDS
-
-
-@dataclass
-class FakeRun:
-    """What the analysis reads from a Run: final metrics, config, metrics and probes."""
-
-    config: TrainConfig
-    final: dict[str, float]
-    probes: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def metrics(self) -> list[dict[str, float]]:
-        return [self.final]
 
 
 def ics_results(drift: dict[str, float], acc: dict[str, float], seeds: int = SEEDS,

@@ -3,35 +3,18 @@ the verdict, equal arms give no clear difference, NaN seeds are failed and untes
 is never clear."""
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
 from bnlab.studies import landscape
 from bnlab.studies.base import Arm, ArmResult
 from bnlab.studies.claims import EXACT_DISAGREES
-from bnlab.train import TrainConfig
+from tests.studies.fakes import FinalRun as FakeRun
 
 # per seed, shared by the arms (paired); the first five: the studies' default seeds
 JITTER = (0.011, -0.017, 0.004, 0.013, -0.009, 0.006, -0.012, 0.015, -0.003, -0.008)
 WOBBLE = (0.002, -0.001, 0.0015, -0.002, 0.0005)  # per seed, differs between arms
-
-
-@dataclass
-class FakeRun:
-    """What the analyses read from a Run: final metrics, config, metrics and probes."""
-
-    config: TrainConfig
-    final: dict[str, float]
-    probes: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def metrics(self) -> list[dict[str, float]]:
-        return [self.final]
-
-    def has(self, key: str) -> bool:
-        return key in self.final
 
 
 def result(arm: Arm, seeds: int, make) -> ArmResult:

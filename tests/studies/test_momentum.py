@@ -1,8 +1,7 @@
 """momentum: the analysis on synthetic runs (no training)."""
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
@@ -10,18 +9,7 @@ from bnlab.studies import momentum as mo
 from bnlab.studies.base import ArmResult
 from bnlab.studies.claims import EXACT_DISAGREES
 from bnlab.train import TrainConfig
-
-
-@dataclass
-class FakeRun:
-    config: TrainConfig
-    metrics: list[dict[str, Any]]
-    probes: tuple = ()
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.metrics[-1]
-
+from tests.studies.fakes import FakeRun
 
 ZIGZAG = [0.6, 0.7, 0.5, 0.72, 0.52, 0.74, 0.55, 0.75]
 SMOOTH = [0.6, 0.65, 0.68, 0.7, 0.72, 0.73, 0.74, 0.75]

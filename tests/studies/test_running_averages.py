@@ -1,8 +1,7 @@
 """train-with-running-averages: the analysis on synthetic runs (no training)."""
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,18 +11,7 @@ from bnlab.studies import running_averages as ra
 from bnlab.studies.base import ArmResult
 from bnlab.studies.claims import EXACT_DISAGREES
 from bnlab.studies.probes.running_averages import norm_weights
-from bnlab.train import TrainConfig
-
-
-@dataclass
-class FakeRun:
-    config: TrainConfig
-    metrics: list[dict[str, Any]]
-    probes: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.metrics[-1]
+from tests.studies.fakes import FakeRun
 
 
 def noise(seed: int, arm: int = 0) -> float:

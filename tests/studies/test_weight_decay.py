@@ -3,8 +3,7 @@ training) and a --quick run end to end."""
 
 import math
 import random
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from bnlab.studies.claims import EXACT_DISAGREES
 from bnlab.studies.probes.weight_decay import PreNormProbe, pre_norm_norms
 from bnlab.train import TrainConfig
 from bnlab.train.build import make_model, make_optimizer
+from tests.studies.fakes import FakeRun
 
 SEEDS = wd.STUDY.seeds
 
@@ -97,17 +97,6 @@ def test_decay_on_a_weight_before_bn_only_shrinks_it():
         conv.weight.mul_(3.0)
         conv.bias.mul_(3.0)
     assert torch.allclose(bn(conv(x)), out, atol=1e-9)
-
-
-@dataclass
-class FakeRun:
-    config: TrainConfig
-    metrics: list[dict[str, Any]]
-    probes: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.metrics[-1]
 
 
 def fake(w_norm, acc, seeds=SEEDS):

@@ -39,8 +39,9 @@ or against it (``Claim.higher_is_better``), and ``Comparison.clear`` is the rule
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from scipy import stats as sps
 from scipy.optimize import brentq
@@ -49,8 +50,8 @@ from bnlab.studies.exact import exact_floor, exact_p
 from bnlab.studies.stats import ALPHA, Comparison, compare, holm, holm_p, no_spread, p_is, p_text
 
 __all__ = ["BEYOND_MDE", "EXACT_BELOW", "EXACT_DISAGREES", "POWER", "SMALLER", "WORDS", "Claim",
-           "Judgement", "exact_agrees", "exploratory", "judge", "literature_text", "mde",
-           "primary_table", "primary_text", "tost", "wording"]
+           "Judgement", "exact_agrees", "exploratory", "judge", "judge_keyed", "literature_text",
+           "mde", "primary_table", "primary_text", "tost", "wording"]
 
 WORDS = ("reproduces", "contradicts", "not shown", "does not reproduce")
 EXACT_DISAGREES = "not shown (the exact test does not agree)"  # t-test clear, exact test not
@@ -284,3 +285,20 @@ def primary_table(judgements: Sequence[Judgement]) -> str:
 def exploratory(comparisons: Sequence[Comparison]) -> list[Comparison]:
     """Every other comparison a study makes: its own Holm family (reported, never a verdict)."""
     return holm([replace(c, p_holm=math.nan) for c in comparisons])
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def judge_keyed(raw: Mapping[K, Comparison], claims: Mapping[K, Claim]
+                ) -> tuple[list[Judgement], dict[K, Comparison]]:
+    """A study's comparisons by key, split in two families: those whose key names a claim are
+    judged (``judge``, Holm over the claims that ran), the rest exploratory (Holm over the
+    rest). Returns the judgements and every comparison as tested, in `raw`'s order."""
+    claimed = [k for k in raw if k in claims]
+    primary = judge([(claims[k], raw[k].a.values, raw[k].b.values, bool(raw[k].paired))
+                     for k in claimed])
+    rest = [k for k in raw if k not in claims]
+    out = dict(zip(rest, exploratory([raw[k] for k in rest]), strict=True))
+    out.update(zip(claimed, (j.comparison for j in primary), strict=True))
+    return primary, {k: out[k] for k in raw}

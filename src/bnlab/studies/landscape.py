@@ -28,7 +28,7 @@ from typing import Any
 
 from bnlab.report.figures import new_figure, save
 from bnlab.studies.base import Arm, ArmResult, Findings, Study, accuracy_comparisons, summarize
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
+from bnlab.studies.claims import Claim, Judgement, judge_keyed, literature_text
 from bnlab.studies.options import SHORT_STUDY_SEEDS
 from bnlab.studies.probes.landscape import LandscapeProbe
 from bnlab.studies.stats import Comparison, compare, p_is
@@ -114,14 +114,7 @@ def judged(by: dict[str, ArmResult], lrs: list[float]) -> tuple[
     """The claims' judgements (``CLAIMS`` whose arms ran) and every comparison by (lr,
     measure or accuracy key): the claims' as judged (Holm over the claims), the rest
     exploratory (Holm over the rest)."""
-    raw = _raw(by, lrs)
-    claimed = [k for k in raw if k in CLAIMS]
-    primary = judge([(CLAIMS[k], raw[k].a.values, raw[k].b.values, bool(raw[k].paired))
-                     for k in claimed])
-    rest = [k for k in raw if k not in CLAIMS]
-    out = dict(zip(rest, exploratory([raw[k] for k in rest]), strict=True))
-    out.update({k: j.comparison for k, j in zip(claimed, primary, strict=True)})
-    return primary, {k: out[k] for k in raw}
+    return judge_keyed(_raw(by, lrs), CLAIMS)
 
 
 def tests(by: dict[str, ArmResult], lrs: list[float]) -> dict[tuple[float, str], Comparison]:

@@ -48,7 +48,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
+from bnlab.studies.claims import Claim, Judgement, judge_keyed, literature_text
 from bnlab.studies.stats import Comparison, compare, summary
 from bnlab.train import TrainConfig
 
@@ -127,13 +127,7 @@ def judged(results: Sequence[ArmResult]) -> tuple[list[Judgement],
     """The claims' judgements (``CLAIMS``, those whose arms ran), and every comparison by
     (momentum, metric): the claims' as judged (Holm over the claims), the rest exploratory
     (Holm over the rest)."""
-    keyed = _raw(results)
-    claimed = [(k, c) for k, c in keyed if k in CLAIMS]
-    primary = judge([(CLAIMS[k], c.a.values, c.b.values, bool(c.paired)) for k, c in claimed])
-    rest = [(k, c) for k, c in keyed if k not in CLAIMS]
-    out = {k: c for (k, _), c in zip(rest, exploratory([c for _, c in rest]), strict=True)}
-    out.update({k: j.comparison for (k, _), j in zip(claimed, primary, strict=True)})
-    return primary, out
+    return judge_keyed(dict(_raw(results)), CLAIMS)
 
 
 def comparisons(results: Sequence[ArmResult]) -> dict[tuple[Any, ...], Comparison]:

@@ -52,7 +52,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
+from bnlab.studies.claims import Claim, Judgement, judge_keyed, literature_text
 from bnlab.studies.probes.running_averages import NormWeightsProbe
 from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, summary
 from bnlab.studies.wording import fair_word
@@ -149,13 +149,7 @@ def judged(results: Sequence[ArmResult]) -> tuple[list[Judgement],
     """The claims' judgements (``CLAIMS`` whose arms ran) and every comparison by (lr, what,
     metric): the claims' as judged (Holm over the claims), the rest exploratory (Holm over
     the rest)."""
-    keyed = _raw(results)
-    claimed = [(k, c) for k, c in keyed if k in CLAIMS]
-    primary = judge([(CLAIMS[k], c.a.values, c.b.values, bool(c.paired)) for k, c in claimed])
-    rest = [(k, c) for k, c in keyed if k not in CLAIMS]
-    out = {k: c for (k, _), c in zip(rest, exploratory([c for _, c in rest]), strict=True)}
-    out.update({k: j.comparison for (k, _), j in zip(claimed, primary, strict=True)})
-    return primary, out
+    return judge_keyed(dict(_raw(results)), CLAIMS)
 
 
 def comparisons(results: Sequence[ArmResult]) -> dict[tuple[Any, ...], Comparison]:
