@@ -100,27 +100,47 @@ def test_two_arms_at_chance_are_a_floor_not_a_comparison():
             "equal steps)") in f.verdict
 
 
-def test_primary_arms_at_chance_are_not_testable_and_leave_the_family():
+def test_primary_arms_at_chance_are_not_judged_with_the_reason():
     f = study(chance={"group-b2-epochs", "bnlab-b2-epochs"})
-    assert list(claims(f)) == [batch_size.IOFFE.key]
-    assert ('Wu & He 2018, "At small batches BN\'s accuracy falls below GroupNorm\'s, which does '
-            'not depend on the batch": GroupNorm vs BN (Wu & He 2018) not testable: both arms '
-            'at chance at batch 2, equal epochs (a floor, not evidence)') in f.literature
-    assert "GroupNorm vs BN: not testable (both at chance)" in f.headline
-    # Batch Renorm at 0.80 against BN at chance: judged alone (a family of one)
-    rn = claims(f)[batch_size.IOFFE.key]
-    assert rn.wording == "reproduces" and rn.comparison.p_holm == rn.comparison.p
+    assert f.primary == []  # BN, the reference of both, is at chance
+    why = ("GroupNorm vs BN (Wu & He 2018) not judged at batch 2, equal epochs: both at chance "
+           "(a floor, not evidence)")
+    assert f.not_judged[batch_size.WU_HE.key] == why
+    assert f"GroupNorm's, which does not depend on the batch\": {why}" in f.literature
+    assert "GroupNorm vs BN: not judged (both at chance)" in f.headline
+    # GroupNorm alone at chance: BN is the reference, not GroupNorm, so the claim is judged
+    g = study(chance={"group-b2-epochs"})
+    assert set(claims(g)) == {batch_size.WU_HE.key, batch_size.IOFFE.key}
+    assert claims(g)[batch_size.WU_HE.key].wording == "contradicts"
+
+
+def test_a_reference_bn_at_chance_judges_no_claim():
+    """BN at chance at batch 2 is the reference of both claims: neither is judged (a gain over
+    chance is not the papers' claim); Holm's m stays 2 for what is judged."""
+    f = study(chance={"bnlab-b2-epochs"})
+    assert f.primary == []
+    assert set(f.not_judged) == {batch_size.WU_HE.key, batch_size.IOFFE.key}
+    assert all("its reference, BN, batch 2, equal epochs, at chance" in w
+               for w in f.not_judged.values())
+    assert "reproduces" not in f.literature and "reproduces" not in f.headline
     check_families("batch-size", f)
 
 
-def test_running_averages_at_chance_with_trained_weights_are_not_at_chance():
-    """BN's running averages can lag a short run (test accuracy at chance) while PreciseBN
-    statistics show trained weights: the arm is judged on the fair accuracy, not at chance."""
+def test_ghost_bn_is_not_measured_from_bn_at_chance():
+    f = study(chance={"bnlab-b128"})
+    assert not any("Ghost BN" in c.label for c in f.comparisons)
+    assert "batch 128: Ghost BN (virtual 32) vs BN (its reference, BN, batch 128, at chance)" \
+        in f.verdict
+
+
+def test_at_chance_uses_the_claims_metric_the_running_averages():
+    """One metric for the at-chance rule and the claims: running-average test accuracy.
+    Running averages at chance with trained weights (PreciseBN 0.80): the arm is at chance,
+    so it is no reference."""
+    assert batch_size.CHANCE_METRIC == batch_size.WU_HE.metric == batch_size.IOFFE.metric
     f = study(lagging={"bnlab-b128"})
-    assert next(r for r in f.rows if r["arm"] == "BN, batch 128")["at chance"] == "no"
-    assert find(f, "BN: batch 2 vs 128, equal epochs").word == "better"  # the lag, shown
-    assert find(f, "BN: batch 2 vs 128, equal epochs", "test_acc_precise").word == \
-        "no clear difference"
+    assert next(r for r in f.rows if r["arm"] == "BN, batch 128")["at chance"] == "yes"
+    assert not any(c.label.startswith("BN: batch 2 vs 128") for c in f.comparisons)
 
 
 def test_a_failed_seed_is_counted():

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from bnlab.studies import placement
-from bnlab.studies.claims import exploratory, judge, literature_text, primary_text
+from bnlab.studies import ics, placement
+from bnlab.studies.base import Findings, lead_texts
+from bnlab.studies.claims import exploratory, judge, literature_text
 from bnlab.studies.recompute import (
     claim_differences,
     declared_claims,
@@ -26,25 +28,86 @@ B = [0.84, 0.85, 0.83, 0.86, 0.85, 0.83, 0.82, 0.87]
 
 
 def synthetic() -> tuple[dict, str]:
+    """A placement record as the runner writes it (``base.lead_texts``), with its verdict."""
     judged = judge([(placement.CLAIM, B, A, True)])  # the claim: b - a < 0
     explored = exploratory([compare(A, B, metric="train_loss", label="x", paired=True,
                                     higher_is_better=False)])
-    record = {"name": "placement", "literature": f"{literature_text(judged)}. More.",
-              "primary": [j.record() for j in judged],
+    findings = Findings([], "The rest of the verdict.", lambda _: None, explored,
+                        "Train loss is lower.", f"{literature_text(judged)}. More.", judged)
+    verdict, headline, literature = lead_texts(findings)
+    record = {"name": "placement", "headline": headline, "literature": literature,
+              "primary": [j.record() for j in judged], "not_judged": {},
               "exploratory": [c.record() for c in explored]}
-    return record, f"{primary_text(judged)} The rest of the verdict."
+    return json.loads(json.dumps(record)), verdict
+
+
+def two_claims() -> tuple[dict, str, dict]:
+    """An ics record judging both declared claims, its verdict and the declared claims."""
+    a = [0.90, 0.91, 0.89, 0.92, 0.90, 0.91, 0.90, 0.92, 0.89, 0.91]
+    judged = judge([(ics.LESS_SHIFT, a, [x - 0.2 for x in a], True),
+                    (ics.NOISY_BEATS_NONE, a, [x + 0.001 * (i % 3) for i, x in enumerate(a)],
+                     True)])
+    verdict, headline, literature = lead_texts(Findings(
+        [], "Drift is measured.", lambda _: None, [], "Drift falls.", "", judged))
+    record = {"name": "ics", "headline": headline, "literature": literature,
+              "primary": [j.record() for j in judged], "not_judged": {}, "exploratory": []}
+    return json.loads(json.dumps(record)), verdict, declared_claims(ics.analyze)
+
+
+def caught(record: dict, verdict: str, declared: dict) -> list[str]:
+    return differences(record) + claim_differences(record, declared) + \
+        text_differences(record, verdict)
 
 
 def test_a_synthetic_record_passes_every_check():
     record, verdict = synthetic()
     assert record["primary"][0]["wording"] == "reproduces"
-    assert differences(record) == []
-    assert claim_differences(record, declared_claims(placement.analyze)) == []
-    assert text_differences(record, verdict) == []
+    assert caught(record, verdict, declared_claims(placement.analyze)) == []
+    assert verdict.split("\n")[1] == "The rest of the verdict."
+    assert record["literature"].endswith(". More.") and record["literature"].count(
+        literature_text(judge([(placement.CLAIM, B, A, True)]))) == 1  # not repeated
+    record, verdict, declared = two_claims()
+    assert caught(record, verdict, declared) == []
+    marked = {**record, "headline": "[quick mode: a small subset, not evidence] "
+              + record["headline"]}
+    assert text_differences(marked, "[quick mode: a small subset, not evidence] " + verdict) == []
 
 
-def test_flipping_a_claims_direction_with_its_wording_is_caught():
-    record, _ = synthetic()
+def test_a_dropped_claim_is_caught():
+    record, verdict, declared = two_claims()
+    dropped = copy.deepcopy(record)
+    dropped["primary"] = dropped["primary"][1:]
+    assert any("neither judged nor listed" in w for w in caught(dropped, verdict, declared))
+    # listing it as not judged keeps Holm's m at 2: the published p values no longer recompute
+    dropped["not_judged"] = {ics.LESS_SHIFT.key: "its comparison did not run"}
+    assert claim_differences(dropped, declared) == []
+    assert any("p_holm" in w for w in differences(dropped))
+    invented = copy.deepcopy(record)
+    invented["not_judged"] = {"made-up": "x", ics.LESS_SHIFT.key: ""}
+    assert len(claim_differences(invented, declared)) == 2
+
+
+def test_an_edited_headline_is_caught():
+    record, verdict, declared = two_claims()
+    for headline in ("BN reduces internal covariate shift: reproduces.",
+                     record["headline"].replace("does not reproduce", "reproduces"),
+                     record["headline"].replace("Claims: ", "Claims: [x] reproduces; ")):
+        edited = {**record, "headline": headline}
+        assert any("headline" in w for w in caught(edited, verdict, declared)), headline
+
+
+def test_an_extra_verdict_sentence_is_caught():
+    record, verdict, declared = two_claims()
+    first, rest = verdict.split("\n", 1)
+    extra = f"{first} Exploratory: noisy BN vs BN, Holm p < 0.001: better.\n{rest}"
+    assert any("verdict" in w for w in caught(record, extra, declared))
+    assert any("verdict" in w for w in caught(record, rest, declared))  # claims part missing
+    lit = {**record, "literature": record["literature"] + "x"}  # glued to the claims part
+    assert any("literature" in w for w in caught(lit, verdict, declared))
+
+
+def test_a_flipped_direction_is_caught():
+    record, verdict = synthetic()
     flipped = copy.deepcopy(record)
     flipped["primary"][0]["claim"]["direction"] = -placement.CLAIM.direction
     flipped["primary"][0]["wording"] = "contradicts"
@@ -52,9 +115,17 @@ def test_flipping_a_claims_direction_with_its_wording_is_caught():
     wrong = claim_differences(flipped, declared_claims(placement.analyze))
     assert placement.CLAIM.direction == -1
     assert len(wrong) == 1 and "direction recorded 1, declared -1" in wrong[0]  # ...not the study
+    assert text_differences(flipped, verdict)  # and the texts no longer lead with its wording
     unknown = copy.deepcopy(record)
     unknown["primary"][0]["claim"]["key"] = "made-up"
     assert "not declared" in claim_differences(unknown, declared_claims(placement.analyze))[0]
+
+
+def test_an_empty_primary_list_is_caught():
+    record, _, declared = two_claims()
+    empty = {**record, "primary": [], "literature": "reproduces"}
+    wrong = caught(empty, "anything", declared)
+    assert sum("neither judged nor listed" in w for w in wrong) == 2
 
 
 def test_a_literature_or_verdict_text_not_from_the_wording_is_caught():

@@ -57,7 +57,7 @@ def analyze(results: list[ArmResult]) -> Findings:
     others = [r for r in results if r.arm.name != BASELINE]
     claimed = [r for r in others if r.arm.name in CLAIMS]
     primary = judge([(CLAIMS[r.arm.name], base.finals("test_acc"), r.finals("test_acc"),
-                      base.paired_with(r)) for r in claimed])
+                      base.paired_with(r)) for r in claimed], family=len(CLAIMS))
     judged = {r.arm.name: j for r, j in zip(claimed, primary, strict=True)}
     groups = [accuracy_comparisons(base, r, f"{r.arm.label} vs {base.arm.label}")
               for r in others]

@@ -27,8 +27,18 @@ from typing import Any
 from bnlab.errors import UserError
 from bnlab.files import check_no_links, write_files
 from bnlab.provenance import provenance
-from bnlab.studies.claims import Judgement, judge, primary_table, primary_text
+from bnlab.studies.claims import (
+    NOT_RUN,
+    Judgement,
+    claims_headline,
+    judge,
+    lead,
+    literature_text,
+    primary_table,
+    primary_text,
+)
 from bnlab.studies.options import QUICK_SEEDS, STUDY_SEEDS
+from bnlab.studies.recompute import declared_claims
 from bnlab.studies.stats import (
     FAILED_ACCURACY,
     Comparison,
@@ -178,6 +188,9 @@ class Findings:
     # One judgement per literature claim the study declared (``claims.judge``: Holm over
     # these only, worded by the one rule).
     primary: list[Judgement] = field(default_factory=list)
+    # Every declared claim not in `primary`, with the reason (claim key -> reason; the runner
+    # adds any the analysis left out, ``claims.NOT_RUN``): study.json's ``not_judged``.
+    not_judged: dict[str, str] = field(default_factory=dict)
 
     @property
     def comparisons(self) -> list[Comparison]:
@@ -368,9 +381,12 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
     results = [ArmResult(arm, runs[i * n_seeds:(i + 1) * n_seeds])
                for i, arm in enumerate(to_run)]
     findings = study.analyze(results)
+    judged = {j.claim.key for j in findings.primary}
+    findings.not_judged = {k: findings.not_judged.get(k, NOT_RUN)
+                           for k in declared_claims(study.analyze) if k not in judged}
     check_families(study.name, findings)
-    if findings.primary:  # the claims' wording leads the verdict
-        findings.verdict = f"{primary_text(findings.primary)} {findings.verdict}"
+    if findings.primary:  # the claims' wording leads every text (``recompute`` checks it)
+        findings.verdict, findings.headline, findings.literature = lead_texts(findings)
     if skip:
         findings.rows, note = _not_run(findings.rows, arms, skip, subject)
         findings.verdict = f"{findings.verdict} {note}"
@@ -394,7 +410,7 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
                       "this_call": time.perf_counter() - started},
         "headline": findings.headline, "literature": findings.literature,
         "setup": _setup(study, ran, n_seeds), "caveats": study.caveats,
-        "primary": [j.record() for j in findings.primary],
+        "primary": [j.record() for j in findings.primary], "not_judged": findings.not_judged,
         "exploratory": [c.record() for c in findings.exploratory],
         "arms": [{"name": r.arm.name, "label": r.arm.label, "tags": r.arm.tags,
                   "runs": [str(run.path.relative_to(out)) for run in r.runs],
@@ -472,6 +488,19 @@ def _train_all(name: str, jobs: list[Job], sweep: Sweep, log: Callable[[str], No
         bar.close()
 
 
+def lead_texts(findings: Findings) -> tuple[str, str, str]:
+    """Verdict, headline and literature sentence, each led by its claims part generated from
+    the judgements: ``primary_text`` alone on the verdict's first line, ``claims_headline``
+    and ``literature_text`` + "." first in the others (a study's own literature sentence
+    that already starts with the claims' wording is not repeated)."""
+    p = findings.primary
+    own = literature_text(p)
+    rest = findings.literature.strip()
+    rest = rest[len(own):].removeprefix(".").strip() if rest.startswith(own) else rest
+    return (f"{primary_text(p)}\n{findings.verdict.strip()}".strip(),
+            lead(claims_headline(p), findings.headline.strip()), lead(f"{own}.", rest))
+
+
 def check_families(name: str, findings: Findings) -> None:
     """The runner's check of the two families: the exploratory comparisons Holm-corrected as
     one family (a study that split them into two holm calls would get smaller p values), and
@@ -482,10 +511,12 @@ def check_families(name: str, findings: Findings) -> None:
                              f"Holm-corrected as one family (pass all of them through one "
                              f"claims.exploratory call)")
     again = judge([(j.claim, j.comparison.a.values, j.comparison.b.values, j.paired)
-                   for j in findings.primary])
+                   for j in findings.primary],
+                  family=len(findings.primary) + len(findings.not_judged))
     if _finite([j.record() for j in again]) != _finite([j.record() for j in findings.primary]):
         raise AssertionError(f"study {name}: its primary judgements are not one claims.judge "
-                             f"call over all its claims (judge every claim together)")
+                             f"call over all its claims (judge every claim together, with family = "
+                             f"the number of declared claims when some did not run)")
 
 
 def same_family(comparisons: Sequence[Comparison]) -> bool:

@@ -16,7 +16,8 @@ Ghost BN (Hoffer et al. 2017) normalizes virtual batches of 32 (``GhostBatchNorm
 default): at B <= 32 it is BN exactly, so it runs only at B = 128.
 
 **At chance.** An arm is *at chance* when most of its seeds failed (``stats``: diverged, or
-test accuracy <= 0.15, PreciseBN's where the arm has running statistics). Short budgets put
+test accuracy <= 0.15 with the running averages: the one metric the claims are judged on, so
+an arm is at chance exactly when the claims' own numbers say it is). Short budgets put
 whole arms there (the sigmoid LeNet without normalization never leaves its plateau; under
 equal steps GroupNorm and LayerNorm do not either), and a difference from an arm at chance
 is a floor, not a normalization's effect:
@@ -25,7 +26,10 @@ is a floor, not a normalization's effect:
   batch 128 when that batch-128 run is at chance (a "drop" from chance reads as a gain);
 * two arms both at chance are not compared (a floor). A comparison not made never enters a
   Holm family; the verdict names it, and a primary claim whose arms are both at chance is
-  reported as not testable. A comparison with one arm at chance is made.
+  reported as not judged (the record's ``not_judged``, with the reason). A comparison with
+  one arm at chance is made only when that arm is not its reference. The rule holds for every
+  comparison: the primary ones (BN is their reference), each layer's own batches and Ghost BN
+  against BN.
 
 **Primary comparisons** (``bnlab.studies.claims``; wording from ``claims.judge``), both at
 the smallest batch under equal epochs, the control of the papers, on test accuracy with the
@@ -67,6 +71,7 @@ from bnlab.train import TrainConfig
 NORMS = {"bnlab": "BN", "renorm-fixed": "Batch Renorm", "group": "GroupNorm",
          "layer": "LayerNorm", "none": "no norm"}
 GHOST = "ghost"
+CHANCE_METRIC = "test_acc"  # running averages: the claims' metric (WU_HE, IOFFE)
 BATCHES = (2, 8, 32, 128)
 EXAMPLES = 6144  # N: equal epochs' training examples; equal steps: S = N / reference batch
 CONTROLS = {"epochs": "equal epochs", "steps": "equal steps"}
@@ -115,11 +120,10 @@ def arms(quick: bool) -> list[Arm]:
 
 
 def at_chance(res: ArmResult) -> bool:
-    """Most of the arm's seeds failed: diverged, or never beat chance (``stats``' bar) on the
-    fair accuracy, PreciseBN's where the arm has running statistics (running averages that lag
-    a few hundred steps can sit at chance while the weights are trained)."""
-    failed = sum(1 for loss, acc in zip(res.finals("train_loss"),
-                                        res.fair_finals("test_acc_precise"), strict=True)
+    """Most of the arm's seeds failed: diverged, or never beat chance (``stats``' bar) on
+    test accuracy with the running averages, the metric the claims use (module docstring)."""
+    failed = sum(1 for loss, acc in zip(res.finals("train_loss"), res.finals(CHANCE_METRIC),
+                                        strict=True)
                  if not math.isfinite(loss) or acc <= FAILED_ACCURACY)
     return 2 * failed > len(res.runs)
 
@@ -134,14 +138,16 @@ def floor(a: ArmResult, b: ArmResult, *, reference: bool) -> str:
 
 
 def primary_judgements(bn: ArmResult, others: dict[str, ArmResult]
-                       ) -> tuple[list[Judgement], list[Claim]]:
+                       ) -> tuple[list[Judgement], dict[Claim, str]]:
     """The declared claims (``CLAIMS``) at the smallest batch, equal epochs, for the layers
-    that ran, judged together (one Holm family); a claim whose two arms are both at chance is
-    left out of the family (a floor, not evidence) and returned second."""
+    that ran, judged together (one Holm family over every declared claim); a claim whose
+    reference (BN) is at chance, or whose two arms both are, is not judged (a floor, not
+    evidence): returned second, with why (``floor``)."""
     keyed = [(CLAIMS[n], bn, r) for n, r in others.items() if n in CLAIMS]
-    floored = [c for c, a, b in keyed if floor(a, b, reference=False)]
+    why = {c: floor(a, b, reference=True) for c, a, b in keyed}
     return judge([(c, a.finals(c.metric), b.finals(c.metric), a.paired_with(b))
-                  for c, a, b in keyed if c not in floored]), floored
+                  for c, a, b in keyed if not why[c]], family=len(CLAIMS)), \
+        {c: w for c, w in why.items() if w}
 
 
 def analyze(results: list[ArmResult]) -> Findings:
@@ -161,7 +167,7 @@ def analyze(results: list[ArmResult]) -> Findings:
         return (norm, b, "both" if b == ref else control) in by
 
     primary: list[Judgement] = []
-    floored: list[Claim] = []
+    floored: dict[Claim, str] = {}
     if has("bnlab", small, "epochs"):
         primary, floored = primary_judgements(at("bnlab", small, "epochs"), {
             n: at(n, small, "epochs") for n in CLAIMS if n in ran and has(n, small, "epochs")})
@@ -199,9 +205,9 @@ def analyze(results: list[ArmResult]) -> Findings:
                 if len(raw) > n_raw:
                     own[(norm, control)] = [c for _, c in raw[n_raw:]]
     if (GHOST, ref, "both") in by and ("bnlab", ref, "both") in by:
-        raw += [("ghost", c) for c in accuracy_comparisons(
-            by[("bnlab", ref, "both")], by[(GHOST, ref, "both")],
-            f"batch {ref}: Ghost BN (virtual 32) vs BN")]
+        bn, gh = by[("bnlab", ref, "both")], by[(GHOST, ref, "both")]
+        add("ghost", bn, gh, accuracy_comparisons(bn, gh, f"batch {ref}: Ghost BN (virtual 32) "
+                                                           f"vs BN"), reference=True)
     flat = exploratory([c for _, c in raw])
     groups: dict[str, list[Comparison]] = {}
     for (g, _), c in zip(raw, flat, strict=True):
@@ -218,7 +224,8 @@ def analyze(results: list[ArmResult]) -> Findings:
     def plot(path: Path) -> None:
         _plot(by, ran, batches, path, n_seeds, ran_on(results))
 
-    return Findings(rows, verdict, plot, flat, headline, literature, primary=primary)
+    return Findings(rows, verdict, plot, flat, headline, literature, primary=primary,
+                    not_judged={c.key: _floored({c: w}, small) for c, w in floored.items()})
 
 
 def _worse(cs: list[Comparison]) -> bool:
@@ -233,13 +240,14 @@ def _chance_text(chance: dict[str, list[str]]) -> str:
                      for k, v in chance.items())
 
 
-def _floored(floor: list[Claim], small: int) -> str:
-    """'GroupNorm vs BN (Wu & He 2018) not testable: both at chance at batch 2'."""
-    return "; ".join(f"{c.label} ({c.source}) not testable: both arms at chance at batch "
-                     f"{small}, equal epochs (a floor, not evidence)" for c in floor)
+def _floored(floor: dict[Claim, str], small: int) -> str:
+    """'GroupNorm vs BN (Wu & He 2018) not judged at batch 2, equal epochs: both at chance (a
+    floor, not evidence)'."""
+    return "; ".join(f"{c.label} ({c.source}) not judged at batch {small}, equal epochs: {w} "
+                     f"(a floor, not evidence)" for c, w in floor.items())
 
 
-def _verdict(floored: list[Claim], groups: dict[str, list[Comparison]],
+def _verdict(floored: dict[Claim, str], groups: dict[str, list[Comparison]],
              own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
              skipped: list[str], small: int, ref: int) -> str:
     text = f"{_floored(floored, small)}. " if floored else ""
@@ -264,11 +272,11 @@ def _verdict(floored: list[Claim], groups: dict[str, list[Comparison]],
     return text
 
 
-def _headline(primary: list[Judgement], floor: list[Claim],
+def _headline(primary: list[Judgement], floor: dict[Claim, str],
               own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
               small: int) -> str:
     claims = "; ".join([f"{j.comparison.label}: {j.wording}" for j in primary]
-                       + [f"{c.label}: not testable (both at chance)" for c in floor])
+                       + [f"{c.label}: not judged ({w})" for c, w in floor.items()])
     worse = {k: [NORMS[n] for (n, c), cs in own.items() if c == k and _worse(cs)]
              for k in CONTROLS}
     return (f"At batch {small}, equal epochs: {claims or 'no claim tested'}. Clearly worse at "
@@ -277,14 +285,15 @@ def _headline(primary: list[Judgement], floor: list[Claim],
             + f". At chance: {_chance_text(chance)}.")
 
 
-def _literature(primary: list[Judgement], floor: list[Claim], small: int,
+def _literature(primary: list[Judgement], floor: dict[Claim, str], small: int,
                 bn_ran: bool) -> str:
     if not bn_ran:
         return "Not tested: BN did not run on this network."
     if not primary and not floor:
         return "Not tested: neither GroupNorm nor Batch Renorm ran at the smallest batch."
     parts = [literature_text(primary)] if primary else []
-    parts += [f"{c.source}, \"{c.statement}\": {_floored([c], small)}" for c in floor]
+    parts += [f"{c.source}, \"{c.statement}\": {_floored({c: w}, small)}"
+              for c, w in floor.items()]
     return "; ".join(parts) + f" (at batch {small}, equal epochs, test accuracy)."
 
 

@@ -25,13 +25,23 @@ each claim with its per-seed values and returns ``Judgement``s:
   H0: diff >= +margin; for n < 8 the exact one-sided tests of the shifted values stand beside
   them (the larger p counts). Holm-corrected over the family like the others.
 
-The rule (``wording``): *clear* = Holm p < ALPHA and, for n < 8 seeds, the exact test's Holm
-p < ALPHA too. "reproduces": clear in the paper's direction; "contradicts": clear, the other
-way; "does not reproduce": not clear and TOST's Holm p < ALPHA (equivalent within +-margin);
-otherwise "not shown". One of these four words always leads; a qualifier in parentheses may
-stand beside it: "reproduces (smaller than the margin)" (or "contradicts (...)") when the clear
-effect is smaller than the margin; "not shown (the exact test does not agree)" when the t-test
-alone is clear; "not shown (the effect is beyond the MDE)" when |effect| >= MDE yet not clear.
+The rule (``wording``), equivalence first. *clear* = Holm p < ALPHA and, for n < 8 seeds, the
+exact test's Holm p < ALPHA too.
+
+1. TOST's Holm p < ALPHA (the effect lies inside +-margin): "does not reproduce", qualified
+   "does not reproduce (a clear effect smaller than the margin)" when the difference is also
+   clear (in either direction): an effect too small to be the one the paper reports;
+2. else clear in the paper's direction: "reproduces"; clear the other way: "contradicts";
+3. otherwise "not shown" (its MDE stands beside it in the text and the table), qualified
+   "not shown (the exact test does not agree)" when the t-test alone is clear.
+
+No other qualifier exists. "|effect| >= MDE yet not clear" cannot happen, so the rule does not
+word it: a finite MDE at se > 0 is nc* se with power(nc*) = POWER > 1/2, so nc* > t_crit
+(the noncentral t at nc = t_crit has power about 1/2), and |diff| >= MDE gives |t| > t_crit,
+raw p < ALPHA / m, and Holm p <= m p < ALPHA (Holm multiplies the k-th smallest p by
+m - k + 1 <= m and takes the running maximum of values each <= m p_(k)). At se = 0 the MDE
+is 0 and ``compare`` decides by the exact test without spread (a zero effect: p = 1, "not
+shown"). (Tests: ``tests/studies/test_wording_rule.py``.)
 For a primary comparison "better"/"worse" (``Comparison.word``) mean in the paper's direction
 or against it (``Claim.higher_is_better``), and ``Comparison.clear`` is the rule's *clear*.
 """
@@ -47,16 +57,44 @@ from scipy import stats as sps
 from scipy.optimize import brentq
 
 from bnlab.studies.exact import exact_floor, exact_p
-from bnlab.studies.stats import ALPHA, Comparison, compare, holm, holm_p, no_spread, p_is, p_text
+from bnlab.studies.stats import (
+    ALPHA,
+    Comparison,
+    compare,
+    data_scale,
+    holm,
+    holm_p,
+    no_spread,
+    p_is,
+    p_text,
+)
 
-__all__ = ["BEYOND_MDE", "EXACT_BELOW", "EXACT_DISAGREES", "POWER", "SMALLER", "WORDS", "Claim",
-           "Judgement", "exact_agrees", "exploratory", "judge", "judge_keyed", "literature_text",
-           "mde", "primary_table", "primary_text", "tost", "wording"]
+__all__ = [
+    "EQUIVALENT_CLEAR",
+    "EXACT_BELOW",
+    "EXACT_DISAGREES",
+    "NOT_RUN",
+    "POWER",
+    "WORDS",
+    "Claim",
+    "Judgement",
+    "claims_headline",
+    "exact_agrees",
+    "exploratory",
+    "judge",
+    "judge_keyed",
+    "lead",
+    "literature_text",
+    "mde",
+    "primary_table",
+    "primary_text",
+    "tost",
+    "wording",
+]
 
 WORDS = ("reproduces", "contradicts", "not shown", "does not reproduce")
 EXACT_DISAGREES = "not shown (the exact test does not agree)"  # t-test clear, exact test not
-BEYOND_MDE = "not shown (the effect is beyond the MDE)"
-SMALLER = " (smaller than the margin)"
+EQUIVALENT_CLEAR = "does not reproduce (a clear effect smaller than the margin)"
 EXACT_BELOW = 8  # seeds below which the exact test must agree for "clear"
 POWER = 0.8
 
@@ -167,14 +205,13 @@ def _se_df(a: Sequence[float], b: Sequence[float], paired: bool) -> tuple[float,
     """Standard error and degrees of freedom of mean(b) - mean(a), as ``stats.compare``
     (a spread below its threshold, ``no_spread``, is none: 0)."""
     import statistics as st
-    diff = sum(b) / len(b) - sum(a) / len(a)
     if paired:
         d = [y - x for x, y in zip(a, b, strict=True)]
         se = st.stdev(d) / math.sqrt(len(d))
-        return (0.0 if no_spread(se, diff) else se), len(d) - 1.0
+        return (0.0 if no_spread(se, data_scale(a, b)) else se), len(d) - 1.0
     va, vb = st.variance(a) / len(a), st.variance(b) / len(b)
     se = math.sqrt(va + vb)
-    if no_spread(se, diff):
+    if no_spread(se, data_scale(a, b)):
         return 0.0, float(len(a) + len(b) - 2)
     return se, (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
 
@@ -203,36 +240,45 @@ def exact_agrees(c: Comparison, p_exact: float) -> bool:
     return min(c.a.n, c.b.n) >= EXACT_BELOW or p_exact < ALPHA
 
 
-def wording(c: Comparison, p_exact: float, p_tost: float, direction: int,
-            margin: float = 0.0, mde: float = math.nan) -> str:
+def wording(c: Comparison, p_exact: float, p_tost: float, direction: int) -> str:
     """The one rule (module docstring) from Holm-corrected p values: one of WORDS, with its
-    qualifier beside it where one applies."""
+    qualifier beside it where one applies. Equivalence is consulted first."""
     if not c.testable:
         return c.test.replace("not testable: ", "not testable (", 1) + ")"
     t_clear = c.p_holm < ALPHA
-    if t_clear and exact_agrees(c, p_exact):
-        word = "reproduces" if (c.diff > 0) == (direction > 0) else "contradicts"
-        return word + SMALLER if abs(c.diff) < margin else word
+    clear = t_clear and exact_agrees(c, p_exact)
     if p_tost < ALPHA:
-        return "does not reproduce"
-    if t_clear:
-        return EXACT_DISAGREES
-    if math.isfinite(mde) and abs(c.diff) >= mde:
-        return BEYOND_MDE
-    return "not shown"
+        return EQUIVALENT_CLEAR if clear else "does not reproduce"
+    if clear:
+        return "reproduces" if (c.diff > 0) == (direction > 0) else "contradicts"
+    return EXACT_DISAGREES if t_clear else "not shown"
 
 
-def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]]
-          ) -> list[Judgement]:
+def _holm(ps: Sequence[float], extra: int) -> list[float]:
+    """Holm over `ps` and `extra` tests that did not run, counted as p = 1 (conservative)."""
+    return holm_p([*ps, *([1.0] * extra)])[:len(ps)]
+
+
+def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]],
+          *, family: int | None = None) -> list[Judgement]:
     """(claim, a values per seed, b values per seed, paired) -> judgements; Holm over this
-    family only; wording by the one fixed rule (``wording``)."""
+    family only; wording by the one fixed rule (``wording``). `family`: the declared number of
+    claims when some of them could not be judged (``judge_keyed``): Holm's m stays at it, the
+    missing tests counted as p = 1, a conservative choice (no claim gains from another's
+    absence)."""
     keys = [claim.key for claim, *_ in primary]
     if len(set(keys)) != len(keys):
         raise ValueError(f"claims must have distinct keys within a study: {keys}")
-    comps = holm([compare(a, b, metric=claim.metric, label=claim.label, paired=paired,
-                          higher_is_better=claim.higher_is_better)
-                  for claim, a, b, paired in primary])
-    m = sum(1 for c in comps if c.testable)
+    extra = 0 if family is None else family - len(primary)
+    if extra < 0:
+        raise ValueError(f"judge: family {family} is smaller than the {len(primary)} claims "
+                         f"judged")
+    raw = [compare(a, b, metric=claim.metric, label=claim.label, paired=paired,
+                   higher_is_better=claim.higher_is_better) for claim, a, b, paired in primary]
+    comps = [replace(c, p_holm=q) if c.testable else c
+             for c, q in zip(raw, _holm([c.p if c.testable else math.nan for c in raw], extra),
+                             strict=True)]
+    m = sum(1 for c in comps if c.testable) + extra
     raw_exact, raw_tost, mdes = [], [], []
     for (claim, a, b, paired), c in zip(primary, comps, strict=True):
         if not c.testable:
@@ -245,9 +291,9 @@ def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]
         floor = exact_floor(len(a), len(b), paired=paired)
         reachable = min(len(a), len(b)) >= EXACT_BELOW or floor * m < ALPHA
         mdes.append(mde(*_se_df(a, b, paired), m) if reachable else math.inf)
-    p_exact, p_tost = holm_p(raw_exact), holm_p(raw_tost)
+    p_exact, p_tost = _holm(raw_exact, extra), _holm(raw_tost, extra)
     return [Judgement(claim, replace(c, exact_agrees=not c.testable or exact_agrees(c, pe)),
-                      pe, md, pt, wording(c, pe, pt, claim.direction, claim.margin, md), paired)
+                      pe, md, pt, wording(c, pe, pt, claim.direction), paired)
             for (claim, _, _, paired), c, pe, pt, md
             in zip(primary, comps, p_exact, p_tost, mdes, strict=True)]
 
@@ -259,6 +305,16 @@ def primary_text(judgements: Sequence[Judgement]) -> str:
             f"'reproduces'/'contradicts' need Holm p < 0.05, and below {EXACT_BELOW} seeds the "
             f"exact test too; 'does not reproduce' needs equivalence within the margin): "
             + "; ".join(f"[{j.claim.key}] {j.text()}" for j in judgements) + ".")
+
+
+def claims_headline(judgements: Sequence[Judgement]) -> str:
+    """The headline's claims part, first in it: 'Claims: [key] wording; [key] wording.'"""
+    return "Claims: " + "; ".join(f"[{j.claim.key}] {j.wording}" for j in judgements) + "."
+
+
+def lead(claims_part: str, rest: str) -> str:
+    """A published text: the claims part generated from the judgements, then the study's own."""
+    return f"{claims_part} {rest}" if rest else claims_part
 
 
 def literature_text(judgements: Sequence[Judgement]) -> str:
@@ -290,15 +346,21 @@ def exploratory(comparisons: Sequence[Comparison]) -> list[Comparison]:
 K = TypeVar("K", bound=Hashable)
 
 
+NOT_RUN = "its comparison did not run (an arm it needs did not run or gave no values)"
+
+
 def judge_keyed(raw: Mapping[K, Comparison], claims: Mapping[K, Claim]
-                ) -> tuple[list[Judgement], dict[K, Comparison]]:
+                ) -> tuple[list[Judgement], dict[K, Comparison], dict[str, str]]:
     """A study's comparisons by key, split in two families: those whose key names a claim are
-    judged (``judge``, Holm over the claims that ran), the rest exploratory (Holm over the
-    rest). Returns the judgements and every comparison as tested, in `raw`'s order."""
+    judged (``judge``, Holm over the *declared* claims: one whose comparison did not run counts
+    as p = 1), the rest exploratory (Holm over the rest). Returns the judgements, every
+    comparison as tested in `raw`'s order, and the claims not judged with the reason (claim
+    key -> reason, for the record's ``not_judged``)."""
     claimed = [k for k in raw if k in claims]
     primary = judge([(claims[k], raw[k].a.values, raw[k].b.values, bool(raw[k].paired))
-                     for k in claimed])
+                     for k in claimed], family=len(claims))
     rest = [k for k in raw if k not in claims]
     out = dict(zip(rest, exploratory([raw[k] for k in rest]), strict=True))
     out.update(zip(claimed, (j.comparison for j in primary), strict=True))
-    return primary, {k: out[k] for k in raw}
+    missing = {claims[k].key: NOT_RUN for k in claims if k not in raw}
+    return primary, {k: out[k] for k in raw}, missing

@@ -5,11 +5,13 @@ Paired values: under H0 each difference d_i = b_i - a_i is as likely +|d_i| as -
 are exchangeable, so the C(n_a + n_b, n_b) ways to pick the b group from the pooled values give
 the null distribution of mean(b) - mean(a). A one-sided p value is the share of patterns at
 least as extreme as the observed statistic, counted with a tolerance of float rounding so that
-exact ties count; the two-sided p is twice the smaller one (at most 1), as scipy's
-``permutation_test`` has it. That equals the share of patterns with |stat| >= |observed| when
-the null distribution is symmetric about 0: always for the sign-flip test (flipping every sign
-negates the statistic), and for the permutation test when n_a == n_b (swapping the groups
-negates it). With n_a != n_b the permutation null can be skewed, and the two can differ.
+exact ties count (``TIE_RTOL`` times the data's scale: max |d_i| paired, max |value| of the
+pooled values unpaired, so scaling the data does not change p); the two-sided p is twice the
+smaller one (at most 1), as scipy's ``permutation_test`` has it. That equals the share of
+patterns with |stat| >= |observed| when the null distribution is symmetric about 0: always
+for the sign-flip test (flipping every sign negates the statistic), and for the permutation
+test when n_a == n_b (swapping the groups negates it). With n_a != n_b the permutation null
+can be skewed, and the two can differ.
 Every pattern is enumerated up to ``MAX_EXACT`` patterns; above that (n > 17 paired, e.g.
 10 + 10 unpaired is still exact) ``RESAMPLES`` random patterns from a fixed seed, with
 p = (hits + 1) / (RESAMPLES + 1).
@@ -28,6 +30,7 @@ __all__ = ["MAX_EXACT", "exact_floor", "exact_p"]
 
 MAX_EXACT = 200_000
 RESAMPLES = 100_000
+TIE_RTOL = 1e-9  # ties: within this share of the data's scale (max |d|, or max |value|)
 
 
 def exact_floor(n_a: int, n_b: int, *, paired: bool) -> float:
@@ -35,11 +38,12 @@ def exact_floor(n_a: int, n_b: int, *, paired: bool) -> float:
     return 2.0 / 2.0 ** n_a if paired else 2.0 / math.comb(n_a + n_b, n_b)
 
 
-def _p(null: np.ndarray, observed: float, alternative: str, patterns: int, exact: bool) -> float:
-    tol = 1e-9 * max(1.0, float(np.max(np.abs(null))))
+def _p(null: np.ndarray, observed: float, alternative: str, patterns: int, exact: bool,
+       scale: float) -> float:
+    tol = TIE_RTOL * scale  # relative: the same data in other units gives the same p
     if alternative == "two-sided":  # twice the smaller tail (scipy's rule)
-        return min(1.0, 2 * min(_p(null, observed, "greater", patterns, exact),
-                                _p(null, observed, "less", patterns, exact)))
+        return min(1.0, 2 * min(_p(null, observed, "greater", patterns, exact, scale),
+                                _p(null, observed, "less", patterns, exact, scale)))
     if alternative == "greater":
         hits = int(np.sum(null >= observed - tol))
     else:
@@ -67,7 +71,8 @@ def exact_p(a: Sequence[float], b: Sequence[float], *, paired: bool,
             exact = False
             signs = np.random.default_rng(0).choice([-1, 1], size=(RESAMPLES, n))
         null = signs @ d / n  # (patterns,)
-        return _p(null, float(d.mean()), alternative, len(null), exact)
+        return _p(null, float(d.mean()), alternative, len(null), exact,
+                  float(np.max(np.abs(d))))
     pooled = np.concatenate([xa, xb])
     n, nb = pooled.size, xb.size
     total = pooled.sum()
@@ -80,4 +85,5 @@ def exact_p(a: Sequence[float], b: Sequence[float], *, paired: bool,
         picks = np.argsort(rng.random((RESAMPLES, n)), axis=1)[:, :nb]
     sum_b = pooled[picks].sum(axis=1)
     null = sum_b / nb - (total - sum_b) / xa.size
-    return _p(null, float(xb.mean() - xa.mean()), alternative, len(null), exact)
+    return _p(null, float(xb.mean() - xa.mean()), alternative, len(null), exact,
+              float(np.max(np.abs(pooled))))

@@ -114,7 +114,8 @@ def judged(by: dict[str, ArmResult], lrs: list[float]) -> tuple[
     """The claims' judgements (``CLAIMS`` whose arms ran) and every comparison by (lr,
     measure or accuracy key): the claims' as judged (Holm over the claims), the rest
     exploratory (Holm over the rest)."""
-    return judge_keyed(_raw(by, lrs), CLAIMS)
+    primary, tests, _ = judge_keyed(_raw(by, lrs), CLAIMS)  # the runner lists the rest
+    return primary, tests
 
 
 def tests(by: dict[str, ArmResult], lrs: list[float]) -> dict[tuple[float, str], Comparison]:

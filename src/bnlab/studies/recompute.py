@@ -8,9 +8,14 @@ exploratory ones) and lists every published field that does not match, so a reco
 hand, or analysed by other code than the current, cannot pass ``tests/test_docs_fresh.py``.
 ``claim_differences`` compares the record's claims with the ones the study module declares
 (key, statement, source, metric, direction and margin; the arm labels may be specialised), so
-a direction flipped together with its wording in study.json is caught; ``text_differences``
-checks that the record's literature sentence (and, given, the verdict file) holds exactly what
-``literature_text``/``primary_text`` give for the judged claims.
+a direction flipped together with its wording in study.json is caught, and requires every
+declared claim in the record: judged, or in ``not_judged`` with its reason (Holm's m is the
+declared family, so the judged p values recompute only with the not-judged ones counted).
+``text_differences`` regenerates each text's claims part with the functions the runner uses
+(``base.lead_texts``) and compares exactly: the headline must lead with ``claims_headline``,
+the literature sentence with ``literature_text`` + ".", and the verdict's first line must be
+``primary_text`` (after the runner's bracketed marks such as "[quick mode: ...] "). What
+follows a claims part is the study's own text from its runs, which only a rerun can check.
 Floats match within ``RTOL`` (JSON keeps floats exactly; the margin covers a different
 libm); a non-finite float is stored as null (the MDE's text says which).
 """
@@ -18,11 +23,20 @@ libm); a non-finite float is stored as null (the MDE's text says which).
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text, primary_text
+from bnlab.studies.claims import (
+    Claim,
+    Judgement,
+    claims_headline,
+    exploratory,
+    judge,
+    literature_text,
+    primary_text,
+)
 from bnlab.studies.stats import compare
 
 __all__ = ["RTOL", "claim_differences", "declared_claims", "differences", "text_differences"]
@@ -104,10 +118,13 @@ def declared_claims(analyze: Any) -> dict[str, Claim]:
 
 
 def claim_differences(record: Mapping[str, Any], declared: Mapping[str, Claim]) -> list[str]:
-    """The record's claims that the study does not declare as they are stored."""
+    """The record's claims that the study does not declare as they are stored, and the
+    declared claims the record neither judges nor lists in ``not_judged``."""
     name, out = record.get("name", "?"), []
+    seen = []
     for p in record.get("primary", []):
         stored = p.get("claim", {})
+        seen.append(stored.get("key"))
         claim = declared.get(stored.get("key"))
         if claim is None:
             out.append(f"{name}: claim {stored.get('key')!r} is not declared by the study")
@@ -115,17 +132,39 @@ def claim_differences(record: Mapping[str, Any], declared: Mapping[str, Claim]) 
         now = claim.record()
         out += [f"{name} claim [{claim.key}]: {k} recorded {stored.get(k)!r}, declared {now[k]!r}"
                 for k in SAME if not _same(stored.get(k), now[k])]
+    not_judged = record.get("not_judged", {})
+    if not isinstance(not_judged, Mapping):
+        return [*out, f"{name}: not_judged is not a mapping of claim keys to reasons"]
+    for key, reason in not_judged.items():
+        if key not in declared or key in seen or not (isinstance(reason, str) and reason):
+            out.append(f"{name}: not_judged [{key}] must be a declared claim that is not judged, "
+                       f"with its reason ({reason!r})")
+    out += [f"{name}: declared claim [{k}] is neither judged nor listed as not judged"
+            for k in declared if k not in seen and k not in not_judged]
     return out
 
 
 def _judged(record: Mapping[str, Any]) -> list[Judgement]:
+    not_judged = record.get("not_judged", {})
+    if not isinstance(not_judged, Mapping):
+        raise TypeError("not_judged must map claim keys to reasons")
     return judge([(Claim(**p["claim"]), _values(p["a"]), _values(p["b"]), bool(p["paired"]))
-                  for p in record["primary"]])
+                  for p in record["primary"]], family=len(record["primary"]) + len(not_judged))
+
+
+MARKS = re.compile(r"^(\[[^\]\n]*\] )*")  # the runner's marks: "[quick mode: ...] "
+
+
+def _leads(text: str, part: str) -> bool:
+    """Whether `text`, less its marks, is `part` alone or `part` followed by a space."""
+    text = text[MARKS.match(text).end():]  # type: ignore[union-attr]
+    return text == part or text.startswith(part + " ")
 
 
 def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> list[str]:
-    """Whether the record's literature sentence, and the `verdict` file's text when given,
-    carry what ``literature_text`` and ``primary_text`` give for the record's judged claims."""
+    """Whether the record's headline and literature sentence, and the `verdict` file's first
+    line when given, lead with exactly the claims part the current code generates from the
+    record's judged claims (module docstring)."""
     name = record.get("name", "?")
     if "primary" not in record:
         return [f"{name}: the record has no primary comparisons (an older format)"]
@@ -136,10 +175,14 @@ def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> l
     if not judged:
         return []
     out = []
-    if literature_text(judged) not in str(record.get("literature", "")):
-        out.append(f"{name}: the literature sentence is not what its claims' wording gives "
-                   f"({literature_text(judged)!r})")
-    if verdict is not None and primary_text(judged) not in verdict:
-        out.append(f"{name}: the verdict does not lead with its claims' wording "
-                   f"({primary_text(judged)[:120]!r}...)")
+    for key, part in (("headline", claims_headline(judged)),
+                      ("literature", f"{literature_text(judged)}.")):
+        if not _leads(str(record.get(key, "")), part):
+            out.append(f"{name}: the {key} does not lead with exactly its claims' wording "
+                       f"({part[:160]!r})")
+    if verdict is not None:
+        first = verdict.split("\n", 1)[0]
+        if first[MARKS.match(first).end():] != primary_text(judged):  # type: ignore[union-attr]
+            out.append(f"{name}: the verdict's first line is not exactly its claims' wording "
+                       f"({primary_text(judged)[:120]!r}...)")
     return out

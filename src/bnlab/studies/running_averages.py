@@ -149,7 +149,8 @@ def judged(results: Sequence[ArmResult]) -> tuple[list[Judgement],
     """The claims' judgements (``CLAIMS`` whose arms ran) and every comparison by (lr, what,
     metric): the claims' as judged (Holm over the claims), the rest exploratory (Holm over
     the rest)."""
-    return judge_keyed(dict(_raw(results)), CLAIMS)
+    primary, tests, _ = judge_keyed(dict(_raw(results)), CLAIMS)  # the runner lists the rest
+    return primary, tests
 
 
 def comparisons(results: Sequence[ArmResult]) -> dict[tuple[Any, ...], Comparison]:

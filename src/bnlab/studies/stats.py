@@ -35,8 +35,21 @@ from dataclasses import dataclass, replace
 
 from scipy import stats as sps
 
-__all__ = ["ALPHA", "FAILED_ACCURACY", "Comparison", "Summary", "compare", "fmt", "holm",
-           "holm_p", "no_spread", "p_is", "p_text", "summary"]
+__all__ = [
+    "ALPHA",
+    "FAILED_ACCURACY",
+    "Comparison",
+    "Summary",
+    "compare",
+    "data_scale",
+    "fmt",
+    "holm",
+    "holm_p",
+    "no_spread",
+    "p_is",
+    "p_text",
+    "summary",
+]
 
 ALPHA = 0.05
 FAILED_ACCURACY = 0.15  # chance is 0.10 on the 10-class datasets bnlab ships
@@ -213,7 +226,10 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
         # Welch-Satterthwaite degrees of freedom
         df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se > 0 else \
             float(sa.n + sb.n - 2)
-    if no_spread(se, diff):  # no spread (up to float rounding): t is 0 or inf
+    scale = data_scale(sa.values, sb.values)
+    if no_spread(se, scale):  # no spread (up to float rounding): t is 0 or inf
+        if abs(diff) <= SPREAD_RTOL * scale:  # a difference of rounding only is none
+            diff = 0.0
         return _without_spread(label, metric, sa, sb, higher_is_better, paired, diff)
     half = float(sps.t.ppf(0.975, df)) * se
     p = float(2 * sps.t.sf(abs(diff) / se, df))
@@ -221,10 +237,19 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
                       diff + half, p, paired=paired)
 
 
-def no_spread(se: float, diff: float) -> bool:
-    """Whether a standard error is no spread at all, up to float rounding (then t is 0 or
-    infinite and ``compare`` uses the exact test that needs no spread)."""
-    return se <= 1e-12 * max(1.0, abs(diff))
+SPREAD_RTOL = 1e-12  # float rounding, relative to the data's scale
+
+
+def data_scale(a: Sequence[float], b: Sequence[float]) -> float:
+    """The scale float rounding is relative to: the largest |value| of both arms."""
+    return max((abs(v) for v in (*a, *b) if math.isfinite(v)), default=0.0)
+
+
+def no_spread(se: float, scale: float) -> bool:
+    """Whether a standard error is no spread at all, up to float rounding relative to the
+    data's `scale` (``data_scale``; the same data in other units gives the same answer): then
+    t is 0 or infinite and ``compare`` uses the exact test that needs no spread."""
+    return se <= SPREAD_RTOL * scale
 
 
 def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, paired: bool,
