@@ -13,9 +13,11 @@ fresh when
   (``bnlab.studies.probes.probe_files``: probes are training code, so a changed probe makes
   its study's runs stale, and no other study's), and with the configs the study's arms give
   now (so a changed design in ``studies/`` is caught too);
-* every published comparison recomputes from the record's own per-seed values, the record's
-  claims are the ones its study declares, and its literature sentence and verdict are what
-  the claims' wording gives (``bnlab.studies.recompute``);
+* every published comparison recomputes from the record's own per-seed values (Holm over the
+  declared claims), the record's claims are the ones its study declares, every declared claim
+  is judged or listed as not judged with its reason, and its headline, literature sentence and
+  verdict lead with exactly the claims part the current code generates from the record
+  (``bnlab.studies.recompute``);
 * docs/studies.md and docs/report/report.md are exactly what ``bnlab report`` builds from the
   records (nothing in them is edited by hand).
 

@@ -139,3 +139,22 @@ def test_judge_keyed_records_a_claim_that_did_not_run_and_keeps_m() -> None:
     assert alone.comparison.p_holm == pytest.approx(j.comparison.p_holm / 2)
     with pytest.raises(ValueError, match="family"):
         judge([(CLAIM, a, b, True)], family=0)
+
+
+def test_the_documented_rule_is_the_coded_one() -> None:
+    """The rule's two statements (claims' docstring, docs/studies.md's explanation) name the
+    qualifiers the code gives, and no removed one."""
+    from bnlab.report import studies_doc
+    from bnlab.studies import claims
+    for text in (claims.__doc__ or "", studies_doc.INTRO):
+        flat = " ".join(text.split())
+        assert EQUIVALENT_CLEAR in flat and EXACT_DISAGREES in flat
+        assert "beyond the MDE" not in flat and "reproduces (smaller" not in flat
+        assert flat.index("TOST") < flat.index("clear in the paper's direction")
+
+
+def test_the_summary_lists_the_claims_not_judged() -> None:
+    from bnlab.report.studies_doc import _claims
+    meta = {"primary": [{"claim": {"key": "k"}, "wording": "reproduces"}],
+            "not_judged": {"k2": NOT_RUN}}
+    assert _claims(meta) == f"k: reproduces; k2: not judged ({NOT_RUN})"

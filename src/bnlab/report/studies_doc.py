@@ -47,16 +47,17 @@ rule in every study):
   batches (seed s of both saw the same batches in the same order), Welch's t-test otherwise,
   with an (unadjusted) 95% confidence interval. Beside it, an exact test that needs no
   normality: the sign-flip test (paired) or the permutation test (unpaired).
-* The wording, from one rule: **reproduces** = Holm p < 0.05 in the paper's direction (and,
-  below 8 seeds, the exact test's Holm p < 0.05 too); **contradicts** = the same, the other
-  way; **does not reproduce** only when an equivalence test (TOST against +-margin) is clear;
-  otherwise **not shown**, with the minimum detectable effect (80% power at Holm's first
-  level) beside it. At 5 paired seeds the exact test cannot go below p = 0.0625, so nothing
-  there is called either way. A qualifier may stand beside the word: "not shown (the exact
-  test does not agree)" when the t-test alone is clear, "not shown (the effect is beyond the
-  MDE)" (the MDE is the t-test's), "reproduces (smaller than the margin)" when the clear
-  effect is below the margin. For a primary comparison "better" means the paper's direction.
-  An arm with one seed is "not testable".
+* The wording, from one rule, equivalence first (*clear* = Holm p < 0.05 and, below 8 seeds,
+  the exact test's Holm p < 0.05 too): **does not reproduce** when an equivalence test (TOST
+  against +-margin) is clear, "does not reproduce (a clear effect smaller than the margin)"
+  when the difference is clear as well; otherwise **reproduces** = clear in the paper's
+  direction; **contradicts** = clear, the other way; otherwise **not shown**, with the minimum
+  detectable effect (80% power at Holm's first level) beside it, "not shown (the exact test
+  does not agree)" when the t-test alone is clear. At 5 paired seeds the exact test cannot go
+  below p = 0.0625, so nothing there is called either way. Holm's m is the number of declared
+  claims: a claim that could not be judged is listed with its reason and counts as p = 1. For
+  a primary comparison "better" means the paper's direction. An arm with one seed is "not
+  testable".
 * A seed *diverged* when its final training loss is not finite, and *failed* when it diverged
   or its test accuracy stayed at chance (<= 0.15 on 10 classes). A metric with a diverged seed
   has no mean and enters no test.
@@ -72,12 +73,15 @@ def _cell(text: str) -> str:
 
 
 def _claims(meta: dict[str, object]) -> str:
-    """'key: wording; ...' from the record's primary judgements."""
-    primary = meta.get("primary")
-    if not isinstance(primary, list):
-        return ""
-    return "; ".join(f"{p['claim']['key']}: {p['wording']}" for p in primary
-                     if isinstance(p, dict) and isinstance(p.get("claim"), dict))
+    """'key: wording; ...' from the record's primary judgements, then 'key: not judged
+    (reason)' for each declared claim the record lists as not judged."""
+    primary, missing = meta.get("primary"), meta.get("not_judged")
+    parts = [f"{p['claim']['key']}: {p['wording']}" for p in
+             (primary if isinstance(primary, list) else [])
+             if isinstance(p, dict) and isinstance(p.get("claim"), dict)]
+    parts += [f"{k}: not judged ({why})" for k, why in
+              (missing.items() if isinstance(missing, dict) else [])]
+    return "; ".join(parts)
 
 
 def write_studies_doc(directories: list[str | Path], path: str | Path,
