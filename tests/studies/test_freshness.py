@@ -126,6 +126,13 @@ def test_an_empty_primary_list_is_caught():
     empty = {**record, "primary": [], "literature": "reproduces"}
     wrong = caught(empty, "anything", declared)
     assert sum("neither judged nor listed" in w for w in wrong) == 2
+    assert any("literature words a claim" in w for w in wrong)
+    # every claim listed as not judged: still no text may word one
+    listed = {**empty, "literature": "", "headline": "Drift falls.",
+              "not_judged": dict.fromkeys(declared, "its comparison did not run")}
+    assert caught(listed, "Drift is measured.", declared) == []
+    assert text_differences(listed, "Drift: contradicts.") == [
+        "ics: the verdict words a claim ('contradicts') but the record judges none"]
 
 
 def test_a_literature_or_verdict_text_not_from_the_wording_is_caught():

@@ -14,7 +14,8 @@ declared family, so the judged p values recompute only with the not-judged ones 
 ``text_differences`` regenerates each text's claims part with the functions the runner uses
 (``base.lead_texts``) and compares exactly: the headline must lead with ``claims_headline``,
 the literature sentence with ``literature_text`` + ".", and the verdict's first line must be
-``primary_text`` (after the runner's bracketed marks such as "[quick mode: ...] "). What
+``primary_text`` (after the runner's bracketed marks such as "[quick mode: ...] "); a record
+that judges no claim may not word one in any of them. What
 follows a claims part is the study's own text from its runs, which only a rerun can check.
 Floats match within ``RTOL`` (JSON keeps floats exactly; the margin covers a different
 libm); a non-finite float is stored as null (the MDE's text says which).
@@ -44,6 +45,7 @@ __all__ = ["RTOL", "claim_differences", "declared_claims", "differences", "text_
 SAME = ("key", "statement", "source", "metric", "direction", "margin")  # a claim's identity
 
 RTOL = 1e-9
+VERDICT_WORDS = ("reproduces", "contradicts", "does not reproduce")  # claims.WORDS, judged
 
 
 def _values(v: Sequence[Any]) -> list[float]:
@@ -172,8 +174,11 @@ def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> l
         judged = _judged(record)
     except (KeyError, TypeError, ValueError) as e:
         return [f"{name}: primary comparisons cannot be recomputed ({e})"]
-    if not judged:
-        return []
+    if not judged:  # no claim judged: no text may word one
+        texts = {"headline": record.get("headline"), "literature": record.get("literature"),
+                 "verdict": verdict}
+        return [f"{name}: the {k} words a claim ({w!r}) but the record judges none"
+                for k, t in texts.items() for w in VERDICT_WORDS if w in str(t or "")]
     out = []
     for key, part in (("headline", claims_headline(judged)),
                       ("literature", f"{literature_text(judged)}.")):
