@@ -13,17 +13,9 @@ each claim with its per-seed values and returns ``Judgement``s:
   p = twice the smaller one-sided share (``exact``: the same as the share with |statistic| >=
   |observed| for the sign-flip test, whose null is symmetric). Its smallest possible p is
   2 / 2^n paired (0.0625 at n = 5) and 2 / C(n_a + n_b, n_b) unpaired;
-* the minimum detectable effect (MDE): the |b - a| that a two-sided t-test at level
-  ALPHA / m (Holm's first step over m claims) finds with POWER = 0.8, from the noncentral t
-  with the observed spread: power(delta) = P(|T'| > t_crit), T' ~ t(df, delta / se); 0 when
-  the values have no spread (``stats.no_spread``, as ``compare``). Infinite when the exact test
-  cannot reach ALPHA / m at these seeds (then nothing can be called). It is the t-test's MDE:
-  below EXACT_BELOW seeds "clear" also needs the exact test, so an effect beyond it can still
-  be "not shown", and the wording then says why beside the word (below);
-* TOST (two one-sided tests) against +-margin: p_tost = max(P(t <= (diff + margin) / se) upper,
-  P(t >= (diff - margin) / se) lower) = max of the one-sided p values of H0: diff <= -margin and
-  H0: diff >= +margin; for n < 8 the exact one-sided tests of the shifted values stand beside
-  them (the larger p counts). Holm-corrected over the family like the others.
+* the minimum detectable effect (MDE) at ALPHA / m and POWER, and TOST against +-margin
+  (Holm-corrected over the family like the others): ``bnlab.studies.power``, where their math
+  is stated.
 
 The rule (``wording``), equivalence first. *clear* = Holm p < ALPHA and, for n < 8 seeds, the
 exact test's Holm p < ALPHA too.
@@ -53,18 +45,14 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from scipy import stats as sps
-from scipy.optimize import brentq
-
 from bnlab.studies.exact import exact_floor, exact_p
+from bnlab.studies.power import EXACT_BELOW, POWER, mde, se_df, tost
 from bnlab.studies.stats import (
     ALPHA,
     Comparison,
     compare,
-    data_scale,
     holm,
     holm_p,
-    no_spread,
     p_is,
     p_text,
 )
@@ -95,8 +83,6 @@ __all__ = [
 WORDS = ("reproduces", "contradicts", "not shown", "does not reproduce")
 EXACT_DISAGREES = "not shown (the exact test does not agree)"  # t-test clear, exact test not
 EQUIVALENT_CLEAR = "does not reproduce (a clear effect smaller than the margin)"
-EXACT_BELOW = 8  # seeds below which the exact test must agree for "clear"
-POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -179,61 +165,6 @@ class Judgement:
                 f"{p_is(self.p_tost)}: {self.wording}")
 
 
-def mde(se: float, df: float, m: int = 1, *, alpha: float = ALPHA,
-        power: float = POWER) -> float:
-    """Smallest |diff| a two-sided t-test at level alpha / m detects with `power` (module
-    docstring), for standard error `se` and `df` degrees of freedom."""
-    if not (math.isfinite(se) and math.isfinite(df)) or df <= 0:
-        return math.nan
-    if se == 0:
-        return 0.0
-    level = alpha / max(1, m)
-    crit = float(sps.t.ppf(1 - level / 2, df))
-
-    def short(nc: float) -> float:  # power at noncentrality nc, minus the target
-        upper = float(sps.nct.sf(crit, df, nc))
-        lower = float(sps.nct.cdf(-crit, df, nc))  # the wrong tail: tiny, NaN far out
-        return upper + (lower if math.isfinite(lower) else 0.0) - power
-
-    hi = crit + 10.0
-    while short(hi) < 0:
-        hi *= 2
-    return float(brentq(short, 0.0, hi, xtol=1e-10)) * se
-
-
-def _se_df(a: Sequence[float], b: Sequence[float], paired: bool) -> tuple[float, float]:
-    """Standard error and degrees of freedom of mean(b) - mean(a), as ``stats.compare``
-    (a spread below its threshold, ``no_spread``, is none: 0)."""
-    import statistics as st
-    if paired:
-        d = [y - x for x, y in zip(a, b, strict=True)]
-        se = st.stdev(d) / math.sqrt(len(d))
-        return (0.0 if no_spread(se, data_scale(a, b)) else se), len(d) - 1.0
-    va, vb = st.variance(a) / len(a), st.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    if no_spread(se, data_scale(a, b)):
-        return 0.0, float(len(a) + len(b) - 2)
-    return se, (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-
-
-def tost(a: Sequence[float], b: Sequence[float], margin: float, *, paired: bool) -> float:
-    """TOST p of |mean(b) - mean(a)| < margin: the larger of the two one-sided t-tests (and,
-    for n < EXACT_BELOW, of the two exact one-sided tests of the shifted values)."""
-    se, df = _se_df(a, b, paired)
-    diff = sum(b) / len(b) - sum(a) / len(a)
-    if se > 0:
-        p_t = max(float(sps.t.sf((diff + margin) / se, df)),
-                  float(sps.t.cdf((diff - margin) / se, df)))
-    else:  # no spread: t is infinite, so the exact tests below decide
-        p_t = 0.0 if abs(diff) < margin else 1.0
-    if min(len(a), len(b)) >= EXACT_BELOW:
-        return p_t
-    up = [v + margin for v in b]  # H0: diff <= -margin, against diff > -margin
-    down = [v - margin for v in b]  # H0: diff >= +margin, against diff < +margin
-    return max(p_t, exact_p(a, up, paired=paired, alternative="greater"),
-               exact_p(a, down, paired=paired, alternative="less"))
-
-
 def exact_agrees(c: Comparison, p_exact: float) -> bool:
     """Whether the exact test lets the t-test's verdict stand: always from EXACT_BELOW seeds,
     below that only when its Holm p < ALPHA too."""
@@ -290,7 +221,7 @@ def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]
         raw_tost.append(tost(a, b, claim.margin, paired=paired))
         floor = exact_floor(len(a), len(b), paired=paired)
         reachable = min(len(a), len(b)) >= EXACT_BELOW or floor * m < ALPHA
-        mdes.append(mde(*_se_df(a, b, paired), m) if reachable else math.inf)
+        mdes.append(mde(*se_df(a, b, paired), m) if reachable else math.inf)
     p_exact, p_tost = _holm(raw_exact, extra), _holm(raw_tost, extra)
     return [Judgement(claim, replace(c, exact_agrees=not c.testable or exact_agrees(c, pe)),
                       pe, md, pt, wording(c, pe, pt, claim.direction), paired)
