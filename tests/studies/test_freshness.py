@@ -185,3 +185,9 @@ def test_training_files_are_not_analysis_only():
         assert not any(path == p or path.startswith(p + "/") for p in ANALYSIS_ONLY)
     listed = [p for p in ANALYSIS_ONLY if p.endswith(".py")]
     assert all((root / p).is_file() for p in listed)  # no stale name in the list
+
+
+def test_declared_claims_of_a_callable_without_a_module_is_empty():
+    import functools
+    assert declared_claims(functools.partial(placement.analyze)) == {}
+    assert set(declared_claims(placement.analyze)) == {placement.CLAIM.key}

@@ -101,7 +101,7 @@ def differences(record: Mapping[str, Any]) -> list[str]:
 
 def declared_claims(analyze: Any) -> dict[str, Claim]:
     """Every ``Claim`` the module of a study's `analyze` function declares at module level
-    (alone, or in a dict, tuple or list), by key."""
+    (alone, or in a dict, tuple or list), by key; none for a callable without a module."""
     found: dict[str, Claim] = {}
 
     def visit(v: Any, depth: int) -> None:
@@ -114,7 +114,8 @@ def declared_claims(analyze: Any) -> dict[str, Claim]:
             for x in v:
                 visit(x, depth - 1)
 
-    for value in vars(sys.modules[analyze.__module__]).values():
+    module = sys.modules.get(getattr(analyze, "__module__", None) or "")
+    for value in (vars(module).values() if module is not None else ()):
         visit(value, 2)
     return found
 
