@@ -96,6 +96,18 @@ def test_margin_zero_is_refused_and_tost_at_zero_cannot_be_clear() -> None:
     assert tost(a, b, 0.0, paired=True) >= 0.5
 
 
+@pytest.mark.parametrize("df", [1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 20.0, 200.0])
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_the_mde_lies_beyond_the_critical_t(df: float, m: int) -> None:
+    """The proof's step: the power at nc = t_crit is below POWER, so the MDE > t_crit * se."""
+    from scipy import stats as sps
+
+    from bnlab.studies.power import POWER, mde
+    crit = float(sps.t.ppf(1 - ALPHA / m / 2, df))
+    assert float(sps.nct.sf(crit, df, crit)) < 0.7 < POWER
+    assert mde(1.0, df, m) > crit
+
+
 def test_beyond_the_mde_implies_clear() -> None:
     """The removed qualifier was unreachable (module docstring's proof): over many random
     families, |diff| >= MDE always comes with Holm p < ALPHA."""

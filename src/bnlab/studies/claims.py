@@ -28,12 +28,15 @@ exact test's Holm p < ALPHA too.
    "not shown (the exact test does not agree)" when the t-test alone is clear.
 
 No other qualifier exists. "|effect| >= MDE yet not clear" cannot happen, so the rule does not
-word it: a finite MDE at se > 0 is nc* se with power(nc*) = POWER > 1/2, so nc* > t_crit
-(the noncentral t at nc = t_crit has power about 1/2), and |diff| >= MDE gives |t| > t_crit,
+word it: a finite MDE at se > 0 is nc* se with power(nc*) = POWER = 0.8; power grows with nc
+and at nc = t_crit it is below 0.7 for every df >= 1 (Welch's df is at least min(n) - 1), so
+nc* > t_crit, and |diff| >= MDE gives |t| > t_crit,
 raw p < ALPHA / m, and Holm p <= m p < ALPHA (Holm multiplies the k-th smallest p by
-m - k + 1 <= m and takes the running maximum of values each <= m p_(k)). At se = 0 the MDE
-is 0 and ``compare`` decides by the exact test without spread (a zero effect: p = 1, "not
-shown"). (Tests: ``tests/studies/test_wording_rule.py``.)
+m - k + 1 <= m and takes the running maximum of values each <= m p_(k)). At se = 0 a finite
+MDE is 0, which needs the exact floor f with m f < ALPHA: a nonzero effect then has raw p = f
+(``compare``'s test without spread) and Holm p <= m f < ALPHA, clear; a zero effect has TOST
+clear (t infinite, and each exact one-sided p is f / 2), so "does not reproduce" comes first.
+(Tests: ``tests/studies/test_wording_rule.py``.)
 For a primary comparison "better"/"worse" (``Comparison.word``) mean in the paper's direction
 or against it (``Claim.higher_is_better``), and ``Comparison.clear`` is the rule's *clear*.
 """
