@@ -95,7 +95,7 @@ def test_bn_training_where_no_bn_fails_at_the_high_end_reproduces():
     assert f.literature.startswith('Ioffe & Szegedy 2015; Bjorck et al. 2018, "With BN a '
                                    'network trains at higher learning rates than without it": '
                                    'reproduces')
-    assert f.literature.split("(judged")[0].endswith(": reproduces ")
+    assert f.literature.split(" Claim judged")[0].endswith(": reproduces.")
     assert "judged on the high end only, lr 3, 10" in f.literature
     check_families("lr", f)  # the runner's check: one judge call, one exploratory family
     assert "without BN 1; with BN 0.03 to 10" in f.verdict
@@ -115,7 +115,7 @@ def test_a_low_end_gap_alone_says_nothing_about_a_higher_rate():
     assert j.comparison.diff == 0.0 and j.wording == "does not reproduce"
     assert j.p_tost < 0.05
     assert low_end(f).word == "better"  # the plateau gap is there, and exploratory
-    assert ": does not reproduce (judged on the high end only" in f.literature
+    assert ": does not reproduce. Claim judged on the high end only" in f.literature
 
 
 def test_bn_failing_at_the_high_end_contradicts():

@@ -291,10 +291,11 @@ def _literature(primary: list[Judgement], floor: dict[Claim, str], small: int,
         return "Not tested: BN did not run on this network."
     if not primary and not floor:
         return "Not tested: neither GroupNorm nor Batch Renorm ran at the smallest batch."
-    parts = [literature_text(primary)] if primary else []
-    parts += [f"{c.source}, \"{c.statement}\": {_floored({c: w}, small)}"
-              for c, w in floor.items()]
-    return "; ".join(parts) + f" (at batch {small}, equal epochs, test accuracy)."
+    judged = (f"{literature_text(primary)}. Claims judged at batch {small}, equal epochs, on "
+              f"test accuracy." if primary else "")
+    floored = "; ".join(f"{c.source}, \"{c.statement}\": {_floored({c: w}, small)}"
+                        for c, w in floor.items())
+    return " ".join(t for t in (judged, f"Not judged: {floored}." if floored else "") if t)
 
 
 def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: list[int],

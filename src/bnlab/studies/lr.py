@@ -246,9 +246,9 @@ def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
                           f"(the high end the claim is about).")
     j = primary[0]
     headline += f" Above lr {BASE_LR:g} (lr {_rates(high)}), BN's higher usable rate: {j.wording}."
-    literature = (f"{literature_text(primary)} (judged on the high end only, lr "
+    literature = (f"{literature_text(primary)}. Claim judged on the high end only, lr "
                   f"{_rates(high)}: per seed the share of those rates that train; the low end "
-                  f"is exploratory).")
+                  f"is exploratory.")
     return headline, literature
 
 
