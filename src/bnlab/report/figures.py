@@ -10,6 +10,8 @@ they were (no ``matplotlib.use``, no figure left to leak in a long notebook).
 from __future__ import annotations
 
 import io
+import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,8 @@ from matplotlib.ticker import MaxNLocator
 from bnlab.files import write_bytes
 from bnlab.train.run import Run
 
-__all__ = ["bars_figure", "curves_figure", "new_figure", "plot_accuracy_and_loss", "plot_bars",
-           "plot_curves", "png_bytes", "save"]
+__all__ = ["band", "bars_figure", "curves_figure", "new_figure", "plot_accuracy_and_loss",
+           "plot_bars", "plot_curves", "png_bytes", "save"]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] = (6.4, 4.0),
@@ -75,6 +77,27 @@ def plot_curves(runs: Sequence[Run], path: str | Path, labels: Sequence[str] | N
                 title: str = "") -> Path:
     """`curves_figure`, saved to `path`."""
     return save(curves_figure(runs, labels), path, title)
+
+
+def band(ax: Any, xs: Sequence[float], series: Sequence[Sequence[float]], label: str,
+         style: str = "-") -> None:
+    """Mean line over seeds (`series`: one list of values per seed, aligned with `xs`) and a
+    +- sample-std band, at the points where every seed's value is finite: a point missing in
+    one seed (NaN, or a resumed run's gap) is left out, never averaged over fewer seeds. Short
+    curves (under 12 points) get markers."""
+    n = min(len(s) for s in series)
+    cols = [(x, [float(s[i]) for s in series]) for i, x in enumerate(xs[:n])]
+    pts = [(x, c) for x, c in cols if all(math.isfinite(v) for v in c)]
+    if not pts:
+        return
+    x = [p[0] for p in pts]
+    mean = [statistics.fmean(c) for _, c in pts]
+    line, = ax.plot(x, mean, style, marker="o" if len(x) < 12 else None, ms=3, label=label)
+    if len(series) > 1:
+        std = [statistics.stdev(c) for _, c in pts]
+        ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15,
+                        color=line.get_color())
 
 
 def bars_figure(labels: Sequence[str], means: Sequence[float], stds: Sequence[float],

@@ -53,7 +53,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bnlab.report.figures import new_figure, save
+from bnlab.report.figures import band, new_figure, save
 from bnlab.studies.base import (
     Arm,
     ArmResult,
@@ -245,31 +245,17 @@ def analyze(results: list[ArmResult]) -> Findings:
                     literature(judged, t, penalty), primary=judged)
 
 
-def _band(ax: Any, steps: list[float], series: list[list[float]], label: str,
-          style: str = "-") -> None:
-    """Mean line and a +- sample std band over seeds."""
-    n = min(len(s) for s in series)
-    cols = list(zip(*(s[:n] for s in series), strict=True))
-    mean = [statistics.fmean(c) for c in cols]
-    line = ax.plot(steps[:n], mean, style, label=label)[0]
-    if len(series) > 1:
-        std = [statistics.stdev(c) for c in cols]
-        ax.fill_between(steps[:n], [m - s for m, s in zip(mean, std, strict=True)],
-                        [m + s for m, s in zip(mean, std, strict=True)],
-                        color=line.get_color(), alpha=0.2)
-
-
 def _plot(results: list[ArmResult], path: Path) -> None:
     fig, axes = new_figure(1, 4, figsize=(17, 3.8))
     for res in results:
         runs = res.runs
         steps = [p["step"] for p in runs[0].probes]
-        _band(axes[0], steps, [[p["test_acc"] for p in r.probes] for r in runs], res.arm.label)
+        band(axes[0], steps, [[p["test_acc"] for p in r.probes] for r in runs], res.arm.label)
         # (a move is None at the first probe after a resume: a gap in the line)
         moves = [[math.nan if p["drift"] is None else p["drift"] for p in r.probes[1:]]
                  for r in runs]
-        _band(axes[1], steps[1:], moves, res.arm.label)
-        _band(axes[1], steps, [[p["noise"] for p in r.probes] for r in runs],
+        band(axes[1], steps[1:], moves, res.arm.label)
+        band(axes[1], steps, [[p["noise"] for p in r.probes] for r in runs],
               f"{res.arm.label}: noise floor", ":")
     for ax, res in zip(axes[2:], results[:2], strict=False):
         p = res.runs[0].probes

@@ -42,7 +42,7 @@ from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
-from bnlab.report.figures import new_figure, save
+from bnlab.report.figures import band, new_figure, save
 from bnlab.studies.base import (
     Arm,
     ArmResult,
@@ -305,21 +305,6 @@ def headline(results: Sequence[ArmResult]) -> str:
             + ".")
 
 
-def _band(ax: Any, xs: list[float], series: list[list[float]], label: str) -> None:
-    """Mean line and a +- sample-std band over seeds, at the points every seed has finite."""
-    pts = [(x, summary(v)) for x, v in zip(xs, zip(*series, strict=True), strict=False)]
-    pts = [(x, s) for x, s in pts if math.isfinite(s.mean)]
-    if not pts:
-        return
-    x = [p[0] for p in pts]
-    mean = [p[1].mean for p in pts]
-    std = [p[1].std if math.isfinite(p[1].std) else 0.0 for p in pts]
-    line, = ax.plot(x, mean, marker="o" if len(x) < 12 else None, ms=3, label=label)
-    ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
-                    [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15,
-                    color=line.get_color())
-
-
 def analyze(results: list[ArmResult]) -> Findings:
     rows = table(results)
     primary, tests = judged(results)
@@ -333,10 +318,10 @@ def analyze(results: list[ArmResult]) -> Findings:
                 norm, _, m = _key(res)
                 label = _name(norm, m)
                 epochs = [float(row["epoch"]) for row in res.runs[0].metrics]
-                _band(axes[0][col], epochs, [[float(row["train_loss"]) for row in r.metrics]
+                band(axes[0][col], epochs, [[float(row["train_loss"]) for row in r.metrics]
                                              for r in res.runs], label)
                 steps = [float(p["step"]) for p in res.runs[0].probes]
-                _band(axes[1][col], steps, [[float(p["b_norm"]) for p in r.probes]
+                band(axes[1][col], steps, [[float(p["b_norm"]) for p in r.probes]
                                             for r in res.runs], label)
             axes[0][col].set_title(f"train loss per epoch, lr {lr:g}")
             axes[0][col].set_xlabel("epoch")
