@@ -12,7 +12,8 @@
   certificate (an eigenvalue within the residual bound); a budget too small is flagged
   unconverged. The largest eigenvalue of a tiny network's Hessian
   (``torch.autograd.functional.hessian`` + ``eigvalsh``, float64) to 1e-9 relative: stopped
-  at residual 1e-10 |theta|, the error is at most residual^2 / gap (Kato-Temple), far below.
+  at residual 1e-10 |theta|, an eigenvalue lies within 1e-10 relative (the bound), and the
+  float64 products add ~1e-14; 1e-9 leaves room for the Hessian's own rounding.
 * Weight norm, gradient norm and effective step by hand.
 * The probe leaves parameters, gradients, buffers, mode and RNG as found; a probed run trains
   bit for bit like an unprobed one.

@@ -27,10 +27,12 @@ grows with k; unlike power iteration, nothing stalls between lambda_max and a la
 similar magnitude. The iteration stops when |beta_k s_k| <= tol |theta| (``converged``; a
 breakdown beta_k ~ 0 means span(Q_k) is invariant and theta an eigenvalue to rounding) or after
 `iters` products (not converged: theta is then only a lower bound). The certificate names *an*
-eigenvalue; it is lambda_max when the start has a component along the top eigenvector, which a
-random start has with probability one. Each probe starts from the previous probe's Ritz
-vector (a warm start: fewer products when the top direction moves little; a resumed run starts
-from a random vector, which changes the count, not the certified value).
+eigenvalue: lambda_max once the Krylov space has caught the top eigenvector, but when a second
+eigenvalue lies within a few tol of the top and the start has little weight on the top
+eigenvector, the bound can be met first near that second one (an error of about their gap).
+Each probe starts from the previous probe's Ritz vector (a warm start: fewer products when the
+top direction moves little; a resumed run starts from a random vector, which changes the count
+and the value within the tolerance).
 
 ``WhyProbe`` records, per conv/linear layer k in forward order (``layer1`` = the first):
 ``weight_norm.k`` = ||W_k|| (the weight only, not the bias), ``grad_norm.k`` = ||dL/dW_k||,
