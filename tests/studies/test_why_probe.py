@@ -171,7 +171,7 @@ def test_lanczos_exact_cases_and_bad_input():
     r = lanczos(lambda v: [h @ v[0]], [h[0]], iters=50, tol=1e-14,
                 generator=torch.Generator().manual_seed(0))
     assert r.converged and r.products <= 4 and r.value == pytest.approx(2.0, rel=1e-12)
-    # a warm start on the top eigenvector: one product
+    # a warm start on the top eigenvector: one product (H q = theta q: an invariant subspace)
     r = lanczos(lambda v: [h @ v[0]], [h[0]], iters=50, tol=1e-10,
                 generator=torch.Generator().manual_seed(0), start=r.vector)
     assert r.converged and r.products == 1 and r.value == pytest.approx(2.0, rel=1e-12)
@@ -269,3 +269,26 @@ def test_probed_run_trains_bit_for_bit_like_an_unprobed_one(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_warm_start_on_a_moved_top_direction_still_finds_the_top():
+    """A warm start exactly on what is now the *second* eigenvector (the top direction moved
+    between probes) has no weight on the top one: Lanczos from it alone certifies the second
+    eigenvalue. The probe blends a fresh random vector into its warm start (module
+    docstring), so every start finds the top. (With a start that has weight on the top, a
+    certificate met at the second eigenvalue needs the two within a few tol of each other:
+    an error of at most their gap, tested above.)"""
+    eigs = [3.0, 1.5] + [0.1] * 18  # a wide gap: certifying the second is a 50% error
+    h = _matrix(eigs)
+    second = torch.linalg.eigh(h).eigenvectors[:, -2]
+    alone = lanczos(lambda v: [h @ v[0]], [h[0]], iters=12, tol=1e-2,
+                    generator=torch.Generator().manual_seed(0), start=[second])
+    assert alone.converged and alone.value == pytest.approx(1.5, rel=1e-9)  # the hazard
+    for seed in range(50):
+        probe = WhyProbe(1, 0.1, iters=12, tol=1e-2, seed=seed)
+        probe.start = [second * 5.0]  # any norm: the probe's start is unit plus unit
+        start = probe._start([h[0]])
+        assert start is not None
+        r = lanczos(lambda v: [h @ v[0]], [h[0]], iters=12, tol=1e-2,
+                    generator=probe.generator, start=start)
+        assert r.converged and 3.0 * (1 - 1e-2) <= r.value <= 3.0 * (1 + 1e-12), (seed, r)

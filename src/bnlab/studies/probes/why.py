@@ -24,15 +24,20 @@ tridiagonal (alpha on the diagonal, beta_1..beta_{k-1} beside it); its largest e
 H y - theta y = beta_k s_k q_{k+1}, so ||H y - theta y|| = |beta_k s_k| and an eigenvalue of H
 lies within |beta_k s_k| of theta. By Cauchy interlacing theta <= lambda_max at every k and
 grows with k; unlike power iteration, nothing stalls between lambda_max and a lambda_min of
-similar magnitude. The iteration stops when |beta_k s_k| <= tol |theta| (``converged``; a
+similar magnitude. The iteration stops when |beta_k s_k| <= tol |theta| and theta moved by
+at most tol |theta| since the previous step (``converged``; the second condition is a guard,
+not a proof: a start with little weight on the top eigenvector makes theta jump once the
+Krylov space catches it, and the certificate alone could be met before the jump); a
 breakdown beta_k ~ 0 means span(Q_k) is invariant and theta an eigenvalue to rounding) or after
 `iters` products (not converged: theta is then only a lower bound). The certificate names *an*
 eigenvalue: lambda_max once the Krylov space has caught the top eigenvector, but when a second
 eigenvalue lies within a few tol of the top and the start has little weight on the top
 eigenvector, the bound can be met first near that second one (an error of about their gap).
-Each probe starts from the previous probe's Ritz vector (a warm start: fewer products when the
-top direction moves little; a resumed run starts from a random vector, which changes the count
-and the value within the tolerance).
+Each probe starts from the previous probe's Ritz vector plus a fresh random vector of the same
+norm (a warm start: fewer products when the top direction moves little, and never a start with
+no weight on a top direction that has moved, which is how a certificate could be met at a
+second eigenvalue; a resumed run starts from a random vector alone, which changes the count and
+the value within the tolerance).
 
 ``WhyProbe`` records, per conv/linear layer k in forward order (``layer1`` = the first):
 ``weight_norm.k`` = ||W_k|| (the weight only, not the bias), ``grad_norm.k`` = ||dL/dW_k||,
@@ -134,6 +139,7 @@ def lanczos(hvp: Callable[[Vector], Vector], shapes: Sequence[torch.Tensor], *, 
     basis = [[t / norm for t in q]]
     alpha: list[float] = []
     beta: list[float] = []
+    last = math.nan  # the previous step's theta: the stop needs two steps that agree
     for k in range(1, iters + 1):
         w = [t.detach() for t in hvp(basis[-1])]
         alpha.append(_dot(basis[-1], w))
@@ -152,10 +158,12 @@ def lanczos(hvp: Callable[[Vector], Vector], shapes: Sequence[torch.Tensor], *, 
         residual = b * abs(float(s[-1]))
         # breakdown: w is rounding noise, span(Q_k) is invariant and theta an eigenvalue
         invariant = b <= 4 * torch.finfo(w[0].dtype).eps * float(evals.abs().max())
-        if residual <= tol * abs(theta) or invariant or k == iters:
+        certified = residual <= tol * abs(theta) and abs(theta - last) <= tol * abs(theta)
+        if certified or invariant or k == iters:
             vector = [sum((float(c) * u[i] for c, u in zip(s, basis, strict=True)),
                           torch.zeros_like(basis[0][i])) for i in range(len(basis[0]))]
-            return Ritz(theta, k, residual <= tol * abs(theta) or invariant, residual, vector)
+            return Ritz(theta, k, certified or invariant, residual, vector)
+        last = theta
         beta.append(b)
         basis.append([v / b for v in w])
     raise AssertionError("unreachable: the loop returns at k == iters")
@@ -178,6 +186,16 @@ class WhyProbe:
         # The last Ritz vector: the next probe starts from it (module docstring).
         self.start: Vector | None = None
 
+    def _start(self, params: Sequence[torch.Tensor]) -> Vector | None:
+        """The last Ritz vector (unit norm) plus a random vector of norm 1 from the probe's
+        generator (module docstring); None before the first probe."""
+        if self.start is None:
+            return None
+        noise = [torch.randn(p.shape, generator=self.generator, dtype=p.dtype).to(p.device)
+                 for p in params]
+        r, m = math.sqrt(_dot(self.start, self.start)), math.sqrt(_dot(noise, noise))
+        return [t / r + n / m for t, n in zip(self.start, noise, strict=True)]
+
     def sharpness(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Ritz, float]:
         """The Lanczos estimate of lambda_max and the loss of the batch's mean loss, in
         training mode."""
@@ -195,7 +213,7 @@ class WhyProbe:
                         for p, h in zip(params, out, strict=True)]
 
             ritz = lanczos(hvp, params, iters=self.iters, tol=self.tol,
-                           generator=self.generator, start=self.start)
+                           generator=self.generator, start=self._start(params))
         self.start = ritz.vector if math.isfinite(ritz.value) else None
         return ritz, float(loss.detach())
 
