@@ -42,7 +42,8 @@ def probe_rows(norm: str, lr: float, noise: float, *, bn_sharper: bool) -> list[
         if t in SHARP_STEPS:
             level = 8.0 * (4.0 if bn == bn_sharper else 1.0) / (1 + t / 10)
             row.update(sharpness=level / lr * math.exp(0.1 * noise),
-                       lr_sharpness=level * math.exp(0.1 * noise), loss=2.0, power_iters=5.0)
+                       lr_sharpness=level * math.exp(0.1 * noise), loss=2.0, hvp_products=5.0,
+                       sharpness_converged=1.0, sharpness_residual=1e-3 * level / lr)
         rows.append(row)
     return rows
 
@@ -77,9 +78,17 @@ def test_per_seed_measures_by_hand():
         sum(math.log(v) for v in levels) / 3, rel=1e-12)
     assert why_lr.sharpness_at(rows, 0) == pytest.approx(math.log(levels[0]))
     assert why_lr.sharpness_at(rows, -1) == pytest.approx(math.log(levels[-1]))
-    # a probe whose power iteration failed (NaN) or found a negative eigenvalue drops out
+    # a probe whose Lanczos failed (NaN) or found a negative eigenvalue drops out
     rows[0]["lr_sharpness"], rows[5]["lr_sharpness"] = math.nan, -1.0
     assert why_lr.sharpness_level(rows) == pytest.approx(math.log(levels[2]))
+    # so does an unconverged one, and one recorded before the flag existed
+    rows = probe_rows("none", 10.0, 0.0, bn_sharper=False)
+    rows[5]["sharpness_converged"] = 0.0
+    del rows[10]["sharpness_converged"]
+    assert why_lr.sharpness_level(rows) == pytest.approx(math.log(levels[0]))
+    assert why_lr.unconverged(rows) == (2, 3)
+    assert why_lr.sharpness_at(rows, 0) == pytest.approx(math.log(levels[0]))
+    assert math.isnan(why_lr.sharpness_at(rows, -1))  # the last probe did not converge
 
 
 def test_all_three_mechanisms_reproduce():
@@ -163,3 +172,40 @@ def test_a_diverged_no_bn_seed_makes_the_sharpness_claim_untestable():
     words = {j.claim.key: j.wording for j in findings.primary}
     assert words["sharpness-lower-with-bn"].startswith("not testable (1 of 7 seeds")
     assert words["effective-step-shrinks"] == "reproduces"
+
+
+def test_unconverged_sharpness_drops_out_of_both_arms_and_is_counted():
+    off = probe_rows("none", 10.0, 0.0, bn_sharper=False)
+    on = probe_rows("bnlab", 10.0, 0.0, bn_sharper=False)
+    lv = {t: 8.0 / (1 + t / 10) for t in SHARP_STEPS}
+    on[5]["sharpness_converged"] = 0.0  # step 10 of the BN run did not converge
+    a, b = why_lr.sharpness_pair(off, on)
+    assert a == pytest.approx((math.log(4 * lv[0]) + math.log(4 * lv[20])) / 2, rel=1e-12)
+    assert b == pytest.approx((math.log(lv[0]) + math.log(lv[20])) / 2, rel=1e-12)
+    for p in off:
+        p.pop("sharpness_converged", None)  # nothing converged: nothing shared
+    assert all(math.isnan(v) for v in why_lr.sharpness_pair(off, on))
+
+
+def test_the_verdict_and_table_count_the_unconverged_probes():
+    res = results(bn_sharper=False)
+    top = max(r.arm.tags["lr"] for r in res)
+    off = next(r for r in res if r.arm.tags["norm"] == "none" and r.arm.tags["lr"] == top)
+    low = next(r for r in res if r.arm.tags["norm"] == "bnlab" and r.arm.tags["lr"] != top)
+    for run in off.runs[:2]:  # two seeds lose their first sharpness probe at the top rate
+        run.probes[0]["sharpness_converged"] = 0.0
+    low.runs[3].probes[5]["sharpness_converged"] = 0.0  # one more at a lower rate
+    findings = why_lr.analyze(res)
+    measured = len(SHARP_STEPS) * 7 * len(res)
+    assert (f"left out as unconverged (Lanczos residual bound above the tolerance within the "
+            f"product budget): 3 of {measured}, 2 of {measured // 3} at lr {top:g}."
+            ) in findings.verdict
+    table = {row["arm"]: row["unconverged sharpness probes"] for row in findings.rows}
+    assert table[off.arm.label] == f"2 of {3 * 7}" and table[low.arm.label] == f"1 of {3 * 7}"
+    assert sum(int(v.split()[0]) for v in table.values()) == 3
+    # the claim still has all seven seeds (two over steps 10 and 20 only, in both arms)
+    sharp = next(j for j in findings.primary if j.claim.key == "sharpness-lower-with-bn")
+    assert sharp.wording == "reproduces"
+    assert sharp.comparison.diff == pytest.approx(-math.log(4.0), abs=0.2)
+    assert all(math.isfinite(v) for v in sharp.comparison.a.values + sharp.comparison.b.values)
+    assert sharp.comparison.a.n == sharp.comparison.b.n == 7

@@ -5,7 +5,9 @@ with BN; this one measures *why*, on the same network with and without BN (plain
 Fashion-MNIST), over a learning-rate sweep. Every few steps a probe
 (``bnlab.studies.probes.why``) records, per conv/linear layer k, ||W_k||, ||dL/dW_k|| and the
 effective step lr / ||W_k||^2, and at some of those steps the sharpness lambda_max of the
-step's loss (power iteration on Hessian-vector products).
+step's loss (Lanczos on Hessian-vector products; a probe whose residual bound missed the
+tolerance within its products is *unconverged* and never enters a sharpness comparison: the
+verdict and the table count those left out).
 
 Three mechanisms the literature offers, each one primary claim at the sweep's highest rate
 (where training without BN fails), per seed s (runs with and without BN share seed and batch
@@ -16,13 +18,14 @@ order, so the BN - no-BN differences are paired by seed):
   e(t) = mean over the pre-BN layers of log(lr / ||W_k(t)||^2) at the first probed step
   against the last (paired): the claim says e(last) - e(first) < 0.
 * **lower sharpness** (Santurkar et al. 2018; Bjorck et al. 2018): BN makes the loss smoother,
-  so lr * lambda_max stays under the stability bound 2 where it would not without BN. Per
-  seed, the mean of log(lr * lambda_max) over the sharpness probes' steps that the run with
-  and the run without BN share (``sharpness_pair``): both arms are averaged over the same steps,
-  a step whose value is not finite and positive in either run drops out of both, and a seed
-  where either run diverged (a non-finite loss at a probe, or fewer sharpness probes than the
-  other run) is NaN, so the claim becomes untestable rather than comparing a diverged run's
-  early steps with the other's whole run; the claim says BN - no BN < 0.
+  so lr * lambda_max is lower with BN (whether it stays under the stability bound 2 is not
+  tested). Per seed, the mean of log(lr * lambda_max) over the sharpness probes' steps that the
+  run with and the run without BN share (``sharpness_pair``): both arms are averaged over the
+  same steps, a step whose value is unconverged, or not finite and positive, in either run
+  drops out of both, and a seed where either run diverged (a non-finite loss at a probe, or
+  fewer sharpness probes than the other run) is NaN, so the claim becomes untestable rather
+  than comparing a diverged run's early steps with the other's whole run; the claim says
+  BN - no BN < 0.
 * **balanced gradients** (Ioffe & Szegedy 2015, section 3.3; Bjorck et al. 2018): with BN the
   gradient's scale does not depend on the layers' weight scales, so one rate suits every
   layer. Per seed, the mean over probes of |log(||g_1|| / ||g_L||)| (first against last
@@ -68,8 +71,8 @@ CLAIMS = {
         "van Laarhoven 2017; Arora, Li & Lyu 2019", EFF, -1, MARGIN,
         a="first probed step", b="last probed step"),
     "lower sharpness": Claim(
-        "sharpness-lower-with-bn", "BN makes the loss smoother: lr x lambda_max stays lower "
-        "(under the stability bound 2) with BN at a rate where training without it fails.",
+        "sharpness-lower-with-bn", "BN makes the loss smoother: lr x lambda_max is lower with "
+        "BN at a rate where training without it fails.",
         "Santurkar et al. 2018; Bjorck et al. 2018", SHARP, -1, MARGIN, a="no BN", b="BN"),
     "balanced gradients": Claim(
         "gradients-balanced-with-bn", "BN keeps gradient norms balanced across depth, so one "
@@ -99,6 +102,24 @@ def arms(quick: bool) -> list[Arm]:
 def _log(v: Any) -> float:
     ok = isinstance(v, (int, float)) and math.isfinite(v) and v > 0
     return math.log(v) if ok else math.nan
+
+
+def converged(row: Row) -> bool:
+    """Whether the probe's Lanczos iteration met its residual bound (a record without the flag
+    predates it: not converged)."""
+    return row.get("sharpness_converged") == 1.0
+
+
+def log_sharpness(row: Row) -> float:
+    """log(lr x lambda_max) of a converged sharpness probe; NaN when unconverged or not
+    finite and positive."""
+    return _log(row["lr_sharpness"]) if converged(row) else math.nan
+
+
+def unconverged(probes: Sequence[Row]) -> tuple[int, int]:
+    """How many of the run's sharpness probes are unconverged, and how many there are."""
+    measured = [p for p in probes if "lr_sharpness" in p]
+    return sum(1 for p in measured if not converged(p)), len(measured)
 
 
 def depth(row: Row) -> int:
@@ -132,8 +153,9 @@ def eff_first_last(probes: Sequence[Row]) -> tuple[float, float]:
 
 
 def sharpness_level(probes: Sequence[Row]) -> float:
-    """Mean of log(lr x lambda_max) over the probes that measured it (finite, positive)."""
-    return _finite_mean([_log(p["lr_sharpness"]) for p in probes if "lr_sharpness" in p])
+    """Mean of log(lr x lambda_max) over the probes that measured it (converged, finite,
+    positive)."""
+    return _finite_mean([log_sharpness(p) for p in probes if "lr_sharpness" in p])
 
 
 def _diverged(probes: Sequence[Row]) -> bool:
@@ -143,8 +165,8 @@ def _diverged(probes: Sequence[Row]) -> bool:
 def sharpness_pair(off: Sequence[Row], on: Sequence[Row]) -> tuple[float, float]:
     """One seed's mean log(lr x lambda_max) without and with BN over the sharpness steps both
     runs share (module docstring); NaN for both when either run diverged or none is shared."""
-    a = {p["step"]: _log(p["lr_sharpness"]) for p in off if "lr_sharpness" in p}
-    b = {p["step"]: _log(p["lr_sharpness"]) for p in on if "lr_sharpness" in p}
+    a = {p["step"]: log_sharpness(p) for p in off if "lr_sharpness" in p}
+    b = {p["step"]: log_sharpness(p) for p in on if "lr_sharpness" in p}
     if a.keys() != b.keys() or _diverged(off) or _diverged(on):
         return math.nan, math.nan
     steps = [s for s in sorted(a) if math.isfinite(a[s]) and math.isfinite(b[s])]
@@ -162,9 +184,10 @@ def sharpness_pairs(off: ArmResult, on: ArmResult) -> tuple[list[float], list[fl
 
 
 def sharpness_at(probes: Sequence[Row], which: int) -> float:
-    """log(lr x lambda_max) at the first (`which` 0) or last (-1) sharpness probe."""
+    """log(lr x lambda_max) at the first (`which` 0) or last (-1) sharpness probe; NaN when
+    that probe is unconverged."""
     measured = [p for p in probes if "lr_sharpness" in p]
-    return _log(measured[which]["lr_sharpness"]) if measured else math.nan
+    return log_sharpness(measured[which]) if measured else math.nan
 
 
 def balance_level(probes: Sequence[Row]) -> float:
@@ -253,6 +276,8 @@ def analyze(results: list[ArmResult]) -> Findings:
             finite = [v for v in values if math.isfinite(v)]
             row[key] = statistics.fmean(finite) if finite else math.nan
             row[f"{key}_std"] = statistics.stdev(finite) if len(finite) > 1 else math.nan
+        left_out, measured = _count_unconverged([res])
+        row["unconverged sharpness probes"] = f"{left_out} of {measured}"
     top = lrs[-1]
     judged = judge(primary(by, top))
     explored = exploratory_tests(by, lrs)
@@ -260,13 +285,28 @@ def analyze(results: list[ArmResult]) -> Findings:
                + "; ".join(f"{name} [{j.claim.key}]: {j.wording}"
                            for name, j in zip(CLAIMS, judged, strict=True))
                + ". Geometric means over seeds, first -> last probe (exploratory): "
-               + "; ".join(_trajectory(rows, results, lr) for lr in lrs) + ".")
+               + "; ".join(_trajectory(rows, results, lr) for lr in lrs) + ". "
+               + _unconverged_note(results, top))
 
     def plot(path: Path) -> None:
         _plot(by, lrs, path)
 
     return Findings(rows, verdict, plot, explored, headline(judged, top),
                     literature_text(judged), judged)
+
+
+def _count_unconverged(results: Sequence[ArmResult]) -> tuple[int, int]:
+    counts = [unconverged(run.probes) for res in results for run in res.runs]
+    return sum(u for u, _ in counts), sum(m for _, m in counts)
+
+
+def _unconverged_note(results: Sequence[ArmResult], top: float) -> str:
+    """How many sharpness probes every sharpness comparison left out as unconverged."""
+    left_out, measured = _count_unconverged(results)
+    at_top, top_measured = _count_unconverged([r for r in results if r.arm.tags["lr"] == top])
+    return (f"Sharpness probes left out as unconverged (Lanczos residual bound above the "
+            f"tolerance within the product budget): {left_out} of {measured}, {at_top} of "
+            f"{top_measured} at lr {top:g}.")
 
 
 def _trajectory(rows: list[Row], results: list[ArmResult], lr: float) -> str:
@@ -327,6 +367,10 @@ def _field(key: str, row: Row) -> float:
     return float(row.get(key, math.nan))
 
 
+def _converged_lr_sharpness(row: Row) -> float:
+    return _field("lr_sharpness", row) if converged(row) else math.nan
+
+
 def _plot(by: dict[tuple[str, float], ArmResult], lrs: list[float], path: Path) -> None:
     fig, axes = new_figure(len(lrs), len(PANELS), figsize=(16, 3.2 * len(lrs)), squeeze=False)
     n = 0
@@ -343,7 +387,7 @@ def _plot(by: dict[tuple[str, float], ArmResult], lrs: list[float], path: Path) 
                         continue
                     xs, ys = _curve(res, partial(_field, f"{key}.layer{k}"))
                     ax.plot(xs, ys, style, color=f"C{k - 1}", label=f"{NORMS[norm]}, layer {k}")
-            xs, ys = _curve(res, partial(_field, "lr_sharpness"))
+            xs, ys = _curve(res, _converged_lr_sharpness)
             axes[i, 3].plot(xs, ys, style, marker="o", ms=3, color="k", label=NORMS[norm])
         axes[i, 3].axhline(2.0, color="red", lw=0.8, label="stability bound 2")
         for j, title in enumerate(PANELS):
@@ -368,27 +412,34 @@ STUDY = Study(
            "images, at lr 0.1, 1 and 10, 7 seeds (the fewest at which the exact sign-flip test "
            "can reach Holm p < 0.05 over three claims). Every 2 steps a probe records each "
            "conv/linear layer's weight norm, gradient norm and effective step lr/||W||^2; at "
-           "steps 0 and 10 also the largest Hessian eigenvalue of the step's loss (power "
-           "iteration on Hessian-vector products by double backward, warm-started from the "
-           "previous probe's vector, at most 12 products, stopped at 1% relative change, on the "
-           "step's batch in training mode; when the eigenvalue of largest magnitude is negative,"
-           " a second run on the shifted Hessian finds the largest). Three primary claims at lr "
+           "steps 0 and 10 also the largest Hessian eigenvalue of the step's loss (Lanczos with "
+           "full reorthogonalization on Hessian-vector products by double backward, "
+           "warm-started from the previous probe's Ritz vector, at most 12 products, stopped "
+           "when the Ritz pair's residual bound is within 1% of the eigenvalue, on the step's "
+           "batch in training mode; a probe that misses the bound is recorded unconverged and "
+           "left out of every sharpness comparison). Three primary claims at lr "
            "10 (the rate where the lr study's network fails without BN), paired by seed, margin "
            "a factor of two, judged by the one wording rule of bnlab.studies.claims: the "
            "effective step of the pre-BN weights shrinks from the first to the last probed step;"
-           " lr x lambda_max is lower with BN (mean log over the sharpness probes' steps both "
-           "runs share; a diverged run makes its seed untestable); the first and last layers' "
+           " lr x lambda_max is lower with BN (mean log over the converged sharpness probes' "
+           "steps both runs share; a diverged run makes its seed untestable; the stability "
+           "bound lr x lambda_max < 2 is drawn, not tested); the first and last layers' "
            "gradient norms are closer with BN (mean |log ratio| over probes). "
            "The same measures at the other rates, the compression of the effective step across "
            "rates and the test accuracies are exploratory."),
     caveats=("Twenty steps on a training subset show the early phase, where the rate decides "
-             "whether a network trains at all; later phases are not measured. A power "
-             "iteration capped at 12 products may stop short of convergence (the probe records "
-             "how many it used). lambda_max is over all parameters (the last layer and BN's "
-             "weight and bias included, which are not scale invariant); a probe whose value is "
-             "not positive has no log and drops out of the mean of both arms (the steps both "
-             "runs share), and a seed where a run diverged makes the comparison untestable. A "
-             "saturated network without BN has small gradients and a flat loss, so its "
-             "lambda_max can be tiny: a low sharpness there means the network stopped moving, "
+             "whether a network trains at all; later phases are not measured. A Lanczos "
+             "iteration capped at 12 products may stop short of its residual bound: such a "
+             "probe is left out of both arms' means at its step (the verdict counts them, and "
+             "the table per arm), so many unconverged probes thin the comparison. A converged "
+             "probe certifies an eigenvalue within 1% of its value, the largest unless the "
+             "start is nearly orthogonal to the top eigenvector, or a second eigenvalue lies "
+             "within a few percent of the top (then the estimate can be that one). lambda_max "
+             "is over all parameters (the last layer and BN's weight and bias included, which "
+             "are not scale invariant); a probe whose value is not positive has no log and "
+             "drops out of the mean of both arms (the steps both runs share), and a seed "
+             "where a run diverged makes the comparison untestable. A saturated network "
+             "without BN has small gradients and a flat loss, so its lambda_max can be tiny: a "
+             "low sharpness there means the network stopped moving, "
              "not that it trains."),
 )

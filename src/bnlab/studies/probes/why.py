@@ -11,26 +11,49 @@ invariant to the scale of W: BN(a W x) = BN(W x) for a > 0. Two consequences (va
   (auto-tuning): a too large rate inflates ||W|| until its effective step is small enough.
 
 Sharpness: a gradient step on a quadratic with Hessian H is stable only if lr < 2 / lambda_max
-(H) (Bjorck et al. 2018; Santurkar et al. 2018). lambda_max is taken by power iteration on
-Hessian-vector products Hv = d/dw <dL/dw, v> (double backward through the network, BN
-included: bnlab's layers, reference and kernels, support it), on the step's batch, in
-training mode (batch statistics: the loss the optimizer descends). Power iteration converges
-to the eigenvalue of largest magnitude; when that is negative (as it can be at
-initialization), a second run on H - lambda_1 I gives the largest (``top_eigenvalue``).
+(H) (Bjorck et al. 2018; Santurkar et al. 2018). lambda_max, the largest *algebraic* eigenvalue
+(H is indefinite off a minimum), is taken by the Lanczos iteration on Hessian-vector products
+Hv = d/dw <dL/dw, v> (double backward through the network, BN included: bnlab's layers,
+reference and kernels, support it), on the step's batch, in training mode (batch statistics:
+the loss the optimizer descends). From a unit vector q_1 (over the whole parameter list), step
+j takes one product w = H q_j, alpha_j = q_j'w, orthogonalizes w against every q_1..q_j (full
+reorthogonalization, done twice, so the basis stays orthogonal in floating point and no ghost
+copies of an eigenvalue appear), beta_j = ||w||, q_{j+1} = w / beta_j. Then T_k = Q_k'H Q_k is
+tridiagonal (alpha on the diagonal, beta_1..beta_{k-1} beside it); its largest eigenvalue theta
+(``torch.linalg.eigh`` in float64, unit eigenvector s) and the Ritz vector y = Q_k s satisfy
+H y - theta y = beta_k s_k q_{k+1}, so ||H y - theta y|| = |beta_k s_k| and an eigenvalue of H
+lies within |beta_k s_k| of theta. By Cauchy interlacing theta <= lambda_max at every k and
+grows with k; unlike power iteration, nothing stalls between lambda_max and a lambda_min of
+similar magnitude. The iteration stops when |beta_k s_k| <= tol |theta| and theta moved by
+at most tol |theta| since the previous step (``converged``; the second condition is a guard,
+not a proof: a start with little weight on the top eigenvector makes theta jump once the
+Krylov space catches it, and the certificate alone could be met before the jump); a
+breakdown beta_k ~ 0 means span(Q_k) is invariant and theta an eigenvalue to rounding) or after
+`iters` products (not converged: theta is then only a lower bound). The certificate names *an*
+eigenvalue: lambda_max once the Krylov space has caught the top eigenvector, but when a second
+eigenvalue lies within a few tol of the top and the start has little weight on the top
+eigenvector, the bound can be met first near that second one (an error of about their gap).
+Each probe starts from the previous probe's Ritz vector plus a fresh random vector of the same
+norm (a warm start: fewer products when the top direction moves little, and never a start with
+no weight on a top direction that has moved, which is how a certificate could be met at a
+second eigenvalue; a resumed run starts from a random vector alone, which changes the count and
+the value within the tolerance).
 
 ``WhyProbe`` records, per conv/linear layer k in forward order (``layer1`` = the first):
 ``weight_norm.k`` = ||W_k|| (the weight only, not the bias), ``grad_norm.k`` = ||dL/dW_k||,
 ``eff_step.k`` = lr / ||W_k||^2 and ``feeds_norm.k`` (1.0 if the layer's output goes straight
 into a normalization layer, whose scale invariance makes the effective step meaningful);
-``sharpness`` = lambda_max, ``lr_sharpness`` = lr * lambda_max (stable below 2), ``loss`` and
-``power_iters`` (products used; up to ``max_iters``). It leaves parameters, gradients,
-buffers, mode and the global RNG as found.
+``sharpness`` = lambda_max, ``lr_sharpness`` = lr * lambda_max (stable below 2), ``loss``,
+``hvp_products`` (products used; up to ``max_iters``), ``sharpness_converged`` (1.0 when the
+residual bound met the tolerance, else 0.0) and ``sharpness_residual`` = |beta_k s_k|. It
+leaves parameters, gradients, buffers, mode and the global RNG as found.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +61,7 @@ from torch import nn
 
 from bnlab.norm.renormalize import is_norm_layer
 
-__all__ = ["WhyProbe", "layers", "power_iteration", "top_eigenvalue", "weight_stats"]
+__all__ = ["Ritz", "WhyProbe", "lanczos", "layers", "weight_stats"]
 
 WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
 # Modules that do not change scale invariance between a weight and the norm after it.
@@ -75,73 +98,107 @@ def weight_stats(model: nn.Module, lr: float) -> dict[str, float]:
     return out
 
 
-def power_iteration(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]],
-                    shapes: Sequence[torch.Tensor], *, iters: int, tol: float,
-                    generator: torch.Generator, start: list[torch.Tensor] | None = None
-                    ) -> tuple[float, int, list[torch.Tensor]]:
-    """The eigenvalue of largest magnitude of the symmetric operator `hvp` (a list of tensors
-    shaped like `shapes` in, the same out), the products used and the last vector: v <- Hv /
-    ||Hv|| from `start` (a warm start: the previous probe's vector) or a random v (drawn from
-    `generator`, not the global RNG), until the Rayleigh quotient v'Hv changes by less than
-    `tol` relative, or `iters` products."""
-    v = start if start is not None else [
-        torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in shapes]
-    lam = math.nan
-    for i in range(1, iters + 1):
-        scale = math.sqrt(sum(float(t.square().sum()) for t in v))
-        v = [t / scale for t in v]
-        hv = hvp(v)
-        new = sum(float((a * b).sum()) for a, b in zip(v, hv, strict=True))  # v'Hv, ||v|| = 1
-        if not math.isfinite(new):
-            return math.nan, i, v
-        if math.isfinite(lam) and abs(new - lam) <= tol * abs(new):
-            return new, i, v
-        lam, v = new, [t.detach() for t in hv]
-        if sum(float(t.square().sum()) for t in v) == 0.0:  # H v = 0: v is in the kernel
-            return 0.0, i, v
-    return lam, iters, v
+Vector = list[torch.Tensor]  # one tensor per parameter
 
 
-def top_eigenvalue(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]],
-                   shapes: Sequence[torch.Tensor], *, iters: int, tol: float,
-                   generator: torch.Generator, start: list[torch.Tensor] | None = None
-                   ) -> tuple[float, int, list[torch.Tensor]]:
-    """The largest (most positive) eigenvalue: power iteration finds the one of largest
-    magnitude, lambda_1; if that is negative, a second run on the shifted operator
-    H - lambda_1 I (whose eigenvalues are all >= 0, the largest lambda_max - lambda_1) finds
-    lambda_max. The shifted run converges more slowly (its top two eigenvalues are both
-    shifted up by |lambda_1|), so it gets twice the products. Returns (lambda_max, products
-    used, the last vector of the first run)."""
-    lam, n, v = power_iteration(hvp, shapes, iters=iters, tol=tol, generator=generator,
-                                start=start)
-    if not (math.isfinite(lam) and lam < 0):
-        return lam, n, v
+class Ritz(NamedTuple):
+    """The Lanczos estimate of the largest eigenvalue (module docstring)."""
 
-    def shifted(u: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [h - lam * t for h, t in zip(hvp(u), u, strict=True)]
+    value: float  # theta, the largest Ritz value (NaN when a product was not finite)
+    products: int  # Hessian-vector products used
+    converged: bool  # |beta_k s_k| <= tol |theta|, or an invariant subspace was found
+    residual: float  # |beta_k s_k| = ||H y - theta y||
+    vector: Vector  # the unit Ritz vector y
 
-    top, m, _ = power_iteration(shifted, shapes, iters=2 * iters, tol=tol / 10,
-                                generator=generator)
-    return top + lam, n + m, v
+
+def _dot(a: Vector, b: Vector) -> float:
+    return sum(float(torch.dot(x.flatten().double(), y.flatten().double()))
+               for x, y in zip(a, b, strict=True))
+
+
+def _axpy(alpha: float, x: Vector, y: Vector) -> Vector:
+    """y + alpha x."""
+    return [t + alpha * u for u, t in zip(x, y, strict=True)]
+
+
+def lanczos(hvp: Callable[[Vector], Vector], shapes: Sequence[torch.Tensor], *, iters: int,
+            tol: float, generator: torch.Generator, start: Vector | None = None) -> Ritz:
+    """The largest (algebraic) eigenvalue of the symmetric operator `hvp` (a list of tensors
+    shaped like `shapes` in, the same out) by Lanczos with full reorthogonalization (module
+    docstring): at most `iters` products, stopped when the residual bound |beta_k s_k| is at
+    most `tol` |theta|. It starts from `start` (a warm start) or a random vector drawn from
+    `generator` (not the global RNG); it keeps k + 1 vectors the size of the parameters."""
+    if iters < 1 or not tol > 0:
+        raise ValueError(f"lanczos needs iters >= 1 and tol > 0, got iters={iters}, tol={tol}: "
+                         "pass a positive product budget and tolerance")
+    q = start
+    if q is None or not math.isfinite(norm := math.sqrt(_dot(q, q))) or norm == 0.0:
+        q = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+             for p in shapes]
+        norm = math.sqrt(_dot(q, q))
+    basis = [[t / norm for t in q]]
+    alpha: list[float] = []
+    beta: list[float] = []
+    last = math.nan  # the previous step's theta: the stop needs two steps that agree
+    for k in range(1, iters + 1):
+        w = [t.detach() for t in hvp(basis[-1])]
+        alpha.append(_dot(basis[-1], w))
+        if not math.isfinite(alpha[-1]) or not all(bool(t.isfinite().all()) for t in w):
+            return Ritz(math.nan, k, False, math.nan, basis[-1])
+        for _ in range(2):  # twice is enough (Giraud et al. 2005)
+            for u in basis:
+                w = _axpy(-_dot(u, w), u, w)
+        b = math.sqrt(_dot(w, w))
+        t = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+        if k > 1:
+            off = torch.tensor(beta, dtype=torch.float64)
+            t += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(t)
+        theta, s = float(evals[-1]), evecs[:, -1]
+        residual = b * abs(float(s[-1]))
+        # breakdown: w is rounding noise, span(Q_k) is invariant and theta an eigenvalue
+        invariant = b <= 4 * torch.finfo(w[0].dtype).eps * float(evals.abs().max())
+        certified = residual <= tol * abs(theta) and abs(theta - last) <= tol * abs(theta)
+        if certified or invariant or k == iters:
+            vector = [sum((float(c) * u[i] for c, u in zip(s, basis, strict=True)),
+                          torch.zeros_like(basis[0][i])) for i in range(len(basis[0]))]
+            return Ritz(theta, k, certified or invariant, residual, vector)
+        last = theta
+        beta.append(b)
+        basis.append([v / b for v in w])
+    raise AssertionError("unreachable: the loop returns at k == iters")
 
 
 class WhyProbe:
     """Weight and gradient norms per layer, effective steps and the sharpness (module
-    docstring), every `every` steps, at learning rate `lr`."""
+    docstring), every `every` steps, at learning rate `lr`; the sharpness every `sharp_every`
+    probes, by Lanczos with at most `iters` products to relative residual `tol`."""
 
     def __init__(self, every: int, lr: float, *, sharp_every: int = 1, iters: int = 20,
                  tol: float = 1e-2, seed: int = 0) -> None:
+        if iters < 1 or not tol > 0:
+            raise ValueError(f"WhyProbe needs iters >= 1 and tol > 0, got iters={iters}, "
+                             f"tol={tol}: pass a positive product budget and tolerance")
         self.every, self.lr, self.sharp_every = every, lr, sharp_every
         self.iters, self.tol = iters, tol
         self.generator = torch.Generator().manual_seed(seed)
         self.calls = 0
-        # The last eigenvector estimate: the next probe starts from it (fewer products; a
-        # resumed run starts afresh, which changes the count, not the converged value).
-        self.start: list[torch.Tensor] | None = None
+        # The last Ritz vector: the next probe starts from it (module docstring).
+        self.start: Vector | None = None
 
-    def sharpness(self, model: nn.Module, x: torch.Tensor,
-                  y: torch.Tensor) -> tuple[float, float, int]:
-        """(lambda_max, loss, iterations) of the batch's mean loss, in training mode."""
+    def _start(self, params: Sequence[torch.Tensor]) -> Vector | None:
+        """The last Ritz vector (unit norm) plus a random vector of norm 1 from the probe's
+        generator (module docstring); None before the first probe."""
+        if self.start is None:
+            return None
+        noise = [torch.randn(p.shape, generator=self.generator, dtype=p.dtype).to(p.device)
+                 for p in params]
+        r, m = math.sqrt(_dot(self.start, self.start)), math.sqrt(_dot(noise, noise))
+        return [t / r + n / m for t, n in zip(self.start, noise, strict=True)]
+
+    def sharpness(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[Ritz, float]:
+        """The Lanczos estimate of lambda_max and the loss of the batch's mean loss, in
+        training mode."""
         params = [p for p in model.parameters() if p.requires_grad]
         with torch.enable_grad():
             logits = model(x)  # the loss in float32 at least, as the training step takes it
@@ -149,17 +206,16 @@ class WhyProbe:
                                    y)
             grads = torch.autograd.grad(loss, params, create_graph=True)
 
-            def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
-                return list(torch.autograd.grad(grads, params, grad_outputs=v,
-                                                retain_graph=True, allow_unused=True))
+            def hvp(v: Vector) -> Vector:
+                out = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True,
+                                          allow_unused=True)
+                return [torch.zeros_like(p) if h is None else h
+                        for p, h in zip(params, out, strict=True)]
 
-            lam, n, v = top_eigenvalue(
-                lambda v: [torch.zeros_like(p) if h is None else h
-                           for p, h in zip(params, hvp(v), strict=True)],
-                params, iters=self.iters, tol=self.tol, generator=self.generator,
-                start=self.start)
-        self.start = v if math.isfinite(lam) else None
-        return lam, float(loss.detach()), n
+            ritz = lanczos(hvp, params, iters=self.iters, tol=self.tol,
+                           generator=self.generator, start=self._start(params))
+        self.start = ritz.vector if math.isfinite(ritz.value) else None
+        return ritz, float(loss.detach())
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         out = weight_stats(model, self.lr)
@@ -171,7 +227,7 @@ class WhyProbe:
         rng, was = torch.get_rng_state(), model.training
         try:
             model.train()
-            lam, loss, n = self.sharpness(model, x, y)
+            ritz, loss = self.sharpness(model, x, y)
         finally:
             model.train(was)
             torch.set_rng_state(rng)
@@ -180,5 +236,8 @@ class WhyProbe:
                     b.copy_(buffers[name])
             for p, g in grads.items():
                 p.grad = g
-        return {**out, "sharpness": lam, "lr_sharpness": self.lr * lam, "loss": loss,
-                "power_iters": float(n), "max_iters": float(3 * self.iters)}
+        return {**out, "sharpness": ritz.value, "lr_sharpness": self.lr * ritz.value,
+                "loss": loss, "hvp_products": float(ritz.products),
+                "max_iters": float(self.iters),
+                "sharpness_converged": 1.0 if ritz.converged else 0.0,
+                "sharpness_residual": ritz.residual}
