@@ -107,3 +107,10 @@ def test_landscape_pairs_by_step_and_plots(tmp_path):
     assert set(_claims(f).values()) == {"reproduces"}
     f.plot(tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_landscape_figure_draws_with_a_failed_seed(tmp_path):
+    """A NaN probe value (a diverged seed) leaves its steps out of the figure's bands."""
+    f = landscape.analyze(land_results(0.5, nan_seed=3))
+    f.plot(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

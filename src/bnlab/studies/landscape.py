@@ -198,7 +198,8 @@ def _plot(by: dict[str, ArmResult], lrs: list[float], path: Path) -> None:
                 b = {p["step"]: _log(p.get(key)) for p in r1.probes}
                 per_seed.append({p["step"]: b[p["step"]] - _log(p.get(key))
                                  for p in r0.probes if p["step"] in b})
-            steps = sorted(set.intersection(*(set(s) for s in per_seed)))
+            steps = [t for t in sorted(set.intersection(*(set(s) for s in per_seed)))
+                     if all(math.isfinite(s[t]) for s in per_seed)]  # as figures.band
             mean = [statistics.fmean(s[t] for s in per_seed) for t in steps]
             line = ax.plot(steps, [math.exp(m) for m in mean], label=f"lr {lr:g}")[0]
             if len(per_seed) > 1:
