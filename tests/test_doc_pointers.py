@@ -56,3 +56,22 @@ def test_the_pointers_are_read():
     assert ("tests/norm/test_tools.py", "test_registry_builds_every_norm") in pointers(
         "CONTRIBUTING.md")
     assert all(not p.startswith("examples/s") for p, _ in pointers("README.md"))
+
+
+STUDY_TABLE = {"README.md": "| study | question |", "README.zh-CN.md": "| 研究 | 问题 |"}
+
+
+@pytest.mark.parametrize("document", sorted(STUDY_TABLE))
+def test_the_study_table_lists_every_registered_study_in_order(document):
+    """Each README's table of studies names exactly the studies ``bnlab study`` runs, in the
+    registry's order: a new study cannot go unlisted."""
+    from bnlab.studies.registry import STUDIES
+
+    lines = (ROOT / document).read_text().splitlines()
+    start = lines.index(STUDY_TABLE[document]) + 2  # past the header and its |---| line
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.split("|")[1].strip().strip("`"))
+    assert rows == list(STUDIES), f"{document}: the study table lists {rows}"
