@@ -418,7 +418,8 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
     }), indent=2, allow_nan=False) + "\n"
     write_files(out, {"verdict": (findings.verdict.strip() + "\n").encode(),
                       "study.json": study_json.encode()})
-    log(f"[{study.name}] {findings.verdict}")
+    for line in findings.verdict.strip().splitlines():  # the claims' line, then the study's
+        log(f"[{study.name}] {line}")
     return findings
 
 
