@@ -170,13 +170,13 @@ def test_the_figure_draws_with_a_resumed_gap_and_a_failed_seed(tmp_path):
 def test_band_leaves_out_points_missing_in_any_seed():
     from bnlab.report.figures import band, new_figure
 
-    fig, ax = new_figure()
+    _fig, ax = new_figure()
     band(ax, [0, 1, 2, 3], [[1.0, 2.0, math.nan, 4.0], [3.0, 4.0, 5.0, 8.0]], "x")
     xs, ys = ax.lines[0].get_data()
     assert list(xs) == [0, 1, 3] and list(ys) == [2.0, 3.0, 6.0]
     band_ys = ax.collections[0].get_paths()[0].vertices[:, 1]  # the +-std band's outline
     assert band_ys.min() == pytest.approx(2.0 - math.sqrt(2.0), rel=1e-12)
     assert band_ys.max() == pytest.approx(6.0 + math.sqrt(8.0), rel=1e-12)
-    fig2, ax2 = new_figure()
+    _fig2, ax2 = new_figure()
     band(ax2, [0, 1], [[math.nan, math.nan]], "all missing")
     assert not ax2.lines  # nothing finite: nothing drawn
