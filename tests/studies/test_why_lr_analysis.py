@@ -88,7 +88,11 @@ def test_per_seed_measures_by_hand():
     assert why_lr.sharpness_level(rows) == pytest.approx(math.log(levels[0]))
     assert why_lr.unconverged(rows) == (2, 3)
     assert why_lr.sharpness_at(rows, 0) == pytest.approx(math.log(levels[0]))
-    assert math.isnan(why_lr.sharpness_at(rows, -1))  # the last probe did not converge
+    # the last two probes did not converge: the last converged one is the first
+    assert why_lr.sharpness_at(rows, -1) == pytest.approx(math.log(levels[0]))
+    for row in rows:
+        row["sharpness_converged"] = 0.0
+    assert math.isnan(why_lr.sharpness_at(rows, 0))  # no converged probe: no measurement
 
 
 def test_all_three_mechanisms_reproduce():

@@ -184,10 +184,12 @@ def sharpness_pairs(off: ArmResult, on: ArmResult) -> tuple[list[float], list[fl
 
 
 def sharpness_at(probes: Sequence[Row], which: int) -> float:
-    """log(lr x lambda_max) at the first (`which` 0) or last (-1) sharpness probe; NaN when
-    that probe is unconverged."""
-    measured = [p for p in probes if "lr_sharpness" in p]
-    return log_sharpness(measured[which]) if measured else math.nan
+    """log(lr x lambda_max) at the first (`which` 0) or last (-1) *converged* sharpness probe
+    (an unconverged one is no measurement: skipped, not read as a diverged seed); NaN when the
+    run has no converged probe."""
+    measured = [v for v in (log_sharpness(p) for p in probes if "lr_sharpness" in p)
+                if math.isfinite(v)]
+    return measured[which] if measured else math.nan
 
 
 def balance_level(probes: Sequence[Row]) -> float:
@@ -225,8 +227,8 @@ def _at(claim: Claim, lr: float) -> Claim:
 
 def exploratory_tests(by: dict[tuple[str, float], ArmResult], lrs: list[float]
                       ) -> list[Comparison]:
-    """The measures at every rate below the top, the sharpness at the first and last probe,
-    the effective step's compression across rates, and the test accuracies."""
+    """The measures at every rate below the top, the sharpness at the first and last converged
+    probe, the effective step's compression across rates, and the test accuracies."""
     out: list[Comparison] = []
     for lr in lrs:
         off, on = by[("none", lr)], by[("bnlab", lr)]
@@ -244,8 +246,8 @@ def exploratory_tests(by: dict[tuple[str, float], ArmResult], lrs: list[float]
         for which, when in ((0, "first"), (-1, "last")):
             out.append(compare(per_seed(off, partial(sharpness_at, which=which)),
                                per_seed(on, partial(sharpness_at, which=which)),
-                               metric=f"log(lr x lambda_max), {when} probe", label=label,
-                               paired=paired, higher_is_better=False))
+                               metric=f"log(lr x lambda_max), {when} converged probe",
+                               label=label, paired=paired, higher_is_better=False))
         out += accuracy_comparisons(off, on, label)
     low, top = lrs[0], lrs[-1]
     if top > low:  # the nominal rates differ by top/low; the effective steps at the end by less?
@@ -268,10 +270,10 @@ def analyze(results: list[ArmResult]) -> Findings:
         eff = per_seed_pairs(res)
         for key, values in (("log eff. step first", [a for a, _ in eff]),
                             ("log eff. step last", [b for _, b in eff]),
-                            ("log lr x sharpness first", per_seed(res, partial(sharpness_at,
-                                                                               which=0))),
-                            ("log lr x sharpness last", per_seed(res, partial(sharpness_at,
-                                                                              which=-1))),
+                            ("log lr x sharpness first",
+                             per_seed(res, partial(sharpness_at, which=0))),
+                            ("log lr x sharpness last",
+                             per_seed(res, partial(sharpness_at, which=-1))),
                             ("grad balance", per_seed(res, balance_level))):
             finite = [v for v in values if math.isfinite(v)]
             row[key] = statistics.fmean(finite) if finite else math.nan
@@ -284,7 +286,7 @@ def analyze(results: list[ArmResult]) -> Findings:
     verdict = (f"Which mechanism the data support at lr {top:g}, the sweep's highest rate: "
                + "; ".join(f"{name} [{j.claim.key}]: {j.wording}"
                            for name, j in zip(CLAIMS, judged, strict=True))
-               + ". Geometric means over seeds, first -> last probe (exploratory): "
+               + ". Geometric means over seeds, first -> last (converged) probe (exploratory): "
                + "; ".join(_trajectory(rows, results, lr) for lr in lrs) + ". "
                + _unconverged_note(results, top))
 
