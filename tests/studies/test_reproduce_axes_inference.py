@@ -65,13 +65,13 @@ def repro(none: float, bn: float, torch: float, seeds: int, **kw: Any) -> Any:
 def test_reproduce_one_seed_tests_nothing_and_reports_the_runs():
     f = repro(0.78, 0.86, 0.86, 1)
     assert f.comparisons and not any(c.testable or c.clear for c in f.comparisons)
-    assert [j.wording for j in f.primary] == ["not testable (1 seed(s) in the first arm)"]
+    assert [j.wording for j in f.primary] == ["not testable (1 seed in the first arm)"]
     assert "better" not in f.verdict and "not testable" in f.verdict
     assert "no-bn: loss" in f.verdict and "bnlab-bn: loss" in f.verdict
     assert "Dive into Deep Learning" in f.literature and "not testable" in f.literature
     assert "0.860 vs 0.779 without BN" in f.headline and "(1 seed)" in f.headline
     # the page (the primary table, headline and verdict) says the claim is not testable
-    assert "| not testable (1 seed(s) in the first arm) |" in primary_table(f.primary)
+    assert "| not testable (1 seed in the first arm) |" in primary_table(f.primary)
     assert "(not testable)" in f.headline
 
 

@@ -174,7 +174,8 @@ def provenance_line(meta: dict[str, Any]) -> str:
     return (f"Trained at {trained}{_on_ray(meta)}; analysed at "
             f"{_commit(analysis.get('code'))}; "
             f"{machine.get('cpus', '?')}-CPU {machine.get('arch', '?')} machine, "
-            f"{analysis.get('threads', '?')} threads; {meta.get('seeds', '?')} seeds; "
+            f"{analysis.get('threads', '?')} threads; {meta.get('seeds', '?')} "
+            f"seed{'' if meta.get('seeds') == 1 else 's'}; "
             f"training wall time "
             f"{f'{seconds / 60:.1f} min' if seconds >= 60 else f'{seconds:.0f} s'}.")
 

@@ -68,6 +68,11 @@ rule in every study):
 """
 
 
+def _seeds(n: object) -> str:
+    """'1 seed', '8 seeds' ('? seeds' when the record has no count)."""
+    return "1 seed" if n == 1 else f"{md(str(n if n is not None else '?'))} seeds"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -114,7 +119,7 @@ def write_studies_doc(directories: list[str | Path], path: str | Path,
         if meta.get("setup"):
             lines += [f"**Setup.** {md(meta['setup'])}", ""]
         lines += [f"![{name}]({quote((rel / f'{raw}.png').as_posix())})", "", table, "",
-                  f"**Verdict** ({md(meta.get('seeds', '?'))} seeds). {verdict}", ""]
+                  f"**Verdict** ({_seeds(meta.get('seeds'))}). {verdict}", ""]
         if meta.get("literature"):
             lines += [f"**Against the literature.** {md(meta['literature'])}", ""]
         if meta.get("caveats"):

@@ -80,9 +80,9 @@ def analyze(results: list[ArmResult]) -> Findings:
 
     parts = [f"{r.arm.label}: {said(r)}" for r in others]
     verdict = (f"Against {base.arm.label} ({base.summary('test_acc').text()} test accuracy; "
-               f"paired t over {n} seed(s); the claims are judged by the one rule, every other "
-               f"comparison is exploratory, Holm over its own family, 'better'/'worse' at "
-               f"p < 0.05): " + "; ".join(parts) + ".")
+               f"paired t over {n} seed{'' if n == 1 else 's'}; the claims are judged by the "
+               f"one rule, every other comparison is exploratory, Holm over its own family, "
+               f"'better'/'worse' at p < 0.05): " + "; ".join(parts) + ".")
     # exploratory: 'worse'/'better' only when every exploratory evaluation of the arm says it
     words = {r.arm.label: fair_word(pairs[r.arm.name]) for r in others if pairs[r.arm.name]}
     worse = [k for k, w in words.items() if w == "worse"]

@@ -164,7 +164,7 @@ class Judgement:
         if not c.testable:
             return f"{head}: {self.wording}"
         return (f"{head}: {c.diff_text()}, MDE {self.mde_text()}, Holm {p_is(c.p_holm)}, "
-                f"exact Holm {p_is(self.p_exact)}, TOST (+-{self.claim.margin:g}) Holm "
+                f"exact Holm {p_is(self.p_exact)}, TOST (+-{self.claim.margin:.3g}) Holm "
                 f"{p_is(self.p_tost)}: {self.wording}")
 
 
@@ -234,8 +234,10 @@ def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]
 
 def primary_text(judgements: Sequence[Judgement]) -> str:
     """The verdict's first sentence: every claim's wording with its evidence."""
-    m = sum(1 for j in judgements if j.comparison.testable)
-    return (f"Claims ({m} primary comparison{'s' if m != 1 else ''}, Holm over these only; "
+    m, untestable = len(judgements), sum(1 for j in judgements if not j.comparison.testable)
+    return (f"Claims ({m} primary comparison{'s' if m != 1 else ''}"
+            + (f", {untestable} not testable" if untestable else "")
+            + ", Holm over these only; "
             f"'reproduces'/'contradicts' need Holm p < 0.05, and below {EXACT_BELOW} seeds the "
             f"exact test too; 'does not reproduce' needs equivalence within the margin): "
             + "; ".join(f"[{j.claim.key}] {j.text()}" for j in judgements) + ".")
@@ -268,7 +270,7 @@ def primary_table(judgements: Sequence[Judgement]) -> str:
         lines.append(f"| {c.label} ({j.claim.source}: {j.claim.statement}) | {c.metric} | "
                      f"{c.diff_text()} | {j.mde_text()} | {c.test.split(':')[0]} | "
                      f"{p_text(c.p)} | {p_text(c.p_holm)} | {p_text(j.p_exact)} | "
-                     f"{p_text(j.p_tost)} (+-{j.claim.margin:g}) | {j.wording} |")
+                     f"{p_text(j.p_tost)} (+-{j.claim.margin:.3g}) | {j.wording} |")
     return "\n".join(lines) + "\n"
 
 

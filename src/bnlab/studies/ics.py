@@ -221,8 +221,9 @@ def analyze(results: list[ArmResult]) -> Findings:
     penalty = penalty_text(penalty_shares(by))
     less, noisy = judged
     verdict = (f"The drift measure: log(drift / noise floor) of the last hidden layer's unit "
-               f"inputs (training mode, mean |move| of their 15/50/85th percentiles between "
-               f"probes over the same between two batches at one step: scale-free). "
+               f"inputs (training mode: the mean |move| of their 15/50/85th percentiles "
+               f"between probes, divided by the same measure between two batches at one step: "
+               f"scale-free). "
                f"Exploratory (own Holm family): noisy BN against BN on the relative drift "
                f"{t['drift noisy'].text()} (a manipulation check: the noise is redrawn each "
                f"step, so a larger drift is forced by design). Against the noise floor (two "

@@ -176,7 +176,7 @@ def analyze(results: list[ArmResult]) -> Findings:
                 f"beta-smoothness {ratios('beta')}; claims: "
                 + ", ".join(f"{j.claim.key} {j.wording}" for j in primary)
                 + f"; exploratory: {smoother} of {3 * len(lrs) - len(primary)} clearly "
-                f"smoother).")
+                f"smoother.")
 
     def plot(path: Path) -> None:
         _plot(by, lrs, path)

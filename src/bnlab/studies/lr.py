@@ -239,7 +239,7 @@ def _summary(usable: dict[str, list[float]], ran: list[str], swept: list[float],
     lower = sum(1 for lr in both if t[(lr, "train_loss")].word == "better")
     headline = (f"Every seed trains with BN {where(bn)} and without BN {where(none)}; "
                 + (f"where both train, BN's train loss is clearly lower at {lower} of "
-                   f"{len(both)} learning rates." if both else
+                   f"{len(both)} learning rate{'' if len(both) == 1 else 's'}." if both else
                    "there is no learning rate where both train."))
     if not primary:
         return headline, (f"Not tested: no swept rate above the chapter's {BASE_LR:g} "

@@ -72,7 +72,7 @@ PAPER = "Ioffe & Szegedy 2015 (section 2)"
 CLAIMS = {
     (CLAIM_LR, "bias drift"): Claim(
         "detached-biases-grow", "When the normalization's statistics are outside the gradient "
-        "step, the bias before the norm grows without bound while the loss does not change",
+        "step, the bias before the norm grows more than with BN",
         PAPER, "pre-norm bias norm growth (log10 last/first)", +1, 0.1, "BN",
         "batch stats, detached"),
     (CLAIM_LR, "running-stats", DEFAULT_MOMENTUM, "test_acc"): Claim(

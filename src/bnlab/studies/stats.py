@@ -212,7 +212,7 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
                                f"{s.nonfinite} of {s.n} seeds of the {name} arm diverged")
         if s.n < 2:
             return _untestable(label, metric, sa, sb, higher_is_better,
-                               f"{s.n} seed(s) in the {name} arm")
+                               f"{s.n} seed{'' if s.n == 1 else 's'} in the {name} arm")
     if paired and sa.n != sb.n:
         raise ValueError(f"{label}: a paired test needs one value per seed in both arms "
                          f"({sa.n} vs {sb.n})")

@@ -335,8 +335,10 @@ def headline(judged: Sequence[Judgement], top: float) -> str:
     support = by_word.get("reproduces", [])
     against = by_word.get("contradicts", [])
     rest = [n for n in CLAIMS if n not in support and n not in against]
-    return (f"At lr {top:g}: the data support {_names(support)}; they contradict "
-            f"{_names(against)}; not decided: {_names(rest)}.")
+    parts = [f"{label} {_names(names)}" for label, names in (
+        ("the data support", support), ("they contradict", against), ("not decided:", rest))
+        if names]
+    return f"At lr {top:g}: " + "; ".join(parts) + "."
 
 
 def _names(names: list[str]) -> str:
