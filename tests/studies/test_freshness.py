@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from bnlab.studies import ics, placement
 from bnlab.studies.base import Findings, lead_texts
@@ -150,7 +147,6 @@ def test_declared_claims_finds_every_module_level_claim():
     assert set(declared_claims(chapter.analyze)) == {c.key for c in chapter.CLAIMS.values()}
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")  # git is in the dev image
 def test_changed_since_sees_uncommitted_and_untracked_files(tmp_path: Path):
     def git(*args: str) -> None:
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)

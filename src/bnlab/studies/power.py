@@ -24,7 +24,7 @@ from scipy import stats as sps
 from scipy.optimize import brentq
 
 from bnlab.studies.exact import exact_p
-from bnlab.studies.stats import ALPHA, data_scale, no_spread
+from bnlab.studies.stats import ALPHA, data_scale, no_spread, t_se_df
 
 __all__ = ["EXACT_BELOW", "POWER", "mde", "se_df", "tost"]
 
@@ -55,18 +55,13 @@ def mde(se: float, df: float, m: int = 1, *, alpha: float = ALPHA,
 
 
 def se_df(a: Sequence[float], b: Sequence[float], paired: bool) -> tuple[float, float]:
-    """Standard error and degrees of freedom of mean(b) - mean(a), as ``stats.compare``
-    (a spread below its threshold, ``no_spread``, is none: 0)."""
-    import statistics as st
-    if paired:
-        d = [y - x for x, y in zip(a, b, strict=True)]
-        se = st.stdev(d) / math.sqrt(len(d))
-        return (0.0 if no_spread(se, data_scale(a, b)) else se), len(d) - 1.0
-    va, vb = st.variance(a) / len(a), st.variance(b) / len(b)
-    se = math.sqrt(va + vb)
+    """Standard error and degrees of freedom of mean(b) - mean(a), as ``stats.compare`` tests
+    it (``stats.t_se_df``; a spread below its threshold, ``no_spread``, is none: 0, with
+    Welch's df then n_a + n_b - 2 as there)."""
+    se, df = t_se_df(a, b, paired)
     if no_spread(se, data_scale(a, b)):
-        return 0.0, float(len(a) + len(b) - 2)
-    return se, (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        return 0.0, (df if paired else float(len(a) + len(b) - 2))
+    return se, df
 
 
 def tost(a: Sequence[float], b: Sequence[float], margin: float, *, paired: bool) -> float:

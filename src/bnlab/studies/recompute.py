@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bnlab.studies.claims import (
+    WORDS,
     Claim,
     Judgement,
     claims_headline,
@@ -45,7 +46,7 @@ __all__ = ["RTOL", "claim_differences", "declared_claims", "differences", "text_
 SAME = ("key", "statement", "source", "metric", "direction", "margin")  # a claim's identity
 
 RTOL = 1e-9
-VERDICT_WORDS = ("reproduces", "contradicts", "does not reproduce")  # claims.WORDS, judged
+VERDICT_WORDS = tuple(w for w in WORDS if w != "not shown")  # the words of a judged claim
 
 
 def _values(v: Sequence[Any]) -> list[float]:

@@ -49,6 +49,7 @@ __all__ = [
     "p_is",
     "p_text",
     "summary",
+    "t_se_df",
 ]
 
 ALPHA = 0.05
@@ -217,15 +218,8 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
         raise ValueError(f"{label}: a paired test needs one value per seed in both arms "
                          f"({sa.n} vs {sb.n})")
     diff = sb.mean - sa.mean
-    if paired:
-        d = [y - x for x, y in zip(sa.values, sb.values, strict=True)]
-        se, df, test = statistics.stdev(d) / math.sqrt(len(d)), len(d) - 1.0, "paired t"
-    else:
-        va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
-        se, test = math.sqrt(va + vb), "Welch t"
-        # Welch-Satterthwaite degrees of freedom
-        df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1)) if se > 0 else \
-            float(sa.n + sb.n - 2)
+    se, df = t_se_df(sa.values, sb.values, paired)
+    test = "paired t" if paired else "Welch t"
     scale = data_scale(sa.values, sb.values)
     if no_spread(se, scale):  # no spread (up to float rounding): t is 0 or inf
         if abs(diff) <= SPREAD_RTOL * scale:  # a difference of rounding only is none
@@ -235,6 +229,19 @@ def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
     p = float(2 * sps.t.sf(abs(diff) / se, df))
     return Comparison(label, metric, sa, sb, higher_is_better, test, diff, diff - half,
                       diff + half, p, paired=paired)
+
+
+def t_se_df(a: Sequence[float], b: Sequence[float], paired: bool) -> tuple[float, float]:
+    """Standard error and degrees of freedom of mean(b) - mean(a) for the t-test ``compare``
+    runs: of the paired differences, or Welch's (Welch-Satterthwaite df; n_a + n_b - 2 when
+    both arms have no spread). At least two finite values per arm."""
+    if paired:
+        d = [y - x for x, y in zip(a, b, strict=True)]
+        return statistics.stdev(d) / math.sqrt(len(d)), len(d) - 1.0
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return 0.0, float(len(a) + len(b) - 2)
+    return math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
 
 
 SPREAD_RTOL = 1e-12  # float rounding, relative to the data's scale
