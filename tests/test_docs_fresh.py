@@ -52,7 +52,8 @@ RECORDS = DOCS / "studies"
 _STUDIES = "src/bnlab/studies/"
 ANALYSIS_ONLY = ("src/bnlab/report", "src/bnlab/cli.py", _STUDIES + "probes",
                  *(_STUDIES + f for f in ("base.py", "options.py",
-                     "__init__.py", "claims.py", "exact.py", "stats.py", "recompute.py",
+                     "__init__.py", "chance.py", "claims.py", "exact.py", "stats.py",
+                     "recompute.py",
                      "wording.py", "power.py", "publish.py", "registry.py",
                      "axes.py", "batch_size.py", "chapter.py", "ics.py", "inference_stats.py",
                      "landscape.py", "lr.py", "momentum.py", "placement.py", "reproduce.py",

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats as sps
 
-from bnlab.studies import batch_size
+from bnlab.studies import batch_size, chance
 from bnlab.studies.base import check_families
 from bnlab.studies.recompute import differences
 from tests.studies.fakes import record, results
@@ -137,7 +137,7 @@ def test_at_chance_uses_the_claims_metric_the_running_averages():
     """One metric for the at-chance rule and the claims: running-average test accuracy.
     Running averages at chance with trained weights (PreciseBN 0.80): the arm is at chance,
     so it is no reference."""
-    assert batch_size.CHANCE_METRIC == batch_size.WU_HE.metric == batch_size.IOFFE.metric
+    assert chance.CHANCE_METRIC == batch_size.WU_HE.metric == batch_size.IOFFE.metric
     f = study(lagging={"bnlab-b128"})
     assert next(r for r in f.rows if r["arm"] == "BN, batch 128")["at chance"] == "yes"
     assert not any(c.label.startswith("BN: batch 2 vs 128") for c in f.comparisons)

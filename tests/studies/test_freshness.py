@@ -56,6 +56,18 @@ def caught(record: dict, verdict: str, declared: dict) -> list[str]:
         text_differences(record, verdict)
 
 
+def test_a_comparison_without_a_good_direction_recomputes_and_a_flipped_one_is_caught():
+    record, _ = synthetic()
+    record["exploratory"] = json.loads(json.dumps([c.record() for c in exploratory(
+        [compare(A, B, metric="drift", label="floor", paired=True, higher_is_better=None)])]))
+    assert record["exploratory"][0]["verdict"] == "higher"
+    assert differences(record) == []
+    record["exploratory"][0]["higher_is_better"] = True  # now worded 'better': caught
+    assert any("floor" in d for d in differences(record))
+    record["exploratory"][0]["higher_is_better"] = "yes"
+    assert any("cannot be recomputed" in d for d in differences(record))
+
+
 def test_a_synthetic_record_passes_every_check():
     record, verdict = synthetic()
     assert record["primary"][0]["wording"] == "reproduces"

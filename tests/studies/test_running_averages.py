@@ -85,7 +85,9 @@ def test_the_issue_case_biases_grow_in_every_detached_seed_at_ten_seeds():
     words = {j.claim.key: j.wording for j in findings.primary}
     assert words == {"detached-biases-grow": "reproduces",
                      "running-averages-train-worse": "reproduces"}
-    assert len(findings.primary) == 2 and len(findings.exploratory) == 22
+    # 24 comparisons: the 2 claims, and 22 others less lr 1's stale-vs-fresh comparison, whose
+    # two arms are both at chance (a floor)
+    assert len(findings.primary) == 2 and len(findings.exploratory) == 21
     assert "claim running-averages-train-worse: reproduces" in findings.verdict
 
 
@@ -158,3 +160,44 @@ def test_norm_weights_probe_reads_the_layers_feeding_each_norm():
     assert got["w_norm"] == pytest.approx(expected)
     assert got["gamma_norm"] == pytest.approx(math.sqrt(6 + 16 + 120 + 84))
     assert got["beta_norm"] == 0.0
+
+
+def test_arms_at_chance_are_a_floor_not_a_comparison():
+    """Ioffe's story puts both arms without the gradient at chance at lr 1: they are not
+    compared with each other (a floor), while each is still compared with BN, its reference,
+    which trains; nothing floored enters a Holm family, and the verdict says why."""
+    primary, tests, not_judged, floors = ra.judged(fake(ioffe))
+    assert floors == {(1.0, "staleness"): "both at chance"}
+    assert (1.0, "staleness") not in tests and (0.1, "staleness") in tests
+    assert (1.0, "batch-stats-detached", 0.1, "test_acc") in tests
+    assert {j.claim.key for j in primary} == {"detached-biases-grow",
+                                              "running-averages-train-worse"}
+    assert not_judged == {}
+    verdict = ra.analyze(fake(ioffe)).verdict
+    assert ("stale vs fresh statistics without gradient: not compared (both at chance)"
+            in verdict)
+
+
+def test_a_reference_at_chance_judges_no_claim_and_says_why():
+    """BN itself at chance at lr 1: nothing is measured from it, and both claims are listed
+    as not judged with the floor as the reason (not 'did not run')."""
+    def acc(norm, lr):
+        return 0.12 if lr == 1.0 else 0.80
+
+    primary, tests, not_judged, floors = ra.judged(fake(acc))
+    assert primary == []
+    assert not any(k[0] == 1.0 for k in tests)
+    assert {k for k in floors if k[0] == 1.0} == {
+        (1.0, "batch-stats-detached", 0.1), (1.0, "renorm-wide", 0.1),
+        (1.0, "running-stats", 0.01), (1.0, "running-stats", 0.1), (1.0, "running-stats", 0.5),
+        (1.0, "bias drift"), (1.0, "staleness")}
+    assert not_judged == {"detached-biases-grow": "not compared: both at chance",
+                          "running-averages-train-worse": "not compared: both at chance"}
+    findings = ra.analyze(fake(acc))
+    assert findings.not_judged == not_judged
+    assert "at lr 1 the ingredients cannot be separated (not compared" in findings.verdict
+
+
+def test_the_claims_name_the_learning_rate_they_are_judged_at():
+    for claim in ra.CLAIMS.values():
+        assert claim.a == "BN, lr 1" and claim.b.endswith(", lr 1")

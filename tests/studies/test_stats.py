@@ -37,6 +37,12 @@ def test_a_reversed_effect_flips_the_word():
     loss = holm([compare(A, B, metric="train_loss", label="x", paired=True,
                          higher_is_better=False)])[0]
     assert loss.word == "worse"  # a higher loss is worse
+    # a metric without a good direction (a drift against its noise floor) says which way only
+    neutral = holm([compare(A, B, metric="drift", label="x", paired=True,
+                            higher_is_better=None), compare(B, A, metric="drift", label="x",
+                                                            paired=True, higher_is_better=None)])
+    assert [c.word for c in neutral] == ["higher", "lower"]
+    assert neutral[0].record()["higher_is_better"] is None
 
 
 def test_equal_arms_are_no_difference():
@@ -115,3 +121,17 @@ def test_run_study_refuses_comparisons_split_into_two_holm_families(tmp_path, mo
     split = holm(comps[:2]) + holm(comps[2:])
     one = holm(comps)
     assert base.same_family(one) and not base.same_family(split)
+
+
+def test_an_arm_that_varies_only_by_rounding_does_not_set_the_digits():
+    # the bias before BN cannot move (its growth is 0 up to float rounding), the other arm's
+    # varies by about 1: the difference is known to about 0.1, not to 1e-6
+    flat = [1e-10 * (i % 3) for i in range(8)]
+    moving = [2.4, 0.9, 4.1, 1.7, 3.3, 2.2, 0.6, 4.0]
+    c = holm([compare(flat, moving, metric="growth", label="x", paired=True)])[0]
+    assert c.digits() == 1
+    assert c.diff_text() == f"{c.diff:+.1f} (95% CI {c.low:+.1f} to {c.high:+.1f})"
+    # two arms that both vary keep the smaller spread's two significant figures
+    both = holm([compare([0.80, 0.82, 0.79, 0.81], [0.90, 0.95, 0.85, 0.99], metric="acc",
+                         label="x", paired=True)])[0]
+    assert both.digits() == 3

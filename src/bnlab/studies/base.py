@@ -222,6 +222,14 @@ def default_run_path(arm: str, seed: int, n_seeds: int) -> str:
     return f"runs/{arm}-s{seed}"
 
 
+def put_spread(row: dict[str, Any], key: str, values: Sequence[float]) -> None:
+    """``row[key]`` and ``row[key + "_std"]``: the mean and sample std over seeds of `values`
+    (``stats.Summary``: NaN if any value is not finite; the std also with one value), the
+    pair ``markdown_table`` shows as one "mean +- std" column."""
+    s = summary(values)
+    row[key], row[f"{key}_std"] = s.mean, s.std
+
+
 def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
     """The default table: final test accuracy (with the running averages, and with PreciseBN
     statistics where the arm has BN layers) and train loss, mean +- sample std over seeds,
@@ -232,8 +240,7 @@ def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
         keys = ["test_acc", "test_acc_precise", "train_loss"]
         for key in keys:
             if key != "test_acc_precise" or any(r.has(key) for r in results):
-                mean, std = res.mean_std(key) if res.has(key) else (math.nan, math.nan)
-                row[key], row[f"{key}_std"] = mean, std
+                put_spread(row, key, res.finals(key) if res.has(key) else [math.nan])
         row["failed"], row["diverged"] = res.failed, res.diverged
         rows.append(row)
     return rows

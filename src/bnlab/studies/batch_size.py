@@ -15,21 +15,14 @@ LeNet, at batch sizes B in {2, 8, 32, 128}, under two controls:
 Ghost BN (Hoffer et al. 2017) normalizes virtual batches of 32 (``GhostBatchNorm``'s
 default): at B <= 32 it is BN exactly, so it runs only at B = 128.
 
-**At chance.** An arm is *at chance* when most of its seeds failed (``stats``: diverged, or
-test accuracy <= 0.15 with the running averages: the one metric the claims are judged on, so
-an arm is at chance exactly when the claims' own numbers say it is). Short budgets put
-whole arms there (the sigmoid LeNet without normalization never leaves its plateau; under
-equal steps GroupNorm and LayerNorm do not either), and a difference from an arm at chance
-is a floor, not a normalization's effect:
-
-* an arm at chance is never a *reference*: a layer's small batch is not compared with its own
-  batch 128 when that batch-128 run is at chance (a "drop" from chance reads as a gain);
-* two arms both at chance are not compared (a floor). A comparison not made never enters a
-  Holm family; the verdict names it, and a primary claim whose arms are both at chance is
-  reported as not judged (the record's ``not_judged``, with the reason). A comparison with
-  one arm at chance is made only when that arm is not its reference. The rule holds for every
-  comparison: the primary ones (BN is their reference), each layer's own batches and Ghost BN
-  against BN.
+**At chance** (``bnlab.studies.chance``: most seeds diverged or at most 0.15 test accuracy
+with the running averages, the one metric the claims are judged on). Short budgets put whole
+arms there (the sigmoid LeNet without normalization never leaves its plateau; under equal
+steps GroupNorm and LayerNorm do not either). The floor rule holds for every comparison here:
+the primary ones (BN is their reference), each layer's own batches (a layer's small batch is
+not compared with its own batch 128 when that run is at chance) and Ghost BN against BN. A
+primary claim whose arms are both at chance, or whose reference is, is reported as not judged
+(the record's ``not_judged``, with the reason).
 
 **Primary comparisons** (``bnlab.studies.claims``; wording from ``claims.judge``), both at
 the smallest batch under equal epochs, the control of the papers, on test accuracy with the
@@ -50,7 +43,6 @@ against BN at batch 128 (paired).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from bnlab.report.figures import new_figure, save
@@ -64,14 +56,14 @@ from bnlab.studies.base import (
     ran_on,
     summarize,
 )
+from bnlab.studies.chance import at_chance, floor
 from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
-from bnlab.studies.stats import FAILED_ACCURACY, Comparison
+from bnlab.studies.stats import Comparison
 from bnlab.train import TrainConfig
 
 NORMS = {"bnlab": "BN", "renorm-fixed": "Batch Renorm", "group": "GroupNorm",
          "layer": "LayerNorm", "none": "no norm"}
 GHOST = "ghost"
-CHANCE_METRIC = "test_acc"  # running averages: the claims' metric (WU_HE, IOFFE)
 BATCHES = (2, 8, 32, 128)
 EXAMPLES = 6144  # N: equal epochs' training examples; equal steps: S = N / reference batch
 CONTROLS = {"epochs": "equal epochs", "steps": "equal steps"}
@@ -117,24 +109,6 @@ def arms(quick: bool) -> list[Arm]:
         out += [arm(norm, b, "steps") for b in batches[:-1]]
     out.append(arm(GHOST, ref, "epochs"))
     return out
-
-
-def at_chance(res: ArmResult) -> bool:
-    """Most of the arm's seeds failed: diverged, or never beat chance (``stats``' bar) on
-    test accuracy with the running averages, the metric the claims use (module docstring)."""
-    failed = sum(1 for loss, acc in zip(res.finals("train_loss"), res.finals(CHANCE_METRIC),
-                                        strict=True)
-                 if not math.isfinite(loss) or acc <= FAILED_ACCURACY)
-    return 2 * failed > len(res.runs)
-
-
-def floor(a: ArmResult, b: ArmResult, *, reference: bool) -> str:
-    """Why `b` is not compared with `a`: both at chance, or (`reference`: `a` is what `b` is
-    measured from) `a` at chance; '' when the comparison stands. A comparison not made never
-    enters the Holm family; the verdict names it."""
-    if at_chance(a) and at_chance(b):
-        return "both at chance"
-    return f"its reference, {a.arm.label}, at chance" if reference and at_chance(a) else ""
 
 
 def primary_judgements(bn: ArmResult, others: dict[str, ArmResult]

@@ -61,6 +61,7 @@ from bnlab.studies.base import (
     Study,
     accuracy_comparisons,
     compare_arms,
+    put_spread,
     summarize,
 )
 from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text, tost
@@ -147,7 +148,7 @@ def tests(by: dict[str, ArmResult]) -> dict[str, Comparison]:
                                paired=bn.paired_with(noisy), higher_is_better=False),
     }
     for k, (d, n, _) in drift.items():  # is the drift above what two batches differ by?
-        raw[f"floor {k}"] = compare(n, d, metric="drift", paired=True,
+        raw[f"floor {k}"] = compare(n, d, metric="drift", paired=True, higher_is_better=None,
                                     label=f"{LABELS[k]}: drift vs its noise floor")
     acc, precise = accuracy_comparisons(none, bn, "BN vs none")
     raw["acc bn"], raw["precise bn"] = acc, precise
@@ -212,10 +213,7 @@ def analyze(results: list[ArmResult]) -> Findings:
     for row, res in zip(rows, results, strict=True):
         d, n, e = _drifts(res)
         for key, values in (("drift", d), ("noise_floor", n), ("log_drift_over_noise", e)):
-            finite = all(math.isfinite(v) for v in values)
-            row[key] = statistics.fmean(values) if finite and values else math.nan
-            row[f"{key}_std"] = statistics.stdev(values) if finite and len(values) > 1 \
-                else math.nan
+            put_spread(row, key, values)
     judged = primary(by)
     t = tests(by)
     penalty = penalty_text(penalty_shares(by))

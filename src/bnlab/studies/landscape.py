@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.report.figures import new_figure, save
-from bnlab.studies.base import Arm, ArmResult, Findings, Study, accuracy_comparisons, summarize
+from bnlab.studies.base import (
+    Arm,
+    ArmResult,
+    Findings,
+    Study,
+    accuracy_comparisons,
+    put_spread,
+    summarize,
+)
 from bnlab.studies.claims import Claim, Judgement, judge_keyed, literature_text
 from bnlab.studies.options import SHORT_STUDY_SEEDS
 from bnlab.studies.probes.landscape import LandscapeProbe
@@ -143,10 +151,7 @@ def analyze(results: list[ArmResult]) -> Findings:
         for key in MEASURES:  # per seed: the geometric mean ("gmean") over its probed steps
             means = [math.exp(statistics.fmean(_log(p.get(key)) for p in r.probes))
                      if r.probes else math.nan for r in res.runs]
-            finite = all(math.isfinite(v) for v in means)
-            row[f"{key}_gmean"] = statistics.fmean(means) if finite else math.nan
-            row[f"{key}_gmean_std"] = statistics.stdev(means) if finite and len(means) > 1 \
-                else math.nan
+            put_spread(row, f"{key}_gmean", means)
     primary, t = judged(by, lrs)
     claimed = {j.claim.key: j for j in primary}
 

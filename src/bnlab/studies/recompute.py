@@ -53,6 +53,14 @@ def _values(v: Sequence[Any]) -> list[float]:
     return [math.nan if x is None else float(x) for x in v]
 
 
+def _direction(v: Any) -> bool | None:
+    """A record's ``higher_is_better``: true, false, or null (a metric without a good
+    direction, ``stats.Comparison``)."""
+    if v is None or isinstance(v, bool):
+        return v
+    raise ValueError(f"higher_is_better is {v!r}, not true, false or null")
+
+
 def _same(x: Any, y: Any) -> bool:
     """Equal as JSON would store them (NaN as None), floats within RTOL."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -91,7 +99,7 @@ def differences(record: Mapping[str, Any]) -> list[str]:
     try:
         again = exploratory([compare(_values(c["a"]), _values(c["b"]), metric=c["metric"],
                                      label=c["label"], paired=bool(c["paired"]),
-                                     higher_is_better=bool(c["higher_is_better"]))
+                                     higher_is_better=_direction(c["higher_is_better"]))
                              for c in record["exploratory"]])
     except (KeyError, TypeError, ValueError) as e:
         return [*out, f"{name}: exploratory comparisons cannot be recomputed ({e})"]

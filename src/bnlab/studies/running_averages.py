@@ -34,7 +34,7 @@ family.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -52,6 +52,7 @@ from bnlab.studies.base import (
     compare_arms,
     summarize,
 )
+from bnlab.studies.chance import floor
 from bnlab.studies.claims import Claim, Judgement, judge_keyed, literature_text
 from bnlab.studies.probes.running_averages import NormWeightsProbe
 from bnlab.studies.stats import FAILED_ACCURACY, Comparison, compare, summary
@@ -73,12 +74,13 @@ CLAIMS = {
     (CLAIM_LR, "bias drift"): Claim(
         "detached-biases-grow", "When the normalization's statistics are outside the gradient "
         "step, the bias before the norm grows more than with BN",
-        PAPER, "pre-norm bias norm growth (log10 last/first)", +1, 0.1, "BN",
-        "batch stats, detached"),
+        PAPER, "pre-norm bias norm growth (log10 last/first)", +1, 0.1, f"BN, lr {CLAIM_LR:g}",
+        f"batch stats, detached, lr {CLAIM_LR:g}"),
     (CLAIM_LR, "running-stats", DEFAULT_MOMENTUM, "test_acc"): Claim(
         "running-averages-train-worse", "Normalizing with statistics the gradient does not "
         "see (the learner's running averages) trains worse than BN", PAPER, "test_acc", -1,
-        0.01, "BN", f"running averages (momentum {DEFAULT_MOMENTUM:g})"),
+        0.01, f"BN, lr {CLAIM_LR:g}",
+        f"running averages (momentum {DEFAULT_MOMENTUM:g}), lr {CLAIM_LR:g}"),
 }
 
 
@@ -144,24 +146,36 @@ def table(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def judged(results: Sequence[ArmResult]) -> tuple[list[Judgement],
-                                                   dict[tuple[Any, ...], Comparison]]:
-    """The claims' judgements (``CLAIMS`` whose arms ran) and every comparison by (lr, what,
-    metric): the claims' as judged (Holm over the claims), the rest exploratory (Holm over
-    the rest)."""
-    primary, tests, _ = judge_keyed(dict(_raw(results)), CLAIMS)  # the runner lists the rest
-    return primary, tests
+Key = tuple[Any, ...]
 
 
-def comparisons(results: Sequence[ArmResult]) -> dict[tuple[Any, ...], Comparison]:
-    """Every comparison by (lr, what, metric) (``judged``)."""
+def judged(results: Sequence[ArmResult]
+           ) -> tuple[list[Judgement], dict[Key, Comparison], dict[str, str], dict[Key, str]]:
+    """The claims' judgements (``CLAIMS`` whose arms ran and are not a floor), every
+    comparison by (lr, what, metric): the claims' as judged (Holm over the claims), the rest
+    exploratory (Holm over the rest); the claims not judged with why (claim key -> reason);
+    and the comparisons not made (``floors``)."""
+    raw, floors = _raw(results)
+    primary, tests, missing = judge_keyed(dict(raw), CLAIMS)
+    for key, claim in CLAIMS.items():
+        why = floors.get(key[:3] if len(key) == 4 else key)
+        if why is not None:
+            missing[claim.key] = f"not compared: {why}"
+    return primary, tests, missing, floors
+
+
+def comparisons(results: Sequence[ArmResult]) -> dict[Key, Comparison]:
+    """Every comparison made, by (lr, what, metric) (``judged``)."""
     return judged(results)[1]
 
 
-def _raw(results: Sequence[ArmResult]) -> list[tuple[tuple[Any, ...], Comparison]]:
-    """Every comparison, not yet corrected, by (lr, what, metric)."""
+def _raw(results: Sequence[ArmResult]) -> tuple[list[tuple[Key, Comparison]], dict[Key, str]]:
+    """Every comparison, not yet corrected, by (lr, what, metric); and those not made because
+    of an arm at chance (``bnlab.studies.chance.floor``, the reference first), by (lr, norm,
+    momentum) or (lr, what), with the reason."""
     by = {_key(r): r for r in results}
-    keyed: list[tuple[tuple[Any, ...], Comparison]] = []
+    keyed: list[tuple[Key, Comparison]] = []
+    floors: dict[Key, str] = {}
     for lr in sorted({k[1] for k in by}):
         bn = by.get(("bnlab", lr, DEFAULT_MOMENTUM))
         if bn is None:
@@ -169,22 +183,33 @@ def _raw(results: Sequence[ArmResult]) -> list[tuple[tuple[Any, ...], Comparison
         for (norm, arm_lr, m), res in by.items():
             if arm_lr != lr or norm == "bnlab":
                 continue
+            if why := floor(bn, res, reference=True):
+                floors[(lr, norm, m)] = why
+                continue
             for c in accuracy_comparisons(bn, res, f"lr {lr:g}: {_name(norm, m)} vs BN"):
                 keyed.append(((lr, norm, m, c.metric), c))
         det = by.get(("batch-stats-detached", lr, DEFAULT_MOMENTUM))
-        if det is not None:
+        if det is None:
+            continue
+        if why := floor(bn, det, reference=True):
+            floors[(lr, "bias drift")] = why
+        else:
             # in decades: a blow-up is multiplicative, and a raw norm's spread would be too
             keyed.append(((lr, "bias drift"), compare(
                 growth(bn, "b_norm"), growth(det, "b_norm"),
                 metric="pre-norm bias norm growth (log10 last/first)",
                 label=f"lr {lr:g}: detached vs BN", paired=bn.paired_with(det),
                 higher_is_better=False)))
-            run = by.get(("running-stats", lr, DEFAULT_MOMENTUM))
-            if run is not None:
-                keyed.append(((lr, "staleness"), compare_arms(
-                    det, run, "test_acc", f"lr {lr:g}: running averages vs detached batch "
-                    f"stats (momentum {DEFAULT_MOMENTUM:g})")))
-    return keyed
+        run = by.get(("running-stats", lr, DEFAULT_MOMENTUM))
+        if run is None:
+            continue
+        if why := floor(det, run, reference=True):
+            floors[(lr, "staleness")] = why
+        else:
+            keyed.append(((lr, "staleness"), compare_arms(
+                det, run, "test_acc", f"lr {lr:g}: running averages vs detached batch "
+                f"stats (momentum {DEFAULT_MOMENTUM:g})")))
+    return keyed, floors
 
 
 def _name(norm: str, m: float) -> str:
@@ -198,8 +223,10 @@ def _state(res: ArmResult) -> str:
     return f"trains to {res.summary('test_acc').text()}"
 
 
-def verdict_text(results: Sequence[ArmResult], tests: dict[tuple[Any, ...], Comparison],
-                 primary: Sequence[Judgement] = ()) -> str:
+def verdict_text(results: Sequence[ArmResult], tests: dict[Key, Comparison],
+                 primary: Sequence[Judgement] = (),
+                 floors: Mapping[Key, str] | None = None) -> str:
+    floors = floors or {}
     by = {_key(r): r for r in results}
     claimed = {j.claim.key: j for j in primary}
 
@@ -226,6 +253,8 @@ def verdict_text(results: Sequence[ArmResult], tests: dict[tuple[Any, ...], Comp
             precise = tests.get((lr, norm, m, "test_acc_precise"))
             vs = "" if run is None else f"; vs BN: {word((lr, norm, m, 'test_acc'))}" + (
                 "" if precise is None else f" (with PreciseBN statistics: {precise.word})")
+            if (lr, norm, m) in floors:
+                vs = f"; vs BN: not compared ({floors[(lr, norm, m)]})"
             items.append(f"{_name(norm, m)} {_state(res)}{vs}")
         why = []
         for key, what in (("bias drift", "growth of the pre-norm bias norm (decades), "
@@ -233,12 +262,14 @@ def verdict_text(results: Sequence[ArmResult], tests: dict[tuple[Any, ...], Comp
                           ("staleness", "stale vs fresh statistics without gradient")):
             if (lr, key) in tests:
                 why.append(f"{what}: {text((lr, key))}")
+            elif (lr, key) in floors:
+                why.append(f"{what}: not compared ({floors[(lr, key)]})")
         parts.append(f"At lr {lr:g}: " + "; ".join(items) + (". " + "; ".join(why)
                                                               if why else ""))
     return ("Training normalized four ways (against BN at the same learning rate, paired t "
             "over seeds; the claims judged by the one rule, every other comparison "
             "exploratory, Holm over its own family, 'better'/'worse' at p < 0.05). "
-            + ". ".join(parts) + ". " + attribution(tests))
+            + ". ".join(parts) + ". " + attribution(tests, floors))
 
 
 def _fair(tests: dict[tuple[Any, ...], Comparison], lr: float, norm: str) -> str:
@@ -255,15 +286,22 @@ def _testable(tests: dict[tuple[Any, ...], Comparison], lr: float, norm: str) ->
                if (c := tests.get((lr, norm, DEFAULT_MOMENTUM, m))) is not None)
 
 
-def attribution(tests: dict[tuple[Any, ...], Comparison]) -> str:
+def attribution(tests: dict[Key, Comparison], floors: Mapping[Key, str] | None = None) -> str:
     """Which ingredient's loss hurts, per learning rate, from the corrected comparisons: an
     arm is clearly worse than BN only when both evaluations (running averages and PreciseBN
     statistics) say so; where they disagree, the sentence says what each says."""
     out = []
-    for lr in sorted({k[0] for k in tests}):
+    floors = floors or {}
+    for lr in sorted({k[0] for k in (*tests, *floors)}):
         det = tests.get((lr, "batch-stats-detached", DEFAULT_MOMENTUM, "test_acc"))
         ren = tests.get((lr, "renorm-wide", DEFAULT_MOMENTUM, "test_acc"))
         stale = tests.get((lr, "staleness"))
+        at_floor = [f"{KINDS[n]}: {floors[k]}" for n in ("batch-stats-detached", "renorm-wide")
+                    if (k := (lr, n, DEFAULT_MOMENTUM)) in floors]
+        if at_floor:
+            out.append(f"at lr {lr:g} the ingredients cannot be separated (not compared: "
+                       + "; ".join(at_floor) + ")")
+            continue
         if det is None or ren is None:
             continue
         if not (_testable(tests, lr, "batch-stats-detached")
@@ -307,7 +345,7 @@ def headline(results: Sequence[ArmResult]) -> str:
 
 def analyze(results: list[ArmResult]) -> Findings:
     rows = table(results)
-    primary, tests = judged(results)
+    primary, tests, not_judged, floors = judged(results)
     n = len(results[0].runs) if results else 0
 
     def plot(path: Path) -> None:
@@ -337,8 +375,8 @@ def analyze(results: list[ArmResult]) -> Findings:
                         f"diverged)")
 
     ordered = [c for k, c in tests.items() if k not in CLAIMS]
-    return Findings(rows, verdict_text(results, tests, primary), plot, ordered,
-                    headline(results), literature_text(primary), primary)
+    return Findings(rows, verdict_text(results, tests, primary, floors), plot, ordered,
+                    headline(results), literature_text(primary), primary, not_judged)
 
 
 SETUP = (

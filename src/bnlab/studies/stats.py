@@ -123,7 +123,9 @@ class Comparison:
     metric: str
     a: Summary
     b: Summary
-    higher_is_better: bool
+    # True/False: a higher value is better/worse (worded 'better'/'worse'); None: the metric
+    # has no good direction (a drift against its noise floor), worded 'higher'/'lower'
+    higher_is_better: bool | None
     test: str  # "paired t", "Welch t" or "not testable: <why>"
     diff: float
     low: float  # 95% confidence interval of diff
@@ -145,16 +147,23 @@ class Comparison:
 
     @property
     def word(self) -> str:
-        """'better', 'worse', 'no clear difference' or 'not testable (...)'."""
+        """'better', 'worse' ('higher', 'lower' for a metric without a good direction), 'no
+        clear difference' or 'not testable (...)'."""
         if not self.testable:
             return self.test
         if not self.clear:
             return "no clear difference"
+        if self.higher_is_better is None:
+            return "higher" if self.diff > 0 else "lower"
         return "better" if (self.diff > 0) == self.higher_is_better else "worse"
 
     def digits(self) -> int:
-        """Decimal places fitted to the smaller spread of the two arms (or of the interval)."""
+        """Decimal places fitted to the smaller spread of the two arms (or of the interval).
+        A spread under ``NEGLIGIBLE_SPREAD`` of the other arm's (an arm that does not vary
+        but for float rounding) does not set them: the difference is only known to the larger
+        spread's precision."""
         spreads = [v for v in (self.a.std, self.b.std) if math.isfinite(v) and v > 0]
+        spreads = [v for v in spreads if v >= NEGLIGIBLE_SPREAD * max(spreads)]
         if not spreads and math.isfinite(self.high - self.low) and self.high > self.low:
             spreads = [(self.high - self.low) / 4]
         return _digits(min(spreads) if spreads else math.nan, self.b.mean)
@@ -197,14 +206,14 @@ def p_is(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
-def _untestable(label: str, metric: str, a: Summary, b: Summary, hib: bool,
+def _untestable(label: str, metric: str, a: Summary, b: Summary, hib: bool | None,
                 why: str) -> Comparison:
     return Comparison(label, metric, a, b, hib, f"not testable: {why}", math.nan, math.nan,
                       math.nan, math.nan)
 
 
 def compare(a: Sequence[float], b: Sequence[float], *, metric: str, label: str,
-            paired: bool, higher_is_better: bool = True) -> Comparison:
+            paired: bool, higher_is_better: bool | None = True) -> Comparison:
     """Test arm `b`'s values against arm `a`'s (see the module docstring for the rule)."""
     sa, sb = summary(a), summary(b)
     for s, name in ((sa, "first"), (sb, "second")):
@@ -245,6 +254,7 @@ def t_se_df(a: Sequence[float], b: Sequence[float], paired: bool) -> tuple[float
 
 
 SPREAD_RTOL = 1e-12  # float rounding, relative to the data's scale
+NEGLIGIBLE_SPREAD = 1e-3  # an arm's spread this far below the other's does not set the digits
 
 
 def data_scale(a: Sequence[float], b: Sequence[float]) -> float:
@@ -259,8 +269,8 @@ def no_spread(se: float, scale: float) -> bool:
     return se <= SPREAD_RTOL * scale
 
 
-def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool, paired: bool,
-                    diff: float) -> Comparison:
+def _without_spread(label: str, metric: str, a: Summary, b: Summary, hib: bool | None,
+                    paired: bool, diff: float) -> Comparison:
     """Arms whose values do not vary (accuracies are multiples of 1/n_test, so two seeds can
     tie exactly). A t statistic would be infinite and p = 0 from two seeds; instead the exact
     test that needs no spread: the sign test for paired differences that all agree (p =

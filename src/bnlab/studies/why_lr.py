@@ -48,7 +48,15 @@ from pathlib import Path
 from typing import Any
 
 from bnlab.report.figures import new_figure, save
-from bnlab.studies.base import Arm, ArmResult, Findings, Study, accuracy_comparisons, summarize
+from bnlab.studies.base import (
+    Arm,
+    ArmResult,
+    Findings,
+    Study,
+    accuracy_comparisons,
+    put_spread,
+    summarize,
+)
 from bnlab.studies.claims import Claim, Judgement, exploratory, judge, literature_text
 from bnlab.studies.probes.why import WhyProbe
 from bnlab.studies.stats import Comparison, compare
@@ -275,9 +283,8 @@ def analyze(results: list[ArmResult]) -> Findings:
                             ("log lr x sharpness last",
                              per_seed(res, partial(sharpness_at, which=-1))),
                             ("grad balance", per_seed(res, balance_level))):
-            finite = [v for v in values if math.isfinite(v)]
-            row[key] = statistics.fmean(finite) if finite else math.nan
-            row[f"{key}_std"] = statistics.stdev(finite) if len(finite) > 1 else math.nan
+            # an unconverged sharpness probe is NaN: left out (counted in the next column)
+            put_spread(row, key, [v for v in values if math.isfinite(v)])
         left_out, measured = _count_unconverged([res])
         row["unconverged sharpness probes"] = f"{left_out} of {measured}"
     top = lrs[-1]
