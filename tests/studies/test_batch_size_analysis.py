@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from bnlab.studies import batch_size, chance
-from bnlab.studies.base import check_families
+from bnlab.studies.base import check_families, lead_texts
 from bnlab.studies.recompute import differences
 from tests.studies.fakes import record, results
 
@@ -79,9 +79,9 @@ def test_a_reference_at_chance_is_never_used():
     it would read as a large gain; it is not testable instead."""
     f = study(chance={"group-b128"})
     assert not any(c.label.startswith("GroupNorm: batch 2 vs 128") for c in f.comparisons)
-    assert ("Not compared, a floor: GroupNorm: batch 2 vs 128, equal epochs (its reference, "
-            "GroupNorm, batch 128, at chance); GroupNorm: batch 2 vs 128, equal steps (its "
-            "reference, GroupNorm, batch 128, at chance).") in f.verdict
+    assert ("Not compared, a floor: GroupNorm: batch 2 vs 128, equal epochs (its reference "
+            "(GroupNorm, batch 128) at chance); GroupNorm: batch 2 vs 128, equal steps (its "
+            "reference (GroupNorm, batch 128) at chance).") in f.verdict
     assert next(r for r in f.rows if r["arm"] == "GroupNorm, batch 128")["at chance"] == "yes"
     assert "GroupNorm, batch 128" in f.headline.split("At chance:")[1]
     # BN's own reference is not at chance: its comparison stands
@@ -103,10 +103,14 @@ def test_two_arms_at_chance_are_a_floor_not_a_comparison():
 def test_primary_arms_at_chance_are_not_judged_with_the_reason():
     f = study(chance={"group-b2-epochs", "bnlab-b2-epochs"})
     assert f.primary == []  # BN, the reference of both, is at chance
-    why = ("GroupNorm vs BN (Wu & He 2018) not judged at batch 2, equal epochs: both at chance "
-           "(a floor, not evidence)")
+    why = "at batch 2, equal epochs: both at chance (a floor, not evidence)"
     assert f.not_judged[batch_size.WU_HE.key] == why
-    assert f"GroupNorm's\": {why}" in f.literature
+    # the published texts (the runner's lead_texts) lead with each claim not judged and why
+    verdict, headline, literature = lead_texts(f)
+    named = f"[{batch_size.WU_HE.key}] not judged ({why})"
+    assert literature.startswith(f"claim [{batch_size.WU_HE.key}]: not judged ({why})")
+    assert headline.startswith(f"Claims: {named}")
+    assert verdict.startswith(f"Claims (2 declared, none judged): {named}")
     assert "GroupNorm vs BN: not judged (both at chance)" in f.headline
     # GroupNorm alone at chance: BN is the reference, not GroupNorm, so the claim is judged
     g = study(chance={"group-b2-epochs"})
@@ -120,7 +124,7 @@ def test_a_reference_bn_at_chance_judges_no_claim():
     f = study(chance={"bnlab-b2-epochs"})
     assert f.primary == []
     assert set(f.not_judged) == {batch_size.WU_HE.key, batch_size.IOFFE.key}
-    assert all("its reference, BN, batch 2, equal epochs, at chance" in w
+    assert all("its reference (BN, batch 2, equal epochs) at chance" in w
                for w in f.not_judged.values())
     assert "reproduces" not in f.literature and "reproduces" not in f.headline
     check_families("batch-size", f)
@@ -129,7 +133,7 @@ def test_a_reference_bn_at_chance_judges_no_claim():
 def test_ghost_bn_is_not_measured_from_bn_at_chance():
     f = study(chance={"bnlab-b128"})
     assert not any("Ghost BN" in c.label for c in f.comparisons)
-    assert "batch 128: Ghost BN (virtual 32) vs BN (its reference, BN, batch 128, at chance)" \
+    assert "batch 128: Ghost BN (virtual 32) vs BN (its reference (BN, batch 128) at chance)" \
         in f.verdict
 
 

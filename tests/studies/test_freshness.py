@@ -136,12 +136,22 @@ def test_an_empty_primary_list_is_caught():
     wrong = caught(empty, "anything", declared)
     assert sum("neither judged nor listed" in w for w in wrong) == 2
     assert any("literature words a claim" in w for w in wrong)
-    # every claim listed as not judged: still no text may word one
-    listed = {**empty, "literature": "", "headline": "Drift falls.",
-              "not_judged": dict.fromkeys(declared, "its comparison did not run")}
-    assert caught(listed, "Drift is measured.", declared) == []
-    assert text_differences(listed, "Drift: contradicts.") == [
-        "ics: the verdict words a claim ('contradicts') but the record judges none"]
+    # every claim listed as not judged: each text leads with them and their reasons (as the
+    # runner writes them), and still no text may word one
+    nj = dict.fromkeys(declared, "its comparison did not run")
+    verdict, headline, literature = lead_texts(Findings(
+        [], "Drift is measured.", lambda _: None, [], "Drift falls.", "", [], nj))
+    listed = {**empty, "literature": literature, "headline": headline, "not_judged": nj}
+    assert headline.startswith(f"Claims: [{ics.LESS_SHIFT.key}] not judged (its comparison")
+    assert caught(listed, verdict, declared) == []
+    assert text_differences(listed, "Drift: contradicts.")[0] == (
+        "ics: the verdict words a claim ('contradicts') but the record judges none")
+    # a claim not judged that the texts do not name, or name with another reason, is caught
+    bare = {**listed, "headline": "Drift falls.", "literature": ""}
+    assert sorted(w.split(" does not")[0] for w in caught(bare, verdict, declared)) == [
+        "ics: the headline", "ics: the literature"]
+    other = {**listed, "not_judged": dict.fromkeys(declared, "both at chance")}
+    assert len(caught(other, verdict, declared)) == 3  # headline, literature, verdict
 
 
 def test_a_literature_or_verdict_text_not_from_the_wording_is_caught():

@@ -8,7 +8,7 @@ import torch
 
 from bnlab.models import build_model
 from bnlab.studies import running_averages as ra
-from bnlab.studies.base import ArmResult
+from bnlab.studies.base import ArmResult, lead_texts
 from bnlab.studies.claims import EXACT_DISAGREES
 from bnlab.studies.probes.running_averages import norm_weights
 from tests.studies.fakes import FakeRun
@@ -178,26 +178,52 @@ def test_arms_at_chance_are_a_floor_not_a_comparison():
             in verdict)
 
 
-def test_a_reference_at_chance_judges_no_claim_and_says_why():
-    """BN itself at chance at lr 1: nothing is measured from it, and both claims are listed
-    as not judged with the floor as the reason (not 'did not run')."""
+def test_bn_at_chance_judges_no_accuracy_claim_and_says_why():
+    """Every arm at chance at lr 1, BN included: no accuracy comparison is made there (both at
+    chance), the accuracy claim is listed as not judged with the floor as the reason (not
+    'did not run'), and the texts name it; the bias growth, a mechanism and not an accuracy,
+    is still compared and its claim judged."""
     def acc(norm, lr):
         return 0.12 if lr == 1.0 else 0.80
 
     primary, tests, not_judged, floors = ra.judged(fake(acc))
-    assert primary == []
-    assert not any(k[0] == 1.0 for k in tests)
+    assert [j.claim.key for j in primary] == ["detached-biases-grow"]
+    assert not any(k[0] == 1.0 for k in tests if k != (1.0, "bias drift"))
     assert {k for k in floors if k[0] == 1.0} == {
         (1.0, "batch-stats-detached", 0.1), (1.0, "renorm-wide", 0.1),
         (1.0, "running-stats", 0.01), (1.0, "running-stats", 0.1), (1.0, "running-stats", 0.5),
-        (1.0, "bias drift"), (1.0, "staleness")}
-    assert not_judged == {"detached-biases-grow": "not compared: both at chance",
-                          "running-averages-train-worse": "not compared: both at chance"}
+        (1.0, "staleness")}
+    why = "at lr 1: both at chance (a floor, not evidence)"
+    assert not_judged == {"running-averages-train-worse": why}
     findings = ra.analyze(fake(acc))
     assert findings.not_judged == not_judged
     assert "at lr 1 the ingredients cannot be separated (not compared" in findings.verdict
+    verdict, headline, literature = lead_texts(findings)
+    named = f"[running-averages-train-worse] not judged ({why})"
+    assert named in verdict.split("\n")[0] and named in headline
+    assert "claim [running-averages-train-worse]: not judged (at lr 1" in literature
 
 
-def test_the_claims_name_the_learning_rate_they_are_judged_at():
+def test_a_reference_alone_at_chance_is_never_measured_from():
+    """BN alone at chance at lr 1: nothing is measured from it ('its reference ... at
+    chance'); the detached arm alone at chance: running averages are not measured from it."""
+    def bn_down(norm, lr):
+        return 0.12 if (norm, lr) == ("bnlab", 1.0) else 0.80
+
+    _, _, not_judged, floors = ra.judged(fake(bn_down))
+    assert floors[(1.0, "renorm-wide", 0.1)] == "its reference (BN, lr 1) at chance"
+    assert not_judged["running-averages-train-worse"].startswith(
+        "at lr 1: its reference (BN, lr 1) at chance")
+
+    def det_down(norm, lr):
+        return 0.12 if (norm, lr) == ("batch-stats-detached", 1.0) else 0.80
+
+    _, tests, _, floors = ra.judged(fake(det_down))
+    assert floors == {(1.0, "staleness"): "its reference (batch stats, detached, lr 1) at chance"}
+    assert (1.0, "batch-stats-detached", 0.1, "test_acc") in tests  # BN is its reference
+
+
+def test_the_claims_name_the_arms_they_compare():
+    labels = {a.label for a in ra.arms(False)}
     for claim in ra.CLAIMS.values():
-        assert claim.a == "BN, lr 1" and claim.b.endswith(", lr 1")
+        assert {claim.a, claim.b} <= labels

@@ -55,9 +55,16 @@ rule in every study):
   detectable effect (80% power at Holm's first level) beside it, "not shown (the exact test
   does not agree)" when the t-test alone is clear. At 5 paired seeds the exact test cannot go
   below p = 0.0625, so nothing there is called either way. Holm's m is the number of declared
-  claims: a claim that could not be judged is listed with its reason and counts as p = 1. For
-  a primary comparison "better" means the paper's direction. An arm with one seed is "not
-  testable".
+  claims: a claim that could not be judged (its comparison did not run, or its arms are a
+  floor: at chance, below) is named with its reason wherever the claims are, and counts as
+  p = 1. For a primary comparison "better" means the paper's direction. An arm with one seed
+  is "not testable".
+* An arm is *at chance* when most of its seeds failed (below). On accuracy an arm at chance
+  is never the reference another arm is measured from, and two arms at chance are not
+  compared: the difference would be the floor they sit on (`bnlab.studies.chance`; in
+  `batch-size` and `train-with-running-averages`, where arms reach it).
+* A metric without a good direction (a drift against its noise floor, a manipulation check)
+  is worded "higher"/"lower", not "better"/"worse".
 * A seed *diverged* when its final training loss is not finite, and *failed* when it diverged
   or its test accuracy stayed at chance (<= 0.15 on 10 classes). A metric with a diverged seed
   has no mean and enters no test.

@@ -31,6 +31,7 @@ from bnlab.studies.claims import (
     NOT_RUN,
     Judgement,
     claims_headline,
+    claims_literature,
     judge,
     lead,
     literature_text,
@@ -392,7 +393,7 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
     findings.not_judged = {k: findings.not_judged.get(k, NOT_RUN)
                            for k in declared_claims(study.analyze) if k not in judged}
     check_families(study.name, findings)
-    if findings.primary:  # the claims' wording leads every text (``recompute`` checks it)
+    if findings.primary or findings.not_judged:  # the claims lead every text (``recompute``)
         findings.verdict, findings.headline, findings.literature = lead_texts(findings)
     if skip:
         findings.rows, note = _not_run(findings.rows, arms, skip, subject)
@@ -498,15 +499,16 @@ def _train_all(name: str, jobs: list[Job], sweep: Sweep, log: Callable[[str], No
 
 def lead_texts(findings: Findings) -> tuple[str, str, str]:
     """Verdict, headline and literature sentence, each led by its claims part generated from
-    the judgements: ``primary_text`` alone on the verdict's first line, ``claims_headline``
-    and ``literature_text`` + "." first in the others (a study's own literature sentence
-    that already starts with the claims' wording is not repeated)."""
-    p = findings.primary
+    the judgements and the claims not judged: ``primary_text`` alone on the verdict's first
+    line, ``claims_headline`` and ``claims_literature`` first in the others (a study's own
+    literature sentence that already starts with the claims' wording is not repeated)."""
+    p, skipped = findings.primary, findings.not_judged
     own = literature_text(p)
     rest = findings.literature.strip()
-    rest = rest[len(own):].removeprefix(".").strip() if rest.startswith(own) else rest
-    return (f"{primary_text(p)}\n{findings.verdict.strip()}".strip(),
-            lead(claims_headline(p), findings.headline.strip()), lead(f"{own}.", rest))
+    rest = rest[len(own):].removeprefix(".").strip() if own and rest.startswith(own) else rest
+    return (f"{primary_text(p, skipped)}\n{findings.verdict.strip()}".strip(),
+            lead(claims_headline(p, skipped), findings.headline.strip()),
+            lead(claims_literature(p, skipped), rest))
 
 
 def check_families(name: str, findings: Findings) -> None:

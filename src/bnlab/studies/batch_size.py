@@ -200,7 +200,8 @@ def analyze(results: list[ArmResult]) -> Findings:
         _plot(by, ran, batches, path, n_seeds, ran_on(results))
 
     return Findings(rows, verdict, plot, flat, headline, literature, primary=primary,
-                    not_judged={c.key: _floored({c: w}, small) for c, w in floored.items()})
+                    not_judged={c.key: f"at batch {small}, equal epochs: {w} (a floor, not "
+                                f"evidence)" for c, w in floored.items()})
 
 
 def _worse(cs: list[Comparison]) -> bool:
@@ -266,11 +267,9 @@ def _literature(primary: list[Judgement], floor: dict[Claim, str], small: int,
         return "Not tested: BN did not run on this network."
     if not primary and not floor:
         return "Not tested: neither GroupNorm nor Batch Renorm ran at the smallest batch."
-    judged = (f"{literature_text(primary)}. Claims judged at batch {small}, equal epochs, on "
-              f"test accuracy." if primary else "")
-    floored = "; ".join(f"{c.source}, \"{c.statement}\": {_floored({c: w}, small)}"
-                        for c, w in floor.items())
-    return " ".join(t for t in (judged, f"Not judged: {floored}." if floored else "") if t)
+    # the claims not judged lead the sentence with their reasons (``base.lead_texts``)
+    return (f"{literature_text(primary)}. Claims judged at batch {small}, equal epochs, on "
+            f"test accuracy." if primary else "")
 
 
 def _plot(by: dict[tuple[str, int, str], ArmResult], ran: list[str], batches: list[int],

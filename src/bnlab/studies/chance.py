@@ -10,8 +10,10 @@ rules hold wherever a study uses them (``floor``):
 * an arm at chance is never a *reference* (the arm another is measured from): a "drop" from
   chance reads as a gain.
 
-A comparison not made never enters a Holm family; the study's verdict names it with the
-reason ``floor`` returns.
+A comparison not made never enters the exploratory Holm family; a declared claim not judged
+for it still counts in the primary family's m, as p = 1 (``claims.judge_keyed``), and is
+listed in the record's ``not_judged`` with the reason ``floor`` returns, which every text's
+claims part names (``claims.not_judged_text``).
 """
 
 from __future__ import annotations
@@ -40,4 +42,4 @@ def floor(a: ArmResult, b: ArmResult, *, reference: bool) -> str:
     measured from) `a` at chance; '' when the comparison stands."""
     if at_chance(a) and at_chance(b):
         return "both at chance"
-    return f"its reference, {a.arm.label}, at chance" if reference and at_chance(a) else ""
+    return f"its reference ({a.arm.label}) at chance" if reference and at_chance(a) else ""

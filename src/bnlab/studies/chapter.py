@@ -5,8 +5,8 @@ notebook's MLP and small CNN with and without BN (its recipe: SGD lr 0.1, batch 
 Fashion-MNIST by default. Each pair is tested on the final train loss (the claim, one per
 network, ``CLAIMS``) and on test accuracy, with the running averages and with PreciseBN
 statistics (exploratory; ``bnlab.studies.claims``). bnlab's BatchNorm against torch's is the
-study ``reproduce`` (the same LeNet-BN from identical weights, per epoch) and the test suite's
-(per step, to float rounding), not an arm here.
+study ``reproduce`` (the same LeNet-BN from identical weights, per epoch; one seed unless
+``--seeds`` says more) and the test suite's (per step, to float rounding), not an arm here.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ PAIRS = [("LeNet", "lenet-none", "lenet-bnlab"), ("MLP", "mlp-none", "mlp-bnlab"
          ("CNN", "cnn-none", "cnn-bnlab")]
 # The literature claims tested, one per network (``bnlab.studies.claims``): BN trains faster,
 # i.e. a lower training loss after the same epochs. Margin: 0.02 nats of cross-entropy, about
-# a tenth of the gaps the chapter's notebooks print. Test accuracy and the twin are exploratory.
+# a tenth of the gaps the chapter's notebooks print. Test accuracy is exploratory.
 LOSS_MARGIN = 0.02
 CLAIMS = {name: Claim(f"{name.lower()}-bn-trains-faster", f"With BN the {name} reaches a lower "
                       f"training loss in the same number of epochs", source, "train_loss", -1,
@@ -112,6 +112,6 @@ STUDY = Study(
     "network: final train loss, and test accuracy with running averages and with PreciseBN "
     "statistics. bnlab's BatchNorm against torch's: the study reproduce.",
     caveats="Budgets are shorter than the notebooks' (5 and 3 epochs instead of 10) to fit "
-    "the default run in a few minutes on two cores. The notebooks ran the MLP and CNN on "
+    "the study in 10 minutes on two cores. The notebooks ran the MLP and CNN on "
     "MNIST digits, which are not installable here (`--data-dir` takes them where they "
     "exist).")

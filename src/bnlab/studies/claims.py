@@ -70,6 +70,7 @@ __all__ = [
     "Claim",
     "Judgement",
     "claims_headline",
+    "claims_literature",
     "exact_agrees",
     "exploratory",
     "judge",
@@ -77,6 +78,7 @@ __all__ = [
     "lead",
     "literature_text",
     "mde",
+    "not_judged_text",
     "primary_table",
     "primary_text",
     "tost",
@@ -232,20 +234,50 @@ def judge(primary: Sequence[tuple[Claim, Sequence[float], Sequence[float], bool]
             in zip(primary, comps, p_exact, p_tost, mdes, strict=True)]
 
 
-def primary_text(judgements: Sequence[Judgement]) -> str:
-    """The verdict's first sentence: every claim's wording with its evidence."""
+def not_judged_text(not_judged: Mapping[str, str] | None) -> str:
+    """The declared claims not judged, each with its reason: '[key] not judged (reason)'."""
+    return "; ".join(f"[{k}] not judged ({why})" for k, why in (not_judged or {}).items())
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def primary_text(judgements: Sequence[Judgement],
+                 not_judged: Mapping[str, str] | None = None) -> str:
+    """The verdict's first sentence: every claim's wording with its evidence, then the claims
+    not judged with their reasons."""
     m, untestable = len(judgements), sum(1 for j in judgements if not j.comparison.testable)
+    skipped = len(not_judged or {})
+    if not m:  # nothing judged: no rule to state, no wording
+        return f"Claims ({skipped} declared, none judged): {not_judged_text(not_judged)}."
     return (f"Claims ({m} primary comparison{'s' if m != 1 else ''}"
             + (f", {untestable} not testable" if untestable else "")
+            + (f", {skipped} declared claim{'s' if skipped != 1 else ''} not judged"
+               if skipped else "")
             + ", Holm over these only; "
             f"'reproduces'/'contradicts' need Holm p < 0.05, and below {EXACT_BELOW} seeds the "
             f"exact test too; 'does not reproduce' needs equivalence within the margin): "
-            + "; ".join(f"[{j.claim.key}] {j.text()}" for j in judgements) + ".")
+            + _joined("; ".join(f"[{j.claim.key}] {j.text()}" for j in judgements),
+                      not_judged_text(not_judged)) + ".")
 
 
-def claims_headline(judgements: Sequence[Judgement]) -> str:
-    """The headline's claims part, first in it: 'Claims: [key] wording; [key] wording.'"""
-    return "Claims: " + "; ".join(f"[{j.claim.key}] {j.wording}" for j in judgements) + "."
+def claims_headline(judgements: Sequence[Judgement],
+                    not_judged: Mapping[str, str] | None = None) -> str:
+    """The headline's claims part, first in it: 'Claims: [key] wording; [key] not judged
+    (reason).'"""
+    return "Claims: " + _joined("; ".join(f"[{j.claim.key}] {j.wording}" for j in judgements),
+                                not_judged_text(not_judged)) + "."
+
+
+def claims_literature(judgements: Sequence[Judgement],
+                      not_judged: Mapping[str, str] | None = None) -> str:
+    """The literature sentence's claims part, first in it: ``literature_text``, then the
+    claims not judged ('claim [key]: not judged (reason)': a sentence may not open with a
+    bracket, the runner's marks do), and a full stop."""
+    skipped = "; ".join(f"claim [{k}]: not judged ({why})" for k, why in
+                        (not_judged or {}).items())
+    return _joined(literature_text(judgements), skipped) + "."
 
 
 def lead(claims_part: str, rest: str) -> str:

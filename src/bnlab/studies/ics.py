@@ -145,7 +145,7 @@ def tests(by: dict[str, ArmResult]) -> dict[str, Comparison]:
     raw: dict[str, Comparison] = {
         "drift noisy": compare(drift["bnlab"][2], drift["noisy-bn"][2], metric=RELATIVE,
                                label="drift: noisy BN vs BN (manipulation check)",
-                               paired=bn.paired_with(noisy), higher_is_better=False),
+                               paired=bn.paired_with(noisy), higher_is_better=None),
     }
     for k, (d, n, _) in drift.items():  # is the drift above what two batches differ by?
         raw[f"floor {k}"] = compare(n, d, metric="drift", paired=True, higher_is_better=None,
@@ -197,7 +197,7 @@ def literature(judged: list[Judgement], t: dict[str, Comparison], penalty: str) 
     inconclusive, said beside."""
     text = f"{literature_text(judged)}."
     check = t["drift noisy"]
-    if not check.testable or check.word != "worse":
+    if not check.testable or check.word != "higher":
         text += (f" The manipulation check did not pass (noisy BN's relative drift against "
                  f"BN's: {check.word}), so noisy BN is not shown to shift the distributions "
                  f"more, and the second comparison does not test Santurkar et al.'s argument.")

@@ -12,10 +12,11 @@ a direction flipped together with its wording in study.json is caught, and requi
 declared claim in the record: judged, or in ``not_judged`` with its reason (Holm's m is the
 declared family, so the judged p values recompute only with the not-judged ones counted).
 ``text_differences`` regenerates each text's claims part with the functions the runner uses
-(``base.lead_texts``) and compares exactly: the headline must lead with ``claims_headline``,
-the literature sentence with ``literature_text`` + ".", and the verdict's first line must be
-``primary_text`` (after the runner's bracketed marks such as "[quick mode: ...] "); a record
-that judges no claim may not word one in any of them. What
+(``base.lead_texts``), from the judged claims and the ``not_judged`` ones with their reasons,
+and compares exactly: the headline must lead with ``claims_headline``, the literature
+sentence with ``claims_literature``, and the verdict's first line must be ``primary_text``
+(after the runner's bracketed marks such as "[quick mode: ...] "); a record that judges no
+claim may not word one in any of them. What
 follows a claims part is the study's own text from its runs, which only a rerun can check.
 Floats match within ``RTOL`` (JSON keeps floats exactly; the margin covers a different
 libm); a non-finite float is stored as null (the MDE's text says which).
@@ -34,9 +35,9 @@ from bnlab.studies.claims import (
     Claim,
     Judgement,
     claims_headline,
+    claims_literature,
     exploratory,
     judge,
-    literature_text,
     primary_text,
 )
 from bnlab.studies.stats import compare
@@ -184,20 +185,24 @@ def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> l
         judged = _judged(record)
     except (KeyError, TypeError, ValueError) as e:
         return [f"{name}: primary comparisons cannot be recomputed ({e})"]
+    skipped = record.get("not_judged") or {}
+    out = []
     if not judged:  # no claim judged: no text may word one
         texts = {"headline": record.get("headline"), "literature": record.get("literature"),
                  "verdict": verdict}
-        return [f"{name}: the {k} words a claim ({w!r}) but the record judges none"
-                for k, t in texts.items() for w in VERDICT_WORDS if w in str(t or "")]
-    out = []
-    for key, part in (("headline", claims_headline(judged)),
-                      ("literature", f"{literature_text(judged)}.")):
+        out = [f"{name}: the {k} words a claim ({w!r}) but the record judges none"
+               for k, t in texts.items() for w in VERDICT_WORDS if w in str(t or "")]
+        if not skipped:  # no claim declared: no claims part
+            return out
+    for key, part in (("headline", claims_headline(judged, skipped)),
+                      ("literature", claims_literature(judged, skipped))):
         if not _leads(str(record.get(key, "")), part):
             out.append(f"{name}: the {key} does not lead with exactly its claims' wording "
                        f"({part[:160]!r})")
     if verdict is not None:
         first = verdict.split("\n", 1)[0]
-        if first[MARKS.match(first).end():] != primary_text(judged):  # type: ignore[union-attr]
+        expected = primary_text(judged, skipped)
+        if first[MARKS.match(first).end():] != expected:  # type: ignore[union-attr]
             out.append(f"{name}: the verdict's first line is not exactly its claims' wording "
-                       f"({primary_text(judged)[:120]!r}...)")
+                       f"({expected[:120]!r}...)")
     return out

@@ -6,12 +6,11 @@ word; otherwise it says the two disagree and what each says.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from bnlab.studies.stats import Comparison
 
-__all__ = ["disagreement", "fair_word", "signed"]
+__all__ = ["disagreement", "fair_word"]
 
 
 def fair_word(cs: Sequence[Comparison | None]) -> str:
@@ -30,7 +29,3 @@ def disagreement(cs: Sequence[Comparison | None]) -> str:
     return "; ".join(f"{name}: {word}" for name, word in zip(
         ("running averages", "PreciseBN"), words, strict=False))
 
-
-def signed(value: float, digits: int = 4) -> str:
-    """'+0.0123', or 'n/a' for NaN (e.g. a difference of one-seed arms)."""
-    return "n/a" if not math.isfinite(value) else f"{value:+.{digits}f}"
