@@ -62,3 +62,14 @@ def test_claims_one_per_network_on_train_loss():
     assert f.literature.count("reproduces") == 3
     # five paired seeds: the sign-flip floor (0.0625, times 3 claims) calls nothing
     assert {j.wording for j in study(seeds=5).primary} == {EXACT_DISAGREES}
+
+
+def test_the_precise_comparison_says_an_arm_without_bn_counts_its_plain_accuracy():
+    """BN's PreciseBN accuracy is compared with no BN's plain one (no statistics to
+    re-estimate): the comparisons table says so; the arms table's column is PreciseBN's."""
+    from bnlab.studies.base import comparisons_table, markdown_table
+
+    f = study()
+    table = comparisons_table(f.exploratory)
+    assert "| LeNet: BN vs none | test acc (PreciseBN; plain for an arm without BN) |" in table
+    assert "test acc (PreciseBN) (mean +- std)" in markdown_table(f.rows)

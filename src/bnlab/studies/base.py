@@ -249,6 +249,9 @@ def summarize(results: Sequence[ArmResult]) -> list[dict[str, Any]]:
 
 HEADERS = {"test_acc": "test acc", "test_acc_precise": "test acc (PreciseBN)",
            "train_loss": "train loss"}
+# A comparison on PreciseBN accuracy counts an arm without BN layers by its plain accuracy
+# (``accuracy_comparisons``: it has no statistics to re-estimate): its table says so.
+COMPARED = {**HEADERS, "test_acc_precise": "test acc (PreciseBN; plain for an arm without BN)"}
 
 
 def _cell(v: Any) -> str:
@@ -284,7 +287,7 @@ def comparisons_table(comparisons: Sequence[Comparison]) -> str:
              "verdict |",
              "|---|---|---|---|---|---|---|"]
     for c in comparisons:
-        lines.append(f"| {c.label} | {HEADERS.get(c.metric, c.metric)} | {c.diff_text()} | "
+        lines.append(f"| {c.label} | {COMPARED.get(c.metric, c.metric)} | {c.diff_text()} | "
                      f"{c.test.split(':')[0]} | {p_text(c.p)} | {p_text(c.p_holm)} | "
                      f"{c.word} |")
     return "\n".join(lines) + "\n"
