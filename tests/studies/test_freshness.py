@@ -209,3 +209,19 @@ def test_declared_claims_of_a_callable_without_a_module_is_empty():
     import functools
     assert declared_claims(functools.partial(placement.analyze)) == {}
     assert set(declared_claims(placement.analyze)) == {placement.CLAIM.key}
+
+
+def test_a_reason_is_the_runners_text_not_a_claims_word():
+    """With nothing judged, only the text outside the generated claims part may not word a
+    claim: a reason that happens to contain a verdict word is not flagged; a reason on two
+    lines would split the verdict's first line and is refused."""
+    record, _, declared = two_claims()
+    nj = dict.fromkeys(declared, "arm 'reproduces-x' did not run")
+    verdict, headline, literature = lead_texts(Findings(
+        [], "Drift is measured.", lambda _: None, [], "Drift falls.", "", [], nj))
+    listed = {**record, "primary": [], "headline": headline, "literature": literature,
+              "not_judged": nj}
+    assert caught(listed, verdict, declared) == []
+    assert caught({**listed, "headline": headline + " It reproduces."}, verdict, declared)
+    two_lines = {**listed, "not_judged": dict.fromkeys(declared, "one\ntwo")}
+    assert any("on one line" in w for w in claim_differences(two_lines, declared))

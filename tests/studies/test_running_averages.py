@@ -193,7 +193,7 @@ def test_bn_at_chance_judges_no_accuracy_claim_and_says_why():
         (1.0, "batch-stats-detached", 0.1), (1.0, "renorm-wide", 0.1),
         (1.0, "running-stats", 0.01), (1.0, "running-stats", 0.1), (1.0, "running-stats", 0.5),
         (1.0, "staleness")}
-    why = "at lr 1: both at chance (a floor, not evidence)"
+    why = "at lr 1: both at chance"
     assert not_judged == {"running-averages-train-worse": why}
     findings = ra.analyze(fake(acc))
     assert findings.not_judged == not_judged

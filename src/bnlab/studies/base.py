@@ -152,8 +152,9 @@ def compare_arms(a: ArmResult, b: ArmResult, key: str, label: str, *,
 
 
 def accuracy_comparisons(a: ArmResult, b: ArmResult, label: str) -> list[Comparison]:
-    """Test accuracy with the running averages and, where both arms have it, with PreciseBN
-    statistics (the accuracy the weights deserve): the fair accuracy is both."""
+    """Test accuracy with the running averages and, where either arm has it, with PreciseBN
+    statistics (the accuracy the weights deserve; an arm without BN counts its plain
+    accuracy, ``ArmResult.fair_finals``): the fair accuracy is both."""
     out = [compare_arms(a, b, "test_acc", label)]
     if a.has("test_acc_precise") or b.has("test_acc_precise"):
         # an arm without BN has no statistics to re-estimate: its plain accuracy stands in

@@ -191,8 +191,8 @@ def analyze(results: list[ArmResult]) -> Findings:
     own = {k: [next(it) for _ in cs] for k, cs in own.items()}
     chance = {control: [r.arm.label for k, r in by.items()
                         if k[2] in (control, "both") and at_chance(r)] for control in CONTROLS}
-    verdict = _verdict(floored, groups, own, chance, skipped, small, ref)
-    headline = _headline(primary, floored, own, chance, small)
+    verdict = _verdict(groups, own, chance, skipped, small, ref)
+    headline = _headline(primary, own, chance, small)
     literature = _literature(primary, floored, small, "bnlab" in ran)
     n_seeds = max(len(r.runs) for r in results)
 
@@ -200,8 +200,8 @@ def analyze(results: list[ArmResult]) -> Findings:
         _plot(by, ran, batches, path, n_seeds, ran_on(results))
 
     return Findings(rows, verdict, plot, flat, headline, literature, primary=primary,
-                    not_judged={c.key: f"at batch {small}, equal epochs: {w} (a floor, not "
-                                f"evidence)" for c, w in floored.items()})
+                    not_judged={c.key: f"at batch {small}, equal epochs: {w}"
+                                for c, w in floored.items()})
 
 
 def _worse(cs: list[Comparison]) -> bool:
@@ -216,18 +216,11 @@ def _chance_text(chance: dict[str, list[str]]) -> str:
                      for k, v in chance.items())
 
 
-def _floored(floor: dict[Claim, str], small: int) -> str:
-    """'GroupNorm vs BN (Wu & He 2018) not judged at batch 2, equal epochs: both at chance (a
-    floor, not evidence)'."""
-    return "; ".join(f"{c.label} ({c.source}) not judged at batch {small}, equal epochs: {w} "
-                     f"(a floor, not evidence)" for c, w in floor.items())
-
-
-def _verdict(floored: dict[Claim, str], groups: dict[str, list[Comparison]],
+def _verdict(groups: dict[str, list[Comparison]],
              own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
              skipped: list[str], small: int, ref: int) -> str:
-    text = f"{_floored(floored, small)}. " if floored else ""
-    text += (f"At chance (most seeds failed; never a reference, two such arms never "
+    # a claim not judged is named, with its reason, by the claims part that leads the text
+    text = (f"At chance (most seeds failed; never a reference, two such arms never "
              f"compared): {_chance_text(chance)}.")
     if skipped:
         text += f" Not compared, a floor: {'; '.join(skipped)}."
@@ -248,14 +241,14 @@ def _verdict(floored: dict[Claim, str], groups: dict[str, list[Comparison]],
     return text
 
 
-def _headline(primary: list[Judgement], floor: dict[Claim, str],
+def _headline(primary: list[Judgement],
               own: dict[tuple[str, str], list[Comparison]], chance: dict[str, list[str]],
               small: int) -> str:
-    claims = "; ".join([f"{j.comparison.label}: {j.wording}" for j in primary]
-                       + [f"{c.label}: not judged ({w})" for c, w in floor.items()])
+    claims = "; ".join(f"{j.comparison.label}: {j.wording}" for j in primary)
     worse = {k: [NORMS[n] for (n, c), cs in own.items() if c == k and _worse(cs)]
              for k in CONTROLS}
-    return (f"At batch {small}, equal epochs: {claims or 'no claim tested'}. Clearly worse at "
+    judged = f"At batch {small}, equal epochs: {claims}. " if claims else ""
+    return (f"{judged}Clearly worse at "
             f"batch {small} than at its own reference: "
             + "; ".join(f"{CONTROLS[k]}: {', '.join(v) or 'none'}" for k, v in worse.items())
             + f". At chance: {_chance_text(chance)}.")

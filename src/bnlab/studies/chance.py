@@ -10,6 +10,9 @@ rules hold wherever a study uses them (``floor``):
 * an arm at chance is never a *reference* (the arm another is measured from): a "drop" from
   chance reads as a gain.
 
+An arm at chance that is not the reference is compared: its failure is the effect measured
+(running averages that never train, against BN that does).
+
 A comparison not made never enters the exploratory Holm family; a declared claim not judged
 for it still counts in the primary family's m, as p = 1 (``claims.judge_keyed``), and is
 listed in the record's ``not_judged`` with the reason ``floor`` returns, which every text's

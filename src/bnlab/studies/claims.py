@@ -255,7 +255,7 @@ def primary_text(judgements: Sequence[Judgement],
             + (f", {untestable} not testable" if untestable else "")
             + (f", {skipped} declared claim{'s' if skipped != 1 else ''} not judged"
                if skipped else "")
-            + ", Holm over these only; "
+            + f", Holm over the {m + skipped} declared claim{'s' if m + skipped != 1 else ''}; "
             f"'reproduces'/'contradicts' need Holm p < 0.05, and below {EXACT_BELOW} seeds the "
             f"exact test too; 'does not reproduce' needs equivalence within the margin): "
             + _joined("; ".join(f"[{j.claim.key}] {j.text()}" for j in judgements),

@@ -149,9 +149,10 @@ def claim_differences(record: Mapping[str, Any], declared: Mapping[str, Claim]) 
     if not isinstance(not_judged, Mapping):
         return [*out, f"{name}: not_judged is not a mapping of claim keys to reasons"]
     for key, reason in not_judged.items():
-        if key not in declared or key in seen or not (isinstance(reason, str) and reason):
+        if key not in declared or key in seen or not (
+                isinstance(reason, str) and reason and "\n" not in reason):
             out.append(f"{name}: not_judged [{key}] must be a declared claim that is not judged, "
-                       f"with its reason ({reason!r})")
+                       f"with its reason on one line ({reason!r})")
     out += [f"{name}: declared claim [{k}] is neither judged nor listed as not judged"
             for k in declared if k not in seen and k not in not_judged]
     return out
@@ -174,6 +175,12 @@ def _leads(text: str, part: str) -> bool:
     return text == part or text.startswith(part + " ")
 
 
+def _after(text: str, part: str) -> str:
+    """`text` less its marks and, where it leads with it, the generated claims `part`."""
+    text = text[MARKS.match(text).end():]  # type: ignore[union-attr]
+    return text[len(part):] if part and text.startswith(part) else text
+
+
 def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> list[str]:
     """Whether the record's headline and literature sentence, and the `verdict` file's first
     line when given, lead with exactly the claims part the current code generates from the
@@ -186,22 +193,26 @@ def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> l
     except (KeyError, TypeError, ValueError) as e:
         return [f"{name}: primary comparisons cannot be recomputed ({e})"]
     skipped = record.get("not_judged") or {}
+    parts = {"headline": claims_headline(judged, skipped),
+             "literature": claims_literature(judged, skipped),
+             "verdict": primary_text(judged, skipped)}
     out = []
-    if not judged:  # no claim judged: no text may word one
+    if not judged:  # no claim judged: no text may word one (outside the generated part)
         texts = {"headline": record.get("headline"), "literature": record.get("literature"),
                  "verdict": verdict}
         out = [f"{name}: the {k} words a claim ({w!r}) but the record judges none"
-               for k, t in texts.items() for w in VERDICT_WORDS if w in str(t or "")]
+               for k, t in texts.items()
+               for w in VERDICT_WORDS if w in _after(str(t or ""), parts[k] if skipped else "")]
         if not skipped:  # no claim declared: no claims part
             return out
-    for key, part in (("headline", claims_headline(judged, skipped)),
-                      ("literature", claims_literature(judged, skipped))):
+    for key in ("headline", "literature"):
+        part = parts[key]
         if not _leads(str(record.get(key, "")), part):
             out.append(f"{name}: the {key} does not lead with exactly its claims' wording "
                        f"({part[:160]!r})")
     if verdict is not None:
         first = verdict.split("\n", 1)[0]
-        expected = primary_text(judged, skipped)
+        expected = parts["verdict"]
         if first[MARKS.match(first).end():] != expected:  # type: ignore[union-attr]
             out.append(f"{name}: the verdict's first line is not exactly its claims' wording "
                        f"({expected[:120]!r}...)")

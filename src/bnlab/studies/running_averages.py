@@ -164,7 +164,7 @@ def judged(results: Sequence[ArmResult]
     for key, claim in CLAIMS.items():
         why = floors.get(key[:3] if len(key) == 4 else key)
         if why is not None:
-            missing[claim.key] = f"at lr {key[0]:g}: {why} (a floor, not evidence)"
+            missing[claim.key] = f"at lr {key[0]:g}: {why}"
     return primary, tests, missing, floors
 
 

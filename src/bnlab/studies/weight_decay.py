@@ -201,7 +201,7 @@ def _word(c: Comparison) -> str:
 
 def literature(judged: Sequence[Judgement]) -> str:
     if not judged:
-        return "not testable: the LeNet-BN arms did not run."
+        return "Not testable: the LeNet-BN arms did not run."
     return literature_text(judged) + "."
 
 
