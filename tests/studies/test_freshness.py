@@ -18,10 +18,16 @@ from bnlab.studies.recompute import (
     text_differences,
 )
 from bnlab.studies.stats import compare
+from bnlab.studies.subject import Subject
 from tests.test_docs_fresh import ANALYSIS_ONLY, changed_since
 
 A = [0.80, 0.82, 0.79, 0.81, 0.83, 0.80, 0.78, 0.82]
 B = [0.84, 0.85, 0.83, 0.86, 0.85, 0.83, 0.82, 0.87]
+
+
+# what the runner records about the call: a full run of bnlab's own network (no marks)
+RUN = {"quick": False, "seeds": 8, "subject": Subject().record(),
+       "ran": {"on": "bnlab's network on Fashion-MNIST"}}
 
 
 def synthetic() -> tuple[dict, str]:
@@ -32,7 +38,7 @@ def synthetic() -> tuple[dict, str]:
     findings = Findings([], "The rest of the verdict.", lambda _: None, explored,
                         "Train loss is lower.", f"{literature_text(judged)}. More.", judged)
     verdict, headline, literature = lead_texts(findings)
-    record = {"name": "placement", "headline": headline, "literature": literature,
+    record = {"name": "placement", **RUN, "headline": headline, "literature": literature,
               "primary": [j.record() for j in judged], "not_judged": {},
               "exploratory": [c.record() for c in explored]}
     return json.loads(json.dumps(record)), verdict
@@ -46,7 +52,7 @@ def two_claims() -> tuple[dict, str, dict]:
                      True)])
     verdict, headline, literature = lead_texts(Findings(
         [], "Drift is measured.", lambda _: None, [], "Drift falls.", "", judged))
-    record = {"name": "ics", "headline": headline, "literature": literature,
+    record = {"name": "ics", **RUN, "headline": headline, "literature": literature,
               "primary": [j.record() for j in judged], "not_judged": {}, "exploratory": []}
     return json.loads(json.dumps(record)), verdict, declared_claims(ics.analyze)
 
@@ -77,9 +83,29 @@ def test_a_synthetic_record_passes_every_check():
         literature_text(judge([(placement.CLAIM, B, A, True)]))) == 1  # not repeated
     record, verdict, declared = two_claims()
     assert caught(record, verdict, declared) == []
-    marked = {**record, "headline": "[quick mode: a small subset, not evidence] "
-              + record["headline"]}
-    assert text_differences(marked, "[quick mode: a small subset, not evidence] " + verdict) == []
+    quick = "[quick mode: a small subset, not evidence] "
+    marked = {**record, "quick": True, "headline": quick + record["headline"],
+              "literature": quick + record["literature"]}
+    assert text_differences(marked, quick + verdict) == []
+
+
+def test_only_the_runners_own_marks_may_precede_the_claims():
+    """The marks are the ones the record's own fields give (``claims.run_marks``): a quick
+    mark on a full run, a bracketed opinion, or a missing mark on a quick run is caught."""
+    record, verdict, declared = two_claims()
+    quick = "[quick mode: a small subset, not evidence] "
+    for prefix in (quick, "[BN contradicts Santurkar et al.] "):
+        edited = {**record, "headline": prefix + record["headline"]}
+        assert any("headline" in w for w in caught(edited, verdict, declared)), prefix
+        assert any("verdict" in w for w in caught(record, prefix + verdict, declared))
+    assert len(text_differences({**record, "quick": True}, verdict)) == 3  # marks missing
+    one = {**record, "seeds": 1, "headline": "[1 seed: no difference can be tested] "
+           + record["headline"], "literature": "[1 seed: no difference can be tested] "
+           + record["literature"]}
+    assert text_differences(one, "[1 seed: no difference can be tested] " + verdict) == []
+    other = {**record, "subject": {**RUN["subject"], "model": "MyNet"},
+             "ran": {"on": "MyNet on Fashion-MNIST"}}
+    assert len(text_differences(other, verdict)) == 3  # a user's network must be named
 
 
 def test_a_dropped_claim_is_caught():

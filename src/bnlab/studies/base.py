@@ -37,6 +37,7 @@ from bnlab.studies.claims import (
     literature_text,
     primary_table,
     primary_text,
+    run_marks,
 )
 from bnlab.studies.options import QUICK_SEEDS, STUDY_SEEDS
 from bnlab.studies.recompute import declared_claims
@@ -403,10 +404,8 @@ def _run_study(study: Study, out: Path, quick: bool, seeds: int | None, analyze_
         findings.rows, note = _not_run(findings.rows, arms, skip, subject)
         findings.verdict = f"{findings.verdict} {note}"
     ran = _ran(results, quick, n_seeds)
-    mark = ("[quick mode: a small subset, not evidence] " if quick else
-            f"[{n_seeds} seed: no difference can be tested] " if n_seeds < 2 else "")
-    if not subject.default:  # the verdict names what it rests on
-        mark += f"[ran on {ran['on']}] "
+    # the verdict names what it rests on (``recompute`` checks these marks exactly)
+    mark = run_marks(quick, n_seeds, None if subject.default else ran["on"])
     if mark:  # on every computed sentence that may be quoted alone
         findings.verdict, findings.headline = mark + findings.verdict, mark + findings.headline
         findings.literature = mark + findings.literature if findings.literature else ""

@@ -81,6 +81,7 @@ __all__ = [
     "not_judged_text",
     "primary_table",
     "primary_text",
+    "run_marks",
     "tost",
     "wording",
 ]
@@ -278,6 +279,15 @@ def claims_literature(judgements: Sequence[Judgement],
     skipped = "; ".join(f"claim [{k}]: not judged ({why})" for k, why in
                         (not_judged or {}).items())
     return _joined(literature_text(judgements), skipped) + "."
+
+
+def run_marks(quick: bool, seeds: int, ran_on: str | None) -> str:
+    """The bracketed marks the runner puts first in every text a reader may quote alone:
+    quick mode, a single seed, and the network and data when they are not bnlab's own
+    (`ran_on`, None for bnlab's). '' for a full run on bnlab's network."""
+    mark = ("[quick mode: a small subset, not evidence] " if quick else
+            f"[{seeds} seed: no difference can be tested] " if seeds < 2 else "")
+    return mark + (f"[ran on {ran_on}] " if ran_on is not None else "")
 
 
 def lead(claims_part: str, rest: str) -> str:

@@ -14,9 +14,10 @@ declared family, so the judged p values recompute only with the not-judged ones 
 ``text_differences`` regenerates each text's claims part with the functions the runner uses
 (``base.lead_texts``), from the judged claims and the ``not_judged`` ones with their reasons,
 and compares exactly: the headline must lead with ``claims_headline``, the literature
-sentence with ``claims_literature``, and the verdict's first line must be ``primary_text``
-(after the runner's bracketed marks such as "[quick mode: ...] "); a record that judges no
-claim may not word one in any of them. What
+sentence with ``claims_literature``, and the verdict's first line must be ``primary_text``,
+each after exactly the marks the runner puts first (``claims.run_marks``: "[quick mode: ...] ",
+"[1 seed: ...] ", "[ran on ...] ", from the record's own quick, seeds and subject; any other
+bracketed prefix is caught); a record that judges no claim may not word one in any of them. What
 follows a claims part is the study's own text from its runs, which only a rerun can check.
 Floats match within ``RTOL`` (JSON keeps floats exactly; the margin covers a different
 libm); a non-finite float is stored as null (the MDE's text says which).
@@ -25,7 +26,6 @@ libm); a non-finite float is stored as null (the MDE's text says which).
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -39,6 +39,7 @@ from bnlab.studies.claims import (
     exploratory,
     judge,
     primary_text,
+    run_marks,
 )
 from bnlab.studies.stats import compare
 
@@ -166,18 +167,26 @@ def _judged(record: Mapping[str, Any]) -> list[Judgement]:
                   for p in record["primary"]], family=len(record["primary"]) + len(not_judged))
 
 
-MARKS = re.compile(r"^(\[[^\]\n]*\] )*")  # the runner's marks: "[quick mode: ...] "
+def expected_marks(record: Mapping[str, Any]) -> str:
+    """The marks the runner put first in the record's texts (``claims.run_marks``), from the
+    record's own fields: quick mode, its seeds, and the network and data it ran on where they
+    are not bnlab's own."""
+    from bnlab.studies.subject import Subject  # the default subject's record
+
+    ran = record.get("ran") or {}
+    default = record.get("subject") == Subject().record()
+    return run_marks(bool(record.get("quick")), int(record.get("seeds") or 0),
+                     None if default else str(ran.get("on")))
 
 
-def _leads(text: str, part: str) -> bool:
-    """Whether `text`, less its marks, is `part` alone or `part` followed by a space."""
-    text = text[MARKS.match(text).end():]  # type: ignore[union-attr]
-    return text == part or text.startswith(part + " ")
+def _leads(text: str, part: str, marks: str) -> bool:
+    """Whether `text` is `marks` + `part` alone, or followed by a space."""
+    return text == marks + part or text.startswith(marks + part + " ")
 
 
-def _after(text: str, part: str) -> str:
-    """`text` less its marks and, where it leads with it, the generated claims `part`."""
-    text = text[MARKS.match(text).end():]  # type: ignore[union-attr]
+def _after(text: str, part: str, marks: str) -> str:
+    """`text` less its `marks` and, where it leads with it, the generated claims `part`."""
+    text = text.removeprefix(marks)
     return text[len(part):] if part and text.startswith(part) else text
 
 
@@ -193,6 +202,10 @@ def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> l
     except (KeyError, TypeError, ValueError) as e:
         return [f"{name}: primary comparisons cannot be recomputed ({e})"]
     skipped = record.get("not_judged") or {}
+    try:
+        marks = expected_marks(record)
+    except (TypeError, ValueError) as e:
+        return [f"{name}: the record's quick, seeds or subject cannot be read ({e})"]
     parts = {"headline": claims_headline(judged, skipped),
              "literature": claims_literature(judged, skipped),
              "verdict": primary_text(judged, skipped)}
@@ -202,18 +215,19 @@ def text_differences(record: Mapping[str, Any], verdict: str | None = None) -> l
                  "verdict": verdict}
         out = [f"{name}: the {k} words a claim ({w!r}) but the record judges none"
                for k, t in texts.items()
-               for w in VERDICT_WORDS if w in _after(str(t or ""), parts[k] if skipped else "")]
+               for w in VERDICT_WORDS
+               if w in _after(str(t or ""), parts[k] if skipped else "", marks)]
         if not skipped:  # no claim declared: no claims part
             return out
     for key in ("headline", "literature"):
         part = parts[key]
-        if not _leads(str(record.get(key, "")), part):
+        if not _leads(str(record.get(key, "")), part, marks):
             out.append(f"{name}: the {key} does not lead with exactly its claims' wording "
                        f"({part[:160]!r})")
     if verdict is not None:
         first = verdict.split("\n", 1)[0]
         expected = parts["verdict"]
-        if first[MARKS.match(first).end():] != expected:  # type: ignore[union-attr]
+        if first != marks + expected:
             out.append(f"{name}: the verdict's first line is not exactly its claims' wording "
                        f"({expected[:120]!r}...)")
     return out
